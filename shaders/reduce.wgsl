@@ -1,0 +1,60 @@
+// Segmented sums (bias gradients, loss and accuracy totals).
+// Activations are feature-major: x[f * batch + b] is feature f of sample b.
+// Binding 0 of group 0 is the uniform Params below; other bindings are listed at each entry.
+// 1-D kernels linearise global_invocation_id over (x, y) so n may exceed 65535 * 256 invocations.
+
+struct Params {
+    n: u32,        // total elements (1-D kernels), or segments for segment_sum
+    rows: u32,     // features / classes / segments
+    cols: u32,     // batch / segment length
+    flag: u32,     // bias_act_fwd: 1 = ReLU, 0 = identity
+    f0: f32,       // lr | label smoothing
+    f1: f32,       // momentum | loss gradient scale
+    f2: f32,       // weight decay
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+// ---- segment_sum: out[s] = sum of x[s * cols .. (s + 1) * cols], one workgroup per segment
+// (segment index linearised over workgroup_id x/y). Used for bias gradients (segments = features)
+// and for the loss / correct-count totals.
+// 1 read x; 2 rw out
+@group(0) @binding(1) var<storage, read> ss_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ss_out: array<f32>;
+var<workgroup> ss_part: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn segment_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let s = wid.x + wid.y * nwg.x;
+    if (s >= p.rows) {
+        return;
+    }
+    let base = s * p.cols;
+    var acc = 0.0;
+    for (var i = lidx; i < p.cols; i += 64u) {
+        acc += ss_x[base + i];
+    }
+    ss_part[lidx] = acc;
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
+        if (lidx < stride) {
+            ss_part[lidx] += ss_part[lidx + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lidx == 0u) {
+        ss_out[s] = ss_part[0];
+    }
+}
+

@@ -1,0 +1,1 @@
+//! Mask update CPU twin (filled by the RigL issue).

@@ -1,0 +1,89 @@
+//! Typed errors of the library. The binary wraps them with `anyhow` for context.
+
+use thiserror::Error;
+
+/// Every failure the library reports. Nothing a user or a GPU can make fail panics.
+#[derive(Debug, Error)]
+pub enum RiglError {
+    /// No usable GPU adapter was found (or the one asked for is absent).
+    #[error("{0}")]
+    NoAdapter(String),
+
+    /// The adapter refused to create a device with the features and limits we asked for.
+    #[error("could not create a device on adapter '{adapter}': {source}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's reason.
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+
+    /// A problem does not fit the device's limits (buffer size, workgroup counts).
+    #[error("{what} needs {needed} but the device allows at most {limit} ({limit_name})")]
+    TooLarge {
+        /// What was being sized (a layer, a kernel, a buffer).
+        what: String,
+        /// Size that was needed.
+        needed: u64,
+        /// The device limit.
+        limit: u64,
+        /// Name of the wgpu limit.
+        limit_name: &'static str,
+    },
+
+    /// A shader failed to parse or validate, or a pipeline failed to build.
+    #[error("kernel '{kernel}' failed to build: {message}")]
+    Pipeline {
+        /// Kernel name (shader file and entry point).
+        kernel: String,
+        /// The validation message.
+        message: String,
+    },
+
+    /// wgpu reported an error (validation, out of memory, device lost) while doing `what`.
+    #[error("GPU error while {what}: {message}")]
+    Gpu {
+        /// What the engine was doing.
+        what: String,
+        /// The driver's or wgpu's message.
+        message: String,
+    },
+
+    /// The device was lost (driver reset, GPU removed).
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
+    /// Arguments given by a caller are inconsistent (shapes, sizes, ranges).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An input file is malformed or unreadable.
+    #[error("{path}: {message}")]
+    BadFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// An I/O failure on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with [`RiglError`].
+pub type Result<T> = std::result::Result<T, RiglError>;
+
+impl RiglError {
+    /// Shorthand for [`RiglError::InvalidArgument`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        RiglError::InvalidArgument(msg.into())
+    }
+}

@@ -1,0 +1,162 @@
+//! Storage buffers with their element count, upload and read-back.
+
+use crate::error::{Result, RiglError};
+use crate::gpu::GpuContext;
+
+/// A GPU storage buffer of 32-bit elements (f32 or u32).
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    /// The buffer (STORAGE | COPY_SRC | COPY_DST).
+    pub buffer: wgpu::Buffer,
+    /// Number of 32-bit elements.
+    pub len: usize,
+    /// Name used in errors.
+    pub label: String,
+}
+
+fn usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+impl Tensor {
+    /// A zero-filled buffer of `len` elements. A zero-length tensor still gets 4 bytes so it can
+    /// be bound.
+    pub fn zeros(ctx: &GpuContext, label: &str, len: usize) -> Result<Self> {
+        let bytes = (len.max(1) * 4) as u64;
+        ctx.check_storage_size(label, bytes)?;
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: usage(),
+            mapped_at_creation: false,
+        });
+        Ok(Tensor {
+            buffer,
+            len,
+            label: label.to_string(),
+        })
+    }
+
+    /// A buffer holding `data`.
+    pub fn from_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> Result<Self> {
+        let t = Self::zeros(ctx, label, data.len())?;
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// A buffer holding `data` as u32.
+    pub fn from_u32(ctx: &GpuContext, label: &str, data: &[u32]) -> Result<Self> {
+        let t = Self::zeros(ctx, label, data.len())?;
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// Overwrites the contents from `data` (which must have `len` elements).
+    pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
+        if data.len() != self.len {
+            return Err(RiglError::invalid(format!(
+                "{}: writing {} values into a tensor of {}",
+                self.label,
+                data.len(),
+                self.len
+            )));
+        }
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Size in bytes of the data (not of the padding).
+    pub fn bytes(&self) -> u64 {
+        (self.len * 4) as u64
+    }
+
+    /// Reads the whole tensor back as f32 (waits for the GPU).
+    pub fn read_f32(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let raw = read_bytes(ctx, &self.buffer, self.bytes(), &self.label)?;
+        Ok(bytemuck::cast_slice(&raw).to_vec())
+    }
+
+    /// Reads the whole tensor back as u32 (waits for the GPU).
+    pub fn read_u32(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        let raw = read_bytes(ctx, &self.buffer, self.bytes(), &self.label)?;
+        Ok(bytemuck::cast_slice(&raw).to_vec())
+    }
+}
+
+/// Copies `bytes` bytes of `buffer` into a staging buffer and maps it.
+pub fn read_bytes(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    if bytes == 0 {
+        return Ok(Vec::new());
+    }
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("rigl readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+    enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    let idx = ctx.queue.submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait(&format!("reading back {what}"), idx)?;
+    let mapped = rx
+        .recv()
+        .map_err(|_| RiglError::Gpu {
+            what: format!("reading back {what}"),
+            message: "map callback never ran".into(),
+        })?
+        .map_err(|e| RiglError::Gpu {
+            what: format!("reading back {what}"),
+            message: e.to_string(),
+        })?;
+    let _ = mapped;
+    let view = staging.get_mapped_range(..).map_err(|e| RiglError::Gpu {
+        what: format!("reading back {what}"),
+        message: e.to_string(),
+    })?;
+    let out = view.to_vec();
+    drop(view);
+    staging.unmap();
+    Ok(out)
+}
+
+/// Splits `workgroups` over the x and y dimensions within the device limit.
+///
+/// Kernels rebuild the linear index as `wid.x + wid.y * num_workgroups.x` and ignore the excess.
+pub fn dispatch_dims(ctx: &GpuContext, workgroups: u64, what: &str) -> Result<(u32, u32)> {
+    let max = u64::from(ctx.limits.max_compute_workgroups_per_dimension.max(1));
+    if workgroups <= max {
+        return Ok((workgroups.max(1) as u32, 1));
+    }
+    let y = workgroups.div_ceil(max);
+    if y > max {
+        return Err(RiglError::TooLarge {
+            what: what.to_string(),
+            needed: workgroups,
+            limit: max * max,
+            limit_name: "max_compute_workgroups_per_dimension squared",
+        });
+    }
+    Ok((max as u32, y as u32))
+}

@@ -1,0 +1,13 @@
+//! GPU side: context (adapter and device), buffers, kernel registry, kernels, profiling.
+
+pub mod buffer;
+pub mod context;
+pub mod gemm;
+pub mod ops;
+pub mod profile;
+pub mod registry;
+pub mod shaders;
+
+pub use buffer::Tensor;
+pub use context::GpuContext;
+pub use gemm::{GemmOp, GemmShape, GemmVariant};

@@ -1,0 +1,337 @@
+//! Dispatches: a kernel with its bind group, parameter buffer and workgroup counts, built once and
+//! encoded any number of times (nothing is allocated when a step is encoded).
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, RiglError};
+use crate::gpu::buffer::dispatch_dims;
+use crate::gpu::registry::{Binding, Kernel, KernelSpec};
+use crate::gpu::{GpuContext, Tensor};
+
+/// One ready-to-encode kernel launch.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// Kernel name (`file.wgsl:entry`).
+    pub name: String,
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    params: wgpu::Buffer,
+    dims: (u32, u32),
+    /// Useful floating-point operations per launch (for GFLOP/s).
+    pub flops: f64,
+    /// Bytes moved per launch, at least once each (for GB/s).
+    pub bytes: f64,
+}
+
+impl Dispatch {
+    /// Builds a dispatch of `spec` over `workgroups` workgroups (split over x/y as needed), with
+    /// `params` as binding 0 and `tensors` as bindings 1.. in order.
+    pub fn build(
+        ctx: &GpuContext,
+        spec: &KernelSpec,
+        params: &[u8],
+        tensors: &[&Tensor],
+        workgroups: u64,
+    ) -> Result<Self> {
+        if tensors.len() + 1 != spec.bindings.len() {
+            return Err(RiglError::invalid(format!(
+                "{} takes {} buffers, got {}",
+                spec.name(),
+                spec.bindings.len() - 1,
+                tensors.len()
+            )));
+        }
+        let kernel = ctx.registry().get(&ctx.device, spec)?;
+        let params_buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(spec.entry),
+            size: params.len().max(16) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue.write_buffer(&params_buf, 0, params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: params_buf.as_entire_binding(),
+        }];
+        for (i, t) in tensors.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: t.buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.entry),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let dims = dispatch_dims(ctx, workgroups, &spec.name())?;
+        Ok(Dispatch {
+            name: spec.name(),
+            kernel,
+            bind_group,
+            params: params_buf,
+            dims,
+            flops: 0.0,
+            bytes: 0.0,
+        })
+    }
+
+    /// Records the launch into a compute pass.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.dims.0, self.dims.1, 1);
+    }
+
+    /// Overwrites the parameter block (e.g. a new learning rate); takes effect at the next submit.
+    pub fn write_params(&self, ctx: &GpuContext, params: &[u8]) {
+        ctx.queue.write_buffer(&self.params, 0, params);
+    }
+
+    /// Sets the FLOP and byte counts used by profiles.
+    pub fn with_cost(mut self, flops: f64, bytes: f64) -> Self {
+        self.flops = flops;
+        self.bytes = bytes;
+        self
+    }
+}
+
+/// Encodes `ops` in order into one compute pass, submits and waits for that submission.
+pub fn run(ctx: &GpuContext, what: &str, ops: &[&Dispatch]) -> Result<()> {
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(what),
+            timestamp_writes: None,
+        });
+        for op in ops {
+            op.encode(&mut pass);
+        }
+    }
+    ctx.submit_and_wait(what, [enc.finish()])
+}
+
+/// Parameter block shared by the elementwise and reduction kernels (see `shaders/act.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EwParams {
+    /// Total elements.
+    pub n: u32,
+    /// Features / classes / segments.
+    pub rows: u32,
+    /// Batch / segment length.
+    pub cols: u32,
+    /// Kernel-specific flag.
+    pub flag: u32,
+    /// Learning rate or label smoothing.
+    pub f0: f32,
+    /// Momentum or gradient scale.
+    pub f1: f32,
+    /// Weight decay.
+    pub f2: f32,
+    _pad: u32,
+}
+
+const EW_WG: u64 = 256;
+
+fn check_len(t: &Tensor, needed: usize, what: &str) -> Result<()> {
+    if t.len < needed {
+        return Err(RiglError::invalid(format!(
+            "{what}: tensor '{}' has {} elements, needs {needed}",
+            t.label, t.len
+        )));
+    }
+    Ok(())
+}
+
+/// `z[f, b] = act(z[f, b] + bias[f])` in place; `relu` chooses ReLU or identity.
+pub fn bias_act(
+    ctx: &GpuContext,
+    bias: &Tensor,
+    z: &Tensor,
+    features: usize,
+    batch: usize,
+    relu: bool,
+) -> Result<Dispatch> {
+    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    let n = features * batch;
+    check_len(bias, features, "bias_act")?;
+    check_len(z, n, "bias_act")?;
+    let p = EwParams {
+        n: n as u32,
+        rows: features as u32,
+        cols: batch.max(1) as u32,
+        flag: relu as u32,
+        ..Default::default()
+    };
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("act", "bias_act_fwd", B),
+        bytemuck::bytes_of(&p),
+        &[bias, z],
+        (n as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n as f64 * 2.0, n as f64 * 8.0))
+}
+
+/// `g[i] = y[i] > 0 ? g[i] : 0` in place, for `n` elements.
+pub fn relu_bwd(ctx: &GpuContext, y: &Tensor, g: &Tensor, n: usize) -> Result<Dispatch> {
+    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    check_len(y, n, "relu_bwd")?;
+    check_len(g, n, "relu_bwd")?;
+    let p = EwParams {
+        n: n as u32,
+        ..Default::default()
+    };
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("act", "relu_bwd", B),
+        bytemuck::bytes_of(&p),
+        &[y, g],
+        (n as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n as f64, n as f64 * 12.0))
+}
+
+/// `out[s] = sum(x[s*len .. (s+1)*len])` for `s < segments`.
+pub fn segment_sum(
+    ctx: &GpuContext,
+    x: &Tensor,
+    out: &Tensor,
+    segments: usize,
+    len: usize,
+) -> Result<Dispatch> {
+    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    check_len(x, segments * len, "segment_sum")?;
+    check_len(out, segments, "segment_sum")?;
+    let p = EwParams {
+        n: segments as u32,
+        rows: segments as u32,
+        cols: len as u32,
+        ..Default::default()
+    };
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("reduce", "segment_sum", B),
+        bytemuck::bytes_of(&p),
+        &[x, out],
+        segments as u64,
+    )?
+    .with_cost((segments * len) as f64, (segments * len * 4) as f64))
+}
+
+/// Softmax cross-entropy over feature-major logits `[classes, batch]`: writes the logits gradient
+/// (times `grad_scale`) and per-sample loss and correct flags into `stats[2 * batch]`.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_xent(
+    ctx: &GpuContext,
+    logits: &Tensor,
+    labels: &Tensor,
+    dlogits: &Tensor,
+    stats: &Tensor,
+    classes: usize,
+    batch: usize,
+    label_smoothing: f32,
+    grad_scale: f32,
+) -> Result<Dispatch> {
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+    ];
+    if classes == 0 {
+        return Err(RiglError::invalid("softmax_xent needs at least one class"));
+    }
+    check_len(logits, classes * batch, "softmax_xent")?;
+    check_len(labels, batch, "softmax_xent")?;
+    check_len(dlogits, classes * batch, "softmax_xent")?;
+    check_len(stats, 2 * batch, "softmax_xent")?;
+    let p = EwParams {
+        n: batch as u32,
+        rows: classes as u32,
+        cols: batch as u32,
+        f0: label_smoothing,
+        f1: grad_scale,
+        ..Default::default()
+    };
+    let n = (classes * batch) as f64;
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("xent", "softmax_xent", B),
+        bytemuck::bytes_of(&p),
+        &[logits, labels, dlogits, stats],
+        (batch as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n * 8.0, n * 8.0))
+}
+
+/// SGD hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum coefficient (0 for plain SGD).
+    pub momentum: f32,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    fn params(&self, n: usize) -> EwParams {
+        EwParams {
+            n: n as u32,
+            f0: self.lr,
+            f1: self.momentum,
+            f2: self.weight_decay,
+            ..Default::default()
+        }
+    }
+}
+
+/// An SGD update of `n` weights with momentum; with `mask`, masked positions are held at zero.
+pub fn sgd(
+    ctx: &GpuContext,
+    grad: &Tensor,
+    w: &Tensor,
+    m: &Tensor,
+    mask: Option<&Tensor>,
+    n: usize,
+    cfg: SgdConfig,
+) -> Result<Dispatch> {
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
+    for t in [grad, w, m].into_iter().chain(mask) {
+        check_len(t, n, "sgd")?;
+    }
+    let spec = KernelSpec::new("sgd", "sgd_update", B)
+        .with_override("NESTEROV", f64::from(u8::from(cfg.nesterov)))
+        .with_override("USE_MASK", f64::from(u8::from(mask.is_some())));
+    // Without a mask the binding is never read; the gradient stands in for it.
+    let mask_t = mask.unwrap_or(grad);
+    Ok(Dispatch::build(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&cfg.params(n)),
+        &[grad, w, m, mask_t],
+        (n as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n as f64 * 6.0, n as f64 * 20.0))
+}
+
+/// Updates the learning rate (and other hyper-parameters) of a dispatch built by [`sgd`].
+pub fn set_sgd(ctx: &GpuContext, op: &Dispatch, n: usize, cfg: SgdConfig) {
+    op.write_params(ctx, bytemuck::bytes_of(&cfg.params(n)));
+}

@@ -1,0 +1,38 @@
+//! The WGSL sources, embedded at build time, and their validation with naga (no GPU needed).
+
+use crate::error::{Result, RiglError};
+
+/// Every shader file in `shaders/`, by stem.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
+    ("act", include_str!("../../shaders/act.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("xent", include_str!("../../shaders/xent.wgsl")),
+    ("sgd", include_str!("../../shaders/sgd.wgsl")),
+];
+
+/// The source of shader `stem`, if it exists.
+pub fn source(stem: &str) -> Option<&'static str> {
+    SHADERS
+        .iter()
+        .find(|(s, _)| *s == stem)
+        .map(|(_, src)| *src)
+}
+
+/// Parses and validates WGSL with naga; the error names the kernel and the offending line.
+pub fn validate(name: &str, source: &str) -> Result<()> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| RiglError::Pipeline {
+        kernel: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| RiglError::Pipeline {
+        kernel: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    Ok(())
+}

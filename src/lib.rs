@@ -1,0 +1,15 @@
+//! rigl: a GPU training engine for sparse neural networks trained with RigL
+//! ("Rigging the Lottery: Making All Tickets Winners", Evci et al., ICML 2020), on wgpu compute
+//! shaders.
+//!
+//! Floors, each using only those below: [`gpu`] (context, buffers, kernels, profiling) and
+//! [`cpu`] (the reference twin of every kernel), [`sparse`] (distributions, schedules, masks and
+//! their updates).
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod sparse;
+
+pub use error::{Result, RiglError};

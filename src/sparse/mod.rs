@@ -1,0 +1,1 @@
+//! Sparsity: distributions, schedules, FLOPs accounting, masks (filled by the RigL issue).
