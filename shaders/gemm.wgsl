@@ -86,33 +86,41 @@ fn gemm_rowblock(
     }
     let row0 = (tile / p.tiles_n) * RB_TM;
     let col0 = (tile % p.tiles_n) * (RB_WG * RB_TN) + lid.x;
-    var rows: array<u32, RB_TM>;
-    for (var i = 0u; i < RB_TM; i++) {
-        rows[i] = min(row0 + i, p.m - 1u);
-    }
-    var cols: array<u32, RB_TN>;
-    for (var j = 0u; j < RB_TN; j++) {
-        cols[j] = min(col0 + j * RB_WG, p.n - 1u);
-    }
-    var acc: array<array<f32, RB_TN>, RB_TM>;
+    let last = p.m - 1u;
+    let r0 = min(row0, last);
+    let r1 = min(row0 + 1u, last);
+    let r2 = min(row0 + 2u, last);
+    let r3 = min(row0 + 3u, last);
+    let r4 = min(row0 + 4u, last);
+    let r5 = min(row0 + 5u, last);
+    let r6 = min(row0 + 6u, last);
+    let r7 = min(row0 + 7u, last);
+    let c0 = min(col0, p.n - 1u);
+    let c1 = min(col0 + RB_WG, p.n - 1u);
+    var lo0 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        var bv: array<f32, RB_TN>;
-        for (var j = 0u; j < RB_TN; j++) {
-            bv[j] = load_b(kk, cols[j]);
-        }
-        for (var i = 0u; i < RB_TM; i++) {
-            let av = load_a(rows[i], kk);
-            for (var j = 0u; j < RB_TN; j++) {
-                acc[i][j] = fma(av, bv[j], acc[i][j]);
-            }
-        }
+        let b0 = load_b(kk, c0);
+        let b1 = load_b(kk, c1);
+        let alo = vec4<f32>(load_a(r0, kk), load_a(r1, kk), load_a(r2, kk), load_a(r3, kk));
+        let ahi = vec4<f32>(load_a(r4, kk), load_a(r5, kk), load_a(r6, kk), load_a(r7, kk));
+        lo0 = fma(alo, vec4<f32>(b0), lo0);
+        hi0 = fma(ahi, vec4<f32>(b0), hi0);
+        lo1 = fma(alo, vec4<f32>(b1), lo1);
+        hi1 = fma(ahi, vec4<f32>(b1), hi1);
     }
+    var out0: array<f32, 8> = array<f32, 8>(lo0.x, lo0.y, lo0.z, lo0.w, hi0.x, hi0.y, hi0.z, hi0.w);
+    var out1: array<f32, 8> = array<f32, 8>(lo1.x, lo1.y, lo1.z, lo1.w, hi1.x, hi1.y, hi1.z, hi1.w);
     for (var i = 0u; i < RB_TM; i++) {
         let r = row0 + i;
-        for (var j = 0u; j < RB_TN; j++) {
-            let col = col0 + j * RB_WG;
-            if (r < p.m && col < p.n) {
-                store_c(r, col, acc[i][j]);
+        if (r < p.m) {
+            if (col0 < p.n) {
+                store_c(r, col0, out0[i]);
+            }
+            if (col0 + RB_WG < p.n) {
+                store_c(r, col0 + RB_WG, out1[i]);
             }
         }
     }

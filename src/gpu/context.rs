@@ -127,6 +127,10 @@ impl GpuContext {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         // Validation layers slow every dispatch; wgpu's own validation still runs.
         desc.flags.remove(wgpu::InstanceFlags::VALIDATION);
+        if std::env::var_os("WGPU_BACKEND").is_none() {
+            // GL lacks features we use and probes a display server; ask for it only by name.
+            desc.backends = wgpu::Backends::PRIMARY;
+        }
         let backends = desc.backends;
         let instance = wgpu::Instance::new(desc);
         let adapters = instance.enumerate_adapters(backends).await;
@@ -192,6 +196,11 @@ impl GpuContext {
             owned,
             registry,
         }
+    }
+
+    /// True when the adapter is a software rasteriser on the CPU (such as lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// True when timestamp queries inside compute passes are available.

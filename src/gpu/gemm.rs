@@ -22,17 +22,29 @@ pub enum GemmVariant {
     RowBlock,
     /// 64×64 tiles staged in workgroup memory (fast on real GPUs).
     Tiled,
+    /// 4×4 blocks on vec4 loads, no workgroup memory; needs m, n, k multiples of 4.
+    Vec4,
+    /// 8×4 blocks per invocation, rows of A shared through subgroup broadcasts; needs subgroups
+    /// of at least 8 and n, k multiples of 4 (m too when A is transposed).
+    Subgroup,
 }
 
 impl GemmVariant {
     /// All variants.
-    pub const ALL: [GemmVariant; 2] = [GemmVariant::RowBlock, GemmVariant::Tiled];
+    pub const ALL: [GemmVariant; 4] = [
+        GemmVariant::RowBlock,
+        GemmVariant::Tiled,
+        GemmVariant::Vec4,
+        GemmVariant::Subgroup,
+    ];
 
     /// Name used on the command line and in reports.
     pub fn as_str(&self) -> &'static str {
         match self {
             GemmVariant::RowBlock => "rowblock",
             GemmVariant::Tiled => "tiled",
+            GemmVariant::Vec4 => "vec4",
+            GemmVariant::Subgroup => "subgroup",
         }
     }
 
@@ -41,8 +53,10 @@ impl GemmVariant {
         match s.to_ascii_lowercase().as_str() {
             "rowblock" => Ok(GemmVariant::RowBlock),
             "tiled" => Ok(GemmVariant::Tiled),
+            "vec4" => Ok(GemmVariant::Vec4),
+            "subgroup" => Ok(GemmVariant::Subgroup),
             other => Err(RiglError::invalid(format!(
-                "unknown GEMM variant '{other}' (expected rowblock or tiled)"
+                "unknown GEMM variant '{other}' (expected rowblock, tiled, vec4 or subgroup)"
             ))),
         }
     }
@@ -51,6 +65,43 @@ impl GemmVariant {
         match self {
             GemmVariant::RowBlock => "gemm_rowblock",
             GemmVariant::Tiled => "gemm_tiled",
+            GemmVariant::Vec4 => "gemm_vec4",
+            GemmVariant::Subgroup => "gemm_subgroup",
+        }
+    }
+
+    /// Whether this variant can run `shape` on this device.
+    pub fn supports(&self, ctx: &GpuContext, shape: &GemmShape) -> bool {
+        let m4 = shape.m % 4 == 0;
+        let n4 = shape.n % 4 == 0;
+        let k4 = shape.k % 4 == 0;
+        match self {
+            GemmVariant::RowBlock | GemmVariant::Tiled => true,
+            GemmVariant::Vec4 => m4 && n4 && k4,
+            GemmVariant::Subgroup => {
+                ctx.features.contains(wgpu::Features::SUBGROUP)
+                    && ctx.info.subgroup_min_size >= 8
+                    && ctx.info.subgroup_max_size <= 64
+                    && n4
+                    && k4
+                    && (m4 || !shape.trans_a)
+            }
+        }
+    }
+
+    /// This variant if it supports `shape`, else the best general one for this device
+    /// (`vec4` where the shape allows, then `tiled` on GPUs, `rowblock` on CPU adapters).
+    pub fn resolve(self, ctx: &GpuContext, shape: &GemmShape) -> GemmVariant {
+        if self.supports(ctx, shape) {
+            return self;
+        }
+        if GemmVariant::Vec4.supports(ctx, shape) {
+            return GemmVariant::Vec4;
+        }
+        if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            GemmVariant::RowBlock
+        } else {
+            GemmVariant::Tiled
         }
     }
 
@@ -59,6 +110,8 @@ impl GemmVariant {
         match self {
             GemmVariant::RowBlock => (8, 128),
             GemmVariant::Tiled => (64, 64),
+            GemmVariant::Vec4 => (16, 64),
+            GemmVariant::Subgroup => (32, 256),
         }
     }
 }
@@ -138,6 +191,15 @@ impl GemmOp {
             Binding::Read,
         ];
         let GemmShape { m, n, k, .. } = shape;
+        if !variant.supports(ctx, &shape) {
+            return Err(RiglError::invalid(format!(
+                "GEMM variant {} cannot run {m}x{n}x{k} (trans_a={}, trans_b={}) on {}",
+                variant.as_str(),
+                shape.trans_a,
+                shape.trans_b,
+                ctx.info.name
+            )));
+        }
         if m == 0 || n == 0 {
             return Err(RiglError::invalid(format!(
                 "GEMM needs m, n >= 1 (got m={m}, n={n})"
@@ -173,7 +235,12 @@ impl GemmOp {
             _pad: [0; 3],
         };
         let flag = |b: bool| f64::from(u8::from(b));
-        let spec = KernelSpec::new("gemm", variant.entry(), B)
+        let shader = match variant {
+            GemmVariant::Vec4 => "gemm4",
+            GemmVariant::Subgroup => "gemm_sg",
+            _ => "gemm",
+        };
+        let spec = KernelSpec::new(shader, variant.entry(), B)
             .with_override("TRANS_A", flag(shape.trans_a))
             .with_override("TRANS_B", flag(shape.trans_b))
             .with_override("MASK_A", flag(mask.is_some()))
@@ -223,8 +290,9 @@ pub fn autotune(ctx: &GpuContext, s: usize) -> Result<GemmVariant> {
     let b = Tensor::from_f32(ctx, "tune B", &vec![0.25; s * s])?;
     let c = Tensor::zeros(ctx, "tune C", s * s)?;
     let mut best = (f64::INFINITY, GemmVariant::RowBlock);
-    for v in GemmVariant::ALL {
-        let op = GemmOp::new(ctx, GemmShape::nn(s, s, s), v, &a, &b, &c, None, false)?;
+    let shape = GemmShape::nn(s, s, s);
+    for v in GemmVariant::ALL.into_iter().filter(|v| v.supports(ctx, &shape)) {
+        let op = GemmOp::new(ctx, shape, v, &a, &b, &c, None, false)?;
         let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, false)?;
         log::info!("autotune gemm {}: {ms:.3} ms", v.as_str());
         if ms < best.0 {

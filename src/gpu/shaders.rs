@@ -5,6 +5,8 @@ use crate::error::{Result, RiglError};
 /// Every shader file in `shaders/`, by stem.
 pub const SHADERS: &[(&str, &str)] = &[
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
+    ("gemm4", include_str!("../../shaders/gemm4.wgsl")),
+    ("gemm_sg", include_str!("../../shaders/gemm_sg.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("xent", include_str!("../../shaders/xent.wgsl")),

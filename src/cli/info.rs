@@ -1,0 +1,59 @@
+//! `rigl info`: what the engine sees of the GPU.
+
+use clap::Args;
+use rigl::gpu::{gemm, GpuContext};
+
+use super::CliResult;
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InfoArgs) -> CliResult {
+    let ctx = GpuContext::new()?;
+    let variant = gemm::choose_variant(&ctx)?;
+    let l = &ctx.limits;
+    let feats = |f: wgpu::Features| ctx.features.contains(f);
+    let report = serde_json::json!({
+        "adapter": ctx.info.name,
+        "backend": format!("{:?}", ctx.info.backend).to_lowercase(),
+        "device_type": format!("{:?}", ctx.info.device_type),
+        "driver": ctx.info.driver,
+        "driver_info": ctx.info.driver_info,
+        "features": {
+            "timestamp_query": feats(wgpu::Features::TIMESTAMP_QUERY),
+            "timestamp_query_inside_passes": feats(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            "subgroup": feats(wgpu::Features::SUBGROUP),
+            "shader_f16": feats(wgpu::Features::SHADER_F16),
+        },
+        "limits": {
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_buffer_size": l.max_buffer_size,
+            "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+            "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+        },
+        "kernels": { "gemm": variant.as_str() },
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("adapter     {}", ctx.info.name);
+    println!("backend     {:?}", ctx.info.backend);
+    println!("device type {:?}", ctx.info.device_type);
+    println!("driver      {} {}", ctx.info.driver, ctx.info.driver_info);
+    println!("features    {}", report["features"]);
+    println!("limits:");
+    if let Some(obj) = report["limits"].as_object() {
+        for (k, v) in obj {
+            println!("  {k:<40} {v}");
+        }
+    }
+    println!("kernels     gemm={}", variant.as_str());
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Command-line front end. Errors print one line on stderr; exit codes: 0 success, 1 runtime
+//! failure (GPU, I/O), 2 bad input (arguments, files).
+
+mod bench;
+mod info;
+
+use clap::{Parser, Subcommand};
+
+/// rigl: sparse neural network training with RigL on any Vulkan, Metal or DX12 GPU.
+#[derive(Parser, Debug)]
+#[command(name = "rigl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the GPU adapter, its features and limits, and the kernel variants chosen for it.
+    Info(info::InfoArgs),
+    /// Time kernels on this adapter.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+pub struct CliError {
+    code: i32,
+    err: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        let err: anyhow::Error = e.into();
+        let code = match err.downcast_ref::<rigl::RiglError>() {
+            Some(
+                rigl::RiglError::InvalidArgument(_)
+                | rigl::RiglError::BadFile { .. }
+                | rigl::RiglError::TooLarge { .. },
+            ) => 2,
+            _ => 1,
+        };
+        CliError { code, err }
+    }
+}
+
+impl CliError {
+    /// A bad-input error (exit code 2).
+    pub fn usage(msg: impl std::fmt::Display) -> Self {
+        CliError {
+            code: 2,
+            err: anyhow::anyhow!("{msg}"),
+        }
+    }
+}
+
+/// Result of a subcommand.
+pub type CliResult = Result<(), CliError>;
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rigl: error: {:#}", e.err);
+            e.code
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Every dense kernel against its CPU twin, on shapes that are not multiples of any tile size,
+//! batch 1, a 1x1 layer, empty and full masks.
+
+mod common;
+
+use common::{assert_close, ctx, data, mask};
+use rigl::cpu::dense as cpu;
+use rigl::gpu::ops::{self, SgdConfig};
+use rigl::gpu::{GemmOp, GemmShape, GemmVariant, Tensor};
+
+fn check_gemm(variant: GemmVariant, shape: GemmShape, masked: bool, accumulate: bool) {
+    let ctx = ctx();
+    let GemmShape { m, n, k, .. } = shape;
+    let a = data(m * k, 1 + m as u32);
+    let b = data(k * n, 2 + n as u32);
+    let c0 = data(m * n, 3);
+    let mk = mask(m * k, 0.3, 4);
+    let ta = Tensor::from_f32(ctx, "a", &a).unwrap();
+    let tb = Tensor::from_f32(ctx, "b", &b).unwrap();
+    let tc = Tensor::from_f32(ctx, "c", &c0).unwrap();
+    let tm = Tensor::from_f32(ctx, "mask", &mk).unwrap();
+    let op = GemmOp::new(
+        ctx,
+        shape,
+        variant,
+        &ta,
+        &tb,
+        &tc,
+        masked.then_some(&tm),
+        accumulate,
+    )
+    .unwrap();
+    ops::run(ctx, "gemm test", &[&op.dispatch]).unwrap();
+    let got = tc.read_f32(ctx).unwrap();
+    let mut want = c0.clone();
+    cpu::gemm(shape, &a, &b, &mut want, masked.then_some(&mk[..]), accumulate);
+    let what = format!(
+        "{} {m}x{n}x{k} ta={} tb={} masked={masked} acc={accumulate}",
+        variant.as_str(),
+        shape.trans_a,
+        shape.trans_b
+    );
+    assert_close(&what, &got, &want, 1e-4 * (k as f32).sqrt().max(1.0), 1e-4);
+}
+
+fn shapes() -> Vec<(usize, usize, usize)> {
+    vec![
+        (1, 1, 1),
+        (1, 7, 3),
+        (37, 53, 29),
+        (65, 129, 17),
+        (10, 100, 300),
+        (40, 36, 44),
+        (300, 100, 784),
+    ]
+}
+
+#[test]
+fn gemm_all_variants_match_cpu() {
+    let ctx = ctx();
+    for variant in GemmVariant::ALL {
+        for (m, n, k) in shapes() {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+                let shape = GemmShape {
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                if !variant.supports(ctx, &shape) {
+                    continue;
+                }
+                check_gemm(variant, shape, false, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_masked_and_accumulate_match_cpu() {
+    let ctx = ctx();
+    for variant in GemmVariant::ALL {
+        for (m, n, k) in [(37, 53, 29), (40, 36, 44)] {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+                let shape = GemmShape {
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                if variant.supports(ctx, &shape) {
+                    check_gemm(variant, shape, true, false);
+                    check_gemm(variant, shape, false, true);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_resolve_always_supports() {
+    let ctx = ctx();
+    for (m, n, k) in shapes() {
+        for v in GemmVariant::ALL {
+            let s = GemmShape {
+                m,
+                n,
+                k,
+                trans_a: true,
+                trans_b: false,
+            };
+            assert!(v.resolve(ctx, &s).supports(ctx, &s));
+        }
+    }
+}
+
+#[test]
+fn gemm_rejects_short_buffers() {
+    let ctx = ctx();
+    let a = Tensor::zeros(ctx, "a", 5).unwrap();
+    let b = Tensor::zeros(ctx, "b", 6).unwrap();
+    let c = Tensor::zeros(ctx, "c", 6).unwrap();
+    let err = GemmOp::new(
+        ctx,
+        GemmShape::nn(2, 3, 3),
+        GemmVariant::RowBlock,
+        &a,
+        &b,
+        &c,
+        None,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("A ('a') has 5 elements, needs 6"), "{err}");
+}
+
+#[test]
+fn bias_act_and_relu_bwd_match_cpu() {
+    let ctx = ctx();
+    for (features, batch) in [(1, 1), (3, 1), (300, 7), (10, 1000)] {
+        for relu in [false, true] {
+            let bias = data(features, 9);
+            let z = data(features * batch, 10);
+            let tb = Tensor::from_f32(ctx, "bias", &bias).unwrap();
+            let tz = Tensor::from_f32(ctx, "z", &z).unwrap();
+            let op = ops::bias_act(ctx, &tb, &tz, features, batch, relu).unwrap();
+            ops::run(ctx, "bias_act", &[&op]).unwrap();
+            let mut want = z.clone();
+            cpu::bias_act(&bias, &mut want, features, batch, relu);
+            let got = tz.read_f32(ctx).unwrap();
+            assert_close("bias_act", &got, &want, 1e-6, 1e-6);
+
+            let g = data(features * batch, 11);
+            let tg = Tensor::from_f32(ctx, "g", &g).unwrap();
+            let op = ops::relu_bwd(ctx, &tz, &tg, features * batch).unwrap();
+            ops::run(ctx, "relu_bwd", &[&op]).unwrap();
+            let mut want_g = g.clone();
+            cpu::relu_bwd(&want, &mut want_g);
+            assert_eq!(tg.read_f32(ctx).unwrap(), want_g, "relu_bwd is exact");
+        }
+    }
+}
+
+#[test]
+fn segment_sum_matches_cpu() {
+    let ctx = ctx();
+    for (segments, len) in [(1, 1), (1, 1000), (300, 100), (7, 65), (2, 0)] {
+        let x = data(segments * len, 12);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let out = Tensor::from_f32(ctx, "out", &vec![f32::NAN; segments]).unwrap();
+        let op = ops::segment_sum(ctx, &tx, &out, segments, len).unwrap();
+        ops::run(ctx, "segment_sum", &[&op]).unwrap();
+        let want = cpu::segment_sum(&x, segments, len);
+        assert_close("segment_sum", &out.read_f32(ctx).unwrap(), &want, 1e-4, 1e-5);
+    }
+}
+
+#[test]
+fn softmax_xent_matches_cpu() {
+    let ctx = ctx();
+    for (classes, batch, smoothing) in [(1, 1, 0.0), (10, 1, 0.0), (10, 257, 0.1), (3, 1000, 0.0)] {
+        let logits: Vec<f32> = data(classes * batch, 13).iter().map(|v| v * 8.0).collect();
+        let labels: Vec<u32> = (0..batch).map(|b| (b * 7 % classes) as u32).collect();
+        let tl = Tensor::from_f32(ctx, "logits", &logits).unwrap();
+        let ty = Tensor::from_u32(ctx, "labels", &labels).unwrap();
+        let tg = Tensor::zeros(ctx, "dlogits", classes * batch).unwrap();
+        let ts = Tensor::zeros(ctx, "stats", 2 * batch).unwrap();
+        let scale = 1.0 / batch as f32;
+        let op =
+            ops::softmax_xent(ctx, &tl, &ty, &tg, &ts, classes, batch, smoothing, scale).unwrap();
+        ops::run(ctx, "xent", &[&op]).unwrap();
+        let mut want_g = vec![0.0; classes * batch];
+        let (loss, correct) =
+            cpu::softmax_xent(&logits, &labels, &mut want_g, classes, batch, smoothing, scale);
+        let stats = ts.read_f32(ctx).unwrap();
+        assert_close("xent loss", &stats[..batch], &loss, 1e-5, 1e-5);
+        assert_eq!(&stats[batch..], &correct[..], "correct flags are exact");
+        assert_close("xent grad", &tg.read_f32(ctx).unwrap(), &want_g, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn sgd_matches_cpu_and_keeps_masked_zero() {
+    let ctx = ctx();
+    let n = 1001;
+    for nesterov in [false, true] {
+        for density in [0.0f32, 0.3, 1.0] {
+            let cfg = SgdConfig {
+                lr: 0.2,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                nesterov,
+            };
+            let mk = mask(n, density, 5);
+            let w0: Vec<f32> = data(n, 6).iter().zip(&mk).map(|(w, m)| w * m).collect();
+            let m0: Vec<f32> = data(n, 7).iter().zip(&mk).map(|(w, m)| w * m).collect();
+            let g = data(n, 8);
+            let (tw, tm, tg, tk) = (
+                Tensor::from_f32(ctx, "w", &w0).unwrap(),
+                Tensor::from_f32(ctx, "m", &m0).unwrap(),
+                Tensor::from_f32(ctx, "g", &g).unwrap(),
+                Tensor::from_f32(ctx, "mask", &mk).unwrap(),
+            );
+            let op = ops::sgd(ctx, &tg, &tw, &tm, Some(&tk), n, cfg).unwrap();
+            // Two steps: momentum must carry over.
+            ops::run(ctx, "sgd", &[&op, &op]).unwrap();
+            let (mut w, mut m) = (w0.clone(), m0.clone());
+            cpu::sgd(&g, &mut w, &mut m, Some(&mk), cfg);
+            cpu::sgd(&g, &mut w, &mut m, Some(&mk), cfg);
+            let (gw, gm) = (tw.read_f32(ctx).unwrap(), tm.read_f32(ctx).unwrap());
+            assert_close("sgd w", &gw, &w, 1e-6, 1e-5);
+            assert_close("sgd m", &gm, &m, 1e-6, 1e-5);
+            for i in 0..n {
+                if mk[i] == 0.0 {
+                    assert_eq!((gw[i], gm[i]), (0.0, 0.0), "masked position {i} stays zero");
+                }
+            }
+        }
+    }
+    // Unmasked (dense layer) path.
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    let w0 = data(n, 1);
+    let g = data(n, 2);
+    let tw = Tensor::from_f32(ctx, "w", &w0).unwrap();
+    let tm = Tensor::zeros(ctx, "m", n).unwrap();
+    let tg = Tensor::from_f32(ctx, "g", &g).unwrap();
+    let op = ops::sgd(ctx, &tg, &tw, &tm, None, n, cfg).unwrap();
+    ops::run(ctx, "sgd", &[&op]).unwrap();
+    let want: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| w - 0.1 * g).collect();
+    assert_close("plain sgd", &tw.read_f32(ctx).unwrap(), &want, 1e-7, 1e-6);
+}

@@ -1,0 +1,78 @@
+import sys, re
+rows = int(sys.argv[1])
+src = open(sys.argv[2]).read()
+head = src[:src.index('@compute @workgroup_size(64)')]
+head = head.replace('covers 8 rows x 256 columns; each invocation owns 8 rows x 4', f'covers {rows} rows x 256 columns; each invocation owns {rows} rows x 4')
+G = rows // 8
+L = ['''@compute @workgroup_size(64)
+fn gemm_subgroup(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= p.tiles_total) {
+        return;
+    }
+    // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
+    // they stream stays in cache.
+    let tiles_m = p.tiles_total / p.tiles_n;
+    let row0 = (tile % tiles_m) * RB_ROWS;
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    let m4 = p.m / 4u;
+    let col4 = (tile / tiles_m) * 64u + lidx;
+    let cc = min(col4, n4 - 1u);
+    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
+    // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
+    let l8 = lane % 8u;
+'''.replace('RB_ROWS', f'{rows}u')]
+for g in range(G):
+    L.append(f'    let arow{g} = min(row0 + {8*g}u + l8, p.m - 1u);')
+    L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
+for i in range(rows):
+    L.append(f'    var acc{i} = vec4<f32>(0.0);')
+L.append('    for (var kq = 0u; kq < k4; kq++) {')
+for g in range(G):
+    L.append(f'''        var mine{g}: vec4<f32>;
+        if (TRANS_A) {{
+            mine{g} = load_a4((4u * kq + l8 % 4u) * m4 + arow4_{g});
+        }} else {{
+            mine{g} = load_a4(arow{g} * k4 + kq);
+        }}''')
+L.append('''        var b0: vec4<f32>;
+        var b1: vec4<f32>;
+        var b2: vec4<f32>;
+        var b3: vec4<f32>;
+        if (TRANS_B) {
+            let t0 = b[(4u * cc + 0u) * k4 + kq];
+            let t1 = b[(4u * cc + 1u) * k4 + kq];
+            let t2 = b[(4u * cc + 2u) * k4 + kq];
+            let t3 = b[(4u * cc + 3u) * k4 + kq];
+            b0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
+            b1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
+            b2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
+            b3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
+        } else {
+            b0 = b[(4u * kq + 0u) * n4 + cc];
+            b1 = b[(4u * kq + 1u) * n4 + cc];
+            b2 = b[(4u * kq + 2u) * n4 + cc];
+            b3 = b[(4u * kq + 3u) * n4 + cc];
+        }''')
+for g in range(G):
+    for l in range(8):
+        L.append(f'        let s{8*g+l} = subgroupBroadcast(mine{g}, {l}u);')
+L.append('        if (TRANS_A) {')
+for i in range(rows):
+    g = i // 4; comp = 'xyzw'[i % 4]
+    ks = [f's{j + 4*g}.{comp}' for j in range(4)]
+    L.append(f'            acc{i} = madd(acc{i}, vec4<f32>({", ".join(ks)}), b0, b1, b2, b3);')
+L.append('        } else {')
+for i in range(rows):
+    L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
+L.append('        }\n    }\n    if (col4 < n4) {')
+for i in range(rows):
+    L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
+L.append('    }\n}\n')
+open(sys.argv[2], 'w').write(head + '\n'.join(L))
