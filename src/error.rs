@@ -20,12 +20,14 @@ pub enum RiglError {
     },
 
     /// A problem does not fit the device's limits (buffer size, workgroup counts).
-    #[error("{what} needs {needed} but the device allows at most {limit} ({limit_name})")]
+    #[error("{what} needs {needed} {unit} but the device allows at most {limit} ({limit_name})")]
     TooLarge {
         /// What was being sized (a layer, a kernel, a buffer).
         what: String,
         /// Size that was needed.
         needed: u64,
+        /// Unit of `needed` and `limit` (bytes, workgroups).
+        unit: &'static str,
         /// The device limit.
         limit: u64,
         /// Name of the wgpu limit.

@@ -33,7 +33,14 @@ fn check_gemm(variant: GemmVariant, shape: GemmShape, masked: bool, accumulate: 
     ops::run(ctx, "gemm test", &[&op.dispatch]).unwrap();
     let got = tc.read_f32(ctx).unwrap();
     let mut want = c0.clone();
-    cpu::gemm(shape, &a, &b, &mut want, masked.then_some(&mk[..]), accumulate);
+    cpu::gemm(
+        shape,
+        &a,
+        &b,
+        &mut want,
+        masked.then_some(&mk[..]),
+        accumulate,
+    );
     let what = format!(
         "{} {m}x{n}x{k} ta={} tb={} masked={masked} acc={accumulate}",
         variant.as_str(),
@@ -97,6 +104,43 @@ fn gemm_masked_and_accumulate_match_cpu() {
             }
         }
     }
+}
+
+#[test]
+fn gemm_splits_more_than_65535_workgroups() {
+    // 8-row tiles: 70_000 tiles exceed one dispatch dimension and are folded into y.
+    let (m, n, k) = (8 * 70_000, 1, 1);
+    let ctx = ctx();
+    let a = data(m, 21);
+    let b = vec![2.0f32];
+    let ta = Tensor::from_f32(ctx, "a", &a).unwrap();
+    let tb = Tensor::from_f32(ctx, "b", &b).unwrap();
+    let tc = Tensor::zeros(ctx, "c", m).unwrap();
+    let op = GemmOp::new(
+        ctx,
+        GemmShape::nn(m, n, k),
+        GemmVariant::RowBlock,
+        &ta,
+        &tb,
+        &tc,
+        None,
+        false,
+    )
+    .unwrap();
+    ops::run(ctx, "split", &[&op.dispatch]).unwrap();
+    let want: Vec<f32> = a.iter().map(|v| v * 2.0).collect();
+    assert_eq!(tc.read_f32(ctx).unwrap(), want);
+}
+
+#[test]
+fn too_large_buffer_is_an_error_naming_it() {
+    let ctx = ctx();
+    let len = (ctx.limits.max_storage_buffer_binding_size / 4 + 1) as usize;
+    let err = Tensor::zeros(ctx, "layer fc1 weights", len)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("layer fc1 weights needs"), "{err}");
+    assert!(err.contains("max_storage_buffer_binding_size"), "{err}");
 }
 
 #[test]
@@ -174,7 +218,13 @@ fn segment_sum_matches_cpu() {
         let op = ops::segment_sum(ctx, &tx, &out, segments, len).unwrap();
         ops::run(ctx, "segment_sum", &[&op]).unwrap();
         let want = cpu::segment_sum(&x, segments, len);
-        assert_close("segment_sum", &out.read_f32(ctx).unwrap(), &want, 1e-4, 1e-5);
+        assert_close(
+            "segment_sum",
+            &out.read_f32(ctx).unwrap(),
+            &want,
+            1e-4,
+            1e-5,
+        );
     }
 }
 
@@ -193,8 +243,15 @@ fn softmax_xent_matches_cpu() {
             ops::softmax_xent(ctx, &tl, &ty, &tg, &ts, classes, batch, smoothing, scale).unwrap();
         ops::run(ctx, "xent", &[&op]).unwrap();
         let mut want_g = vec![0.0; classes * batch];
-        let (loss, correct) =
-            cpu::softmax_xent(&logits, &labels, &mut want_g, classes, batch, smoothing, scale);
+        let (loss, correct) = cpu::softmax_xent(
+            &logits,
+            &labels,
+            &mut want_g,
+            classes,
+            batch,
+            smoothing,
+            scale,
+        );
         let stats = ts.read_f32(ctx).unwrap();
         assert_close("xent loss", &stats[..batch], &loss, 1e-5, 1e-5);
         assert_eq!(&stats[batch..], &correct[..], "correct flags are exact");

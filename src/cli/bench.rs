@@ -63,7 +63,10 @@ fn matmul(args: MatmulArgs) -> CliResult {
     };
     let fill = |len: usize, seed: u32| -> Vec<f32> {
         (0..len)
-            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0 - 0.5)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0
+                    - 0.5
+            })
             .collect()
     };
     let a = Tensor::from_f32(&ctx, "A", &fill(args.m * args.k, 1))?;

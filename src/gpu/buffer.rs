@@ -8,6 +8,8 @@ use crate::gpu::GpuContext;
 pub struct Tensor {
     /// The buffer (STORAGE | COPY_SRC | COPY_DST).
     pub buffer: wgpu::Buffer,
+    /// Byte offset of element 0 in `buffer` (non-zero for a view made by [`Tensor::slice`]).
+    pub offset: u64,
     /// Number of 32-bit elements.
     pub len: usize,
     /// Name used in errors.
@@ -32,6 +34,7 @@ impl Tensor {
         });
         Ok(Tensor {
             buffer,
+            offset: 0,
             len,
             label: label.to_string(),
         })
@@ -42,7 +45,7 @@ impl Tensor {
         let t = Self::zeros(ctx, label, data.len())?;
         if !data.is_empty() {
             ctx.queue
-                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+                .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         }
         Ok(t)
     }
@@ -52,7 +55,7 @@ impl Tensor {
         let t = Self::zeros(ctx, label, data.len())?;
         if !data.is_empty() {
             ctx.queue
-                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+                .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         }
         Ok(t)
     }
@@ -69,7 +72,7 @@ impl Tensor {
         }
         if !data.is_empty() {
             ctx.queue
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+                .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -79,23 +82,54 @@ impl Tensor {
         (self.len * 4) as u64
     }
 
+    /// A view of elements `start .. start + len`. `start * 4` must be a multiple of the device's
+    /// `min_storage_buffer_offset_alignment` for the view to be bound.
+    pub fn slice(&self, ctx: &GpuContext, start: usize, len: usize, label: &str) -> Result<Tensor> {
+        let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment.max(4));
+        let offset = self.offset + (start * 4) as u64;
+        if start + len > self.len || offset % align != 0 {
+            return Err(RiglError::invalid(format!(
+                "{label}: view {start}..{} of '{}' ({} elements) is out of range or not aligned to {align} bytes",
+                start + len,
+                self.label,
+                self.len
+            )));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            offset,
+            len,
+            label: label.to_string(),
+        })
+    }
+
+    /// The binding of this tensor's elements.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.len.max(1) as u64 * 4),
+        })
+    }
+
     /// Reads the whole tensor back as f32 (waits for the GPU).
     pub fn read_f32(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let raw = read_bytes(ctx, &self.buffer, self.bytes(), &self.label)?;
+        let raw = read_bytes(ctx, &self.buffer, self.offset, self.bytes(), &self.label)?;
         Ok(bytemuck::cast_slice(&raw).to_vec())
     }
 
     /// Reads the whole tensor back as u32 (waits for the GPU).
     pub fn read_u32(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
-        let raw = read_bytes(ctx, &self.buffer, self.bytes(), &self.label)?;
+        let raw = read_bytes(ctx, &self.buffer, self.offset, self.bytes(), &self.label)?;
         Ok(bytemuck::cast_slice(&raw).to_vec())
     }
 }
 
-/// Copies `bytes` bytes of `buffer` into a staging buffer and maps it.
+/// Copies `bytes` bytes of `buffer` from `offset` into a staging buffer and maps it.
 pub fn read_bytes(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
+    offset: u64,
     bytes: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
@@ -113,15 +147,14 @@ pub fn read_bytes(
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("readback"),
         });
-    enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
     let idx = ctx.queue.submit([enc.finish()]);
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = tx.send(r);
     });
     ctx.wait(&format!("reading back {what}"), idx)?;
-    let mapped = rx
-        .recv()
+    rx.recv()
         .map_err(|_| RiglError::Gpu {
             what: format!("reading back {what}"),
             message: "map callback never ran".into(),
@@ -130,7 +163,6 @@ pub fn read_bytes(
             what: format!("reading back {what}"),
             message: e.to_string(),
         })?;
-    let _ = mapped;
     let view = staging.get_mapped_range(..).map_err(|e| RiglError::Gpu {
         what: format!("reading back {what}"),
         message: e.to_string(),
@@ -154,6 +186,7 @@ pub fn dispatch_dims(ctx: &GpuContext, workgroups: u64, what: &str) -> Result<(u
         return Err(RiglError::TooLarge {
             what: what.to_string(),
             needed: workgroups,
+            unit: "workgroups",
             limit: max * max,
             limit_name: "max_compute_workgroups_per_dimension squared",
         });

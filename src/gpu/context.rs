@@ -246,12 +246,15 @@ impl GpuContext {
 
     /// Checks that a storage buffer of `bytes` may be bound; `what` names the layer or tensor.
     pub fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
-        let limit =
-            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let limit = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if bytes > limit {
             return Err(RiglError::TooLarge {
                 what: what.to_string(),
                 needed: bytes,
+                unit: "bytes",
                 limit,
                 limit_name: "max_storage_buffer_binding_size",
             });

@@ -72,9 +72,9 @@ impl GemmVariant {
 
     /// Whether this variant can run `shape` on this device.
     pub fn supports(&self, ctx: &GpuContext, shape: &GemmShape) -> bool {
-        let m4 = shape.m % 4 == 0;
-        let n4 = shape.n % 4 == 0;
-        let k4 = shape.k % 4 == 0;
+        let m4 = shape.m.is_multiple_of(4);
+        let n4 = shape.n.is_multiple_of(4);
+        let k4 = shape.k.is_multiple_of(4);
         match self {
             GemmVariant::RowBlock | GemmVariant::Tiled => true,
             GemmVariant::Vec4 => m4 && n4 && k4,
@@ -173,6 +173,7 @@ pub struct GemmOp {
 
 impl GemmOp {
     /// Builds `c (+)= op(a ⊙ mask)·op(b)`. `mask` has the layout of `a`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &GpuContext,
         shape: GemmShape,
@@ -291,7 +292,10 @@ pub fn autotune(ctx: &GpuContext, s: usize) -> Result<GemmVariant> {
     let c = Tensor::zeros(ctx, "tune C", s * s)?;
     let mut best = (f64::INFINITY, GemmVariant::RowBlock);
     let shape = GemmShape::nn(s, s, s);
-    for v in GemmVariant::ALL.into_iter().filter(|v| v.supports(ctx, &shape)) {
+    for v in GemmVariant::ALL
+        .into_iter()
+        .filter(|v| v.supports(ctx, &shape))
+    {
         let op = GemmOp::new(ctx, shape, v, &a, &b, &c, None, false)?;
         let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, false)?;
         log::info!("autotune gemm {}: {ms:.3} ms", v.as_str());

@@ -88,7 +88,7 @@ pub fn time_ops(
             }
             enc.resolve_query_set(&qs, 0..2, &resolve, 0);
             ctx.submit_and_wait("timed run", [enc.finish()])?;
-            let raw = read_bytes(ctx, &resolve, 16, "timestamps")?;
+            let raw = read_bytes(ctx, &resolve, 0, 16, "timestamps")?;
             let ts: &[u64] = bytemuck::cast_slice(&raw);
             let ticks = ts[1].saturating_sub(ts[0]) as f64;
             times.push(ticks * period / 1e6);

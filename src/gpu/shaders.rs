@@ -11,6 +11,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("xent", include_str!("../../shaders/xent.wgsl")),
     ("sgd", include_str!("../../shaders/sgd.wgsl")),
+    ("select", include_str!("../../shaders/select.wgsl")),
 ];
 
 /// The source of shader `stem`, if it exists.

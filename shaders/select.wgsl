@@ -1,0 +1,295 @@
+// Exact top-k selection and the mask update of every sparse layer of a model, in a fixed number of
+// dispatches whatever the number of layers.
+//
+// All layers' weights, masks, momenta and grow scores are stored back to back (flat, per layer
+// `offset .. offset + n`). Per phase, each element gets a 32-bit key and an eligibility flag:
+//   PHASE 0 (drop): key = fkey(w),     eligible = mask != 0         select k = n_active - n_drop
+//   PHASE 1 (grow): key = fkey(score)  (GROW_SET: set_score(seed, step, layer, index)),
+//                   eligible = not kept                            select k = n_drop
+// fkey(x) = 0 for NaN, else bits(|x|) + 1 (bits of a non-negative float order like the float).
+// The selection is exact: the k eligible elements with the largest key, ties to the lower index.
+// It is a radix select (4 passes of 8 bits: histogram, then a per-layer scan that fixes one digit
+// of the k-th largest key T and how many of the elements equal to T are still needed), then a
+// count of T-valued elements per chunk, an exclusive scan of those counts per layer, and a mark
+// pass that walks each chunk in index order.
+//
+// Bindings (group 0), shared by every entry point:
+//   0 uniform Params
+//   1 storage read  table   : header (seed, step, 0, 0), layer table (8 u32 per layer: offset, n,
+//                             k_drop, k_grow, chunk0, nchunks, layer id, 0), then chunk -> layer
+//                             map. Rewritten by the host before each update (k, step).
+//   2 storage rw    w       : weights (f32)
+//   3 storage rw    mask    : 0/1 (f32)
+//   4 storage rw    mom     : optimizer slot zeroed with new and dropped connections (f32)
+//   5 storage read  score   : grow score (|dense gradient| or its EMA), unused for SET
+//   6 storage rw    scratch : per layer 256 histogram bins + 4 state words (prefix, k_rem), then
+//                             one tie count per chunk
+//   7 storage rw    sel     : per element, bit 0 = kept by the drop phase, bit 1 = grown
+// Chunks are CHUNK consecutive elements of one layer; chunk indices are linearised over
+// workgroup_id (x, y).
+
+struct Params {
+    n_layers: u32,
+    n_chunks: u32,
+    total: u32,
+    _pad: u32,
+}
+
+override PHASE: u32 = 0u;
+override PASS: u32 = 0u;
+override GROW_SET: bool = false;
+override DROP_ONLY: bool = false;
+
+const CHUNK: u32 = 256u;
+const LAYER_WORDS: u32 = 8u;
+const HEADER: u32 = 4u;
+const STATE_STRIDE: u32 = 260u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> table: array<u32>;
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mom: array<f32>;
+@group(0) @binding(5) var<storage, read> score: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scratch: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read_write> sel: array<u32>;
+
+fn fkey(x: f32) -> u32 {
+    let b = bitcast<u32>(x) & 0x7fffffffu;
+    return select(b + 1u, 0u, b > 0x7f800000u);
+}
+
+// MurmurHash3's 32-bit finaliser.
+fn fmix32(x: u32) -> u32 {
+    var h = x;
+    h ^= h >> 16u;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13u;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16u;
+    return h;
+}
+
+// SET's random grow score; must equal cpu::mask_update::set_score bit for bit.
+fn set_score(seed: u32, step: u32, layer: u32, index: u32) -> u32 {
+    var h = fmix32(seed ^ 0x9e3779b9u);
+    h = fmix32(h ^ step);
+    h = fmix32(h ^ layer);
+    return fmix32(h ^ index);
+}
+
+fn layer_offset(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS]; }
+fn layer_n(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 1u]; }
+fn layer_k(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 2u + PHASE]; }
+fn layer_chunk0(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 4u]; }
+fn layer_nchunks(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 5u]; }
+fn layer_id(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 6u]; }
+fn chunk_layer(c: u32) -> u32 { return table[HEADER + p.n_layers * LAYER_WORDS + c]; }
+fn state_base(l: u32) -> u32 { return l * STATE_STRIDE + 256u; }
+fn tie_index(c: u32) -> u32 { return p.n_layers * STATE_STRIDE + c; }
+
+fn key_of(l: u32, i: u32) -> u32 {
+    if (PHASE == 0u) {
+        return fkey(w[i]);
+    }
+    if (GROW_SET) {
+        return set_score(table[0], table[1], layer_id(l), i - layer_offset(l));
+    }
+    return fkey(score[i]);
+}
+
+fn eligible(i: u32) -> bool {
+    if (PHASE == 0u) {
+        return mask[i] != 0.0;
+    }
+    return (sel[i] & 1u) == 0u;
+}
+
+// Does `key` agree with the digits of T fixed by the passes before PASS?
+fn matches_prefix(key: u32, prefix: u32) -> bool {
+    if (PASS == 0u) {
+        return true;
+    }
+    let s = 32u - 8u * PASS;
+    return (key >> s) == (prefix >> s);
+}
+
+// One invocation per layer: reset the histogram and the state (prefix 0, k_rem = k).
+@compute @workgroup_size(64)
+fn sel_init(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let l = gid.x;
+    if (l >= p.n_layers) {
+        return;
+    }
+    for (var b = 0u; b < 256u; b++) {
+        atomicStore(&scratch[l * STATE_STRIDE + b], 0u);
+    }
+    atomicStore(&scratch[state_base(l)], 0u);
+    atomicStore(&scratch[state_base(l) + 1u], layer_k(l));
+}
+
+var<workgroup> local_hist: array<atomic<u32>, 256>;
+
+// One workgroup per chunk: histogram of digit PASS of the eligible keys that match the prefix.
+@compute @workgroup_size(64)
+fn sel_hist(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.n_chunks) {
+        return;
+    }
+    for (var b = lidx; b < 256u; b += 64u) {
+        atomicStore(&local_hist[b], 0u);
+    }
+    workgroupBarrier();
+    let l = chunk_layer(c);
+    let prefix = atomicLoad(&scratch[state_base(l)]);
+    let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
+    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
+    let shift = 24u - 8u * PASS;
+    if (k_rem > 0u) {
+        for (var i = start + lidx; i < end; i += 64u) {
+            if (eligible(i)) {
+                let key = key_of(l, i);
+                if (matches_prefix(key, prefix)) {
+                    atomicAdd(&local_hist[(key >> shift) & 255u], 1u);
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    for (var b = lidx; b < 256u; b += 64u) {
+        let v = atomicLoad(&local_hist[b]);
+        if (v > 0u) {
+            atomicAdd(&scratch[l * STATE_STRIDE + b], v);
+        }
+    }
+}
+
+// One invocation per layer: fix digit PASS of T from the histogram, then clear the histogram.
+@compute @workgroup_size(64)
+fn sel_scan(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let l = gid.x;
+    if (l >= p.n_layers) {
+        return;
+    }
+    let base = l * STATE_STRIDE;
+    var k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
+    var prefix = atomicLoad(&scratch[state_base(l)]);
+    let shift = 24u - 8u * PASS;
+    if (k_rem > 0u) {
+        var above = 0u;
+        for (var j = 0u; j < 256u; j++) {
+            let b = 255u - j;
+            let cnt = atomicLoad(&scratch[base + b]);
+            if (above + cnt >= k_rem) {
+                prefix = prefix | (b << shift);
+                k_rem = k_rem - above;
+                break;
+            }
+            above += cnt;
+        }
+    }
+    atomicStore(&scratch[state_base(l)], prefix);
+    atomicStore(&scratch[state_base(l) + 1u], k_rem);
+    for (var b = 0u; b < 256u; b++) {
+        atomicStore(&scratch[base + b], 0u);
+    }
+}
+
+// One invocation per chunk: how many eligible elements equal T.
+@compute @workgroup_size(64)
+fn sel_tiecount(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * 64u;
+    if (c >= p.n_chunks) {
+        return;
+    }
+    let l = chunk_layer(c);
+    let t = atomicLoad(&scratch[state_base(l)]);
+    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
+    var cnt = 0u;
+    for (var i = start; i < end; i++) {
+        if (eligible(i) && key_of(l, i) == t) {
+            cnt += 1u;
+        }
+    }
+    atomicStore(&scratch[tie_index(c)], cnt);
+}
+
+// One invocation per layer: exclusive scan of the tie counts of its chunks.
+@compute @workgroup_size(64)
+fn sel_tiescan(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let l = gid.x;
+    if (l >= p.n_layers) {
+        return;
+    }
+    var run = 0u;
+    let c0 = layer_chunk0(l);
+    for (var c = c0; c < c0 + layer_nchunks(l); c++) {
+        let v = atomicLoad(&scratch[tie_index(c)]);
+        atomicStore(&scratch[tie_index(c)], run);
+        run += v;
+    }
+}
+
+// One invocation per chunk: select key > T, and key == T while fewer than k_rem ties precede.
+// The drop phase writes bit 0 of sel (overwriting it), the grow phase sets bit 1.
+@compute @workgroup_size(64)
+fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * 64u;
+    if (c >= p.n_chunks) {
+        return;
+    }
+    let l = chunk_layer(c);
+    let t = atomicLoad(&scratch[state_base(l)]);
+    let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
+    var rank = atomicLoad(&scratch[tie_index(c)]);
+    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
+    for (var i = start; i < end; i++) {
+        var take = false;
+        if (k_rem > 0u && eligible(i)) {
+            let key = key_of(l, i);
+            if (key > t) {
+                take = true;
+            } else if (key == t) {
+                take = rank < k_rem;
+                rank += 1u;
+            }
+        }
+        if (PHASE == 0u) {
+            sel[i] = select(0u, 1u, take);
+        } else if (take) {
+            sel[i] = sel[i] | 2u;
+        }
+    }
+}
+
+// One invocation per element: new mask = kept | grown (kept only with DROP_ONLY); a new
+// connection (grown, inactive before) starts at weight 0 and momentum 0; everything outside the
+// new mask is 0.
+@compute @workgroup_size(256)
+fn mask_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.total) {
+        return;
+    }
+    let s = sel[i];
+    let kept = (s & 1u) != 0u;
+    var grown = (s & 2u) != 0u;
+    if (DROP_ONLY) {
+        grown = false;
+    }
+    let was = mask[i] != 0.0;
+    let now = kept || grown;
+    if (!now || (grown && !was)) {
+        w[i] = 0.0;
+        mom[i] = 0.0;
+    }
+    mask[i] = select(0.0, 1.0, now);
+}
