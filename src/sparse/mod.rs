@@ -3,10 +3,16 @@
 //! twin) is in [`crate::cpu::mask_update`]; [`Method`] is re-exported here.
 
 pub mod distribution;
+pub mod flops;
+pub mod init;
+pub mod plan;
 pub mod schedule;
 
 pub use crate::cpu::mask_update::{Method, UpdateStats};
 pub use distribution::{
     active_count, layer_sparsities, Distribution, DistributionConfig, LayerShape, LayerSparsity,
 };
+pub use flops::{LayerCost, TrainFlopsConfig};
+pub use init::{init_layer, SparseInit, WeightInit};
+pub use plan::{parse_layers, LayerKind, LayerSpec, Plan, PlanConfig, PlanLayer};
 pub use schedule::{DropSchedule, PruneSchedule, UpdateSchedule};
