@@ -326,9 +326,11 @@ pub fn drop_grow_update(
                     "SET update: layer of {n} positions exceeds u32 indices"
                 )));
             }
-            let score = |i: usize| set_score(seed, step, layer, i as u32);
+            let score: Vec<u32> = (0..n)
+                .map(|i| set_score(seed, step, layer, i as u32))
+                .collect();
             select_top(candidates, n_drop, |&a, &b| {
-                score(b).cmp(&score(a)).then(a.cmp(&b))
+                score[b].cmp(&score[a]).then(a.cmp(&b))
             })
         }
     };
@@ -385,7 +387,6 @@ pub fn snfs_update(
 }
 
 /// SET's update: grow the top [`set_score`]`(seed, step, layer, index)` positions outside `kept`.
-#[allow(clippy::too_many_arguments)]
 pub fn set_update(
     weights: &mut [f32],
     slots: &mut [&mut [f32]],

@@ -101,6 +101,12 @@ impl UpdateSchedule {
     /// `r = f32(min(t, t_end)) / f32(t_end)`, then `(alpha * 0.5) * (1 + cos(PI * r))` with f32
     /// operations in that order ([`std::f32::consts::PI`], f32 `cos`). With `t_end == 0` the
     /// ratio is taken as 0 (so the fraction is α). `Constant` returns α.
+    ///
+    /// Bits: f32 `cos` is the platform libm's `cosf`, which (like numpy's SIMD float32 `cos`
+    /// used by the reference script) is not correctly rounded everywhere, so the last bit or two
+    /// may differ between platforms and from numpy (by up to ~40 ulp right before `t_end`,
+    /// where `1 + cos` cancels). GPU code should take this value (or the drop count) from the
+    /// host rather than recompute it: WGSL's `cos` is far less precise.
     pub fn drop_fraction(&self, t: u64) -> f32 {
         match self.drop_schedule {
             DropSchedule::Constant => self.alpha,
