@@ -38,14 +38,7 @@ pub enum NpyData {
 impl NpyData {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            NpyData::F32(v) => v.len(),
-            NpyData::F64(v) => v.len(),
-            NpyData::I32(v) => v.len(),
-            NpyData::I64(v) => v.len(),
-            NpyData::U8(v) => v.len(),
-            NpyData::Bool(v) => v.len(),
-        }
+        self.as_ref().len()
     }
 
     /// Whether there are no elements.

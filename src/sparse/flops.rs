@@ -25,13 +25,7 @@ use crate::sparse::schedule::PruneSchedule;
 /// Forward FLOPs per sample of the dense layer `shape` with `positions` output positions:
 /// `2 * prod(shape) * positions`.
 pub fn dense_layer_flops(shape: &[usize], positions: u64) -> Result<f64> {
-    if shape.is_empty() || shape.contains(&0) || positions == 0 {
-        return Err(RiglError::invalid(format!(
-            "FLOPs of shape {shape:?} with {positions} output positions: empty or zero-sized"
-        )));
-    }
-    let n: f64 = shape.iter().map(|&d| d as f64).product();
-    Ok(2.0 * n * positions as f64)
+    Ok(LayerCost::new(shape, 0.0, positions)?.dense_flops())
 }
 
 /// The cost model of one layer.
@@ -134,8 +128,8 @@ pub fn inference_flops_vs_dense(method: Method, layers: &[LayerCost]) -> Result<
 ///
 /// Pruning: before the first pruning step the model is dense; at each pruning step `p` (see
 /// [`PruneSchedule::is_prune_step`]) layer `l` gets `active(s_l(p))` weights, kept until the
-/// next one; the result is the mean over `t` in `0..total_steps` of `3 * sum_l 2 * active_l(t)
-/// * positions_l`.
+/// next one; the result is the mean over `t` in `0..total_steps` of
+/// `3 * sum_l(2 * active_l(t) * positions_l)`.
 pub fn train_flops_per_step(
     method: Method,
     layers: &[LayerCost],
@@ -169,33 +163,19 @@ pub fn train_flops_per_step(
 
 /// Mean over `0..total` of the forward FLOPs of the masks in force.
 fn prune_mean_forward(layers: &[LayerCost], sched: &PruneSchedule, total: u64) -> f64 {
-    let forward_at = |p: u64| -> f64 {
-        layers
-            .iter()
-            .map(|l| {
-                let s = sched.sparsity_at_with_final(p, l.sparsity);
-                l.flops_with_active(active_count(l.total, s))
-            })
-            .sum()
-    };
-    // Pruning steps inside the run, ascending.
-    let mut steps = Vec::new();
-    let mut p = sched.t0;
-    while p <= sched.t1 && p < total {
-        steps.push(p);
-        match p.checked_add(sched.every) {
-            Some(q) => p = q,
-            None => break,
+    let mut current = dense_forward_flops(layers);
+    let mut sum = 0.0;
+    for t in 0..total {
+        if sched.is_prune_step(t) {
+            current = layers
+                .iter()
+                .map(|l| {
+                    let s = sched.sparsity_at_with_final(t, l.sparsity);
+                    l.flops_with_active(active_count(l.total, s))
+                })
+                .sum();
         }
-    }
-    if sched.t1 < total && steps.last() != Some(&sched.t1) {
-        steps.push(sched.t1);
-    }
-    let first = steps.first().copied().unwrap_or(total);
-    let mut sum = dense_forward_flops(layers) * first as f64;
-    for (i, &p) in steps.iter().enumerate() {
-        let end = steps.get(i + 1).copied().unwrap_or(total);
-        sum += forward_at(p) * (end - p) as f64;
+        sum += current;
     }
     sum / total as f64
 }
