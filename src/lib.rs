@@ -4,12 +4,13 @@
 //!
 //! Floors, each using only those below: [`gpu`] (context, buffers, kernels, profiling) and
 //! [`cpu`] (the reference twin of every kernel), [`sparse`] (distributions, schedules, masks and
-//! their updates).
+//! their updates) and [`npy`] (NumPy `.npy` reading, `.npz` writing).
 #![warn(missing_docs)]
 
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod npy;
 pub mod sparse;
 
 pub use error::{Result, RiglError};
