@@ -110,7 +110,8 @@ fn matches_prefix(key: u32, prefix: u32) -> bool {
     if (PASS == 0u) {
         return true;
     }
-    let s = 32u - 8u * PASS;
+    // max() keeps the shift below 32 in the PASS == 0 specialisation, where this is unreachable.
+    let s = 32u - 8u * max(PASS, 1u);
     return (key >> s) == (prefix >> s);
 }
 
