@@ -16,6 +16,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// ACCUMULATE: out[s] += sum instead of out[s] = sum (running totals over steps).
+override ACCUMULATE: bool = false;
+
 const WG: u32 = 256u;
 
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -54,7 +57,11 @@ fn segment_sum(
         workgroupBarrier();
     }
     if (lidx == 0u) {
-        ss_out[s] = ss_part[0];
+        if (ACCUMULATE) {
+            ss_out[s] += ss_part[0];
+        } else {
+            ss_out[s] = ss_part[0];
+        }
     }
 }
 

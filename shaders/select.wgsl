@@ -23,7 +23,8 @@
 //   4 storage rw    mom     : optimizer slot zeroed with new and dropped connections (f32)
 //   5 storage read  score   : grow score (|dense gradient| or its EMA), unused for SET
 //   6 storage rw    scratch : per layer 256 histogram bins + 4 state words (prefix, k_rem), then
-//                             one tie count per chunk
+//                             one tie count per chunk, then per layer the number of new
+//                             connections made by the last update
 //   7 storage rw    sel     : per element, bit 0 = kept by the drop phase, bit 1 = grown
 // Chunks are CHUNK consecutive elements of one layer; chunk indices are linearised over
 // workgroup_id (x, y).
@@ -87,6 +88,7 @@ fn layer_id(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 6u]; }
 fn chunk_layer(c: u32) -> u32 { return table[HEADER + p.n_layers * LAYER_WORDS + c]; }
 fn state_base(l: u32) -> u32 { return l * STATE_STRIDE + 256u; }
 fn tie_index(c: u32) -> u32 { return p.n_layers * STATE_STRIDE + c; }
+fn new_count_index(l: u32) -> u32 { return p.n_layers * STATE_STRIDE + p.n_chunks + l; }
 
 fn key_of(l: u32, i: u32) -> u32 {
     if (PHASE == 0u) {
@@ -127,6 +129,7 @@ fn sel_init(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     atomicStore(&scratch[state_base(l)], 0u);
     atomicStore(&scratch[state_base(l) + 1u], layer_k(l));
+    atomicStore(&scratch[new_count_index(l)], 0u);
 }
 
 var<workgroup> local_hist: array<atomic<u32>, 256>;
@@ -291,6 +294,13 @@ fn mask_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (!now || (grown && !was)) {
         w[i] = 0.0;
         mom[i] = 0.0;
+    }
+    if (grown && !was) {
+        for (var l = 0u; l < p.n_layers; l++) {
+            if (i >= layer_offset(l) && i < layer_offset(l) + layer_n(l)) {
+                atomicAdd(&scratch[new_count_index(l)], 1u);
+            }
+        }
     }
     mask[i] = select(0.0, 1.0, now);
 }

@@ -26,6 +26,7 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 //   loss[b]    = -sum_c t_c * log_softmax_c, t = (1 - f0) * onehot(label) + f0 / rows
 //   correct[b] = 1 if the first index of the largest logit equals the label, else 0
 //   dlogits    = (softmax - t) * f1
+// Samples b >= flag (padding of a partial last batch) get loss 0, correct 0 and gradient 0.
 // 1 read logits[rows * cols]; 2 read labels u32[cols]; 3 rw dlogits[rows * cols];
 // 4 rw stats[2 * cols] (loss then correct)
 @group(0) @binding(1) var<storage, read> sx_logits: array<f32>;
@@ -40,6 +41,14 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         return;
     }
     let classes = p.rows;
+    if (b >= p.flag) {
+        for (var c = 0u; c < classes; c++) {
+            sx_grad[c * p.cols + b] = 0.0;
+        }
+        sx_stats[b] = 0.0;
+        sx_stats[p.cols + b] = 0.0;
+        return;
+    }
     let label = sx_labels[b];
     var mx = sx_logits[b];
     var arg = 0u;

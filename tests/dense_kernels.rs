@@ -215,7 +215,7 @@ fn segment_sum_matches_cpu() {
         let x = data(segments * len, 12);
         let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
         let out = Tensor::from_f32(ctx, "out", &vec![f32::NAN; segments]).unwrap();
-        let op = ops::segment_sum(ctx, &tx, &out, segments, len).unwrap();
+        let op = ops::segment_sum(ctx, &tx, &out, segments, len, false).unwrap();
         ops::run(ctx, "segment_sum", &[&op]).unwrap();
         let want = cpu::segment_sum(&x, segments, len);
         assert_close(
@@ -313,4 +313,74 @@ fn sgd_matches_cpu_and_keeps_masked_zero() {
     ops::run(ctx, "sgd", &[&op]).unwrap();
     let want: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| w - 0.1 * g).collect();
     assert_close("plain sgd", &tw.read_f32(ctx).unwrap(), &want, 1e-7, 1e-6);
+}
+
+#[test]
+fn ema_and_max_into_match_cpu() {
+    let ctx = ctx();
+    let n = 777;
+    let g = data(n, 31);
+    let e0 = data(n, 32);
+    let tg = Tensor::from_f32(ctx, "g", &g).unwrap();
+    let te = Tensor::from_f32(ctx, "ema", &e0).unwrap();
+    let op = ops::ema(ctx, &tg, &te, n, 0.9).unwrap();
+    ops::run(ctx, "ema", &[&op, &op]).unwrap();
+    let mut want = e0.clone();
+    rigl::cpu::mask_update::ema_update(&mut want, &g, 0.9).unwrap();
+    rigl::cpu::mask_update::ema_update(&mut want, &g, 0.9).unwrap();
+    assert_close("ema", &te.read_f32(ctx).unwrap(), &want, 1e-7, 1e-6);
+
+    let m = mask(n, 0.3, 33);
+    let acc0 = mask(n, 0.5, 34);
+    let tm = Tensor::from_f32(ctx, "m", &m).unwrap();
+    let ta = Tensor::from_f32(ctx, "acc", &acc0).unwrap();
+    let op = ops::max_into(ctx, &tm, &ta, n).unwrap();
+    ops::run(ctx, "max_into", &[&op]).unwrap();
+    let want: Vec<f32> = acc0.iter().zip(&m).map(|(a, b)| a.max(*b)).collect();
+    assert_eq!(ta.read_f32(ctx).unwrap(), want);
+}
+
+#[test]
+fn xent_padding_columns_are_inert() {
+    let ctx = ctx();
+    let (classes, batch, valid) = (10, 64, 37);
+    let logits = data(classes * batch, 41);
+    let labels: Vec<u32> = (0..batch).map(|b| (b % classes) as u32).collect();
+    let tl = Tensor::from_f32(ctx, "logits", &logits).unwrap();
+    let ty = Tensor::from_u32(ctx, "labels", &labels).unwrap();
+    let tg = Tensor::zeros(ctx, "dlogits", classes * batch).unwrap();
+    let ts = Tensor::zeros(ctx, "stats", 2 * batch).unwrap();
+    let op = ops::softmax_xent(ctx, &tl, &ty, &tg, &ts, classes, batch, 0.0, 1.0).unwrap();
+    ops::set_xent_valid(ctx, &op, classes, batch, valid, 0.0, 1.0 / valid as f32);
+    ops::run(ctx, "xent", &[&op]).unwrap();
+    let stats = ts.read_f32(ctx).unwrap();
+    let grad = tg.read_f32(ctx).unwrap();
+    // Reference: the first `valid` columns alone.
+    let sub: Vec<f32> = (0..classes)
+        .flat_map(|c| logits[c * batch..c * batch + valid].to_vec())
+        .collect();
+    let mut want_g = vec![0.0; classes * valid];
+    let (loss, _) = cpu::softmax_xent(
+        &sub,
+        &labels[..valid],
+        &mut want_g,
+        classes,
+        valid,
+        0.0,
+        1.0 / valid as f32,
+    );
+    assert_close("loss", &stats[..valid], &loss, 1e-5, 1e-5);
+    assert!(stats[valid..batch].iter().all(|&v| v == 0.0));
+    for c in 0..classes {
+        assert_close(
+            "grad",
+            &grad[c * batch..c * batch + valid],
+            &want_g[c * valid..(c + 1) * valid],
+            1e-6,
+            1e-5,
+        );
+        assert!(grad[c * batch + valid..(c + 1) * batch]
+            .iter()
+            .all(|&v| v == 0.0));
+    }
 }

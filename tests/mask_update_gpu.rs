@@ -61,6 +61,7 @@ fn gpu_update(
     let ts = Tensor::from_f32(ctx, "score", &flat(&|l| &l.score)).unwrap();
     let up = MaskUpdater::new(ctx, place.clone(), &tw, &tk, &tm, &ts, seed).unwrap();
     up.run(ctx, step, counts, rule).unwrap();
+    let new_conn = up.read_new_connections(ctx).unwrap();
     let (w, m, k) = (
         tw.read_f32(ctx).unwrap(),
         tm.read_f32(ctx).unwrap(),
@@ -68,9 +69,20 @@ fn gpu_update(
     );
     place
         .iter()
-        .map(|p| {
+        .zip(layers)
+        .zip(new_conn)
+        .map(|((p, l), nc)| {
             let r = p.offset..p.offset + p.n;
-            (w[r.clone()].to_vec(), m[r.clone()].to_vec(), k[r].to_vec())
+            let new_mask = &k[r.clone()];
+            let expect_new = (0..p.n)
+                .filter(|&i| new_mask[i] == 1.0 && l.mask[i] == 0.0)
+                .count();
+            assert_eq!(nc, expect_new, "new-connection counter of {}", p.name);
+            (
+                w[r.clone()].to_vec(),
+                m[r.clone()].to_vec(),
+                new_mask.to_vec(),
+            )
         })
         .collect()
 }

@@ -103,6 +103,25 @@ impl Tensor {
         })
     }
 
+    /// A view for copies only (reading back part of a tensor): any element offset, not bindable
+    /// unless aligned.
+    pub fn slice_unaligned(&self, start: usize, len: usize) -> Result<Tensor> {
+        if start + len > self.len {
+            return Err(RiglError::invalid(format!(
+                "view {start}..{} of '{}' ({} elements) is out of range",
+                start + len,
+                self.label,
+                self.len
+            )));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + (start * 4) as u64,
+            len,
+            label: self.label.clone(),
+        })
+    }
+
     /// The binding of this tensor's elements.
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {

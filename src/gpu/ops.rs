@@ -197,13 +197,14 @@ pub fn relu_bwd(ctx: &GpuContext, y: &Tensor, g: &Tensor, n: usize) -> Result<Di
     .with_cost(n as f64, n as f64 * 12.0))
 }
 
-/// `out[s] = sum(x[s*len .. (s+1)*len])` for `s < segments`.
+/// `out[s] = sum(x[s*len .. (s+1)*len])` for `s < segments` (`+=` with `accumulate`).
 pub fn segment_sum(
     ctx: &GpuContext,
     x: &Tensor,
     out: &Tensor,
     segments: usize,
     len: usize,
+    accumulate: bool,
 ) -> Result<Dispatch> {
     const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
     check_len(x, segments * len, "segment_sum")?;
@@ -216,7 +217,8 @@ pub fn segment_sum(
     };
     Ok(Dispatch::build(
         ctx,
-        &KernelSpec::new("reduce", "segment_sum", B),
+        &KernelSpec::new("reduce", "segment_sum", B)
+            .with_override("ACCUMULATE", f64::from(u8::from(accumulate))),
         bytemuck::bytes_of(&p),
         &[x, out],
         segments as u64,
@@ -225,7 +227,8 @@ pub fn segment_sum(
 }
 
 /// Softmax cross-entropy over feature-major logits `[classes, batch]`: writes the logits gradient
-/// (times `grad_scale`) and per-sample loss and correct flags into `stats[2 * batch]`.
+/// (times `grad_scale`) and per-sample loss and correct flags into `stats[2 * batch]`. All
+/// `batch` columns are valid; see [`set_xent_valid`] for a partial batch.
 #[allow(clippy::too_many_arguments)]
 pub fn softmax_xent(
     ctx: &GpuContext,
@@ -252,14 +255,7 @@ pub fn softmax_xent(
     check_len(labels, batch, "softmax_xent")?;
     check_len(dlogits, classes * batch, "softmax_xent")?;
     check_len(stats, 2 * batch, "softmax_xent")?;
-    let p = EwParams {
-        n: batch as u32,
-        rows: classes as u32,
-        cols: batch as u32,
-        f0: label_smoothing,
-        f1: grad_scale,
-        ..Default::default()
-    };
+    let p = xent_params(classes, batch, batch, label_smoothing, grad_scale);
     let n = (classes * batch) as f64;
     Ok(Dispatch::build(
         ctx,
@@ -269,6 +265,72 @@ pub fn softmax_xent(
         (batch as u64).div_ceil(EW_WG),
     )?
     .with_cost(n * 8.0, n * 8.0))
+}
+
+fn xent_params(classes: usize, batch: usize, valid: usize, smoothing: f32, scale: f32) -> EwParams {
+    EwParams {
+        n: batch as u32,
+        rows: classes as u32,
+        cols: batch as u32,
+        flag: valid.min(batch) as u32,
+        f0: smoothing,
+        f1: scale,
+        ..Default::default()
+    }
+}
+
+/// Makes only the first `valid` samples of a [`softmax_xent`] dispatch count (the rest of the
+/// batch is padding), with gradient scale `grad_scale`.
+pub fn set_xent_valid(
+    ctx: &GpuContext,
+    op: &Dispatch,
+    classes: usize,
+    batch: usize,
+    valid: usize,
+    label_smoothing: f32,
+    grad_scale: f32,
+) {
+    let p = xent_params(classes, batch, valid, label_smoothing, grad_scale);
+    op.write_params(ctx, bytemuck::bytes_of(&p));
+}
+
+/// `ema -= (1 - decay) * (ema - x)` over `n` elements (TensorFlow's moving average; SNFS).
+pub fn ema(ctx: &GpuContext, x: &Tensor, ema: &Tensor, n: usize, decay: f32) -> Result<Dispatch> {
+    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    check_len(x, n, "ema")?;
+    check_len(ema, n, "ema")?;
+    let p = EwParams {
+        n: n as u32,
+        f0: 1.0 - decay,
+        ..Default::default()
+    };
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("elementwise", "ema_update", B),
+        bytemuck::bytes_of(&p),
+        &[x, ema],
+        (n as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n as f64 * 3.0, n as f64 * 12.0))
+}
+
+/// `acc = max(acc, x)` over `n` elements (the "ever active" map behind the ITOP rate).
+pub fn max_into(ctx: &GpuContext, x: &Tensor, acc: &Tensor, n: usize) -> Result<Dispatch> {
+    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    check_len(x, n, "max_into")?;
+    check_len(acc, n, "max_into")?;
+    let p = EwParams {
+        n: n as u32,
+        ..Default::default()
+    };
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("elementwise", "max_into", B),
+        bytemuck::bytes_of(&p),
+        &[x, acc],
+        (n as u64).div_ceil(EW_WG),
+    )?
+    .with_cost(n as f64, n as f64 * 12.0))
 }
 
 /// SGD hyper-parameters.

@@ -11,6 +11,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("xent", include_str!("../../shaders/xent.wgsl")),
     ("sgd", include_str!("../../shaders/sgd.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
     ("select", include_str!("../../shaders/select.wgsl")),
 ];
 

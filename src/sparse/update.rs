@@ -75,6 +75,7 @@ pub struct MaskUpdater {
     layers: Vec<LayerPlacement>,
     chunk_map: Vec<u32>,
     meta: Tensor,
+    scratch: Tensor,
     drop: Vec<Dispatch>,
     grow_score: Vec<Dispatch>,
     grow_random: Vec<Dispatch>,
@@ -126,7 +127,7 @@ impl MaskUpdater {
         let scratch = Tensor::zeros(
             ctx,
             "mask-update scratch",
-            layers.len() * STATE_STRIDE + n_chunks,
+            layers.len() * (STATE_STRIDE + 1) + n_chunks,
         )?;
         let sel = Tensor::zeros(ctx, "mask-update selection", total)?;
         let params = SelParams {
@@ -203,6 +204,7 @@ impl MaskUpdater {
             layers,
             chunk_map,
             meta,
+            scratch,
             seed,
         })
     }
@@ -287,6 +289,24 @@ impl MaskUpdater {
         for d in self.dispatches(rule) {
             d.encode(pass);
         }
+    }
+
+    /// Number of new connections (grown positions that were inactive) per layer in the last
+    /// update. Reads back one word per layer.
+    pub fn read_new_connections(&self, ctx: &GpuContext) -> Result<Vec<usize>> {
+        let l = self.layers.len();
+        let start = l * STATE_STRIDE + self.chunk_map.len();
+        let view = self.scratch.slice_unaligned(start, l)?;
+        Ok(crate::gpu::buffer::read_bytes(
+            ctx,
+            &view.buffer,
+            view.offset,
+            view.bytes(),
+            "new connections",
+        )?
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .collect())
     }
 
     /// Prepares, submits and waits for one update.
