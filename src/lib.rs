@@ -8,9 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod nn;
 pub mod npy;
 pub mod sparse;
+pub mod train;
 
 pub use error::{Result, RiglError};

@@ -3,6 +3,7 @@
 
 mod bench;
 mod info;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Show the GPU adapter, its features and limits, and the kernel variants chosen for it.
     Info(info::InfoArgs),
+    /// Train a sparse network (RigL by default) on Fashion-MNIST or any MNIST-format IDX files.
+    Train(Box<train::TrainArgs>),
     /// Time kernels on this adapter.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -63,6 +66,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -56,7 +56,8 @@ impl LayerShape {
 }
 
 /// How the global sparsity is spread over the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Distribution {
     /// Every sparse layer gets `S`.
     Uniform,

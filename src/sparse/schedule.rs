@@ -4,7 +4,8 @@
 use crate::error::{Result, RiglError};
 
 /// How the drop fraction decays over the update steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DropSchedule {
     /// `alpha/2 * (1 + cos(pi * min(t, t_end) / t_end))` (the default).
     #[default]

@@ -1,0 +1,377 @@
+//! `rigl train`: sparse training end to end, with live progress and a run directory.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rigl::data::{DataSource, IdxFiles, SyntheticSpec};
+use rigl::gpu::GpuContext;
+use rigl::sparse::{Distribution, DropSchedule, Method};
+use rigl::train::{self, LrSchedule, MetricsLine, Progress, TrainConfig, TrainSummary};
+
+use super::{CliError, CliResult};
+
+/// Flags of `rigl train`. Every one is optional: unset flags take the value from `--config` or
+/// the default.
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// TOML file with any of these settings (flags given on the command line win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory (default runs/<date>-<time>-<method>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// fashion-mnist (default), idx (with --data-dir) or synthetic.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Directory with the four MNIST-format IDX files (.gz or raw).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Training images (IDX); give all four file flags together.
+    #[arg(long)]
+    train_images: Option<PathBuf>,
+    /// Training labels (IDX).
+    #[arg(long)]
+    train_labels: Option<PathBuf>,
+    /// Test images (IDX).
+    #[arg(long)]
+    test_images: Option<PathBuf>,
+    /// Test labels (IDX).
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// Standardise inputs (training mean and deviation) instead of [0, 1].
+    #[arg(long)]
+    standardize: bool,
+    /// Hidden layer widths, e.g. 300,100.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Label smoothing.
+    #[arg(long)]
+    label_smoothing: Option<f32>,
+    /// dense, static, set, snfs, rigl (default) or prune.
+    #[arg(long)]
+    method: Option<String>,
+    /// Global sparsity in [0, 1) (default 0.9).
+    #[arg(long)]
+    sparsity: Option<f64>,
+    /// uniform, er or erk (default).
+    #[arg(long)]
+    distribution: Option<String>,
+    /// Keep the first layer dense (true/false).
+    #[arg(long)]
+    first_layer_dense: Option<bool>,
+    /// Keep the last layer dense (true/false).
+    #[arg(long)]
+    last_layer_dense: Option<bool>,
+    /// ERK exponent.
+    #[arg(long)]
+    erk_power_scale: Option<f64>,
+    /// Steps between mask updates (ΔT, default 100).
+    #[arg(long)]
+    delta_t: Option<u64>,
+    /// Last mask update: fraction of the steps (≤ 1) or a step number (default 0.75).
+    #[arg(long)]
+    t_end: Option<f64>,
+    /// Initial drop fraction α (default 0.3).
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// cosine (default) or constant.
+    #[arg(long)]
+    drop_schedule: Option<String>,
+    /// Pruning: first pruning step, fraction of the steps.
+    #[arg(long)]
+    prune_start: Option<f64>,
+    /// Pruning: last pruning step, fraction of the steps.
+    #[arg(long)]
+    prune_end: Option<f64>,
+    /// Pruning: steps between pruning steps.
+    #[arg(long)]
+    prune_every: Option<u64>,
+    /// Samples per step (default 100).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Epochs (default 10).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate (default 0.2).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// constant, step or cosine (default).
+    #[arg(long)]
+    lr_schedule: Option<String>,
+    /// Linear warm-up in epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Momentum (default 0.9).
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Nesterov momentum (true/false, default true).
+    #[arg(long)]
+    nesterov: Option<bool>,
+    /// L2 weight decay (default 1e-4).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Seed (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Steps between logged metrics (default 100).
+    #[arg(long)]
+    log_every: Option<u64>,
+}
+
+impl TrainArgs {
+    /// The effective configuration: `--config` (or defaults) overridden by the given flags.
+    pub fn config(&self) -> Result<TrainConfig, CliError> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p).map_err(CliError::usage)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(
+            label_smoothing, sparsity, erk_power_scale, delta_t, t_end, alpha, prune_start,
+            prune_end, prune_every, batch, epochs, lr, warmup_epochs, momentum, nesterov,
+            weight_decay, seed, log_every, hidden
+        );
+        if let Some(v) = &self.dataset {
+            c.dataset = v.clone();
+        }
+        for (src, dst) in [
+            (&self.data_dir, &mut c.data_dir),
+            (&self.train_images, &mut c.train_images),
+            (&self.train_labels, &mut c.train_labels),
+            (&self.test_images, &mut c.test_images),
+            (&self.test_labels, &mut c.test_labels),
+        ] {
+            if src.is_some() {
+                *dst = src.clone();
+            }
+        }
+        if self.standardize {
+            c.standardize = true;
+        }
+        if self.first_layer_dense.is_some() {
+            c.first_layer_dense = self.first_layer_dense;
+        }
+        if self.last_layer_dense.is_some() {
+            c.last_layer_dense = self.last_layer_dense;
+        }
+        if let Some(m) = &self.method {
+            c.method = Method::parse(m)?;
+        }
+        if let Some(d) = &self.distribution {
+            c.distribution = Distribution::parse(d)?;
+        }
+        if let Some(d) = &self.drop_schedule {
+            c.drop_schedule = DropSchedule::parse(d)?;
+        }
+        if let Some(s) = &self.lr_schedule {
+            c.lr_schedule = LrSchedule::parse(s)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// The data source of a configuration.
+pub fn data_source(c: &TrainConfig) -> Result<DataSource, CliError> {
+    if let (Some(ti), Some(tl), Some(si), Some(sl)) =
+        (&c.train_images, &c.train_labels, &c.test_images, &c.test_labels)
+    {
+        return Ok(DataSource::Files(IdxFiles {
+            train_images: ti.clone(),
+            train_labels: tl.clone(),
+            test_images: si.clone(),
+            test_labels: sl.clone(),
+        }));
+    }
+    let synthetic = SyntheticSpec {
+        seed: c.seed,
+        ..SyntheticSpec::default()
+    };
+    DataSource::from_flags(&c.dataset, c.data_dir.as_deref(), synthetic).map_err(CliError::usage)
+}
+
+/// Loads train and test sets; any failure is bad input (exit code 2).
+pub fn load_data(c: &TrainConfig) -> Result<rigl::data::TrainTest, CliError> {
+    let mut tt = data_source(c)?.load().map_err(CliError::usage)?;
+    if c.standardize {
+        let s = tt.train.standardize();
+        s.apply(&mut tt.test);
+    }
+    Ok(tt)
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Progress on a terminal (a bar) or as plain lines on stderr.
+pub struct CliProgress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl CliProgress {
+    /// A bar when stderr is a terminal, else plain lines.
+    pub fn new(quiet: bool) -> Self {
+        CliProgress { bar: None, quiet }
+    }
+}
+
+impl Progress for CliProgress {
+    fn start(&mut self, total_steps: u64, _steps_per_epoch: u64) {
+        if std::io::stderr().is_terminal() && !self.quiet {
+            let bar = ProgressBar::new(total_steps);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            self.bar = Some(bar);
+        }
+    }
+
+    fn line(&mut self, l: &MetricsLine) {
+        let text = match l.kind {
+            "eval" => format!(
+                "epoch {:>3.0} step {:>6} | test loss {:.4} acc {:.2}% | train FLOPs {:.3}x dense",
+                l.epoch,
+                l.step,
+                l.loss,
+                100.0 * l.accuracy,
+                l.train_flops_vs_dense
+            ),
+            _ => format!(
+                "epoch {:>6.2} step {:>6} | loss {:.4} acc {:.2}% | lr {:.4} drop {:.3} new {} | {:.0} samples/s",
+                l.epoch,
+                l.step,
+                l.loss,
+                100.0 * l.accuracy,
+                l.lr,
+                l.drop_fraction,
+                l.mask_changes,
+                l.samples_per_sec
+            ),
+        };
+        match &self.bar {
+            Some(bar) => {
+                if l.kind == "eval" {
+                    bar.println(text);
+                } else {
+                    bar.set_message(format!(
+                        "loss {:.4} acc {:.1}% drop {:.3} {:.0}/s",
+                        l.loss,
+                        100.0 * l.accuracy,
+                        l.drop_fraction,
+                        l.samples_per_sec
+                    ));
+                }
+            }
+            None if !self.quiet => eprintln!("{text}"),
+            None => {}
+        }
+    }
+
+    fn step(&mut self, step: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints a summary table.
+pub fn print_summary(s: &TrainSummary) {
+    println!(
+        "{} on {}: test accuracy {:.2}% (loss {:.4}), final train loss {:.4}",
+        s.method,
+        s.adapter,
+        100.0 * s.test_accuracy,
+        s.test_loss,
+        s.final_train_loss
+    );
+    println!(
+        "{} epochs, {} steps, {:.0} samples/s, {:.1} s; {} mask updates",
+        s.epochs, s.steps, s.samples_per_sec, s.seconds, s.mask_updates
+    );
+    println!(
+        "density {:.4}; training FLOPs {:.3}x dense, inference FLOPs {:.3}x dense; ITOP rate {:.3}",
+        s.density, s.train_flops_vs_dense, s.inference_flops_vs_dense, s.itop_rate
+    );
+    println!(
+        "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10}",
+        "layer", "shape", "target", "actual", "active", "total"
+    );
+    for l in &s.layers {
+        println!(
+            "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10}",
+            l.name,
+            format!("{}x{}", l.shape[0], l.shape[1]),
+            l.sparsity,
+            l.actual_sparsity,
+            l.active,
+            l.total
+        );
+    }
+    if let Some(d) = &s.run_dir {
+        println!("run directory: {d}");
+    }
+}
+
+pub fn run(args: TrainArgs) -> CliResult {
+    let cfg = args.config()?;
+    let data = load_data(&cfg)?;
+    let ctx = GpuContext::new()?;
+    if ctx.is_software() && !args.json {
+        eprintln!(
+            "note: running on the software adapter '{}' (no GPU driver found or chosen)",
+            ctx.info.name
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.method.as_str()))
+    });
+    let mut progress = CliProgress::new(args.json);
+    let summary = train::train(&ctx, &cfg, &data.train, &data.test, Some(&out), &mut progress)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| CliError::usage(e.to_string()))?
+        );
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! A multi-layer perceptron of sparse linear layers on the GPU, ReLU between layers, softmax
+//! cross-entropy on top.
+//!
+//! Storage (the masked-dense path): every layer's weights `[in, out]` live back to back in one flat
+//! buffer at 64-element-aligned offsets, with a 0/1 mask, momentum, the dense weight gradient
+//! (`dL/d(mask ⊙ w)`), the SNFS gradient EMA and the "ever active" map in flat buffers of the
+//! same layout, so the mask update and the optimizer each cover all layers in one dispatch.
+//! Activations are feature-major `[features, batch]`.
+//!
+//! Step, for layers l = 0..L-1 with input a_{-1} = x:
+//! ```text
+//! forward   z_l = (w_l ⊙ m_l)ᵀ a_{l-1} + b_l,   a_l = relu(z_l) (identity for the last)
+//! loss      softmax cross-entropy of a_{L-1}; d_{L-1} = (softmax - target) / batch
+//! backward  d_l ⊙= relu'(a_l) (hidden),  db_l = Σ_batch d_l,  dW_l = a_{l-1} d_lᵀ (dense),
+//!           d_{l-1} = (w_l ⊙ m_l) d_l
+//! update    SGD with momentum on w (masked) and b
+//! ```
+
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::{self, Dispatch, SgdConfig};
+use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::sparse::update::LayerPlacement;
+
+/// Alignment of layer offsets in the flat buffers, in elements (256 bytes: WebGPU's largest
+/// `min_storage_buffer_offset_alignment`).
+pub const ALIGN: usize = 64;
+
+/// Shape and hyper-parameters of an [`Mlp`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpConfig {
+    /// Layer widths, input first: `[784, 300, 100, 10]` is LeNet-300-100.
+    pub sizes: Vec<usize>,
+    /// Samples per step.
+    pub batch: usize,
+    /// Apply the masks in the products (false for dense training).
+    pub masked: bool,
+    /// Label smoothing of the cross-entropy target.
+    pub label_smoothing: f32,
+    /// Optimizer for the weights (biases use the same without weight decay).
+    pub sgd: SgdConfig,
+    /// Preferred GEMM variant (resolved per product shape).
+    pub gemm: GemmVariant,
+}
+
+/// Names of the layers of an MLP with `n_layers` layers: `fc1`, `fc2`, ...
+pub fn layer_names(n_layers: usize) -> Vec<String> {
+    (1..=n_layers).map(|i| format!("fc{i}")).collect()
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// The model on the GPU with every dispatch of a step prebuilt.
+#[derive(Debug)]
+pub struct Mlp {
+    /// Configuration it was built with.
+    pub cfg: MlpConfig,
+    /// Where each layer's weights are in the flat buffers.
+    pub placements: Vec<LayerPlacement>,
+    /// Offsets of each layer's bias in the flat bias buffers.
+    pub bias_offsets: Vec<usize>,
+    /// Flat weights.
+    pub w: Tensor,
+    /// Flat 0/1 masks.
+    pub mask: Tensor,
+    /// Flat weight momentum.
+    pub mom: Tensor,
+    /// Flat dense weight gradient of the last backward pass.
+    pub grad: Tensor,
+    /// Flat EMA of the dense gradient (SNFS).
+    pub ema: Tensor,
+    /// Flat "ever active" map (ITOP rate).
+    pub ever: Tensor,
+    /// Flat biases.
+    pub bias: Tensor,
+    /// Flat bias momentum.
+    pub bmom: Tensor,
+    /// Flat bias gradient.
+    pub bgrad: Tensor,
+    /// Input batch `[in, batch]`.
+    pub x: Tensor,
+    /// Labels of the batch.
+    pub labels: Tensor,
+    /// Running (loss sum, correct count) since the last reset.
+    pub sums: Tensor,
+    acts: Vec<Tensor>,
+    fwd: Vec<Dispatch>,
+    xent: Dispatch,
+    reduce: Dispatch,
+    bwd: Vec<Dispatch>,
+    sgd_w: Dispatch,
+    sgd_b: Dispatch,
+    ema_op: Dispatch,
+    ever_op: Dispatch,
+    total_w: usize,
+    total_b: usize,
+}
+
+impl Mlp {
+    /// Allocates every buffer and builds every dispatch of a step (nothing is allocated later).
+    pub fn new(ctx: &GpuContext, cfg: MlpConfig) -> Result<Self> {
+        if cfg.sizes.len() < 2 || cfg.sizes.contains(&0) {
+            return Err(RiglError::invalid(format!(
+                "an MLP needs at least an input and an output width, all positive (got {:?})",
+                cfg.sizes
+            )));
+        }
+        if cfg.batch == 0 {
+            return Err(RiglError::invalid("batch size must be at least 1"));
+        }
+        let n_layers = cfg.sizes.len() - 1;
+        let names = layer_names(n_layers);
+        let mut placements = Vec::new();
+        let mut bias_offsets = Vec::new();
+        let (mut off, mut boff) = (0usize, 0usize);
+        for l in 0..n_layers {
+            let n = cfg.sizes[l] * cfg.sizes[l + 1];
+            placements.push(LayerPlacement {
+                name: names[l].clone(),
+                offset: off,
+                n,
+                id: l as u32,
+            });
+            bias_offsets.push(boff);
+            off += align(n);
+            boff += align(cfg.sizes[l + 1]);
+        }
+        let (total_w, total_b) = (off, boff);
+        let t = |label: &str, len: usize| Tensor::zeros(ctx, label, len);
+        let w = t("weights", total_w)?;
+        let mask = Tensor::from_f32(ctx, "masks", &vec![1.0; total_w])?;
+        let mom = t("momentum", total_w)?;
+        let grad = t("weight gradients", total_w)?;
+        let ema = t("gradient EMA", total_w)?;
+        let ever = t("ever-active map", total_w)?;
+        let bias = t("biases", total_b)?;
+        let bmom = t("bias momentum", total_b)?;
+        let bgrad = t("bias gradients", total_b)?;
+        let b = cfg.batch;
+        let x = t("input batch", cfg.sizes[0] * b)?;
+        let labels = t("labels", b)?;
+        let stats = t("loss stats", 2 * b)?;
+        let sums = t("loss sums", 2)?;
+        let mut acts = Vec::new();
+        let mut dacts = Vec::new();
+        for (l, name) in names.iter().enumerate() {
+            acts.push(t(&format!("{name} activations"), cfg.sizes[l + 1] * b)?);
+            dacts.push(t(&format!("{name} activation gradients"), cfg.sizes[l + 1] * b)?);
+        }
+        let view = |tensor: &Tensor, l: usize, what: &str| {
+            let p = &placements[l];
+            tensor.slice(ctx, p.offset, p.n, &format!("{} {what}", p.name))
+        };
+        let bview = |tensor: &Tensor, l: usize, what: &str| {
+            tensor.slice(ctx, bias_offsets[l], cfg.sizes[l + 1], &format!("{} {what}", names[l]))
+        };
+        let gemm = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
+            let v = cfg.gemm.resolve(ctx, &shape);
+            GemmOp::new(ctx, shape, v, a, bm, c, m, false).map(|g| g.dispatch)
+        };
+        let mut fwd = Vec::new();
+        for l in 0..n_layers {
+            let (fin, fout) = (cfg.sizes[l], cfg.sizes[l + 1]);
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            let wv = view(&w, l, "weights")?;
+            let mv = view(&mask, l, "mask")?;
+            let shape = GemmShape {
+                m: fout,
+                n: b,
+                k: fin,
+                trans_a: true,
+                trans_b: false,
+            };
+            fwd.push(gemm(shape, &wv, input, &acts[l], cfg.masked.then_some(&mv))?);
+            let bv = bview(&bias, l, "bias")?;
+            fwd.push(ops::bias_act(ctx, &bv, &acts[l], fout, b, l + 1 < n_layers)?);
+        }
+        let classes = cfg.sizes[n_layers];
+        let xent = ops::softmax_xent(
+            ctx,
+            &acts[n_layers - 1],
+            &labels,
+            &dacts[n_layers - 1],
+            &stats,
+            classes,
+            b,
+            cfg.label_smoothing,
+            1.0 / b as f32,
+        )?;
+        let reduce = ops::segment_sum(ctx, &stats, &sums, 2, b, true)?;
+        let mut bwd = Vec::new();
+        for l in (0..n_layers).rev() {
+            let (fin, fout) = (cfg.sizes[l], cfg.sizes[l + 1]);
+            if l + 1 < n_layers {
+                bwd.push(ops::relu_bwd(ctx, &acts[l], &dacts[l], fout * b)?);
+            }
+            let bg = bview(&bgrad, l, "bias gradient")?;
+            bwd.push(ops::segment_sum(ctx, &dacts[l], &bg, fout, b, false)?);
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            let gv = view(&grad, l, "weight gradient")?;
+            let shape = GemmShape {
+                m: fin,
+                n: fout,
+                k: b,
+                trans_a: false,
+                trans_b: true,
+            };
+            bwd.push(gemm(shape, input, &dacts[l], &gv, None)?);
+            if l > 0 {
+                let wv = view(&w, l, "weights")?;
+                let mv = view(&mask, l, "mask")?;
+                let shape = GemmShape::nn(fin, b, fout);
+                bwd.push(gemm(shape, &wv, &dacts[l], &dacts[l - 1], cfg.masked.then_some(&mv))?);
+            }
+        }
+        let sgd_w = ops::sgd(ctx, &grad, &w, &mom, Some(&mask), total_w, cfg.sgd)?;
+        let bias_sgd = SgdConfig {
+            weight_decay: 0.0,
+            ..cfg.sgd
+        };
+        let sgd_b = ops::sgd(ctx, &bgrad, &bias, &bmom, None, total_b, bias_sgd)?;
+        let ema_op = ops::ema(ctx, &grad, &ema, total_w, 0.9)?;
+        let ever_op = ops::max_into(ctx, &mask, &ever, total_w)?;
+        Ok(Mlp {
+            cfg,
+            placements,
+            bias_offsets,
+            w,
+            mask,
+            mom,
+            grad,
+            ema,
+            ever,
+            bias,
+            bmom,
+            bgrad,
+            x,
+            labels,
+            sums,
+            acts,
+            fwd,
+            xent,
+            reduce,
+            bwd,
+            sgd_w,
+            sgd_b,
+            ema_op,
+            ever_op,
+            total_w,
+            total_b,
+        })
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.placements.len()
+    }
+
+    /// Uploads weights, masks and biases (one entry per layer, weights `[in, out]` row-major);
+    /// weights outside the mask are written as zero. Momentum and the EMA are reset; the
+    /// ever-active map starts as the mask.
+    pub fn load(
+        &self,
+        ctx: &GpuContext,
+        weights: &[Vec<f32>],
+        masks: &[Vec<f32>],
+        biases: &[Vec<f32>],
+    ) -> Result<()> {
+        let n_layers = self.n_layers();
+        if weights.len() != n_layers || masks.len() != n_layers || biases.len() != n_layers {
+            return Err(RiglError::invalid(format!(
+                "model has {n_layers} layers; got {} weight, {} mask and {} bias arrays",
+                weights.len(),
+                masks.len(),
+                biases.len()
+            )));
+        }
+        let mut w = vec![0.0f32; self.total_w];
+        let mut m = vec![0.0f32; self.total_w];
+        let mut b = vec![0.0f32; self.total_b];
+        for (l, p) in self.placements.iter().enumerate() {
+            if weights[l].len() != p.n || masks[l].len() != p.n {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: {} weights and {} mask values, expected {}",
+                    p.name,
+                    weights[l].len(),
+                    masks[l].len(),
+                    p.n
+                )));
+            }
+            let fout = self.cfg.sizes[l + 1];
+            if biases[l].len() != fout {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: {} biases, expected {fout}",
+                    p.name,
+                    biases[l].len()
+                )));
+            }
+            for i in 0..p.n {
+                let mk = masks[l][i];
+                if mk != 0.0 && mk != 1.0 {
+                    return Err(RiglError::invalid(format!(
+                        "layer {}: mask[{i}] = {mk}, expected 0 or 1",
+                        p.name
+                    )));
+                }
+                m[p.offset + i] = mk;
+                w[p.offset + i] = weights[l][i] * mk;
+            }
+            b[self.bias_offsets[l]..self.bias_offsets[l] + fout].copy_from_slice(&biases[l]);
+        }
+        self.w.write_f32(ctx, &w)?;
+        self.mask.write_f32(ctx, &m)?;
+        self.ever.write_f32(ctx, &m)?;
+        self.bias.write_f32(ctx, &b)?;
+        let zeros_w = vec![0.0f32; self.total_w];
+        self.mom.write_f32(ctx, &zeros_w)?;
+        self.ema.write_f32(ctx, &zeros_w)?;
+        self.bmom.write_f32(ctx, &vec![0.0; self.total_b])?;
+        self.reset_sums(ctx)
+    }
+
+    /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]`. A partial batch of
+    /// `valid < batch` samples must be padded by the caller; call [`Mlp::set_valid`].
+    pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
+        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l >= classes) {
+            return Err(RiglError::invalid(format!(
+                "label {l} of sample {i} is not below the class count {classes}"
+            )));
+        }
+        self.x.write_f32(ctx, x)?;
+        if labels.len() != self.cfg.batch {
+            return Err(RiglError::invalid(format!(
+                "{} labels for a batch of {}",
+                labels.len(),
+                self.cfg.batch
+            )));
+        }
+        ctx.queue
+            .write_buffer(&self.labels.buffer, self.labels.offset, bytemuck::cast_slice(labels));
+        Ok(())
+    }
+
+    /// Only the first `valid` samples of the batch count in the loss and its gradient.
+    pub fn set_valid(&self, ctx: &GpuContext, valid: usize) {
+        let classes = self.cfg.sizes[self.n_layers()];
+        let valid = valid.clamp(1, self.cfg.batch);
+        ops::set_xent_valid(
+            ctx,
+            &self.xent,
+            classes,
+            self.cfg.batch,
+            valid,
+            self.cfg.label_smoothing,
+            1.0 / valid as f32,
+        );
+    }
+
+    /// Sets the optimizer's hyper-parameters (the learning rate changes every step).
+    pub fn set_sgd(&self, ctx: &GpuContext, sgd: SgdConfig) {
+        ops::set_sgd(ctx, &self.sgd_w, self.total_w, sgd);
+        let b = SgdConfig {
+            weight_decay: 0.0,
+            ..sgd
+        };
+        ops::set_sgd(ctx, &self.sgd_b, self.total_b, b);
+    }
+
+    /// Forward pass and loss (adds to the running sums).
+    pub fn forward_ops(&self) -> Vec<&Dispatch> {
+        let mut v: Vec<&Dispatch> = self.fwd.iter().collect();
+        v.push(&self.xent);
+        v.push(&self.reduce);
+        v
+    }
+
+    /// Backward pass: bias gradients, dense weight gradients, input gradients.
+    pub fn backward_ops(&self) -> Vec<&Dispatch> {
+        self.bwd.iter().collect()
+    }
+
+    /// Optimizer step on weights and biases.
+    pub fn sgd_ops(&self) -> Vec<&Dispatch> {
+        vec![&self.sgd_w, &self.sgd_b]
+    }
+
+    /// SNFS: EMA of the dense gradient.
+    pub fn ema_op(&self) -> &Dispatch {
+        &self.ema_op
+    }
+
+    /// ITOP bookkeeping: mark the current mask as ever active.
+    pub fn ever_op(&self) -> &Dispatch {
+        &self.ever_op
+    }
+
+    /// The logits of the last forward pass, `[classes, batch]`.
+    pub fn logits(&self) -> &Tensor {
+        &self.acts[self.n_layers() - 1]
+    }
+
+    /// Resets the running loss sums.
+    pub fn reset_sums(&self, ctx: &GpuContext) -> Result<()> {
+        self.sums.write_f32(ctx, &[0.0, 0.0])
+    }
+
+    /// Reads (loss sum, correct count) accumulated since the last reset.
+    pub fn read_sums(&self, ctx: &GpuContext) -> Result<(f64, f64)> {
+        let s = self.sums.read_f32(ctx)?;
+        Ok((f64::from(s[0]), f64::from(s[1])))
+    }
+
+    /// Reads one flat tensor back, split per layer.
+    pub fn read_layers(&self, ctx: &GpuContext, t: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let all = t.read_f32(ctx)?;
+        Ok(self
+            .placements
+            .iter()
+            .map(|p| all[p.offset..p.offset + p.n].to_vec())
+            .collect())
+    }
+
+    /// Reads the biases back, per layer.
+    pub fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        let all = self.bias.read_f32(ctx)?;
+        Ok(self
+            .bias_offsets
+            .iter()
+            .enumerate()
+            .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
+            .collect())
+    }
+
+    /// Active weights per layer (reads the masks back).
+    pub fn active_counts(&self, ctx: &GpuContext) -> Result<Vec<usize>> {
+        Ok(self
+            .read_layers(ctx, &self.mask)?
+            .iter()
+            .map(|m| m.iter().filter(|&&v| v != 0.0).count())
+            .collect())
+    }
+
+    /// Total elements of the flat weight buffers (layers plus alignment padding).
+    pub fn flat_len(&self) -> usize {
+        self.total_w
+    }
+}

@@ -1,0 +1,272 @@
+//! The training configuration: every `rigl train` flag, readable from TOML, written into the run
+//! directory as the effective configuration.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RiglError};
+use crate::sparse::{Distribution, DropSchedule, Method};
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Constant after warm-up.
+    Constant,
+    /// ×0.1 at 50% and again at 75% of the steps.
+    Step,
+    /// Cosine decay to zero after warm-up.
+    #[default]
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Parses `constant`, `step` or `cosine`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "constant" => Ok(LrSchedule::Constant),
+            "step" => Ok(LrSchedule::Step),
+            "cosine" => Ok(LrSchedule::Cosine),
+            o => Err(RiglError::invalid(format!(
+                "unknown learning-rate schedule '{o}' (expected constant, step or cosine)"
+            ))),
+        }
+    }
+}
+
+/// Every setting of a training run. Defaults are the official MNIST setting of SPEC §7 (batch 100,
+/// SGD lr 0.2 with Nesterov momentum 0.9, L2 1e-4, ERK at 90% sparsity, cosine drop fraction
+/// α = 0.3, ΔT = 100) on LeNet-300-100.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `fashion-mnist` (default directory or `data_dir`), `idx` (with `data_dir`) or `synthetic`.
+    pub dataset: String,
+    /// Directory with the four MNIST-format IDX files.
+    pub data_dir: Option<PathBuf>,
+    /// Explicit training images (IDX); the four paths override `dataset`.
+    pub train_images: Option<PathBuf>,
+    /// Explicit training labels.
+    pub train_labels: Option<PathBuf>,
+    /// Explicit test images.
+    pub test_images: Option<PathBuf>,
+    /// Explicit test labels.
+    pub test_labels: Option<PathBuf>,
+    /// Standardise inputs with the training set's mean and deviation (else [0, 1]).
+    pub standardize: bool,
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Label smoothing of the cross-entropy target.
+    pub label_smoothing: f32,
+    /// Training method.
+    pub method: Method,
+    /// Global target sparsity.
+    pub sparsity: f64,
+    /// Sparsity distribution over layers.
+    pub distribution: Distribution,
+    /// Keep the first layer dense (default per distribution: ERK/ER sparse, uniform dense).
+    pub first_layer_dense: Option<bool>,
+    /// Keep the last layer dense.
+    pub last_layer_dense: Option<bool>,
+    /// ERK exponent.
+    pub erk_power_scale: f64,
+    /// Steps between mask updates (ΔT).
+    pub delta_t: u64,
+    /// Last mask-update step: a fraction of the total steps when ≤ 1, else a step number.
+    pub t_end: f64,
+    /// Initial drop fraction α.
+    pub alpha: f32,
+    /// Drop-fraction schedule.
+    pub drop_schedule: DropSchedule,
+    /// Gradual pruning: first pruning step as a fraction of the total steps.
+    pub prune_start: f64,
+    /// Gradual pruning: last pruning step as a fraction of the total steps.
+    pub prune_end: f64,
+    /// Gradual pruning: steps between pruning steps.
+    pub prune_every: u64,
+    /// Samples per step.
+    pub batch: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Linear warm-up, in epochs.
+    pub warmup_epochs: f64,
+    /// Momentum coefficient.
+    pub momentum: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    /// Seed of initialisation, masks, data order and SET.
+    pub seed: u64,
+    /// Steps between logged training metrics.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dataset: "fashion-mnist".into(),
+            data_dir: None,
+            train_images: None,
+            train_labels: None,
+            test_images: None,
+            test_labels: None,
+            standardize: false,
+            hidden: vec![300, 100],
+            label_smoothing: 0.0,
+            method: Method::Rigl,
+            sparsity: 0.9,
+            distribution: Distribution::Erk,
+            first_layer_dense: None,
+            last_layer_dense: None,
+            erk_power_scale: 1.0,
+            delta_t: 100,
+            t_end: 0.75,
+            alpha: 0.3,
+            drop_schedule: DropSchedule::Cosine,
+            prune_start: 0.1,
+            prune_end: 0.75,
+            prune_every: 100,
+            batch: 100,
+            epochs: 10,
+            lr: 0.2,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_epochs: 0.0,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            seed: 0,
+            log_every: 100,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown keys are errors naming them.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| RiglError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| RiglError::BadFile {
+            path: path.display().to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| RiglError::invalid(format!("config to TOML: {e}")))
+    }
+
+    /// Checks ranges and combinations; the message names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(RiglError::invalid(m));
+        if !(0.0..1.0).contains(&self.sparsity) {
+            return bad(format!("sparsity must be in [0, 1), got {}", self.sparsity));
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "label smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if self.hidden.contains(&0) {
+            return bad("hidden layer widths must be positive".into());
+        }
+        if self.delta_t == 0 {
+            return bad("delta-t must be at least 1".into());
+        }
+        if !(self.t_end > 0.0) {
+            return bad(format!("t-end must be positive, got {}", self.t_end));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad(format!("alpha must be in [0, 1], got {}", self.alpha));
+        }
+        if !(0.0 <= self.prune_start && self.prune_start <= self.prune_end && self.prune_end <= 1.0)
+        {
+            return bad(format!(
+                "prune start/end must satisfy 0 <= start <= end <= 1, got {} and {}",
+                self.prune_start, self.prune_end
+            ));
+        }
+        if self.prune_every == 0 {
+            return bad("prune-every must be at least 1".into());
+        }
+        if !(self.warmup_epochs >= 0.0) {
+            return bad("warmup-epochs must be >= 0".into());
+        }
+        if self.log_every == 0 {
+            return bad("log-every must be at least 1".into());
+        }
+        let files = [
+            &self.train_images,
+            &self.train_labels,
+            &self.test_images,
+            &self.test_labels,
+        ];
+        let given = files.iter().filter(|f| f.is_some()).count();
+        if given != 0 && given != 4 {
+            return bad(
+                "--train-images, --train-labels, --test-images and --test-labels go together"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The last mask-update step for a run of `total_steps`.
+    pub fn t_end_steps(&self, total_steps: u64) -> u64 {
+        if self.t_end <= 1.0 {
+            (self.t_end * total_steps as f64).floor() as u64
+        } else {
+            self.t_end as u64
+        }
+    }
+
+    /// Learning rate at `step` of `total_steps`, with `steps_per_epoch` for the warm-up.
+    pub fn lr_at(&self, step: u64, total_steps: u64, steps_per_epoch: u64) -> f32 {
+        let warm = (self.warmup_epochs * steps_per_epoch as f64) as u64;
+        if step < warm {
+            return self.lr * (step + 1) as f32 / warm as f32;
+        }
+        let span = total_steps.saturating_sub(warm).max(1) as f64;
+        let frac = (step - warm) as f64 / span;
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Step => {
+                let f = if frac >= 0.75 {
+                    0.01
+                } else if frac >= 0.5 {
+                    0.1
+                } else {
+                    1.0
+                };
+                self.lr * f
+            }
+            LrSchedule::Cosine => {
+                (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())) as f32
+            }
+        }
+    }
+}

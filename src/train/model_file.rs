@@ -1,0 +1,168 @@
+//! The model file written at the end of training (`model.safetensors`): per layer
+//! `fcN.weight` (f32 `[in, out]`), `fcN.mask` (u8 0/1 `[in, out]`), `fcN.bias` (f32 `[out]`), and
+//! metadata `rigl.sizes` (JSON list of widths), `rigl.config` (the run's TOML) and
+//! `rigl.version`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Result, RiglError};
+use crate::gpu::GpuContext;
+use crate::nn::mlp::layer_names;
+use crate::nn::Mlp;
+use crate::train::TrainConfig;
+
+/// A model read back from a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    /// Layer widths, input first.
+    pub sizes: Vec<usize>,
+    /// Weights per layer, `[in, out]` row-major.
+    pub weights: Vec<Vec<f32>>,
+    /// 0/1 masks per layer.
+    pub masks: Vec<Vec<f32>>,
+    /// Biases per layer.
+    pub biases: Vec<Vec<f32>>,
+    /// The configuration the model was trained with, if recorded.
+    pub config: Option<TrainConfig>,
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> RiglError {
+    RiglError::BadFile {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Writes the model (read back from the GPU) atomically: a temporary file in the same directory,
+/// then a rename.
+pub fn save(ctx: &GpuContext, model: &Mlp, cfg: &TrainConfig, path: &Path) -> Result<()> {
+    let weights = model.read_layers(ctx, &model.w)?;
+    let masks = model.read_layers(ctx, &model.mask)?;
+    let biases = model.read_biases(ctx)?;
+    let file = ModelFile {
+        sizes: model.cfg.sizes.clone(),
+        weights,
+        masks,
+        biases,
+        config: Some(cfg.clone()),
+    };
+    write(&file, path)
+}
+
+/// Writes a [`ModelFile`] atomically.
+pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
+    let names = layer_names(file.sizes.len() - 1);
+    let masks_u8: Vec<Vec<u8>> = file
+        .masks
+        .iter()
+        .map(|m| m.iter().map(|&v| u8::from(v != 0.0)).collect())
+        .collect();
+    let mut views = Vec::new();
+    let err = |e: safetensors::SafeTensorError| bad(path, e.to_string());
+    for (l, name) in names.iter().enumerate() {
+        let (fin, fout) = (file.sizes[l], file.sizes[l + 1]);
+        views.push((
+            format!("{name}.weight"),
+            TensorView::new(Dtype::F32, vec![fin, fout], bytemuck::cast_slice(&file.weights[l]))
+                .map_err(err)?,
+        ));
+        views.push((
+            format!("{name}.mask"),
+            TensorView::new(Dtype::U8, vec![fin, fout], &masks_u8[l]).map_err(err)?,
+        ));
+        views.push((
+            format!("{name}.bias"),
+            TensorView::new(Dtype::F32, vec![fout], bytemuck::cast_slice(&file.biases[l]))
+                .map_err(err)?,
+        ));
+    }
+    let mut meta = HashMap::new();
+    meta.insert(
+        "rigl.sizes".to_string(),
+        serde_json::to_string(&file.sizes).unwrap_or_default(),
+    );
+    meta.insert("rigl.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    if let Some(cfg) = &file.config {
+        meta.insert("rigl.config".to_string(), cfg.to_toml()?);
+    }
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(err)?;
+    let tmp = path.with_extension("safetensors.tmp");
+    let io = |source| RiglError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|source| RiglError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads a model file, checking every tensor's presence, dtype and shape.
+pub fn read(path: &Path) -> Result<ModelFile> {
+    let bytes = std::fs::read(path).map_err(|source| RiglError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let sizes: Vec<usize> = meta
+        .get("rigl.sizes")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad(path, "no rigl.sizes metadata: not a rigl model file"))?;
+    if sizes.len() < 2 || sizes.contains(&0) {
+        return Err(bad(path, format!("invalid layer widths {sizes:?}")));
+    }
+    let config = match meta.get("rigl.config") {
+        Some(t) => Some(toml::from_str(t).map_err(|e| bad(path, format!("rigl.config: {e}")))?),
+        None => None,
+    };
+    let names = layer_names(sizes.len() - 1);
+    let (mut weights, mut masks, mut biases) = (Vec::new(), Vec::new(), Vec::new());
+    for (l, name) in names.iter().enumerate() {
+        let (fin, fout) = (sizes[l], sizes[l + 1]);
+        let get = |suffix: &str, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>> {
+            let key = format!("{name}.{suffix}");
+            let t = st
+                .tensor(&key)
+                .map_err(|_| bad(path, format!("tensor {key} is missing")))?;
+            if t.dtype() != dtype || t.shape() != shape.as_slice() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor {key} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(t.data().to_vec())
+        };
+        let f32s = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        weights.push(f32s(get("weight", Dtype::F32, vec![fin, fout])?));
+        let m = get("mask", Dtype::U8, vec![fin, fout])?;
+        if let Some(v) = m.iter().find(|&&v| v > 1) {
+            return Err(bad(path, format!("{name}.mask holds {v}, expected 0 or 1")));
+        }
+        masks.push(m.iter().map(|&v| f32::from(v)).collect());
+        biases.push(f32s(get("bias", Dtype::F32, vec![fout])?));
+    }
+    Ok(ModelFile {
+        sizes,
+        weights,
+        masks,
+        biases,
+        config,
+    })
+}
