@@ -180,7 +180,7 @@ impl Batcher {
     /// The sample indices of batch `batch` of epoch `epoch`, in batch order.
     pub fn batch_indices(&mut self, epoch: u64, batch: usize) -> &[u32] {
         self.ensure_order(epoch);
-        let start = (batch * self.batch_size).min(self.n);
+        let start = batch.saturating_mul(self.batch_size).min(self.n);
         let len = self.batch_len(batch);
         &self.order[start..start + len]
     }
@@ -212,6 +212,15 @@ impl Batcher {
             return Err(RiglError::invalid(format!(
                 "the batcher was made for {} samples but the dataset has {}",
                 self.n, data.n
+            )));
+        }
+        if data.labels.len() != data.n || Some(data.images.len()) != data.n.checked_mul(features) {
+            return Err(RiglError::invalid(format!(
+                "the dataset's {} inputs and {} labels do not match its {} samples of {features} \
+                 features",
+                data.images.len(),
+                data.labels.len(),
+                data.n
             )));
         }
         if x.len() != features * b_cap || labels.len() != b_cap {

@@ -1,30 +1,30 @@
 //! A small built-in classification task for machines without a dataset, and for tests.
 //!
-//! Each class `c` has a prototype `p_c = 0.5 + a * s_c`, with `s_c` a random sign vector; a
-//! sample of class `c` is `clamp(p_c + N(0, sigma^2 I), 0, 1)`. Two prototypes lie about
-//! `a * sqrt(2 * features)` apart, and `a` is chosen so that this distance is
-//! `2 * SEPARATION * sigma` whatever the number of features: the classes overlap a little (the
-//! best possible accuracy with 10 classes is about 95%), so a linear classifier or a small MLP
-//! gets well above chance within an epoch but cannot reach 100%.
+//! Each class `c` has a random prototype `p_c` with features uniform in `[0, 1]`. A sample of
+//! class `c` blends in a random other class `c'`:
+//! `clamp((1 - t) p_c + t p_c' + N(0, SYNTHETIC_NOISE_STD^2 I), 0, 1)` with `t` uniform in
+//! `[0, SYNTHETIC_MAX_BLEND]`. Prototypes are far apart compared to the noise, so a linear
+//! classifier or a small MLP learns the task within an epoch; but the samples with `t > 1/2`
+//! (about 9%) look more like `c'` than `c`, so no classifier gets much above 91%.
 //!
 //! Everything derives from the seed through [`ChaCha8Rng`]: the prototypes from stream 0, the
 //! training set from stream 1 and the test set from stream 2 of `ChaCha8Rng::seed_from_u64(seed)`,
 //! so the test set does not depend on the size of the training set. Labels are balanced (class
 //! counts differ by at most one) and shuffled.
 //!
-//! With very few features (`2^features` not much above `classes`) two classes can draw the same
-//! sign vector and become indistinguishable; use a few dozen features or more.
+//! With very few features (a handful) the prototypes of two classes can lie close together and
+//! the task gets harder; use a few dozen features or more.
 
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{below, Dataset, TrainTest};
 use crate::error::{Result, RiglError};
 
 /// Noise standard deviation per feature (before clamping).
-pub const SYNTHETIC_NOISE_STD: f32 = 0.25;
-/// Half the distance between two class prototypes, in units of the noise standard deviation.
-pub const SYNTHETIC_SEPARATION: f32 = 2.5;
+pub const SYNTHETIC_NOISE_STD: f32 = 0.2;
+/// Largest weight of the other class's prototype in a sample.
+pub const SYNTHETIC_MAX_BLEND: f32 = 0.55;
 
 fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -32,12 +32,22 @@ fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
     rng
 }
 
-/// A standard normal sample (Box–Muller; one of the pair is discarded for simplicity).
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    // 1 - U lies in (0, 1], so the logarithm is finite.
-    let u1 = 1.0 - rng.random::<f64>();
-    let u2 = rng.random::<f64>();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+/// Standard normal samples by Box–Muller, both values of each pair used.
+struct Normal {
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn sample(&mut self, rng: &mut ChaCha8Rng) -> f32 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        // 1 - U lies in (0, 1], so the logarithm is finite.
+        let r = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * rng.random::<f64>()).sin_cos();
+        self.spare = Some((r * sin) as f32);
+        (r * cos) as f32
+    }
 }
 
 fn samples(
@@ -52,12 +62,22 @@ fn samples(
         labels.swap(i, below(&mut rng, i + 1));
     }
     let mut images = Vec::with_capacity(n * features);
+    let mut normal = Normal { spare: None };
     for &label in &labels {
-        let p = &prototypes[label as usize * features..][..features];
-        images.extend(
-            p.iter()
-                .map(|&v| (v + SYNTHETIC_NOISE_STD * normal(&mut rng)).clamp(0.0, 1.0)),
-        );
+        let c = label as usize;
+        let t = SYNTHETIC_MAX_BLEND * rng.random::<f32>();
+        // Another class (itself when there is only one, which makes the blend a no-op).
+        let other = if classes > 1 {
+            let o = below(&mut rng, classes - 1);
+            o + usize::from(o >= c)
+        } else {
+            c
+        };
+        let own = &prototypes[c * features..][..features];
+        let mixed = &prototypes[other * features..][..features];
+        images.extend(own.iter().zip(mixed).map(|(&p, &q)| {
+            ((1.0 - t) * p + t * q + SYNTHETIC_NOISE_STD * normal.sample(&mut rng)).clamp(0.0, 1.0)
+        }));
     }
     Dataset::new(images, labels, features, classes)
 }
@@ -89,17 +109,9 @@ impl Dataset {
                 )));
             }
         }
-        let amplitude = SYNTHETIC_SEPARATION * SYNTHETIC_NOISE_STD / (features as f32 / 2.0).sqrt();
         let mut proto_rng = rng(seed, 0);
         let prototypes: Vec<f32> = (0..classes * features)
-            .map(|_| {
-                let sign = if proto_rng.next_u32() & 1 == 0 {
-                    -1.0
-                } else {
-                    1.0
-                };
-                (0.5 + amplitude * sign).clamp(0.0, 1.0)
-            })
+            .map(|_| proto_rng.random::<f32>())
             .collect();
         Ok(TrainTest {
             train: samples(&prototypes, n_train, features, classes, rng(seed, 1))?,
