@@ -4,7 +4,8 @@
 //!
 //! Floors, each using only those below: [`gpu`] (context, buffers, kernels, profiling) and
 //! [`cpu`] (the reference twin of every kernel), [`sparse`] (distributions, schedules, masks and
-//! their updates) and [`npy`] (NumPy `.npy` reading, `.npz` writing).
+//! their updates), [`npy`] (NumPy `.npy` reading, `.npz` writing) and [`data`] (the IDX reader,
+//! datasets, the synthetic task and feature-major batching).
 #![warn(missing_docs)]
 
 pub mod cpu;
