@@ -209,3 +209,25 @@ impl DataSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default directory is present on some machines, so its hint is tested on a stand-in.
+    #[test]
+    fn missing_default_dir_says_how_to_get_data() {
+        let dir = Path::new("/nonexistent/rigl/fashion-mnist");
+        let text = find_in_dir(dir, Some(INSTALL_HINT))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "/nonexistent/rigl/fashion-mnist",
+            "apt-get install dataset-fashion-mnist",
+            "--data-dir DIR",
+            "--dataset synthetic",
+        ] {
+            assert!(text.contains(part), "'{text}' should contain '{part}'");
+        }
+    }
+}
