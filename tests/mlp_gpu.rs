@@ -28,7 +28,12 @@ fn host(sizes: &[usize], density: f32) -> HostMlp {
             .collect();
         h.w.push(w);
         h.mask.push(m);
-        h.b.push(data(sizes[l + 1], 70 + l as u32).iter().map(|v| v * 0.1).collect());
+        h.b.push(
+            data(sizes[l + 1], 70 + l as u32)
+                .iter()
+                .map(|v| v * 0.1)
+                .collect(),
+        );
         h.mw.push(vec![0.0; len]);
         h.mb.push(vec![0.0; sizes[l + 1]]);
     }
@@ -36,6 +41,7 @@ fn host(sizes: &[usize], density: f32) -> HostMlp {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn training_steps_match_cpu_twin() {
     let ctx = ctx();
     let sgd = SgdConfig {
@@ -66,8 +72,13 @@ fn training_steps_match_cpu_twin() {
         model.load(ctx, &h.w, &h.mask, &h.b).unwrap();
         let classes = *sizes.last().unwrap();
         for step in 0..3u32 {
-            let x: Vec<f32> = data(sizes[0] * batch, 80 + step).iter().map(|v| v.abs()).collect();
-            let labels: Vec<u32> = (0..batch).map(|b| ((b as u32 + step) % classes as u32)).collect();
+            let x: Vec<f32> = data(sizes[0] * batch, 80 + step)
+                .iter()
+                .map(|v| v.abs())
+                .collect();
+            let labels: Vec<u32> = (0..batch)
+                .map(|b| (b as u32 + step) % classes as u32)
+                .collect();
             model.set_batch(ctx, &x, &labels).unwrap();
             model.reset_sums(ctx).unwrap();
             let mut all = model.forward_ops();
@@ -77,11 +88,15 @@ fn training_steps_match_cpu_twin() {
             let r = h.grads(&x, &labels, batch, 0.1);
             let (loss, correct) = model.read_sums(ctx).unwrap();
             let what = format!("{sizes:?} step {step}");
-            assert!((loss as f32 - r.loss_sum).abs() <= 1e-4 * r.loss_sum.abs().max(1.0), "{what}: loss {loss} vs {}", r.loss_sum);
+            assert!(
+                (loss as f32 - r.loss_sum).abs() <= 1e-4 * r.loss_sum.abs().max(1.0),
+                "{what}: loss {loss} vs {}",
+                r.loss_sum
+            );
             assert_eq!(correct as f32, r.correct, "{what}: correct");
             let gw = model.read_layers(ctx, &model.grad).unwrap();
-            for l in 0..gw.len() {
-                assert_close(&format!("{what} grad {l}"), &gw[l], &r.gw[l], 1e-5, 1e-3);
+            for (l, (g, want)) in gw.iter().zip(&r.gw).enumerate() {
+                assert_close(&format!("{what} grad {l}"), g, want, 1e-5, 1e-3);
             }
             h.apply_sgd(&r, sgd);
             let w = model.read_layers(ctx, &model.w).unwrap();

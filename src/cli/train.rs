@@ -134,9 +134,25 @@ impl TrainArgs {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
         set!(
-            label_smoothing, sparsity, erk_power_scale, delta_t, t_end, alpha, prune_start,
-            prune_end, prune_every, batch, epochs, lr, warmup_epochs, momentum, nesterov,
-            weight_decay, seed, log_every, hidden
+            label_smoothing,
+            sparsity,
+            erk_power_scale,
+            delta_t,
+            t_end,
+            alpha,
+            prune_start,
+            prune_end,
+            prune_every,
+            batch,
+            epochs,
+            lr,
+            warmup_epochs,
+            momentum,
+            nesterov,
+            weight_decay,
+            seed,
+            log_every,
+            hidden
         );
         if let Some(v) = &self.dataset {
             c.dataset = v.clone();
@@ -180,9 +196,12 @@ impl TrainArgs {
 
 /// The data source of a configuration.
 pub fn data_source(c: &TrainConfig) -> Result<DataSource, CliError> {
-    if let (Some(ti), Some(tl), Some(si), Some(sl)) =
-        (&c.train_images, &c.train_labels, &c.test_images, &c.test_labels)
-    {
+    if let (Some(ti), Some(tl), Some(si), Some(sl)) = (
+        &c.train_images,
+        &c.train_labels,
+        &c.test_images,
+        &c.test_labels,
+    ) {
         return Ok(DataSource::Files(IdxFiles {
             train_images: ti.clone(),
             train_labels: tl.clone(),
@@ -201,8 +220,7 @@ pub fn data_source(c: &TrainConfig) -> Result<DataSource, CliError> {
 pub fn load_data(c: &TrainConfig) -> Result<rigl::data::TrainTest, CliError> {
     let mut tt = data_source(c)?.load().map_err(CliError::usage)?;
     if c.standardize {
-        let s = tt.train.standardize();
-        s.apply(&mut tt.test);
+        tt.standardize();
     }
     Ok(tt)
 }
@@ -364,7 +382,14 @@ pub fn run(args: TrainArgs) -> CliResult {
         PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.method.as_str()))
     });
     let mut progress = CliProgress::new(args.json);
-    let summary = train::train(&ctx, &cfg, &data.train, &data.test, Some(&out), &mut progress)?;
+    let summary = train::train(
+        &ctx,
+        &cfg,
+        &data.train,
+        &data.test,
+        Some(&out),
+        &mut progress,
+    )?;
     if args.json {
         println!(
             "{}",

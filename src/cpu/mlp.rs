@@ -113,7 +113,13 @@ impl HostMlp {
             ..cfg
         };
         for l in 0..self.w.len() {
-            dense::sgd(&r.gw[l], &mut self.w[l], &mut self.mw[l], Some(&self.mask[l]), cfg);
+            dense::sgd(
+                &r.gw[l],
+                &mut self.w[l],
+                &mut self.mw[l],
+                Some(&self.mask[l]),
+                cfg,
+            );
             dense::sgd(&r.gb[l], &mut self.b[l], &mut self.mb[l], None, bias_cfg);
         }
     }

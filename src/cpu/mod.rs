@@ -2,5 +2,5 @@
 //! against these; the `--cpu` paths run them directly.
 
 pub mod dense;
-pub mod mlp;
 pub mod mask_update;
+pub mod mlp;

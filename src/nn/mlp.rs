@@ -114,10 +114,10 @@ impl Mlp {
         let mut placements = Vec::new();
         let mut bias_offsets = Vec::new();
         let (mut off, mut boff) = (0usize, 0usize);
-        for l in 0..n_layers {
+        for (l, name) in names.iter().enumerate() {
             let n = cfg.sizes[l] * cfg.sizes[l + 1];
             placements.push(LayerPlacement {
-                name: names[l].clone(),
+                name: name.clone(),
                 offset: off,
                 n,
                 id: l as u32,
@@ -146,14 +146,22 @@ impl Mlp {
         let mut dacts = Vec::new();
         for (l, name) in names.iter().enumerate() {
             acts.push(t(&format!("{name} activations"), cfg.sizes[l + 1] * b)?);
-            dacts.push(t(&format!("{name} activation gradients"), cfg.sizes[l + 1] * b)?);
+            dacts.push(t(
+                &format!("{name} activation gradients"),
+                cfg.sizes[l + 1] * b,
+            )?);
         }
         let view = |tensor: &Tensor, l: usize, what: &str| {
             let p = &placements[l];
             tensor.slice(ctx, p.offset, p.n, &format!("{} {what}", p.name))
         };
         let bview = |tensor: &Tensor, l: usize, what: &str| {
-            tensor.slice(ctx, bias_offsets[l], cfg.sizes[l + 1], &format!("{} {what}", names[l]))
+            tensor.slice(
+                ctx,
+                bias_offsets[l],
+                cfg.sizes[l + 1],
+                &format!("{} {what}", names[l]),
+            )
         };
         let gemm = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
             let v = cfg.gemm.resolve(ctx, &shape);
@@ -172,9 +180,22 @@ impl Mlp {
                 trans_a: true,
                 trans_b: false,
             };
-            fwd.push(gemm(shape, &wv, input, &acts[l], cfg.masked.then_some(&mv))?);
+            fwd.push(gemm(
+                shape,
+                &wv,
+                input,
+                &acts[l],
+                cfg.masked.then_some(&mv),
+            )?);
             let bv = bview(&bias, l, "bias")?;
-            fwd.push(ops::bias_act(ctx, &bv, &acts[l], fout, b, l + 1 < n_layers)?);
+            fwd.push(ops::bias_act(
+                ctx,
+                &bv,
+                &acts[l],
+                fout,
+                b,
+                l + 1 < n_layers,
+            )?);
         }
         let classes = cfg.sizes[n_layers];
         let xent = ops::softmax_xent(
@@ -211,7 +232,13 @@ impl Mlp {
                 let wv = view(&w, l, "weights")?;
                 let mv = view(&mask, l, "mask")?;
                 let shape = GemmShape::nn(fin, b, fout);
-                bwd.push(gemm(shape, &wv, &dacts[l], &dacts[l - 1], cfg.masked.then_some(&mv))?);
+                bwd.push(gemm(
+                    shape,
+                    &wv,
+                    &dacts[l],
+                    &dacts[l - 1],
+                    cfg.masked.then_some(&mv),
+                )?);
             }
         }
         let sgd_w = ops::sgd(ctx, &grad, &w, &mom, Some(&mask), total_w, cfg.sgd)?;
@@ -338,8 +365,11 @@ impl Mlp {
                 self.cfg.batch
             )));
         }
-        ctx.queue
-            .write_buffer(&self.labels.buffer, self.labels.offset, bytemuck::cast_slice(labels));
+        ctx.queue.write_buffer(
+            &self.labels.buffer,
+            self.labels.offset,
+            bytemuck::cast_slice(labels),
+        );
         Ok(())
     }
 

@@ -183,7 +183,10 @@ impl TrainConfig {
             return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+            return bad(format!(
+                "weight decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!(
@@ -197,7 +200,7 @@ impl TrainConfig {
         if self.delta_t == 0 {
             return bad("delta-t must be at least 1".into());
         }
-        if !(self.t_end > 0.0) {
+        if self.t_end.is_nan() || self.t_end <= 0.0 {
             return bad(format!("t-end must be positive, got {}", self.t_end));
         }
         if !(0.0..=1.0).contains(&self.alpha) {
@@ -213,7 +216,7 @@ impl TrainConfig {
         if self.prune_every == 0 {
             return bad("prune-every must be at least 1".into());
         }
-        if !(self.warmup_epochs >= 0.0) {
+        if self.warmup_epochs.is_nan() || self.warmup_epochs < 0.0 {
             return bad("warmup-epochs must be >= 0".into());
         }
         if self.log_every == 0 {

@@ -126,7 +126,10 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// The per-layer sparsity plan of a configuration for layers of `sizes`.
-pub fn plan_layers(cfg: &TrainConfig, sizes: &[usize]) -> Result<Vec<crate::sparse::LayerSparsity>> {
+pub fn plan_layers(
+    cfg: &TrainConfig,
+    sizes: &[usize],
+) -> Result<Vec<crate::sparse::LayerSparsity>> {
     let names = layer_names(sizes.len() - 1);
     let shapes: Vec<LayerShape> = names
         .iter()
@@ -166,7 +169,6 @@ pub fn train(
     let mut sizes = vec![train.features];
     sizes.extend(&cfg.hidden);
     sizes.push(train.classes);
-    let n_layers = sizes.len() - 1;
     let plan = plan_layers(cfg, &sizes)?;
 
     let mut batcher = Batcher::for_training(train.n, cfg.batch, cfg.seed)?;
@@ -217,7 +219,13 @@ pub fn train(
     let mut biases = Vec::new();
     for (l, p) in plan.iter().enumerate() {
         let active = if starts_dense { p.total } else { p.active };
-        let init = init_layer(cfg.seed, l as u64, &p.shape, active, WeightInit::GlorotUniform)?;
+        let init = init_layer(
+            cfg.seed,
+            l as u64,
+            &p.shape,
+            active,
+            WeightInit::GlorotUniform,
+        )?;
         weights.push(init.weights);
         masks.push(init.mask);
         biases.push(vec![0.0; sizes[l + 1]]);
@@ -284,7 +292,7 @@ pub fn train(
     let mut epoch_loss = (0.0f64, 0u64);
     let mut final_train_loss = f64::NAN;
     let mut pending: Option<wgpu::SubmissionIndex> = None;
-    let mut lr = cfg.lr;
+    let mut lr;
     progress.start(total_steps, steps_per_epoch);
     model.reset_sums(ctx)?;
 
@@ -373,7 +381,9 @@ pub fn train(
 
         let mut enc = ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("train step"),

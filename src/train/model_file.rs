@@ -67,8 +67,12 @@ pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
         let (fin, fout) = (file.sizes[l], file.sizes[l + 1]);
         views.push((
             format!("{name}.weight"),
-            TensorView::new(Dtype::F32, vec![fin, fout], bytemuck::cast_slice(&file.weights[l]))
-                .map_err(err)?,
+            TensorView::new(
+                Dtype::F32,
+                vec![fin, fout],
+                bytemuck::cast_slice(&file.weights[l]),
+            )
+            .map_err(err)?,
         ));
         views.push((
             format!("{name}.mask"),
@@ -76,8 +80,12 @@ pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
         ));
         views.push((
             format!("{name}.bias"),
-            TensorView::new(Dtype::F32, vec![fout], bytemuck::cast_slice(&file.biases[l]))
-                .map_err(err)?,
+            TensorView::new(
+                Dtype::F32,
+                vec![fout],
+                bytemuck::cast_slice(&file.biases[l]),
+            )
+            .map_err(err)?,
         ));
     }
     let mut meta = HashMap::new();
@@ -85,7 +93,10 @@ pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
         "rigl.sizes".to_string(),
         serde_json::to_string(&file.sizes).unwrap_or_default(),
     );
-    meta.insert("rigl.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    meta.insert(
+        "rigl.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
     if let Some(cfg) = &file.config {
         meta.insert("rigl.config".to_string(), cfg.to_toml()?);
     }
