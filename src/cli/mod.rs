@@ -2,7 +2,9 @@
 //! failure (GPU, I/O), 2 bad input (arguments, files).
 
 mod bench;
+mod eval;
 mod info;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Train a sparse network (RigL by default) on Fashion-MNIST or any MNIST-format IDX files.
     Train(Box<train::TrainArgs>),
+    /// Test accuracy of a saved model (model.safetensors or a run directory).
+    Eval(eval::EvalArgs),
+    /// Compare runs: plot loss and accuracy against steps and training FLOPs, print a table.
+    Report(report::ReportArgs),
     /// Time kernels on this adapter.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -67,6 +73,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval::run(a),
+        Command::Report(a) => report::run(a),
         Command::Bench(b) => bench::run(b),
     };
     match result {
