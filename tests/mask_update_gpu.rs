@@ -171,8 +171,8 @@ fn reference_cases_match_exactly() {
         assert_eq!(g.2, f32s(&c["expected_mask"]), "case {i}: mask");
         assert_eq!(g.0, f32s(&c["expected_weights"]), "case {i}: weights");
         let new = f32s(&c["expected_new_connections"]);
-        for j in 0..new.len() {
-            if new[j] == 1.0 {
+        for (j, &is_new) in new.iter().enumerate() {
+            if is_new == 1.0 {
                 assert_eq!(g.1[j], 0.0, "case {i}: momentum of new connection {j}");
             }
         }

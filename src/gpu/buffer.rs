@@ -87,7 +87,7 @@ impl Tensor {
     pub fn slice(&self, ctx: &GpuContext, start: usize, len: usize, label: &str) -> Result<Tensor> {
         let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment.max(4));
         let offset = self.offset + (start * 4) as u64;
-        if start + len > self.len || offset % align != 0 {
+        if start + len > self.len || !offset.is_multiple_of(align) {
             return Err(RiglError::invalid(format!(
                 "{label}: view {start}..{} of '{}' ({} elements) is out of range or not aligned to {align} bytes",
                 start + len,
