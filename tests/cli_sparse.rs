@@ -4,10 +4,52 @@
 //! output back.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use rigl::npy::{self, NpyArray, NpyData, NpyDataRef, NpyView};
 use rigl::RiglError;
 
+const REFERENCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/reference/rigl_update_cases.json"
+);
+
+/// Runs the binary with `args`.
+fn rigl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rigl"))
+        .args(args)
+        .output()
+        .expect("the rigl binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+fn save(path: &Path, shape: &[usize], data: NpyDataRef<'_>) {
+    npy::write_npy(path, NpyView { shape, data }).expect("write .npy");
+}
 // ------------------------------------------------------------------------------- read_npz
 
 /// A zip of DEFLATE entries, as `numpy.savez_compressed` writes.
@@ -205,4 +247,449 @@ fn read_npz_reads_numpy_output() {
         assert_eq!(got[1].1.shape, vec![4]);
         assert_eq!(got[1].1.data, NpyData::F32(vec![-1.5, -0.5, 0.5, 1.5]));
     }
+}
+
+// ---------------------------------------------------------------------------- mask-update
+
+/// One reference case (SPEC §4 vectors).
+struct Case {
+    shape: Vec<usize>,
+    drop_fraction: f64,
+    weights: Vec<f32>,
+    grads: Vec<f32>,
+    mask: Vec<f32>,
+    expected_mask: Vec<f32>,
+    expected_weights: Vec<f32>,
+}
+
+fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(REFERENCE).expect("shared/reference is beside the checkout");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let f32s = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_f64().expect("number") as f32)
+            .collect()
+    };
+    json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| Case {
+            shape: c["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_u64().expect("dim") as usize)
+                .collect(),
+            drop_fraction: c["drop_fraction"].as_f64().expect("drop_fraction"),
+            weights: f32s(&c["weights"]),
+            grads: f32s(&c["grads"]),
+            mask: f32s(&c["mask"]),
+            expected_mask: f32s(&c["expected_mask"]),
+            expected_weights: f32s(&c["expected_weights"]),
+        })
+        .collect()
+}
+
+/// Writes a case's inputs (mask as bool) into `dir`; returns (weights, grads, mask) paths.
+fn write_case(dir: &Path, c: &Case) -> (PathBuf, PathBuf, PathBuf) {
+    let (w, g, m) = (dir.join("w.npy"), dir.join("g.npy"), dir.join("m.npy"));
+    save(&w, &c.shape, NpyDataRef::F32(&c.weights));
+    save(&g, &c.shape, NpyDataRef::F32(&c.grads));
+    let bits: Vec<bool> = c.mask.iter().map(|&v| v == 1.0).collect();
+    save(&m, &c.shape, NpyDataRef::Bool(&bits));
+    (w, g, m)
+}
+
+/// Reads a mask-update output: (mask, weights), checking names, dtypes and shape.
+fn read_output(path: &Path, shape: &[usize]) -> (Vec<u8>, Vec<f32>) {
+    let entries = npy::read_npz(path).expect("output .npz");
+    assert_eq!(entries.len(), 2);
+    let (mut mask, mut w) = (None, None);
+    for (name, a) in entries {
+        assert_eq!(a.shape, shape, "{name} keeps the input shape");
+        match (name.as_str(), a.data) {
+            ("mask", NpyData::U8(v)) => mask = Some(v),
+            ("weights", NpyData::F32(v)) => w = Some(v),
+            (n, d) => panic!("unexpected entry {n} of dtype {}", d.descr()),
+        }
+    }
+    (mask.expect("mask entry"), w.expect("weights entry"))
+}
+
+#[test]
+fn mask_update_gpu_and_cpu_match_the_reference_cases() {
+    let all = cases();
+    // A small 2-D case, a large one with half dropped, and one with an odd f32 drop fraction.
+    for idx in [0usize, 4, 1] {
+        let c = &all[idx];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, g, m) = write_case(dir.path(), c);
+        let df = c.drop_fraction.to_string();
+        let mut outs = Vec::new();
+        for cpu in [false, true] {
+            let out = dir.path().join(if cpu { "cpu.npz" } else { "gpu.npz" });
+            let mut args = vec![
+                "mask-update",
+                "--weights",
+                s(&w),
+                "--grads",
+                s(&g),
+                "--mask",
+                s(&m),
+                "--drop-fraction",
+                &df,
+                "--out",
+                s(&out),
+            ];
+            if cpu {
+                args.push("--cpu");
+            }
+            let text = ok(&rigl(&args));
+            assert!(text.contains("dropped"), "summary line: {text}");
+            assert_eq!(text.lines().count(), 1, "one summary line: {text}");
+            outs.push(out);
+        }
+        let gpu = std::fs::read(&outs[0]).expect("gpu output");
+        let cpu = std::fs::read(&outs[1]).expect("cpu output");
+        assert_eq!(gpu, cpu, "case {idx}: GPU and --cpu files are identical");
+        let (mask, weights) = read_output(&outs[0], &c.shape);
+        let want_mask: Vec<u8> = c.expected_mask.iter().map(|&v| v as u8).collect();
+        assert_eq!(mask, want_mask, "case {idx}: mask");
+        assert_eq!(weights, c.expected_weights, "case {idx}: weights");
+    }
+}
+
+#[test]
+fn mask_update_accepts_every_mask_dtype_1d_and_set() {
+    let c = &cases()[2];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let n = c.weights.len();
+    // 1-D inputs give the same update as the 2-D ones (flat row-major order).
+    save(&d.join("w.npy"), &[n], NpyDataRef::F32(&c.weights));
+    save(&d.join("g.npy"), &[n], NpyDataRef::F32(&c.grads));
+    let f64s: Vec<f64> = c.mask.iter().map(|&v| f64::from(v)).collect();
+    let u8s: Vec<u8> = c.mask.iter().map(|&v| v as u8).collect();
+    let bools: Vec<bool> = c.mask.iter().map(|&v| v == 1.0).collect();
+    save(&d.join("m_f32.npy"), &[n], NpyDataRef::F32(&c.mask));
+    save(&d.join("m_f64.npy"), &[n], NpyDataRef::F64(&f64s));
+    save(&d.join("m_u8.npy"), &[n], NpyDataRef::U8(&u8s));
+    save(&d.join("m_bool.npy"), &[n], NpyDataRef::Bool(&bools));
+    let df = c.drop_fraction.to_string();
+    let mut first: Option<Vec<u8>> = None;
+    for m in ["m_f32", "m_f64", "m_u8", "m_bool"] {
+        let out = d.join(format!("{m}.npz"));
+        ok(&rigl(&[
+            "mask-update",
+            "--weights",
+            s(&d.join("w.npy")),
+            "--grads",
+            s(&d.join("g.npy")),
+            "--mask",
+            s(&d.join(format!("{m}.npy"))),
+            "--drop-fraction",
+            &df,
+            "--out",
+            s(&out),
+            "--quiet",
+        ]));
+        let bytes = std::fs::read(&out).expect("output");
+        match &first {
+            None => {
+                let (mask, w) = read_output(&out, &[n]);
+                let want: Vec<u8> = c.expected_mask.iter().map(|&v| v as u8).collect();
+                assert_eq!(mask, want);
+                assert_eq!(w, c.expected_weights);
+                first = Some(bytes);
+            }
+            Some(f) => assert_eq!(&bytes, f, "mask dtype {m} gives the same file"),
+        }
+    }
+
+    // SET: no gradient needed; GPU and CPU agree; the seed changes the result.
+    let mut set_out = Vec::new();
+    let (wp, mp) = (d.join("w.npy"), d.join("m_u8.npy"));
+    for (seed, cpu) in [("7", false), ("7", true), ("8", false)] {
+        let out = d.join(format!("set_{seed}_{cpu}.npz"));
+        let mut args = vec![
+            "mask-update",
+            "--method",
+            "set",
+            "--weights",
+            s(&wp),
+            "--mask",
+            s(&mp),
+            "--drop-fraction",
+            "0.5",
+            "--seed",
+            seed,
+            "--step",
+            "300",
+            "--out",
+            s(&out),
+        ];
+        if cpu {
+            args.push("--cpu");
+        }
+        let text = ok(&rigl(&args));
+        assert!(text.starts_with("set update"), "{text}");
+        let (mask, _) = read_output(&out, &[n]);
+        assert_eq!(
+            mask.iter().filter(|&&v| v == 1).count(),
+            u8s.iter().filter(|&&v| v == 1).count(),
+            "SET keeps the active count"
+        );
+        set_out.push(std::fs::read(&out).expect("output"));
+    }
+    assert_eq!(set_out[0], set_out[1], "SET: GPU and --cpu identical");
+    assert_ne!(set_out[0], set_out[2], "SET: another seed grows elsewhere");
+}
+
+#[test]
+fn mask_update_bad_input_exits_2_naming_the_file() {
+    let c = &cases()[0];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (w, g, m) = write_case(d, c);
+    let n = c.weights.len();
+    let p = |name: &str| d.join(name);
+    let w64: Vec<f64> = c.weights.iter().map(|&v| f64::from(v)).collect();
+    save(&p("w_f64.npy"), &c.shape, NpyDataRef::F64(&w64));
+    let i64s: Vec<i64> = c.mask.iter().map(|&v| v as i64).collect();
+    save(&p("m_i64.npy"), &c.shape, NpyDataRef::I64(&i64s));
+    let mut half = c.mask.clone();
+    half[5] = 0.5;
+    save(&p("m_half.npy"), &c.shape, NpyDataRef::F32(&half));
+    let mut two: Vec<u8> = c.mask.iter().map(|&v| v as u8).collect();
+    two[4] = 2;
+    save(&p("m_two.npy"), &c.shape, NpyDataRef::U8(&two));
+    let mut nan = c.mask.clone();
+    nan[0] = f32::NAN;
+    save(&p("m_nan.npy"), &c.shape, NpyDataRef::F32(&nan));
+    save(
+        &p("w_3d.npy"),
+        &[1, c.shape[0], c.shape[1]],
+        NpyDataRef::F32(&c.weights),
+    );
+    save(&p("w_0d.npy"), &[], NpyDataRef::F32(&[1.0]));
+    save(&p("w_empty.npy"), &[0, 3], NpyDataRef::F32(&[]));
+    save(&p("g_flat.npy"), &[n], NpyDataRef::F32(&c.grads));
+    save(
+        &p("m_t.npy"),
+        &[c.shape[1], c.shape[0]],
+        NpyDataRef::F32(&c.mask),
+    );
+    std::fs::write(p("junk.npy"), b"not numpy at all").expect("write");
+
+    let out = p("out.npz");
+    let (ws, gs, ms) = (s(&w), s(&g), s(&m));
+    // (weights, grads, mask, drop fraction, the text the one-line message must contain)
+    let bad: Vec<(String, String, String, &str, String)> = vec![
+        (
+            "missing.npy".into(),
+            gs.into(),
+            ms.into(),
+            "0.3",
+            "missing.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            "missing_mask.npy".into(),
+            "0.3",
+            "missing_mask.npy".into(),
+        ),
+        (
+            s(&p("w_f64.npy")).into(),
+            gs.into(),
+            ms.into(),
+            "0.3",
+            "w_f64.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            s(&p("m_i64.npy")).into(),
+            "0.3",
+            "m_i64.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            s(&p("m_half.npy")).into(),
+            "0.3",
+            "m_half.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            s(&p("m_two.npy")).into(),
+            "0.3",
+            "m_two.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            s(&p("m_nan.npy")).into(),
+            "0.3",
+            "m_nan.npy".into(),
+        ),
+        (
+            s(&p("w_3d.npy")).into(),
+            gs.into(),
+            ms.into(),
+            "0.3",
+            "w_3d.npy".into(),
+        ),
+        (
+            s(&p("w_0d.npy")).into(),
+            gs.into(),
+            ms.into(),
+            "0.3",
+            "w_0d.npy".into(),
+        ),
+        (
+            s(&p("w_empty.npy")).into(),
+            gs.into(),
+            ms.into(),
+            "0.3",
+            "w_empty.npy".into(),
+        ),
+        (
+            ws.into(),
+            s(&p("g_flat.npy")).into(),
+            ms.into(),
+            "0.3",
+            "g_flat.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            s(&p("m_t.npy")).into(),
+            "0.3",
+            "m_t.npy".into(),
+        ),
+        (
+            ws.into(),
+            s(&p("junk.npy")).into(),
+            ms.into(),
+            "0.3",
+            "junk.npy".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            ms.into(),
+            "1.5",
+            "--drop-fraction".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            ms.into(),
+            "-0.1",
+            "--drop-fraction".into(),
+        ),
+        (
+            ws.into(),
+            gs.into(),
+            ms.into(),
+            "NaN",
+            "--drop-fraction".into(),
+        ),
+    ];
+    for cpu in [false, true] {
+        for (wp, gp, mp, df, needle) in &bad {
+            let mut args = vec![
+                "mask-update",
+                "--weights",
+                wp,
+                "--grads",
+                gp,
+                "--mask",
+                mp,
+                "--drop-fraction",
+                df,
+                "--out",
+                s(&out),
+            ];
+            if cpu {
+                args.push("--cpu");
+            }
+            let o = rigl(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(needle.as_str()),
+                "{args:?}: '{err}' names {needle}"
+            );
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+            assert!(err.starts_with("rigl: error: "), "{err}");
+            assert!(!out.exists(), "{args:?}: no output file");
+        }
+    }
+    // The messages say what is wrong.
+    let msg = |wp: &str, mp: &str| {
+        stderr(&rigl(&[
+            "mask-update",
+            "--weights",
+            wp,
+            "--grads",
+            gs,
+            "--mask",
+            mp,
+            "--drop-fraction",
+            "0.3",
+            "--out",
+            s(&out),
+        ]))
+    };
+    assert!(msg(s(&p("w_f64.npy")), ms).contains("float32"));
+    assert!(msg(ws, s(&p("m_half.npy"))).contains("element [1, 2] is 0.5"));
+    assert!(msg(s(&p("w_3d.npy")), ms).contains("3-D"));
+    assert!(msg(ws, s(&p("m_t.npy"))).contains("does not match"));
+
+    // rigl needs a gradient; a missing output directory is bad input too.
+    let o = rigl(&[
+        "mask-update",
+        "--weights",
+        ws,
+        "--mask",
+        ms,
+        "--drop-fraction",
+        "0.3",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--grads"));
+    let nowhere = p("no/such/dir/out.npz");
+    let o = rigl(&[
+        "mask-update",
+        "--weights",
+        ws,
+        "--grads",
+        gs,
+        "--mask",
+        ms,
+        "--drop-fraction",
+        "0.3",
+        "--out",
+        s(&nowhere),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("out.npz"));
+    assert!(!nowhere.exists());
+    // Nothing but our inputs in the directory: no output, no temporary file.
+    let names: Vec<String> = std::fs::read_dir(d)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".npy")),
+        "only inputs remain: {names:?}"
+    );
 }

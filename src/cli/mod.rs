@@ -1,8 +1,9 @@
-//! Command-line front end. Errors print one line on stderr; exit codes: 0 success, 1 runtime
-//! failure (GPU, I/O), 2 bad input (arguments, files).
+//! Command-line front end: `info`, `bench`, `mask-update`. Errors print one line on stderr;
+//! exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad input (arguments, files).
 
 mod bench;
 mod info;
+mod mask_update;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,12 @@ enum Command {
     /// Time kernels on this adapter.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// One RigL (or SET) mask update of one layer from .npy files, written to an .npz.
+    ///
+    /// Drops the active weights of smallest |w| (drop count floor(n_active * F)) and grows as
+    /// many positions, by |gradient| (rigl) or at random (set); new connections start at zero.
+    /// Exit code 2 on bad input, with no output written.
+    MaskUpdate(mask_update::MaskUpdateArgs),
 }
 
 /// An error with the exit code it should produce.
@@ -64,6 +71,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::MaskUpdate(a) => mask_update::run(a),
     };
     match result {
         Ok(()) => 0,
