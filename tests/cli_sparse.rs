@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rigl::npy::{self, NpyArray, NpyData, NpyDataRef, NpyView};
+use rigl::sparse::{layer_sparsities, Distribution, DistributionConfig, LayerShape};
 use rigl::RiglError;
 
 const REFERENCE: &str = concat!(
@@ -692,4 +693,160 @@ fn mask_update_bad_input_exits_2_naming_the_file() {
         names.iter().all(|n| n.ends_with(".npy")),
         "only inputs remain: {names:?}"
     );
+}
+
+// ----------------------------------------------------------------------------------- plan
+
+fn json(o: &Output) -> serde_json::Value {
+    let text = ok(o);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("JSON ({e}): {text}"))
+}
+
+#[test]
+fn plan_json_lenet_erk_matches_the_library() {
+    let v = json(&rigl(&["plan", "--json"]));
+    let shapes = [
+        LayerShape::new("fc1", &[784, 300]),
+        LayerShape::new("fc2", &[300, 100]),
+        LayerShape::new("fc3", &[100, 10]),
+    ];
+    let want = layer_sparsities(&shapes, &DistributionConfig::new(Distribution::Erk, 0.9))
+        .expect("sparsities");
+    let layers = v["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 3);
+    let mut bytes = 0;
+    for (l, w) in layers.iter().zip(&want) {
+        assert_eq!(l["name"], w.name.as_str());
+        assert_eq!(l["shape"], serde_json::json!(w.shape));
+        assert_eq!(l["active"].as_u64(), Some(w.active as u64), "{}", w.name);
+        assert_eq!(l["sparsity"].as_f64(), Some(w.sparsity), "{}", w.name);
+        // Masked dense storage now: f32 weights, mask and momentum.
+        assert_eq!(l["gpu_bytes"].as_u64(), Some(12 * w.total as u64));
+        let csr = l["gpu_bytes_compressed"].as_u64().expect("compressed");
+        if w.active < w.total {
+            assert_eq!(csr, 12 * w.active as u64 + 4 * (w.shape[1] as u64 + 1));
+        } else {
+            assert_eq!(csr, 8 * w.total as u64, "a fully active layer stays dense");
+        }
+        bytes += csr;
+    }
+    assert_eq!(v["gpu_bytes_compressed"].as_u64(), Some(bytes));
+    assert!(v["gpu_bytes_note"]
+        .as_str()
+        .is_some_and(|n| n.contains("CSR")));
+    let density = v["density"].as_f64().expect("density");
+    assert!((density - 0.1).abs() < 1e-3, "density {density}");
+    let inf = v["inference_flops_vs_dense"].as_f64().expect("inference");
+    let train = v["train_flops_vs_dense"].as_f64().expect("train");
+    assert!(
+        (inf - density).abs() < 1e-12,
+        "dense layers: FLOPs follow weights"
+    );
+    assert!(
+        train > inf && train < 0.2,
+        "RigL adds a dense gradient every ΔT: {train}"
+    );
+    assert_eq!(v["method"], "rigl");
+    assert_eq!(v["distribution"], "erk");
+
+    // The text form has the same numbers.
+    let text = ok(&rigl(&["plan"]));
+    for w in &want {
+        assert!(
+            text.contains(&w.name) && text.contains(&w.active.to_string()),
+            "{text}"
+        );
+    }
+    assert!(text.contains("density 0.1000"), "{text}");
+    assert!(text.contains("CSR (planned"), "{text}");
+}
+
+#[test]
+fn plan_options_and_errors() {
+    // --layers names layers by kind and position; uniform keeps the first layer dense.
+    let v = json(&rigl(&[
+        "plan",
+        "--layers",
+        "conv:3x3x3x16@32x32,dense:1024x10",
+        "--distribution",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        "--json",
+    ]));
+    let l = v["layers"].as_array().expect("layers");
+    assert_eq!(l[0]["name"], "conv0");
+    assert_eq!(l[0]["sparsity"].as_f64(), Some(0.0));
+    assert_eq!(l[1]["name"], "dense1");
+    assert_eq!(l[1]["active"].as_u64(), Some(5120));
+    // Custom sparsities, a forced-dense last layer, the model flags.
+    let v = json(&rigl(&[
+        "plan",
+        "--input",
+        "20",
+        "--hidden",
+        "30",
+        "--classes",
+        "4",
+        "--custom",
+        "fc1=0.75",
+        "--last-layer-dense",
+        "--json",
+    ]));
+    let l = v["layers"].as_array().expect("layers");
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0]["active"].as_u64(), Some(150));
+    assert_eq!(l[1]["sparsity"].as_f64(), Some(0.0));
+    // Pruning: FLOPs average the schedule; dense: everything 1.
+    let v = json(&rigl(&[
+        "plan",
+        "--method",
+        "prune",
+        "--prune-start",
+        "0",
+        "--json",
+    ]));
+    let train = v["train_flops_vs_dense"].as_f64().expect("train");
+    assert!(train > 0.1 && train < 1.0, "{train}");
+    assert_eq!(v["prune"]["t0"].as_u64(), Some(0));
+    let v = json(&rigl(&["plan", "--method", "dense", "--json"]));
+    assert_eq!(v["train_flops_vs_dense"].as_f64(), Some(1.0));
+    assert_eq!(v["gpu_bytes"], v["gpu_bytes_dense"]);
+
+    for bad in [
+        &["--layers", "dense:784"][..],
+        &["--layers", "dense:784x0"],
+        &["--layers", "lstm:4x4"],
+        &["--layers", "dense:4x4,,dense:4x2"],
+        &["--layers", ""],
+        &["--layers", "dense:4x4@2x2"],
+        &["--hidden", "300,x"],
+        &["--sparsity", "1.0"],
+        &["--sparsity", "nan"],
+        &["--distribution", "gaussian"],
+        &["--method", "lottery"],
+        &["--custom", "fc9=0.5"],
+        &["--custom", "fc1"],
+        &["--prune-start", "10"],
+        &["--delta-t", "0"],
+        &[
+            "--method",
+            "prune",
+            "--prune-start",
+            "5000",
+            "--prune-end",
+            "100",
+        ],
+    ] {
+        let mut args = vec!["plan"];
+        args.extend_from_slice(bad);
+        let o = rigl(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(
+            stderr(&o).starts_with("rigl: error: "),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
 }

@@ -1,9 +1,11 @@
-//! Command-line front end: `info`, `bench`, `mask-update`. Errors print one line on stderr;
-//! exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad input (arguments, files).
+//! Command-line front end: `info`, `bench`, `plan`, `mask-update`. Errors print one line on
+//! stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad input (arguments, files).
 
 mod bench;
 mod info;
 mod mask_update;
+mod model;
+mod plan;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,9 @@ enum Command {
     /// Time kernels on this adapter.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a model's per-layer sparsities, active counts, FLOPs and GPU memory, without
+    /// training.
+    Plan(plan::PlanArgs),
     /// One RigL (or SET) mask update of one layer from .npy files, written to an .npz.
     ///
     /// Drops the active weights of smallest |w| (drop count floor(n_active * F)) and grows as
@@ -71,6 +76,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::Plan(a) => plan::run(a),
         Command::MaskUpdate(a) => mask_update::run(a),
     };
     match result {
