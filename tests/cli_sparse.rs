@@ -51,6 +51,7 @@ fn s(p: &Path) -> &str {
 fn save(path: &Path, shape: &[usize], data: NpyDataRef<'_>) {
     npy::write_npy(path, NpyView { shape, data }).expect("write .npy");
 }
+
 // ------------------------------------------------------------------------------- read_npz
 
 /// A zip of DEFLATE entries, as `numpy.savez_compressed` writes.
@@ -849,4 +850,69 @@ fn plan_options_and_errors() {
             stderr(&o)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------- bench
+
+#[test]
+fn bench_topk_and_mask_update_json() {
+    let v = json(&rigl(&[
+        "bench", "topk", "--n", "5000", "--k", "700", "--warmup", "1", "--reps", "3", "--json",
+    ]));
+    assert_eq!(v["kernel"], "topk");
+    assert_eq!(v["n"].as_u64(), Some(5000));
+    assert_eq!(v["k"].as_u64(), Some(700));
+    assert!(v["gpu_ms"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+    assert!(v["elements_per_s"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+    assert!(
+        matches!(v["timing"].as_str(), Some("timestamp" | "wall")),
+        "{v}"
+    );
+    assert!(v["dispatches"].as_u64().is_some_and(|d| d > 1), "{v}");
+
+    let mut dispatches = Vec::new();
+    for method in ["rigl", "set", "prune"] {
+        let v = json(&rigl(&[
+            "bench",
+            "mask-update",
+            "--layers",
+            "dense:64x48,conv:3x3x4x8@6x6,dense:48x10",
+            "--sparsity",
+            "0.8",
+            "--method",
+            method,
+            "--warmup",
+            "1",
+            "--reps",
+            "2",
+            "--json",
+        ]));
+        assert_eq!(v["kernel"], "mask-update");
+        assert_eq!(v["method"], method);
+        assert!(v["gpu_ms"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+        assert!(
+            matches!(v["timing"].as_str(), Some("timestamp" | "wall")),
+            "{v}"
+        );
+        assert_eq!(v["elements"].as_u64(), Some(64 * 48 + 288 + 480));
+        let layers = v["layers"].as_array().expect("layers");
+        let grow: u64 = layers
+            .iter()
+            .map(|l| l["k_grow"].as_u64().expect("k"))
+            .sum();
+        assert_eq!(v["k_grow"].as_u64(), Some(grow));
+        assert_eq!(grow == 0, method == "prune", "{v}");
+        dispatches.push(v["dispatches"].as_u64().expect("dispatches"));
+    }
+    assert_eq!(
+        dispatches[0], dispatches[1],
+        "rigl and set: same dispatches"
+    );
+    assert!(dispatches[2] < dispatches[0], "prune skips the grow phase");
+
+    // Bad sizes are bad input.
+    let o = rigl(&["bench", "topk", "--n", "10", "--k", "11"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = rigl(&["bench", "mask-update", "--layers", "dense:4", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
