@@ -87,8 +87,8 @@ pub struct MaskUpdateBenchArgs {
     #[arg(long, value_enum, default_value_t = BenchMethod::Rigl)]
     method: BenchMethod,
     /// Fraction of each layer's active weights dropped (0.3: RigL's first update).
-    #[arg(long, default_value_t = 0.3)]
-    drop_fraction: f32,
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
+    drop_fraction: f64,
     /// Seed of the random masks, weights and gradients (and of set's grow scores).
     #[arg(long, default_value_t = 0)]
     seed: u32,
@@ -289,7 +289,7 @@ fn mask_update(args: MaskUpdateBenchArgs) -> CliResult {
             n: s.total,
             id: i as u32,
         });
-        let n_drop = drop_count(s.active, args.drop_fraction);
+        let n_drop = drop_count(s.active, args.drop_fraction as f32);
         counts.push(LayerCounts {
             k_keep: s.active - n_drop,
             k_grow: if args.method == BenchMethod::Prune {
