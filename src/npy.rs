@@ -1,4 +1,4 @@
-//! NumPy `.npy` reading and `.npz` writing, without NumPy.
+//! NumPy `.npy` reading and writing and `.npz` reading and writing, without NumPy.
 //!
 //! Reading accepts format versions 1.0, 2.0 and 3.0, C order, any number of dimensions, and the
 //! little-endian dtypes `<f4`, `<f8`, `<i4`, `<i8`, `|u1` and `|b1` (bytes 0/1). Anything else
@@ -11,6 +11,9 @@
 //! and archive below 4 GiB, fewer than 65 535 entries). The archive is written to a temporary
 //! file in the destination's directory and renamed over the destination only once complete, so
 //! a failure leaves no partial output.
+//!
+//! Reading `.npz` ([`read_npz`]) accepts what `numpy.savez` and `numpy.savez_compressed` write:
+//! STORED or DEFLATE entries, each a `.npy` file, without zip64 or encryption.
 
 use std::fs;
 use std::io::Write;
@@ -536,6 +539,111 @@ pub fn write_npz(path: impl AsRef<Path>, entries: &[(&str, NpyView<'_>)]) -> Res
         ))
     })?;
     write_atomically(path, |f| f.write_all(&archive))
+}
+
+/// Reads a `.npz` archive (from `numpy.savez`, `numpy.savez_compressed` or [`write_npz`]): every
+/// entry as `(NAME, array)` with the `.npy` suffix removed, in archive order.
+pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, NpyArray)>> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(|source| RiglError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_npz(&bytes, &path.display().to_string())
+}
+
+/// Parses the bytes of a `.npz` archive (see [`read_npz`]); `path` names it in errors. Entries
+/// are located through the central directory, checked against their CRC-32, and parsed with
+/// [`parse_npy`] (errors name `path:ENTRY`).
+pub fn parse_npz(bytes: &[u8], path: &str) -> Result<Vec<(String, NpyArray)>> {
+    let truncated = || bad(path, "truncated or corrupt .npz (zip) archive");
+    let u16_at = |p: usize| -> Result<usize> {
+        let b = bytes.get(p..p + 2).ok_or_else(truncated)?;
+        Ok(usize::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let u32_at = |p: usize| -> Result<u32> {
+        let b = bytes.get(p..p + 4).ok_or_else(truncated)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // The end-of-central-directory record is the last 22 bytes plus a comment of up to 64 KiB.
+    let last = bytes
+        .len()
+        .checked_sub(22)
+        .ok_or_else(|| bad(path, "not a .npz file (too short for a zip archive)"))?;
+    let first = last.saturating_sub(usize::from(u16::MAX));
+    let eocd = (first..=last)
+        .rev()
+        .find(|&p| bytes[p..p + 4] == 0x0605_4b50u32.to_le_bytes())
+        .ok_or_else(|| bad(path, "not a .npz file (no zip end-of-directory record)"))?;
+    let n = u16_at(eocd + 10)?;
+    let cd_off = u32_at(eocd + 16)?;
+    if n == usize::from(u16::MAX) || cd_off == u32::MAX {
+        return Err(bad(path, "zip64 archives are not supported"));
+    }
+    let mut p = cd_off as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        if u32_at(p)? != 0x0201_4b50 {
+            return Err(truncated());
+        }
+        let flags = u16_at(p + 8)?;
+        let method = u16_at(p + 10)?;
+        let crc = u32_at(p + 16)?;
+        let csize = u32_at(p + 20)? as usize;
+        let usize_ = u32_at(p + 24)? as usize;
+        let (nl, xl, cl) = (u16_at(p + 28)?, u16_at(p + 30)?, u16_at(p + 32)?);
+        let local = u32_at(p + 42)? as usize;
+        let raw_name = bytes.get(p + 46..p + 46 + nl).ok_or_else(truncated)?;
+        let name = String::from_utf8_lossy(raw_name).into_owned();
+        p += 46 + nl + xl + cl;
+        if flags & 1 != 0 {
+            return Err(bad(path, format!("entry '{name}' is encrypted")));
+        }
+        if u32_at(local)? != 0x0403_4b50 {
+            return Err(truncated());
+        }
+        let start = local + 30 + u16_at(local + 26)? + u16_at(local + 28)?;
+        let stored = bytes.get(start..start + csize).ok_or_else(truncated)?;
+        let data = match method {
+            0 => stored.to_vec(),
+            8 => {
+                use std::io::Read;
+                let mut v = Vec::with_capacity(usize_);
+                flate2::read::DeflateDecoder::new(stored)
+                    .take(usize_ as u64 + 1)
+                    .read_to_end(&mut v)
+                    .map_err(|e| bad(path, format!("entry '{name}': bad deflate data: {e}")))?;
+                v
+            }
+            m => {
+                return Err(bad(
+                    path,
+                    format!("entry '{name}': unsupported zip compression method {m}"),
+                ))
+            }
+        };
+        if data.len() != usize_ {
+            return Err(bad(
+                path,
+                format!(
+                    "entry '{name}': {} bytes, the directory says {usize_}",
+                    data.len()
+                ),
+            ));
+        }
+        let mut c = flate2::Crc::new();
+        c.update(&data);
+        if c.sum() != crc {
+            return Err(bad(path, format!("entry '{name}': CRC-32 mismatch")));
+        }
+        let key = name
+            .strip_suffix(".npy")
+            .ok_or_else(|| bad(path, format!("entry '{name}' is not a .npy array")))?
+            .to_string();
+        let array = parse_npy(&data, &format!("{path}:{name}"))?;
+        out.push((key, array));
+    }
+    Ok(out)
 }
 
 /// DOS date of 1980-01-01 (time 00:00:00 is 0).

@@ -1,9 +1,13 @@
-//! Command-line front end. Errors print one line on stderr; exit codes: 0 success, 1 runtime
-//! failure (GPU, I/O), 2 bad input (arguments, files).
+//! Command-line front end: `train`, `eval`, `report`, `plan`, `mask-update`, `info`, `bench`.
+//! Errors print one line on
+//! stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad input (arguments, files).
 
 mod bench;
 mod eval;
 mod info;
+mod mask_update;
+mod model;
+mod plan;
 mod report;
 mod train;
 
@@ -30,6 +34,15 @@ enum Command {
     /// Time kernels on this adapter.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a model's per-layer sparsities, active counts, FLOPs and GPU memory, without
+    /// training.
+    Plan(plan::PlanArgs),
+    /// One RigL (or SET) mask update of one layer from .npy files, written to an .npz.
+    ///
+    /// Drops the active weights of smallest |w| (drop count floor(n_active * F)) and grows as
+    /// many positions, by |gradient| (rigl) or at random (set); new connections start at zero.
+    /// Exit code 2 on bad input, with no output written.
+    MaskUpdate(mask_update::MaskUpdateArgs),
 }
 
 /// An error with the exit code it should produce.
@@ -76,6 +89,8 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run(a),
         Command::Report(a) => report::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::Plan(a) => plan::run(a),
+        Command::MaskUpdate(a) => mask_update::run(a),
     };
     match result {
         Ok(()) => 0,
