@@ -1,6 +1,6 @@
 //! Command-line front end: `train`, `eval`, `report`, `plan`, `mask-update`, `info`, `bench`.
-//! Errors print one line on
-//! stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad input (arguments, files).
+//! Errors print one line on stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad
+//! input (arguments, files).
 
 mod bench;
 mod eval;
