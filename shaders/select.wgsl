@@ -132,44 +132,46 @@ fn sel_init(@builtin(global_invocation_id) gid: vec3<u32>) {
     atomicStore(&scratch[new_count_index(l)], 0u);
 }
 
-var<workgroup> local_hist: array<atomic<u32>, 256>;
-
-// One workgroup per chunk: histogram of digit PASS of the eligible keys that match the prefix.
+// One invocation per chunk: histogram of digit PASS of the eligible keys that match the prefix,
+// counted in a private array (16-bit counts, two per word: a chunk has at most 256 elements), then
+// only the non-empty bins are added to the layer's histogram. No workgroup barriers and few
+// atomics: the keys of a chunk share few digits, most of all in the first passes.
 @compute @workgroup_size(64)
-fn sel_hist(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let c = wid.x + wid.y * nwg.x;
+fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * 64u;
     if (c >= p.n_chunks) {
         return;
     }
-    for (var b = lidx; b < 256u; b += 64u) {
-        atomicStore(&local_hist[b], 0u);
-    }
-    workgroupBarrier();
     let l = chunk_layer(c);
     let prefix = atomicLoad(&scratch[state_base(l)]);
     let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
+    if (k_rem == 0u) {
+        return;
+    }
     let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     let shift = 24u - 8u * PASS;
-    if (k_rem > 0u) {
-        for (var i = start + lidx; i < end; i += 64u) {
-            if (eligible(i)) {
-                let key = key_of(l, i);
-                if (matches_prefix(key, prefix)) {
-                    atomicAdd(&local_hist[(key >> shift) & 255u], 1u);
-                }
+    var h: array<u32, 128>;
+    for (var i = start; i < end; i++) {
+        if (eligible(i)) {
+            let key = key_of(l, i);
+            if (matches_prefix(key, prefix)) {
+                let bin = (key >> shift) & 255u;
+                h[bin >> 1u] += 1u << ((bin & 1u) * 16u);
             }
         }
     }
-    workgroupBarrier();
-    for (var b = lidx; b < 256u; b += 64u) {
-        let v = atomicLoad(&local_hist[b]);
-        if (v > 0u) {
-            atomicAdd(&scratch[l * STATE_STRIDE + b], v);
+    for (var j = 0u; j < 128u; j++) {
+        let v = h[j];
+        if (v != 0u) {
+            let lo = v & 0xffffu;
+            let hi = v >> 16u;
+            if (lo != 0u) {
+                atomicAdd(&scratch[l * STATE_STRIDE + 2u * j], lo);
+            }
+            if (hi != 0u) {
+                atomicAdd(&scratch[l * STATE_STRIDE + 2u * j + 1u], hi);
+            }
         }
     }
 }

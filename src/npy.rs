@@ -438,17 +438,7 @@ pub fn npy_bytes(array: NpyView<'_>) -> Result<Vec<u8>> {
             array.data.len()
         )));
     }
-    let shape = match array.shape {
-        [] => "()".to_string(),
-        [d] => format!("({d},)"),
-        ds => format!(
-            "({})",
-            ds.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    let shape = shape_string(array.shape);
     let dict = format!(
         "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
         array.data.descr()
@@ -755,4 +745,19 @@ fn write_atomically(
         return Err(io_err(path, e));
     }
     Ok(())
+}
+
+/// A shape as a Python tuple, the way numpy writes it: `()`, `(3,)`, `(2, 5)`.
+pub fn shape_string(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".to_string(),
+        [d] => format!("({d},)"),
+        ds => format!(
+            "({})",
+            ds.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

@@ -72,19 +72,6 @@ fn load(path: &Path, flag: &str) -> Result<NpyArray, CliError> {
     })
 }
 
-fn shape_str(shape: &[usize]) -> String {
-    match shape {
-        [d] => format!("({d},)"),
-        ds => format!(
-            "({})",
-            ds.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// A float32 array's data, or an error naming the file.
 fn f32_data(a: NpyArray, path: &Path, flag: &str) -> Result<Vec<f32>, CliError> {
     match a.data {
@@ -225,7 +212,7 @@ pub fn run(args: MaskUpdateArgs) -> CliResult {
             format!(
                 "a {}-D array of shape {}; expected 1-D or 2-D",
                 shape.len(),
-                shape_str(&shape)
+                rigl::npy::shape_string(&shape)
             ),
         ));
     }
@@ -233,7 +220,7 @@ pub fn run(args: MaskUpdateArgs) -> CliResult {
         return Err(bad_file(
             &args.weights,
             "--weights",
-            format!("shape {} has no elements", shape_str(&shape)),
+            format!("shape {} has no elements", rigl::npy::shape_string(&shape)),
         ));
     }
     let same_shape = |a: &NpyArray, path: &Path, flag: &str| -> Result<(), CliError> {
@@ -243,8 +230,8 @@ pub fn run(args: MaskUpdateArgs) -> CliResult {
                 flag,
                 format!(
                     "shape {} does not match the weights' {} ({})",
-                    shape_str(&a.shape),
-                    shape_str(&shape),
+                    rigl::npy::shape_string(&a.shape),
+                    rigl::npy::shape_string(&shape),
                     args.weights.display()
                 ),
             ));

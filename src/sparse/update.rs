@@ -158,7 +158,14 @@ impl MaskUpdater {
                 n_layers.div_ceil(64),
             )?];
             for pass in 0..4 {
-                v.push(build("sel_hist", phase, pass, set, false, chunks)?);
+                v.push(build(
+                    "sel_hist",
+                    phase,
+                    pass,
+                    set,
+                    false,
+                    chunks.div_ceil(64),
+                )?);
                 v.push(build(
                     "sel_scan",
                     phase,
