@@ -9,7 +9,8 @@ use rigl::sparse::Method;
 use rigl::train::{self, NoProgress, TrainConfig};
 
 fn small_data() -> rigl::data::TrainTest {
-    Dataset::synthetic(2048, 512, 64, 10, 3).unwrap()
+    // 500 test samples: the last evaluation batch of 64 is partial (padded).
+    Dataset::synthetic(2048, 500, 64, 10, 3).unwrap()
 }
 
 fn cfg(method: Method) -> TrainConfig {

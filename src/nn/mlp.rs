@@ -16,6 +16,7 @@
 //! update    SGD with momentum on w (masked) and b
 //! ```
 
+use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
@@ -349,15 +350,9 @@ impl Mlp {
     }
 
     /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]`. A partial batch of
-    /// `valid < batch` samples must be padded by the caller; call [`Mlp::set_valid`].
+    /// `valid < batch` samples is padded by the caller (labels [`PAD_LABEL`]); call
+    /// [`Mlp::set_valid`] so the padding does not count.
     pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
-        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
-        if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l >= classes) {
-            return Err(RiglError::invalid(format!(
-                "label {l} of sample {i} is not below the class count {classes}"
-            )));
-        }
-        self.x.write_f32(ctx, x)?;
         if labels.len() != self.cfg.batch {
             return Err(RiglError::invalid(format!(
                 "{} labels for a batch of {}",
@@ -365,6 +360,17 @@ impl Mlp {
                 self.cfg.batch
             )));
         }
+        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
+        let bad = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= classes && l != PAD_LABEL);
+        if let Some((i, l)) = bad {
+            return Err(RiglError::invalid(format!(
+                "label {l} of sample {i} is not below the class count {classes}"
+            )));
+        }
+        self.x.write_f32(ctx, x)?;
         ctx.queue.write_buffer(
             &self.labels.buffer,
             self.labels.offset,

@@ -484,11 +484,7 @@ pub fn train(
         .map(|(p, &a)| LayerReport {
             name: p.name.clone(),
             shape: p.shape.clone(),
-            sparsity: if starts_dense && cfg.method == Method::Dense {
-                0.0
-            } else {
-                p.sparsity
-            },
+            sparsity: p.sparsity,
             actual_sparsity: 1.0 - a as f64 / p.total as f64,
             active: a,
             total: p.total,
