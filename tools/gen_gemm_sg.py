@@ -1,3 +1,10 @@
+"""Regenerates the unrolled body of shaders/gemm_sg.wgsl for ROWS rows per invocation (a multiple
+of 8), keeping the file's header (bindings, helpers) as it is.
+
+    python3 tools/gen_gemm_sg.py ROWS shaders/gemm_sg.wgsl
+
+The engine's tile table (GemmVariant::Subgroup in src/gpu/gemm.rs) must say the same row count.
+"""
 import sys, re
 rows = int(sys.argv[1])
 src = open(sys.argv[2]).read()
