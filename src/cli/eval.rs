@@ -6,6 +6,7 @@ use clap::Args;
 use rigl::gpu::ops::SgdConfig;
 use rigl::gpu::{gemm, GpuContext};
 use rigl::nn::{Mlp, MlpConfig};
+use rigl::sparse::init::count_active;
 use rigl::train::model_file;
 
 use super::train::load_data;
@@ -81,11 +82,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     )?;
     model.load(&ctx, &file.weights, &file.masks, &file.biases)?;
     let (loss, acc) = rigl::train::evaluate(&ctx, &model, &data.test)?;
-    let active: usize = file
-        .masks
-        .iter()
-        .map(|m| m.iter().filter(|&&v| v != 0.0).count())
-        .sum();
+    let active: usize = file.masks.iter().map(|m| count_active(m)).sum();
     let total: usize = file.masks.iter().map(Vec::len).sum();
     if args.json {
         println!(

@@ -20,6 +20,7 @@ use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::sparse::init::count_active;
 use crate::sparse::update::LayerPlacement;
 
 /// Alignment of layer offsets in the flat buffers, in elements (256 bytes: WebGPU's largest
@@ -474,7 +475,7 @@ impl Mlp {
         Ok(self
             .read_layers(ctx, &self.mask)?
             .iter()
-            .map(|m| m.iter().filter(|&&v| v != 0.0).count())
+            .map(|m| count_active(m))
             .collect())
     }
 

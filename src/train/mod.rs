@@ -15,11 +15,12 @@ use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{gemm, GpuContext};
 use crate::nn::mlp::layer_names;
 use crate::nn::{Mlp, MlpConfig};
-use crate::sparse::init::{init_layer, WeightInit};
+use crate::sparse::init::{count_active, init_layer, WeightInit};
 use crate::sparse::schedule::drop_count;
 use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
 use crate::sparse::{
-    layer_sparsities, DistributionConfig, LayerShape, Method, PruneSchedule, UpdateSchedule,
+    active_count, layer_sparsities, DistributionConfig, LayerShape, Method, PruneSchedule,
+    UpdateSchedule,
 };
 
 pub use config::{LrSchedule, TrainConfig};
@@ -257,10 +258,7 @@ pub fn train(
         None => None,
     };
     let totals: Vec<usize> = plan.iter().map(|p| p.total).collect();
-    let mut active: Vec<usize> = masks
-        .iter()
-        .map(|m| m.iter().filter(|&&v| v != 0.0).count())
-        .collect();
+    let mut active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
     drop(masks);
 
     // FLOPs per sample: a multiply-add is 2 FLOPs (SPEC §6).
@@ -312,13 +310,14 @@ pub fn train(
         }
         if let (Some(up), Some(rule)) = (&updater, rule) {
             let counts: Option<Vec<LayerCounts>> = match cfg.method {
+                // A prune step can only shrink the active set.
                 Method::Prune if prune.is_prune_step(step) => Some(
                     plan.iter()
-                        .map(|p| {
+                        .zip(&active)
+                        .map(|(p, &a)| {
                             let s = prune.sparsity_at_with_final(step, p.sparsity);
-                            let keep = p.total - (s * p.total as f64).floor() as usize;
                             LayerCounts {
-                                k_keep: keep.min(p.total),
+                                k_keep: active_count(p.total, s).min(a),
                                 k_grow: 0,
                             }
                         })
@@ -343,15 +342,6 @@ pub fn train(
                 _ => None,
             };
             if let Some(counts) = counts {
-                // The k_keep of a prune step can only shrink the active set.
-                let counts: Vec<LayerCounts> = counts
-                    .iter()
-                    .zip(&active)
-                    .map(|(c, &a)| LayerCounts {
-                        k_keep: c.k_keep.min(a),
-                        k_grow: c.k_grow,
-                    })
-                    .collect();
                 up.prepare(ctx, step as u32, &counts)?;
                 ops.extend(up.dispatches(rule));
                 ops.push(model.ever_op());
@@ -473,10 +463,7 @@ pub fn train(
 
     let final_active = model.active_counts(ctx)?;
     let ever = model.read_layers(ctx, &model.ever)?;
-    let ever_active: usize = ever
-        .iter()
-        .map(|e| e.iter().filter(|&&v| v != 0.0).count())
-        .sum();
+    let ever_active: usize = ever.iter().map(|e| count_active(e)).sum();
     let total: usize = totals.iter().sum();
     let layers: Vec<LayerReport> = plan
         .iter()

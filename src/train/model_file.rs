@@ -13,6 +13,7 @@ use crate::error::{Result, RiglError};
 use crate::gpu::GpuContext;
 use crate::nn::mlp::layer_names;
 use crate::nn::Mlp;
+use crate::sparse::init::mask_to_u8;
 use crate::train::TrainConfig;
 
 /// A model read back from a file.
@@ -56,11 +57,7 @@ pub fn save(ctx: &GpuContext, model: &Mlp, cfg: &TrainConfig, path: &Path) -> Re
 /// Writes a [`ModelFile`] atomically.
 pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
     let names = layer_names(file.sizes.len() - 1);
-    let masks_u8: Vec<Vec<u8>> = file
-        .masks
-        .iter()
-        .map(|m| m.iter().map(|&v| u8::from(v != 0.0)).collect())
-        .collect();
+    let masks_u8: Vec<Vec<u8>> = file.masks.iter().map(|m| mask_to_u8(m)).collect();
     let mut views = Vec::new();
     let err = |e: safetensors::SafeTensorError| bad(path, e.to_string());
     for (l, name) in names.iter().enumerate() {
