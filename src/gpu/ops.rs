@@ -296,41 +296,40 @@ pub fn set_xent_valid(
 
 /// `ema -= (1 - decay) * (ema - x)` over `n` elements (TensorFlow's moving average; SNFS).
 pub fn ema(ctx: &GpuContext, x: &Tensor, ema: &Tensor, n: usize, decay: f32) -> Result<Dispatch> {
-    const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
-    check_len(x, n, "ema")?;
-    check_len(ema, n, "ema")?;
-    let p = EwParams {
-        n: n as u32,
-        f0: 1.0 - decay,
-        ..Default::default()
-    };
-    Ok(Dispatch::build(
-        ctx,
-        &KernelSpec::new("elementwise", "ema_update", B),
-        bytemuck::bytes_of(&p),
-        &[x, ema],
-        (n as u64).div_ceil(EW_WG),
-    )?
-    .with_cost(n as f64 * 3.0, n as f64 * 12.0))
+    state_update(ctx, "ema_update", x, ema, n, 1.0 - decay, 3.0)
 }
 
 /// `acc = max(acc, x)` over `n` elements (the "ever active" map behind the ITOP rate).
 pub fn max_into(ctx: &GpuContext, x: &Tensor, acc: &Tensor, n: usize) -> Result<Dispatch> {
+    state_update(ctx, "max_into", x, acc, n, 0.0, 1.0)
+}
+
+/// An `elementwise.wgsl` entry that folds `x` into `acc` over `n` elements with parameter `f0`.
+fn state_update(
+    ctx: &GpuContext,
+    entry: &'static str,
+    x: &Tensor,
+    acc: &Tensor,
+    n: usize,
+    f0: f32,
+    flops_per_element: f64,
+) -> Result<Dispatch> {
     const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
-    check_len(x, n, "max_into")?;
-    check_len(acc, n, "max_into")?;
+    check_len(x, n, entry)?;
+    check_len(acc, n, entry)?;
     let p = EwParams {
         n: n as u32,
+        f0,
         ..Default::default()
     };
     Ok(Dispatch::build(
         ctx,
-        &KernelSpec::new("elementwise", "max_into", B),
+        &KernelSpec::new("elementwise", entry, B),
         bytemuck::bytes_of(&p),
         &[x, acc],
         (n as u64).div_ceil(EW_WG),
     )?
-    .with_cost(n as f64, n as f64 * 12.0))
+    .with_cost(n as f64 * flops_per_element, n as f64 * 12.0))
 }
 
 /// SGD hyper-parameters.
