@@ -8,10 +8,11 @@
 //   2 storage read  x    : [in, B] as vec4
 //   3 storage read  d    : [out, B] as vec4
 //   4 storage rw    grad : per slot, overwritten
-// A workgroup takes one output row r and walks its nonzeros 8 at a time: the lanes span the
-// batch (each holds WG-strided vec4s of D[r]), take the dot products of the 8 rows of X with it,
-// and the 8 partial sums are reduced over the subgroup (subgroupAdd) and then over the subgroups
-// through workgroup memory. The metadata of the 8 nonzeros is loaded by lanes 0..7 and broadcast.
+// A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
+// walks the batch, 8 vec4s per step: lane t of the subgroup loads D[r, b + t] and hands it to
+// every lane with subgroupBroadcast (the same for every nonzero of the row), while each lane
+// loads its own X row. So every load is distinct and useful, there is no reduction across lanes
+// and no barrier. WG (8 to 64) is chosen per layer to fit the nonzeros per row.
 
 struct Params {
     rows: u32,      // output rows
@@ -19,15 +20,12 @@ struct Params {
     out_dim: u32,
     nnz: u32,
     ptr_off: u32,   // out_ptr in idx
-    blocks: u32,    // batch blocks of WG * V vec4s
+    blocks: u32,
     _pad0: u32,
     _pad1: u32,
 }
 
 override WG: u32 = 64u;
-const V: u32 = 4u;
-// Subgroups per workgroup, at most (WG / smallest subgroup of 8).
-const MAX_SG: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
@@ -35,106 +33,41 @@ const MAX_SG: u32 = 32u;
 @group(0) @binding(3) var<storage, read> d: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
-var<workgroup> red: array<f32, 256>;
-var<workgroup> bounds: array<u32, 2>;
-
-struct Dv {
-    d0: vec4<f32>,
-    d1: vec4<f32>,
-    d2: vec4<f32>,
-    d3: vec4<f32>,
-}
-
-fn load_d(row: u32, b0: u32) -> Dv {
-    var r = Dv(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    let base = row * p.b4;
-    if (b0 < p.b4) { r.d0 = d[base + b0]; }
-    if (V > 1u && b0 + WG < p.b4) { r.d1 = d[base + b0 + WG]; }
-    if (V > 2u && b0 + 2u * WG < p.b4) { r.d2 = d[base + b0 + 2u * WG]; }
-    if (V > 3u && b0 + 3u * WG < p.b4) { r.d3 = d[base + b0 + 3u * WG]; }
-    return r;
-}
-
-// Lanes past the batch hold zeros in D, so clamped loads of X add nothing.
-fn dotx(c: u32, dv: Dv, b0: u32) -> f32 {
-    let base = c * p.b4;
-    let last = p.b4 - 1u;
-    var acc = x[base + min(b0, last)] * dv.d0;
-    if (V > 1u) { acc = fma(x[base + min(b0 + WG, last)], dv.d1, acc); }
-    if (V > 2u) { acc = fma(x[base + min(b0 + 2u * WG, last)], dv.d2, acc); }
-    if (V > 3u) { acc = fma(x[base + min(b0 + 3u * WG, last)], dv.d3, acc); }
-    return acc.x + acc.y + acc.z + acc.w;
-}
-
 @compute @workgroup_size(WG)
 fn sddmm(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
     @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) sg_size: u32,
 ) {
     let row = wid.x + wid.y * nwg.x;
-    if (lidx == 0u) {
-        let r = min(row, p.rows - 1u);
-        bounds[0] = idx[p.ptr_off + r];
-        bounds[1] = select(idx[p.ptr_off + r], idx[p.ptr_off + r + 1u], row < p.rows);
+    if (row >= p.rows) {
+        return;
     }
-    let start = workgroupUniformLoad(&bounds[0]);
-    let end = workgroupUniformLoad(&bounds[1]);
-    let sg = lidx / sg_size;
-    let nsg = (WG + sg_size - 1u) / sg_size;
+    let start = idx[p.ptr_off + row];
+    let end = idx[p.ptr_off + row + 1u];
+    let dbase = row * p.b4;
     let l8 = lane % 8u;
-    for (var j0 = start; j0 < end; j0 += 8u) {
-        let j = min(j0 + l8, end - 1u);
-        let cl = idx[idx[p.nnz + j]] / p.out_dim;
-        let n = end - j0;
-        var s0 = 0.0;
-        var s1 = 0.0;
-        var s2 = 0.0;
-        var s3 = 0.0;
-        var s4 = 0.0;
-        var s5 = 0.0;
-        var s6 = 0.0;
-        var s7 = 0.0;
-        for (var blk = 0u; blk < p.blocks; blk++) {
-            let b0 = blk * WG * V + lidx;
-            let dv = load_d(row, b0);
-            { s0 += dotx(subgroupBroadcast(cl, 0u), dv, b0); }
-            if (n > 1u) { s1 += dotx(subgroupBroadcast(cl, 1u), dv, b0); }
-            if (n > 2u) { s2 += dotx(subgroupBroadcast(cl, 2u), dv, b0); }
-            if (n > 3u) { s3 += dotx(subgroupBroadcast(cl, 3u), dv, b0); }
-            if (n > 4u) { s4 += dotx(subgroupBroadcast(cl, 4u), dv, b0); }
-            if (n > 5u) { s5 += dotx(subgroupBroadcast(cl, 5u), dv, b0); }
-            if (n > 6u) { s6 += dotx(subgroupBroadcast(cl, 6u), dv, b0); }
-            if (n > 7u) { s7 += dotx(subgroupBroadcast(cl, 7u), dv, b0); }
+    let last = p.b4 - 1u;
+    for (var j0 = start; j0 < end; j0 += WG) {
+        let j = min(j0 + lidx, end - 1u);
+        let s = idx[p.nnz + j];
+        let xbase = (idx[s] / p.out_dim) * p.b4;
+        var acc = vec4<f32>(0.0);
+        for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
+            // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
+            let dl = select(vec4<f32>(0.0), d[dbase + min(b0 + l8, last)], b0 + l8 < p.b4);
+            acc = fma(x[xbase + min(b0 + 0u, last)], subgroupBroadcast(dl, 0u), acc);
+            acc = fma(x[xbase + min(b0 + 1u, last)], subgroupBroadcast(dl, 1u), acc);
+            acc = fma(x[xbase + min(b0 + 2u, last)], subgroupBroadcast(dl, 2u), acc);
+            acc = fma(x[xbase + min(b0 + 3u, last)], subgroupBroadcast(dl, 3u), acc);
+            acc = fma(x[xbase + min(b0 + 4u, last)], subgroupBroadcast(dl, 4u), acc);
+            acc = fma(x[xbase + min(b0 + 5u, last)], subgroupBroadcast(dl, 5u), acc);
+            acc = fma(x[xbase + min(b0 + 6u, last)], subgroupBroadcast(dl, 6u), acc);
+            acc = fma(x[xbase + min(b0 + 7u, last)], subgroupBroadcast(dl, 7u), acc);
         }
-        s0 = subgroupAdd(s0);
-        s1 = subgroupAdd(s1);
-        s2 = subgroupAdd(s2);
-        s3 = subgroupAdd(s3);
-        s4 = subgroupAdd(s4);
-        s5 = subgroupAdd(s5);
-        s6 = subgroupAdd(s6);
-        s7 = subgroupAdd(s7);
-        if (lane == 0u) {
-            red[0u * MAX_SG + sg] = s0;
-            red[1u * MAX_SG + sg] = s1;
-            red[2u * MAX_SG + sg] = s2;
-            red[3u * MAX_SG + sg] = s3;
-            red[4u * MAX_SG + sg] = s4;
-            red[5u * MAX_SG + sg] = s5;
-            red[6u * MAX_SG + sg] = s6;
-            red[7u * MAX_SG + sg] = s7;
+        if (j0 + lidx < end) {
+            grad[s] = acc.x + acc.y + acc.z + acc.w;
         }
-        workgroupBarrier();
-        if (lidx < min(n, 8u)) {
-            var total = 0.0;
-            for (var k = 0u; k < nsg; k++) {
-                total += red[lidx * MAX_SG + k];
-            }
-            grad[idx[p.nnz + j0 + lidx]] = total;
-        }
-        workgroupBarrier();
     }
 }

@@ -88,16 +88,17 @@ fn spmm(
         if (FORWARD) {
             cl = ps / p.out_dim;
         }
-        let vl = vals[s];
-        let n = end - j0;
-        { acc = madd(acc, subgroupBroadcast(cl, 0u), subgroupBroadcast(vl, 0u), b0); }
-        if (n > 1u) { acc = madd(acc, subgroupBroadcast(cl, 1u), subgroupBroadcast(vl, 1u), b0); }
-        if (n > 2u) { acc = madd(acc, subgroupBroadcast(cl, 2u), subgroupBroadcast(vl, 2u), b0); }
-        if (n > 3u) { acc = madd(acc, subgroupBroadcast(cl, 3u), subgroupBroadcast(vl, 3u), b0); }
-        if (n > 4u) { acc = madd(acc, subgroupBroadcast(cl, 4u), subgroupBroadcast(vl, 4u), b0); }
-        if (n > 5u) { acc = madd(acc, subgroupBroadcast(cl, 5u), subgroupBroadcast(vl, 5u), b0); }
-        if (n > 6u) { acc = madd(acc, subgroupBroadcast(cl, 6u), subgroupBroadcast(vl, 6u), b0); }
-        if (n > 7u) { acc = madd(acc, subgroupBroadcast(cl, 7u), subgroupBroadcast(vl, 7u), b0); }
+        // Past the row's end: a valid column with value 0, so the 8 bodies need no branch
+        // (a branch around loads costs more than the wasted multiply-adds on lavapipe).
+        let vl = select(0.0, vals[s], j0 + l8 < end);
+        acc = madd(acc, subgroupBroadcast(cl, 0u), subgroupBroadcast(vl, 0u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 1u), subgroupBroadcast(vl, 1u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 2u), subgroupBroadcast(vl, 2u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 3u), subgroupBroadcast(vl, 3u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 4u), subgroupBroadcast(vl, 4u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 5u), subgroupBroadcast(vl, 5u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 6u), subgroupBroadcast(vl, 6u), b0);
+        acc = madd(acc, subgroupBroadcast(cl, 7u), subgroupBroadcast(vl, 7u), b0);
     }
     if (b0 < p.b4) { y[row * p.b4 + b0] = acc.a0; }
     if (V > 1u && b0 + WG < p.b4) { y[row * p.b4 + b0 + WG] = acc.a1; }

@@ -3,6 +3,7 @@
 //! input (arguments, files).
 
 mod bench;
+mod bench_sparse;
 mod eval;
 mod info;
 mod mask_update;

@@ -171,17 +171,17 @@ pub fn sddmm(
         Binding::ReadWrite,
     ];
     let b4 = s.batch / 4;
-    let (wg, blocks) = layout(b4);
     let params = SpParams {
         rows: s.out_dim as u32,
         b4: b4 as u32,
         out_dim: s.out_dim as u32,
         nnz: s.nnz as u32,
         ptr_off: (2 * s.nnz + s.in_dim + 1) as u32,
-        blocks: blocks as u32,
+        blocks: 1,
         _pad: [0; 2],
     };
-    let spec = KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(wg));
+    let spec =
+        KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (s.out_dim * s.batch) as f64);
     Ok(Dispatch::build(
@@ -192,6 +192,19 @@ pub fn sddmm(
         s.out_dim as u64,
     )?
     .with_cost(flops, bytes))
+}
+
+/// Lanes per workgroup of the SDDMM (one lane per nonzero of a row): the width among 8..64 that
+/// wastes the fewest lanes at the layer's mean nonzeros per row (the wider on a tie).
+fn sddmm_width(s: &SparseShape) -> u32 {
+    let per_row = (s.nnz as f64 / s.out_dim.max(1) as f64).max(1.0);
+    [64u32, 32, 16, 8]
+        .into_iter()
+        .min_by(|&a, &b| {
+            let waste = |w: u32| (per_row / f64::from(w)).ceil() * f64::from(w) - per_row;
+            waste(a).total_cmp(&waste(b))
+        })
+        .unwrap_or(64)
 }
 
 #[repr(C)]
