@@ -1,5 +1,7 @@
 //! Networks: the multi-layer perceptron of sparse linear layers that the trainer runs.
 
 pub mod mlp;
+pub mod sparse_mlp;
 
 pub use mlp::{Mlp, MlpConfig};
+pub use sparse_mlp::SparseMlp;

@@ -69,6 +69,11 @@ const BINDINGS: &[Binding] = &[
     Binding::ReadWrite,
 ];
 
+fn placeholders(ctx: &GpuContext) -> Result<[Tensor; 3]> {
+    let t = || Tensor::zeros(ctx, "mask-update placeholder", 64);
+    Ok([t()?, t()?, t()?])
+}
+
 fn check_len(t: &Tensor, total: usize, what: &str) -> Result<()> {
     if t.len < total {
         return Err(RiglError::invalid(format!(
@@ -131,11 +136,13 @@ impl MaskUpdater {
     ) -> Result<Self> {
         let total = layers.iter().map(|l| l.offset + l.n).max().unwrap_or(0);
         check_len(vals, total, "values")?;
-        let dummy = Tensor::zeros(ctx, "mask-update placeholder", 64)?;
+        // Bindings the drop phase never reads (one buffer each: wgpu forbids a buffer bound
+        // both read-only and writable in one dispatch).
+        let d = placeholders(ctx)?;
         Self::build(
             ctx,
             layers,
-            [vals, &dummy, &dummy, &dummy],
+            [vals, &d[0], &d[1], &d[2]],
             None,
             true,
             seed,
@@ -155,11 +162,11 @@ impl MaskUpdater {
         let total = layer.offset + layer.n;
         check_len(score, total, "score")?;
         check_len(sel, total, "selection")?;
-        let dummy = Tensor::zeros(ctx, "mask-update placeholder", 64)?;
+        let d = placeholders(ctx)?;
         Self::build(
             ctx,
             vec![layer],
-            [&dummy, &dummy, &dummy, score],
+            [&d[0], &d[1], &d[2], score],
             Some(sel),
             false,
             seed,
