@@ -48,10 +48,22 @@ fn pair(ctx: &GpuContext, density: f64, seed: u64) -> Pair {
         } else {
             ((n as f64) * density) as usize
         };
-        let init = init_layer(seed, l as u64, &[SIZES[l], SIZES[l + 1]], a, WeightInit::GlorotUniform).unwrap();
+        let init = init_layer(
+            seed,
+            l as u64,
+            &[SIZES[l], SIZES[l + 1]],
+            a,
+            WeightInit::GlorotUniform,
+        )
+        .unwrap();
         weights.push(init.weights);
         masks.push(init.mask);
-        biases.push(data(SIZES[l + 1], 40 + l as u32).iter().map(|v| v * 0.1).collect());
+        biases.push(
+            data(SIZES[l + 1], 40 + l as u32)
+                .iter()
+                .map(|v| v * 0.1)
+                .collect(),
+        );
         active.push(a);
     }
     let masked = Mlp::new(ctx, cfg.clone()).unwrap();
@@ -78,7 +90,9 @@ fn pair(ctx: &GpuContext, density: f64, seed: u64) -> Pair {
 
 fn batch(step: u32) -> (Vec<f32>, Vec<u32>) {
     let x = data(SIZES[0] * BATCH, 100 + step);
-    let labels = (0..BATCH as u32).map(|i| (i * 7 + step) % SIZES[3] as u32).collect();
+    let labels = (0..BATCH as u32)
+        .map(|i| (i * 7 + step) % SIZES[3] as u32)
+        .collect();
     (x, labels)
 }
 
@@ -127,10 +141,25 @@ fn compare(ctx: &GpuContext, p: &Pair, what: &str) {
     let idx = p.sparse.read_indexes(ctx).unwrap();
     for l in 0..mw.len() {
         assert_eq!(sm[l], mm[l], "{what}: layer {l} masks differ");
-        assert_close(&format!("{what}: layer {l} weights"), &sw[l], &mw[l], 1e-5, 1e-4);
-        assert_close(&format!("{what}: layer {l} momentum"), &smom[l], &mmom[l], 1e-5, 1e-4);
+        assert_close(
+            &format!("{what}: layer {l} weights"),
+            &sw[l],
+            &mw[l],
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{what}: layer {l} momentum"),
+            &smom[l],
+            &mmom[l],
+            1e-5,
+            1e-4,
+        );
         let want = CsrIndex::from_mask(SIZES[l], SIZES[l + 1], &mm[l]).unwrap();
-        assert_eq!(idx[l], want, "{what}: layer {l} index differs from the CPU builder's");
+        assert_eq!(
+            idx[l], want,
+            "{what}: layer {l} index differs from the CPU builder's"
+        );
         assert_eq!(idx[l].nnz(), p.active[l], "{what}: layer {l} active count");
     }
     assert_close(
@@ -142,7 +171,10 @@ fn compare(ctx: &GpuContext, p: &Pair, what: &str) {
     );
     let (ls, cs) = p.sparse.read_sums(ctx).unwrap();
     let (lm, cm) = p.masked.read_sums(ctx).unwrap();
-    assert!((ls - lm).abs() <= 1e-4 * lm.abs().max(1.0), "{what}: loss {ls} vs {lm}");
+    assert!(
+        (ls - lm).abs() <= 1e-4 * lm.abs().max(1.0),
+        "{what}: loss {ls} vs {lm}"
+    );
     assert_eq!(cs, cm, "{what}: correct counts");
 }
 
@@ -175,7 +207,10 @@ fn sparse_mask_updates_match_the_masked_path() {
         compare(ctx, &p, &format!("{name}: after the second update"));
         // Ever-active counts: the masked path's max-into map against the sparse bitmap.
         let ever = p.sparse.ever_active(ctx).unwrap();
-        assert!(ever[0] >= p.active[0] + new_s[0], "{name}: ever-active {ever:?}");
+        assert!(
+            ever[0] >= p.active[0] + new_s[0],
+            "{name}: ever-active {ever:?}"
+        );
     }
 }
 
@@ -195,15 +230,22 @@ fn sparse_model_refuses_wrong_active_counts_and_batches() {
         },
         gemm: gemm::choose_variant(ctx).unwrap(),
     };
-    let err = SparseMlp::new(ctx, cfg.clone(), &[10], 0).unwrap_err().to_string();
+    let err = SparseMlp::new(ctx, cfg.clone(), &[10], 0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("multiple of 4"), "{err}");
     cfg.batch = 8;
-    let err = SparseMlp::new(ctx, cfg.clone(), &[40], 0).unwrap_err().to_string();
+    let err = SparseMlp::new(ctx, cfg.clone(), &[40], 0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("40 active weights of 32"), "{err}");
     let m = SparseMlp::new(ctx, cfg, &[10], 0).unwrap();
     let err = m
         .load(ctx, &[vec![0.0; 32]], &[vec![1.0; 32]], &[vec![0.0; 4]])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("32 active weights") && err.contains("holds 10"), "{err}");
+    assert!(
+        err.contains("32 active weights") && err.contains("holds 10"),
+        "{err}"
+    );
 }

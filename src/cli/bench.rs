@@ -135,7 +135,9 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Matmul(a) => matmul(a),
         BenchCommand::Topk(a) => topk(a),
         BenchCommand::MaskUpdate(a) => mask_update(a),
-        BenchCommand::Spmm(a) => super::bench_sparse::run(super::bench_sparse::SparseKernel::Spmm, a),
+        BenchCommand::Spmm(a) => {
+            super::bench_sparse::run(super::bench_sparse::SparseKernel::Spmm, a)
+        }
         BenchCommand::Sddmm(a) => {
             super::bench_sparse::run(super::bench_sparse::SparseKernel::Sddmm, a)
         }

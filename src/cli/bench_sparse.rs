@@ -50,7 +50,9 @@ pub enum SparseKernel {
 
 pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     if args.rows == 0 || args.cols == 0 || args.batch == 0 {
-        return Err(CliError::usage("--rows, --cols and --batch must be at least 1"));
+        return Err(CliError::usage(
+            "--rows, --cols and --batch must be at least 1",
+        ));
     }
     if !spmm::batch_supported(args.batch) {
         return Err(CliError::usage(format!(
@@ -69,7 +71,13 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     let (in_dim, out_dim, b) = (args.cols, args.rows, args.batch);
     let n = in_dim * out_dim;
     let active = active_count(n, args.sparsity);
-    let init = init_layer(args.seed, 0, &[in_dim, out_dim], active, WeightInit::GlorotUniform)?;
+    let init = init_layer(
+        args.seed,
+        0,
+        &[in_dim, out_dim],
+        active,
+        WeightInit::GlorotUniform,
+    )?;
     let idx = CsrIndex::from_mask(in_dim, out_dim, &init.mask)?;
     let s = SparseShape {
         in_dim,
@@ -79,7 +87,10 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     };
     let fill = |len: usize, seed: u32| -> Vec<f32> {
         (0..len)
-            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0 - 0.5)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0
+                    - 0.5
+            })
             .collect()
     };
     let idx_t = Tensor::from_u32(&ctx, "index", &idx.to_words())?;

@@ -17,7 +17,10 @@ const V: usize = 4;
 /// and if not, why.
 pub fn support(ctx: &GpuContext) -> std::result::Result<(), String> {
     if !ctx.features.contains(wgpu::Features::SUBGROUP) {
-        return Err(format!("adapter '{}' has no subgroup operations", ctx.info.name));
+        return Err(format!(
+            "adapter '{}' has no subgroup operations",
+            ctx.info.name
+        ));
     }
     if ctx.info.subgroup_min_size < 8 || ctx.info.subgroup_max_size > 64 {
         return Err(format!(
@@ -30,7 +33,7 @@ pub fn support(ctx: &GpuContext) -> std::result::Result<(), String> {
 
 /// Whether a batch size suits the sparse kernels (vec4 loads along the batch).
 pub fn batch_supported(batch: usize) -> bool {
-    batch % 4 == 0
+    batch.is_multiple_of(4)
 }
 
 /// Shape of one compressed sparse layer.
@@ -180,8 +183,7 @@ pub fn sddmm(
         blocks: 1,
         _pad: [0; 2],
     };
-    let spec =
-        KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
+    let spec = KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (s.out_dim * s.batch) as f64);
     Ok(Dispatch::build(
@@ -262,7 +264,11 @@ pub fn rebuild(
         "index rebuild scratch",
     )?;
     check_len(b.dropsel, s.nnz, "index rebuild drop selection")?;
-    check_len(b.stats, stats_len(s.in_dim, s.out_dim), "index rebuild stats")?;
+    check_len(
+        b.stats,
+        stats_len(s.in_dim, s.out_dim),
+        "index rebuild stats",
+    )?;
     check_len(
         b.idx,
         crate::sparse::csr::CsrIndex::words_len(s.in_dim, s.out_dim, s.nnz),

@@ -42,7 +42,7 @@ pub struct SparseLayer {
     pub stats_offset: usize,
 }
 
-/// GPU bytes of a model's trainable state, by part.
+/// GPU bytes of a model's trainable state, by part (biases excluded: dense in every form).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MemoryReport {
     /// Per layer: (name, bytes of weights + gradients + momentum + index).
@@ -94,9 +94,10 @@ pub struct SparseMlp {
     grows: Vec<MaskUpdater>,
     dense_grad: Vec<Dispatch>,
     rebuild: Vec<(Vec<Dispatch>, Vec<Dispatch>)>,
+    regrad: Vec<Dispatch>,
     total_slots: usize,
     total_b: usize,
-    memory: MemoryReport,
+    pub(crate) memory: MemoryReport,
 }
 
 impl SparseMlp {
@@ -309,7 +310,17 @@ impl SparseMlp {
         let mut grows = Vec::new();
         let mut dense_grad = Vec::new();
         let mut rebuild = Vec::new();
+        let mut regrad = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            regrad.push(spmm::sddmm(
+                ctx,
+                ly.shape,
+                &iv(ly)?,
+                input,
+                &dacts[l],
+                &lv(&grad, ly, "gradient")?,
+            )?);
             let n = ly.shape.in_dim * ly.shape.out_dim;
             let g = g_scratch.slice(ctx, 0, n, &format!("{} dense gradient", ly.name))?;
             grows.push(MaskUpdater::for_dense_grow(
@@ -332,8 +343,8 @@ impl SparseMlp {
                 trans_b: true,
             };
             let v = variant.resolve(ctx, &shape);
-            let input = if l == 0 { &x } else { &acts[l - 1] };
-            dense_grad.push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);
+            dense_grad
+                .push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);
             let dropsel = drop.selection().slice(
                 ctx,
                 ly.slot_offset,
@@ -370,8 +381,7 @@ impl SparseMlp {
                 })
                 .collect(),
             weights_grads_momentum: 4 * (3 * total_slots + io) as u64,
-            update_scratch: 4 * (2 * n_max + rb_max + to) as u64
-                + drop.selection().bytes(),
+            update_scratch: 4 * (2 * n_max + rb_max + to) as u64 + drop.selection().bytes(),
         };
         Ok(SparseMlp {
             cfg,
@@ -399,6 +409,7 @@ impl SparseMlp {
             grows,
             dense_grad,
             rebuild,
+            regrad,
             total_slots,
             total_b,
             memory,
@@ -408,11 +419,6 @@ impl SparseMlp {
     /// Number of layers.
     pub fn n_layers(&self) -> usize {
         self.layers.len()
-    }
-
-    /// GPU bytes of the trainable state, by part.
-    pub fn memory(&self) -> &MemoryReport {
-        &self.memory
     }
 
     /// Uploads weights, masks and biases (dense per layer, `[in, out]`); each mask must have the
@@ -573,7 +579,12 @@ impl SparseMlp {
     }
 
     /// Writes the per-layer counts of a mask update at `step` (before [`Self::update_ops`]).
-    pub fn prepare_update(&self, ctx: &GpuContext, step: u32, counts: &[LayerCounts]) -> Result<()> {
+    pub fn prepare_update(
+        &self,
+        ctx: &GpuContext,
+        step: u32,
+        counts: &[LayerCounts],
+    ) -> Result<()> {
         if counts.len() != self.n_layers() {
             return Err(RiglError::invalid(format!(
                 "mask update: {} layer counts for {} layers",
@@ -599,7 +610,10 @@ impl SparseMlp {
 
     /// The dispatches of one mask update (after a backward pass on the update's batch, which the
     /// RigL grow score needs): drop over all layers, then per layer the dense gradient (RigL),
-    /// the grow selection and the index rebuild. `rule` is `Score` (RigL) or `Random` (SET).
+    /// the grow selection and the index rebuild; last, the gradients of the new slots from the
+    /// same batch (what the masked path's dense gradient holds at the new mask, so an optimizer
+    /// step after the update, as SET takes, moves the same weights). `rule` is `Score` (RigL) or
+    /// `Random` (SET).
     pub fn update_ops(&self, rule: GrowRule) -> Result<Vec<&Dispatch>> {
         if rule == GrowRule::None {
             return Err(RiglError::invalid(
@@ -615,6 +629,7 @@ impl SparseMlp {
             v.extend(self.grows[l].grow_dispatches(rule));
             v.extend(self.rebuild[l].1.iter());
         }
+        v.extend(self.regrad.iter());
         Ok(v)
     }
 

@@ -139,14 +139,7 @@ impl MaskUpdater {
         // Bindings the drop phase never reads (one buffer each: wgpu forbids a buffer bound
         // both read-only and writable in one dispatch).
         let d = placeholders(ctx)?;
-        Self::build(
-            ctx,
-            layers,
-            [vals, &d[0], &d[1], &d[2]],
-            None,
-            true,
-            seed,
-        )
+        Self::build(ctx, layers, [vals, &d[0], &d[1], &d[2]], None, true, seed)
     }
 
     /// The grow phase only, over a dense score of one layer at offset 0 of `score`, with the
