@@ -588,3 +588,167 @@ fn caller_mistakes_are_errors() {
         other => panic!("expected a limit error, got {other:?}"),
     }
 }
+
+/// The whole-layer API: forward and backward against the CPU twins, the mask update at an
+/// update step against the CPU mask update (exact), SGD on the other steps, and the layer's
+/// initial state equal to the trainer's for the same seed and layer index.
+#[test]
+fn sparse_linear_layer_matches_cpu_twins() {
+    use rigl::cpu::dense;
+    use rigl::gpu::GemmShape;
+    use rigl::nn::{LinearIo, SparseLinear, SparseLinearConfig};
+    let ctx = ctx();
+    let (fin, fout, b) = (13usize, 7usize, 5usize);
+    let sched = SchedulerConfig {
+        method: Method::Rigl,
+        schedule: UpdateSchedule::new(2, 10, 0.3, DropSchedule::Cosine).unwrap(),
+        seed: 4,
+    };
+    let mut cfg = SparseLinearConfig::new("fc", fin, fout, b, 0.6, sched);
+    cfg.relu = true;
+    cfg.layer_index = 1;
+    let io = LinearIo::allocate(ctx, fin, fout, b, true).unwrap();
+    let mut layer = SparseLinear::new(ctx, cfg.clone(), io.clone()).unwrap();
+    let active = active_count(fin * fout, 0.6);
+    assert_eq!(layer.active(), active);
+    let init = init_layer(4, 1, &[fin, fout], active, WeightInit::GlorotUniform).unwrap();
+    let mask0 = layer.read_mask(ctx).unwrap();
+    let w0 = layer.read_weights(ctx).unwrap();
+    assert_eq!(mask0, init.mask, "the trainer's initial mask");
+    assert_eq!(w0, init.weights, "the trainer's initial weights");
+    let bias = data(fout, 3);
+    layer.load(ctx, &w0, &bias).unwrap();
+
+    let fwd_bwd = |layer: &SparseLinear, step: u32| {
+        let x = data(fin * b, 10 + step);
+        let dy = data(fout * b, 20 + step);
+        io.x.write_f32(ctx, &x).unwrap();
+        io.dy.write_f32(ctx, &dy).unwrap();
+        run(ctx, "layer", |enc| {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            layer.encode_forward(&mut pass);
+            layer.encode_backward(&mut pass);
+        });
+        (x, dy)
+    };
+    let (x, dy) = fwd_bwd(&layer, 0);
+    // CPU twin of forward and backward.
+    let mut y = vec![0.0f32; fout * b];
+    let fwd = GemmShape {
+        m: fout,
+        n: b,
+        k: fin,
+        trans_a: true,
+        trans_b: false,
+    };
+    dense::gemm(fwd, &w0, &x, &mut y, Some(&mask0), false);
+    for f in 0..fout {
+        for s in 0..b {
+            y[f * b + s] = (y[f * b + s] + bias[f]).max(0.0);
+        }
+    }
+    common::assert_close("y", &io.y.read_f32(ctx).unwrap(), &y, 1e-5, 1e-4);
+    let dz: Vec<f32> = dy
+        .iter()
+        .zip(&y)
+        .map(|(d, y)| if *y > 0.0 { *d } else { 0.0 })
+        .collect();
+    let db: Vec<f32> = (0..fout)
+        .map(|f| dz[f * b..(f + 1) * b].iter().sum())
+        .collect();
+    let mut dw = vec![0.0f32; fin * fout];
+    let gshape = GemmShape {
+        m: fin,
+        n: fout,
+        k: b,
+        trans_a: false,
+        trans_b: true,
+    };
+    dense::gemm(gshape, &x, &dz, &mut dw, None, false);
+    let mut dx = vec![0.0f32; fin * b];
+    dense::gemm(
+        GemmShape::nn(fin, b, fout),
+        &w0,
+        &dz,
+        &mut dx,
+        Some(&mask0),
+        false,
+    );
+    common::assert_close(
+        "db",
+        &layer.read_bias_gradient(ctx).unwrap(),
+        &db,
+        1e-5,
+        1e-4,
+    );
+    let grad = layer.read_weight_gradient(ctx).unwrap();
+    common::assert_close("dW", &grad, &dw, 1e-5, 1e-4);
+    let dx_gpu = io.dx.as_ref().unwrap().read_f32(ctx).unwrap();
+    common::assert_close("dx", &dx_gpu, &dx, 1e-5, 1e-4);
+
+    // Step 0 is an update step: RigL's update, exactly the CPU twin's, and no SGD.
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let info = layer.encode_step(ctx, 0, &mut enc).unwrap().unwrap();
+    ctx.submit_and_wait("step 0", [enc.finish()]).unwrap();
+    let (mut w_cpu, mut m_cpu, mut mask_cpu) =
+        (w0.clone(), vec![0.0f32; fin * fout], mask0.clone());
+    let stats = rigl::cpu::mask_update::rigl_update(
+        &mut w_cpu,
+        &mut [&mut m_cpu[..]],
+        &mut mask_cpu,
+        &grad,
+        info.drop_fraction,
+    )
+    .unwrap();
+    assert_eq!(info.dropped, vec![stats.n_drop]);
+    assert!(stats.n_drop > 0);
+    assert_eq!(layer.read_mask(ctx).unwrap(), mask_cpu);
+    assert_eq!(layer.read_weights(ctx).unwrap(), w_cpu);
+    assert_eq!(
+        layer.read_bias(ctx).unwrap(),
+        bias,
+        "no optimizer step at a RigL update"
+    );
+
+    // Step 1: SGD on the active weights, as the CPU twin.
+    fwd_bwd(&layer, 1);
+    let grad = layer.read_weight_gradient(ctx).unwrap();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    assert!(layer.encode_step(ctx, 1, &mut enc).unwrap().is_none());
+    ctx.submit_and_wait("step 1", [enc.finish()]).unwrap();
+    dense::sgd(&grad, &mut w_cpu, &mut m_cpu, Some(&mask_cpu), cfg.sgd);
+    common::assert_close(
+        "w after SGD",
+        &layer.read_weights(ctx).unwrap(),
+        &w_cpu,
+        1e-6,
+        1e-5,
+    );
+    let mask1 = layer.read_mask(ctx).unwrap();
+    assert_eq!(mask1.iter().filter(|&&v| v == 1.0).count(), active);
+
+    // A caller's activation buffer without STORAGE is refused, naming its role.
+    let plain = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (fin * b * 4) as u64,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut bad_io = io.clone();
+    bad_io.x = Tensor::from_buffer(
+        &plain,
+        0,
+        fin * b,
+        "host x",
+        "x",
+        wgpu::BufferUsages::empty(),
+    )
+    .unwrap();
+    match SparseLinear::new(ctx, cfg, bad_io) {
+        Err(RiglError::BadBuffer { role, message, .. }) => {
+            assert_eq!(role, "input of layer fc");
+            assert!(message.contains("STORAGE"), "{message}");
+        }
+        other => panic!("expected BadBuffer, got {other:?}"),
+    }
+}
