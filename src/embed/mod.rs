@@ -23,6 +23,91 @@
 //!                                                       skips_optimizer(step) is true)
 //! else: optimizer step (host), then apply_masks(encoder)
 //! ```
+//!
+//! # Examples
+//!
+//! These are the README's snippets ("Use rigl in your trainer"), compiled here.
+//!
+//! Scheduler only, on the host's GPU buffers:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+//! # let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
+//! # let (device, queue) = pollster::block_on(adapter.request_device(&Default::default()))?;
+//! # let buf = |n: u64| device.create_buffer(&wgpu::BufferDescriptor { label: None, size: n * 4,
+//! #     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+//! #     mapped_at_creation: false });
+//! # let (w1, g1, momentum1) = (buf(784 * 300), buf(784 * 300), buf(784 * 300));
+//! # let total_steps = 1000u64;
+//! use rigl::embed::{BufferRegion, LayerBuffers, SchedulerConfig, SparseLayerSpec, SparseScheduler};
+//! use rigl::gpu::GpuContext;
+//!
+//! let ctx = GpuContext::from_device(device.clone(), queue.clone(), adapter.get_info()); // your device
+//! let layers = vec![SparseLayerSpec::new("fc1", &[784, 300], 0.9)];
+//! let buffers = vec![LayerBuffers::new(BufferRegion::whole(&w1))  // your buffers
+//!     .with_grad(BufferRegion::whole(&g1))
+//!     .with_slot(BufferRegion::whole(&momentum1))];
+//! let mut sched = SparseScheduler::new(&ctx, SchedulerConfig::rigl(total_steps, 0), layers, buffers)?;
+//! sched.apply_masks_now()?;
+//! for step in 0..total_steps {
+//!     let mut enc = device.create_command_encoder(&Default::default());
+//!     // ... your forward and backward; a dense gradient is needed when sched.needs_dense_gradient(step)
+//!     sched.update(step, &mut enc)?;            // drop/grow at update steps, zeroes new weights and slots
+//!     if !sched.skips_optimizer(step) {         // RigL spends an update step's batch on the update
+//!         // ... your optimizer step
+//!         sched.apply_masks(&mut enc);          // weights and slots outside the masks := 0
+//!     }
+//!     queue.submit([enc.finish()]);
+//! }
+//! std::fs::write("sched.safetensors", sched.state()?.to_bytes()?)?; // into your checkpoint
+//! # Ok(()) }
+//! ```
+//!
+//! CPU only, on slices:
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let total_steps = 3u64;
+//! # let (mut w, grad, mut momentum) = (vec![0.5f32; 784 * 300], vec![0.1f32; 784 * 300], vec![0.0f32; 784 * 300]);
+//! use rigl::embed::{CpuLayer, CpuScheduler, SchedulerConfig, SparseLayerSpec};
+//!
+//! let mut sched = CpuScheduler::new(SchedulerConfig::rigl(total_steps, 0),
+//!                                   vec![SparseLayerSpec::new("fc1", &[784, 300], 0.9)])?;
+//! for step in 0..total_steps {
+//!     // ... your forward and backward into `grad`
+//!     let mut layers = [CpuLayer::new(&mut w).with_grad(&grad).with_slot(&mut momentum)];
+//!     sched.update(step, &mut layers)?;
+//!     if !sched.skips_optimizer(step) {
+//!         // ... your optimizer step on w and momentum
+//!         sched.apply_masks(&mut layers)?;
+//!     }
+//! }
+//! let state = rigl::embed::SchedulerState::from_bytes(&sched.state().to_bytes()?)?; // or .save(path)
+//! sched.restore(&state)?;
+//! # assert!(w.iter().zip(&sched.masks()[0]).all(|(w, m)| *m == 1.0 || *w == 0.0));
+//! # assert_eq!(sched.masks()[0].iter().filter(|&&m| m == 1.0).count(), sched.active_counts()[0]);
+//! # Ok(()) }
+//! ```
+//!
+//! Whole layers:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let ctx = rigl::gpu::GpuContext::new()?;
+//! # let (batch, total_steps) = (100usize, 1000u64);
+//! # use rigl::embed::SchedulerConfig;
+//! use rigl::nn::{LinearIo, SparseLinear, SparseLinearConfig};
+//!
+//! let io = LinearIo::allocate(&ctx, 784, 300, batch, false)?;
+//! let cfg = SparseLinearConfig::new("fc1", 784, 300, batch, 0.9, SchedulerConfig::rigl(total_steps, 0));
+//! let mut layer = SparseLinear::new(&ctx, cfg, io.clone())?;
+//! for step in 0..total_steps {
+//!     let mut enc = ctx.device.create_command_encoder(&Default::default());
+//!     { let mut pass = enc.begin_compute_pass(&Default::default());
+//!       layer.encode_forward(&mut pass); /* your loss writes io.dy */ layer.encode_backward(&mut pass); }
+//!     layer.encode_step(&ctx, step, &mut enc)?;  // mask update or SGD, per the schedule
+//!     ctx.queue.submit([enc.finish()]);
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod cpu;
 pub mod gpu;
