@@ -4,9 +4,11 @@
 
 pub mod choice;
 pub mod mlp;
+pub mod sparse_linear;
 pub mod sparse_mlp;
 
 pub use mlp::{Mlp, MlpConfig};
+pub use sparse_linear::{LinearIo, SparseLinear, SparseLinearConfig};
 pub use sparse_mlp::{MemoryReport, SparseMlp};
 
 use crate::error::Result;
