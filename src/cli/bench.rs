@@ -34,6 +34,10 @@ pub enum BenchCommand {
     Spmm(super::bench_sparse::SparseBenchArgs),
     /// Weight gradient at the active positions (SDDMM) against the dense weight-gradient GEMM.
     Sddmm(super::bench_sparse::SparseBenchArgs),
+    /// A full training step (forward, backward, optimizer) and a mask-update step of a model.
+    ///
+    /// The model the trainer builds (same kernel choice), random data; median GPU times.
+    Step(super::bench_sparse::StepBenchArgs),
 }
 
 /// Repetitions shared by the mask-update benches.
@@ -138,6 +142,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Spmm(a) => {
             super::bench_sparse::run(super::bench_sparse::SparseKernel::Spmm, a)
         }
+        BenchCommand::Step(a) => super::bench_sparse::step(a),
         BenchCommand::Sddmm(a) => {
             super::bench_sparse::run(super::bench_sparse::SparseKernel::Sddmm, a)
         }

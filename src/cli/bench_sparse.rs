@@ -178,3 +178,114 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
 fn timing_str(t: Timing) -> &'static str {
     t.as_str()
 }
+
+#[derive(Args, Debug)]
+pub struct StepBenchArgs {
+    /// Hidden widths of the fully connected model, comma-separated.
+    #[arg(long, default_value = "300,100")]
+    hidden: String,
+    /// Input features.
+    #[arg(long, default_value_t = 784)]
+    features: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Samples per step.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Global target sparsity.
+    #[arg(long, default_value_t = 0.9)]
+    sparsity: f64,
+    /// dense, static, set, snfs, rigl or prune.
+    #[arg(long, default_value = "rigl")]
+    method: String,
+    /// uniform, er or erk.
+    #[arg(long, default_value = "erk")]
+    distribution: String,
+    /// auto, sparse or masked.
+    #[arg(long, default_value = "auto")]
+    kernels: String,
+    /// Drop fraction of the timed mask update.
+    #[arg(long, default_value_t = 0.3)]
+    alpha: f32,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed repetitions (median reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also time every dispatch of the training step on its own.
+    #[arg(long)]
+    profile: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn step(args: StepBenchArgs) -> CliResult {
+    let hidden = args
+        .hidden
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| CliError::usage(format!("--hidden: '{s}' is not a width")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = rigl::train::TrainConfig {
+        hidden,
+        batch: args.batch,
+        sparsity: args.sparsity,
+        method: rigl::sparse::Method::parse(&args.method)?,
+        distribution: rigl::sparse::Distribution::parse(&args.distribution)?,
+        kernels: rigl::nn::choice::KernelChoice::parse(&args.kernels)?,
+        alpha: args.alpha,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let ctx = GpuContext::new()?;
+    let r = rigl::train::bench::bench_step(
+        &ctx,
+        &cfg,
+        args.features,
+        args.classes,
+        args.warmup,
+        args.reps,
+        args.profile,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| CliError::usage(e.to_string()))?
+        );
+    } else {
+        let upd = r
+            .update_step_ms
+            .map(|u| format!("{u:.3} ms"))
+            .unwrap_or_else(|| "none".into());
+        println!(
+            "step {} {:?} at sparsity {:.3}, batch {} on {}: {} kernels ({}); step {:.3} ms \
+             ({:.0} samples/s, {} dispatches), update step {upd}; GPU memory {} bytes ({:.3}x \
+             dense) [{} timing, median of {}]",
+            r.method,
+            r.sizes,
+            r.sparsity,
+            r.batch,
+            r.adapter,
+            r.kernels.kernels,
+            r.kernels.reason,
+            r.step_ms,
+            r.samples_per_sec,
+            r.step_dispatches,
+            r.gpu_memory.model_bytes,
+            r.gpu_memory.ratio_vs_dense,
+            r.timing,
+            r.reps
+        );
+        for (name, ms) in &r.profile {
+            println!("  {ms:9.3} ms  {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,8 +1,10 @@
 //! The trainer: data, model, sparse schedule and optimizer wired into one step loop, with metrics,
 //! FLOPs accounting, the ITOP rate and the final model file.
 
+pub mod bench;
 pub mod config;
 pub mod model_file;
+mod net;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,19 +14,21 @@ use serde::Serialize;
 use crate::data::{Batcher, Dataset};
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{Dispatch, SgdConfig};
-use crate::gpu::{gemm, GpuContext};
-use crate::nn::choice::{self, Decision};
+use crate::gpu::GpuContext;
+use crate::nn::choice::Decision;
 use crate::nn::mlp::layer_names;
-use crate::nn::{MemoryReport, Mlp, MlpConfig, Network, SparseMlp};
-use crate::sparse::init::{count_active, init_layer, WeightInit};
+use crate::nn::{MemoryReport, Network};
+use crate::sparse::init::count_active;
 use crate::sparse::schedule::drop_count;
-use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
+use crate::sparse::update::LayerCounts;
 use crate::sparse::{
     active_count, layer_sparsities, DistributionConfig, LayerShape, Method, PruneSchedule,
     UpdateSchedule,
 };
 
 pub use config::{LrSchedule, TrainConfig};
+pub use net::sparse_method_support;
+use net::{build, Built, Net};
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize)]
@@ -126,7 +130,7 @@ pub struct GpuMemory {
 }
 
 impl GpuMemory {
-    fn new(m: MemoryReport, total_weights: usize) -> Self {
+    pub(crate) fn new(m: MemoryReport, total_weights: usize) -> Self {
         let dense_bytes = 12 * total_weights as u64;
         GpuMemory {
             model_bytes: m.weights_grads_momentum,
@@ -135,31 +139,6 @@ impl GpuMemory {
             update_scratch_bytes: m.update_scratch,
             layers: m.layers,
         }
-    }
-}
-
-/// The model a run trains: masked-dense or compressed sparse layers.
-enum Net {
-    Masked(Box<Mlp>),
-    Sparse(Box<SparseMlp>),
-}
-
-impl Net {
-    fn net(&self) -> &dyn Network {
-        match self {
-            Net::Masked(m) => m.as_ref(),
-            Net::Sparse(s) => s.as_ref(),
-        }
-    }
-}
-
-/// Why the compressed sparse path cannot run `method`, if it cannot.
-pub fn sparse_method_support(method: Method) -> std::result::Result<(), String> {
-    match method {
-        Method::Static | Method::Set | Method::Rigl => Ok(()),
-        Method::Dense => Err("dense training has no sparse layers".into()),
-        Method::Snfs => Err("SNFS keeps a dense gradient average of every weight".into()),
-        Method::Prune => Err("gradual pruning changes the active counts during the run".into()),
     }
 }
 
@@ -259,80 +238,14 @@ pub fn train(
         weight_decay: cfg.weight_decay,
         nesterov: cfg.nesterov,
     };
-    // Initial weights and masks: exact active counts (prune and dense start dense).
-    let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
-    let mut weights = Vec::new();
-    let mut masks = Vec::new();
-    let mut biases = Vec::new();
-    for (l, p) in plan.iter().enumerate() {
-        let active = if starts_dense { p.total } else { p.active };
-        let init = init_layer(
-            cfg.seed,
-            l as u64,
-            &p.shape,
-            active,
-            WeightInit::GlorotUniform,
-        )?;
-        weights.push(init.weights);
-        masks.push(init.mask);
-        biases.push(vec![0.0; sizes[l + 1]]);
-    }
-    let start_active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
-    let decision = choice::decide(
-        ctx,
-        cfg.kernels,
-        &sizes,
-        &start_active,
-        cfg.batch,
-        sparse_method_support(cfg.method),
-    )?;
-    let mlp_cfg = MlpConfig {
-        sizes: sizes.clone(),
-        batch: cfg.batch,
-        masked: !matches!(cfg.method, Method::Dense),
-        label_smoothing: cfg.label_smoothing,
-        sgd,
-        gemm: gemm::choose_variant(ctx)?,
-    };
-    let net = if decision.kernels == "sparse" {
-        Net::Sparse(Box::new(SparseMlp::new(
-            ctx,
-            mlp_cfg,
-            &start_active,
-            cfg.seed as u32,
-        )?))
-    } else {
-        Net::Masked(Box::new(Mlp::new(ctx, mlp_cfg)?))
-    };
-    match &net {
-        Net::Masked(m) => m.load(ctx, &weights, &masks, &biases)?,
-        Net::Sparse(s) => s.load(ctx, &weights, &masks, &biases)?,
-    }
+    let Built {
+        net,
+        decision,
+        rule,
+        updater,
+        masks,
+    } = build(ctx, cfg, &sizes, &plan, sgd)?;
     let model = net.net();
-    drop(weights);
-
-    let rule = match cfg.method {
-        Method::Rigl | Method::Snfs => Some(GrowRule::Score),
-        Method::Set => Some(GrowRule::Random),
-        Method::Prune => Some(GrowRule::None),
-        Method::Dense | Method::Static => None,
-    };
-    let updater = match (&net, rule) {
-        (Net::Masked(m), Some(_)) => Some(MaskUpdater::new(
-            ctx,
-            m.placements.clone(),
-            &m.w,
-            &m.mask,
-            &m.mom,
-            if cfg.method == Method::Snfs {
-                &m.ema
-            } else {
-                &m.grad
-            },
-            cfg.seed as u32,
-        )?),
-        _ => None,
-    };
     let totals: Vec<usize> = plan.iter().map(|p| p.total).collect();
     let mut active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
     drop(masks);

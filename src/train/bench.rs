@@ -1,0 +1,172 @@
+//! `rigl bench step`: the GPU time of one training step of a model, and of one mask-update step,
+//! on the engine's own kernels (the same model the trainer builds).
+
+use serde::Serialize;
+
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::{Dispatch, SgdConfig};
+use crate::gpu::profile;
+use crate::gpu::GpuContext;
+use crate::nn::choice::Decision;
+use crate::sparse::schedule::drop_count;
+use crate::sparse::update::{GrowRule, LayerCounts};
+use crate::sparse::Method;
+
+use super::net::{build, Built, Net};
+use super::{plan_layers, GpuMemory, TrainConfig};
+
+/// What `rigl bench step` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepBench {
+    /// Method.
+    pub method: String,
+    /// Layer widths, input first.
+    pub sizes: Vec<usize>,
+    /// Samples per step.
+    pub batch: usize,
+    /// Global target sparsity.
+    pub sparsity: f64,
+    /// Kernels the model runs on and why.
+    pub kernels: Decision,
+    /// Median GPU time of a training step (forward, backward, optimizer), ms.
+    pub step_ms: f64,
+    /// Median GPU time of a mask-update step (forward, backward, the update, and the optimizer
+    /// unless the method skips it there), ms; absent for methods without updates.
+    pub update_step_ms: Option<f64>,
+    /// batch / step time.
+    pub samples_per_sec: f64,
+    /// Dispatches in a training step.
+    pub step_dispatches: usize,
+    /// GPU memory of the model against the dense one.
+    pub gpu_memory: GpuMemory,
+    /// `timestamp` or `wall`.
+    pub timing: &'static str,
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Adapter.
+    pub adapter: String,
+    /// Per dispatch of a training step (name, median ms), when asked for.
+    pub profile: Vec<(String, f64)>,
+}
+
+/// Times a training step and a mask-update step of the model `cfg` describes for inputs of
+/// `features` and `classes` (random data; the drop fraction of an update is `cfg.alpha`).
+pub fn bench_step(
+    ctx: &GpuContext,
+    cfg: &TrainConfig,
+    features: usize,
+    classes: usize,
+    warmup: usize,
+    reps: usize,
+    per_dispatch: bool,
+) -> Result<StepBench> {
+    cfg.validate()?;
+    if features == 0 || classes < 2 {
+        return Err(RiglError::invalid(format!(
+            "need at least 1 feature and 2 classes, got {features} and {classes}"
+        )));
+    }
+    let mut sizes = vec![features];
+    sizes.extend(&cfg.hidden);
+    sizes.push(classes);
+    let plan = plan_layers(cfg, &sizes)?;
+    let sgd = SgdConfig {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        nesterov: cfg.nesterov,
+    };
+    let Built {
+        net,
+        decision,
+        rule,
+        updater,
+        masks,
+    } = build(ctx, cfg, &sizes, &plan, sgd)?;
+    let model = net.net();
+    let b = cfg.batch;
+    let x: Vec<f32> = (0..features * b)
+        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0)
+        .collect();
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % classes as u32).collect();
+    model.set_batch(ctx, &x, &labels)?;
+
+    let mut step: Vec<&Dispatch> = model.forward_ops();
+    step.extend(model.backward_ops());
+    if let (Net::Masked(m), Method::Snfs) = (&net, cfg.method) {
+        step.push(m.ema_op());
+    }
+    let fwd_bwd = step.clone();
+    step.extend(model.sgd_ops());
+    let (step_ms, timing) = profile::time_ops(ctx, &step, warmup, reps, false)?;
+    let mut per_op = Vec::new();
+    if per_dispatch {
+        for op in &step {
+            let (ms, _) = profile::time_ops(ctx, &[*op], warmup.min(1), reps, false)?;
+            per_op.push((op.name.clone(), ms));
+        }
+    }
+
+    let active: Vec<usize> = masks
+        .iter()
+        .map(|m| crate::sparse::init::count_active(m))
+        .collect();
+    let update_step_ms = match rule {
+        None => None,
+        Some(rule) => {
+            let counts: Vec<LayerCounts> = active
+                .iter()
+                .map(|&a| {
+                    let d = drop_count(a, cfg.alpha);
+                    LayerCounts {
+                        k_keep: a - d,
+                        k_grow: if rule == GrowRule::None { 0 } else { d },
+                    }
+                })
+                .collect();
+            let mut ops = fwd_bwd.clone();
+            match (&net, &updater) {
+                (Net::Masked(m), Some(up)) => {
+                    up.prepare(ctx, 0, &counts)?;
+                    ops.extend(up.dispatches(rule));
+                    ops.push(m.ever_op());
+                }
+                (Net::Sparse(sp), _) => {
+                    sp.prepare_update(ctx, 0, &counts)?;
+                    ops.extend(sp.update_ops(rule)?);
+                }
+                (Net::Masked(_), None) => {
+                    return Err(RiglError::invalid("mask update without an updater"))
+                }
+            }
+            if cfg.method != Method::Rigl {
+                ops.extend(model.sgd_ops());
+            }
+            Some(profile::time_ops(ctx, &ops, warmup, reps, false)?.0)
+        }
+    };
+    let total: usize = plan.iter().map(|p| p.total).sum();
+    Ok(StepBench {
+        method: cfg.method.as_str().to_string(),
+        sizes,
+        batch: b,
+        sparsity: if cfg.method == Method::Dense {
+            0.0
+        } else {
+            cfg.sparsity
+        },
+        kernels: Decision {
+            kernels: model.kernels(),
+            ..decision
+        },
+        step_ms,
+        update_step_ms,
+        samples_per_sec: b as f64 / (step_ms / 1e3),
+        step_dispatches: step.len(),
+        gpu_memory: GpuMemory::new(model.memory(), total),
+        timing: timing.as_str(),
+        reps: reps.max(1),
+        adapter: ctx.info.name.clone(),
+        profile: per_op,
+    })
+}

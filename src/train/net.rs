@@ -1,0 +1,138 @@
+//! Building the model of a run: initial weights and masks, the kernel choice, the network on the
+//! GPU and its mask updater. Shared by the trainer and `rigl bench step`.
+
+use crate::error::Result;
+use crate::gpu::ops::SgdConfig;
+use crate::gpu::{gemm, GpuContext};
+use crate::nn::choice::{self, Decision};
+use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
+use crate::sparse::init::{count_active, init_layer, WeightInit};
+use crate::sparse::update::{GrowRule, MaskUpdater};
+use crate::sparse::{LayerSparsity, Method};
+
+use super::TrainConfig;
+
+/// The model a run trains: masked-dense or compressed sparse layers.
+pub(crate) enum Net {
+    Masked(Box<Mlp>),
+    Sparse(Box<SparseMlp>),
+}
+
+impl Net {
+    pub(crate) fn net(&self) -> &dyn Network {
+        match self {
+            Net::Masked(m) => m.as_ref(),
+            Net::Sparse(s) => s.as_ref(),
+        }
+    }
+}
+
+/// Why the compressed sparse path cannot run `method`, if it cannot.
+pub fn sparse_method_support(method: Method) -> std::result::Result<(), String> {
+    match method {
+        Method::Static | Method::Set | Method::Rigl => Ok(()),
+        Method::Dense => Err("dense training has no sparse layers".into()),
+        Method::Snfs => Err("SNFS keeps a dense gradient average of every weight".into()),
+        Method::Prune => Err("gradual pruning changes the active counts during the run".into()),
+    }
+}
+
+/// A built model and what drives its mask updates.
+pub(crate) struct Built {
+    pub net: Net,
+    pub decision: Decision,
+    /// How the method grows (None: no mask updates).
+    pub rule: Option<GrowRule>,
+    /// The masked path's updater (the sparse model carries its own).
+    pub updater: Option<MaskUpdater>,
+    /// Initial masks.
+    pub masks: Vec<Vec<f32>>,
+}
+
+/// Initial weights and masks with exact active counts (prune and dense start dense), the kernel
+/// choice, and the model loaded on the GPU.
+pub(crate) fn build(
+    ctx: &GpuContext,
+    cfg: &TrainConfig,
+    sizes: &[usize],
+    plan: &[LayerSparsity],
+    sgd: SgdConfig,
+) -> Result<Built> {
+    let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
+    let mut weights = Vec::new();
+    let mut masks = Vec::new();
+    let mut biases = Vec::new();
+    for (l, p) in plan.iter().enumerate() {
+        let active = if starts_dense { p.total } else { p.active };
+        let init = init_layer(
+            cfg.seed,
+            l as u64,
+            &p.shape,
+            active,
+            WeightInit::GlorotUniform,
+        )?;
+        weights.push(init.weights);
+        masks.push(init.mask);
+        biases.push(vec![0.0; sizes[l + 1]]);
+    }
+    let start_active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
+    let decision = choice::decide(
+        ctx,
+        cfg.kernels,
+        sizes,
+        &start_active,
+        cfg.batch,
+        sparse_method_support(cfg.method),
+    )?;
+    let mlp_cfg = MlpConfig {
+        sizes: sizes.to_vec(),
+        batch: cfg.batch,
+        masked: !matches!(cfg.method, Method::Dense),
+        label_smoothing: cfg.label_smoothing,
+        sgd,
+        gemm: gemm::choose_variant(ctx)?,
+    };
+    let net = if decision.kernels == "sparse" {
+        Net::Sparse(Box::new(SparseMlp::new(
+            ctx,
+            mlp_cfg,
+            &start_active,
+            cfg.seed as u32,
+        )?))
+    } else {
+        Net::Masked(Box::new(Mlp::new(ctx, mlp_cfg)?))
+    };
+    match &net {
+        Net::Masked(m) => m.load(ctx, &weights, &masks, &biases)?,
+        Net::Sparse(s) => s.load(ctx, &weights, &masks, &biases)?,
+    }
+    let rule = match cfg.method {
+        Method::Rigl | Method::Snfs => Some(GrowRule::Score),
+        Method::Set => Some(GrowRule::Random),
+        Method::Prune => Some(GrowRule::None),
+        Method::Dense | Method::Static => None,
+    };
+    let updater = match (&net, rule) {
+        (Net::Masked(m), Some(_)) => Some(MaskUpdater::new(
+            ctx,
+            m.placements.clone(),
+            &m.w,
+            &m.mask,
+            &m.mom,
+            if cfg.method == Method::Snfs {
+                &m.ema
+            } else {
+                &m.grad
+            },
+            cfg.seed as u32,
+        )?),
+        _ => None,
+    };
+    Ok(Built {
+        net,
+        decision,
+        rule,
+        updater,
+        masks,
+    })
+}
