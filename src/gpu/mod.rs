@@ -8,6 +8,7 @@ pub mod profile;
 pub mod registry;
 pub mod shaders;
 pub mod spmm;
+pub mod texture;
 
 pub use buffer::Tensor;
 pub use context::GpuContext;

@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, RiglError};
 use crate::gpu::buffer::dispatch_dims;
 use crate::gpu::registry::{Binding, Kernel, KernelSpec};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 
 /// One ready-to-encode kernel launch.
@@ -25,6 +26,15 @@ pub struct Dispatch {
     pub bytes: f64,
 }
 
+/// A resource bound to a kernel: a storage buffer (view) or a storage texture.
+#[derive(Clone, Copy, Debug)]
+pub enum Res<'a> {
+    /// A buffer view.
+    Buf(&'a Tensor),
+    /// An activation texture.
+    Tex(&'a Texture),
+}
+
 impl Dispatch {
     /// Builds a dispatch of `spec` over `workgroups` workgroups (split over x/y as needed), with
     /// `params` as binding 0 and `tensors` as bindings 1.. in order.
@@ -33,6 +43,18 @@ impl Dispatch {
         spec: &KernelSpec,
         params: &[u8],
         tensors: &[&Tensor],
+        workgroups: u64,
+    ) -> Result<Self> {
+        let res: Vec<Res<'_>> = tensors.iter().map(|t| Res::Buf(t)).collect();
+        Self::build_res(ctx, spec, params, &res, workgroups)
+    }
+
+    /// [`Dispatch::build`] with buffers and textures.
+    pub fn build_res(
+        ctx: &GpuContext,
+        spec: &KernelSpec,
+        params: &[u8],
+        tensors: &[Res<'_>],
         workgroups: u64,
     ) -> Result<Self> {
         if tensors.len() + 1 != spec.bindings.len() {
@@ -55,10 +77,23 @@ impl Dispatch {
             binding: 0,
             resource: params_buf.as_entire_binding(),
         }];
-        for (i, t) in tensors.iter().enumerate() {
+        for (i, (t, kind)) in tensors.iter().zip(&spec.bindings[1..]).enumerate() {
+            let is_tex = matches!(kind, Binding::TexRead | Binding::TexWrite);
+            let resource = match (t, is_tex) {
+                (Res::Buf(b), false) => b.binding(),
+                (Res::Tex(x), true) => wgpu::BindingResource::TextureView(&x.view),
+                _ => {
+                    return Err(RiglError::invalid(format!(
+                        "{}: binding {} takes a {}",
+                        spec.name(),
+                        i + 1,
+                        if is_tex { "texture" } else { "buffer" }
+                    )))
+                }
+            };
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: t.binding(),
+                resource,
             });
         }
         let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -16,6 +16,10 @@ pub enum Binding {
     Read,
     /// A read-write storage buffer.
     ReadWrite,
+    /// A read-only 2-D storage texture of `rgba32float` ([`crate::gpu::texture::Texture`]).
+    TexRead,
+    /// A write-only 2-D storage texture of `rgba32float`.
+    TexWrite,
 }
 
 /// A kernel: a shader file (by name), an entry point, the bindings of group 0 in order, and the
@@ -186,6 +190,15 @@ fn build(device: &wgpu::Device, spec: &KernelSpec) -> Result<Kernel> {
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,
+                },
+                Binding::TexRead | Binding::TexWrite => wgpu::BindingType::StorageTexture {
+                    access: if *b == Binding::TexRead {
+                        wgpu::StorageTextureAccess::ReadOnly
+                    } else {
+                        wgpu::StorageTextureAccess::WriteOnly
+                    },
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    view_dimension: wgpu::TextureViewDimension::D2,
                 },
             },
             count: None,

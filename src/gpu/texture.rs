@@ -1,0 +1,73 @@
+//! Activation textures: a feature-major activation `[rows, batch]` also held as a 2-D
+//! `rgba32float` storage texture of `batch / 4` texels by `rows` (texel (b4, f) = samples
+//! 4·b4 .. 4·b4 + 3 of feature f). The sparse products read their gathered operand from it: a
+//! storage-texture load is a vector gather on lavapipe, where a storage-buffer load at a different
+//! address per lane is a loop over the lanes (3x faster SpMM measured, see README).
+
+use crate::error::{Result, RiglError};
+use crate::gpu::GpuContext;
+
+/// A `[rows, batch]` activation as an `rgba32float` storage texture.
+#[derive(Debug, Clone)]
+pub struct Texture {
+    /// The texture.
+    pub texture: wgpu::Texture,
+    /// Its view.
+    pub view: wgpu::TextureView,
+    /// Features (texture height).
+    pub rows: usize,
+    /// Samples (4 per texel of width).
+    pub batch: usize,
+    /// Name for errors.
+    pub label: String,
+}
+
+impl Texture {
+    /// An uninitialised activation texture; `batch` must be a multiple of 4.
+    pub fn new(ctx: &GpuContext, label: &str, rows: usize, batch: usize) -> Result<Self> {
+        if rows == 0 || batch == 0 || batch % 4 != 0 {
+            return Err(RiglError::invalid(format!(
+                "texture '{label}': {rows} rows of {batch} samples (need both positive, batch a \
+                 multiple of 4)"
+            )));
+        }
+        let max = ctx.limits.max_texture_dimension_2d as usize;
+        if rows > max || batch / 4 > max {
+            return Err(RiglError::TooLarge {
+                what: format!("texture '{label}' ({rows} x {})", batch / 4),
+                needed: rows.max(batch / 4) as u64,
+                unit: "texels per side",
+                limit: max as u64,
+                limit_name: "max_texture_dimension_2d",
+            });
+        }
+        let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d {
+                width: (batch / 4) as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        Ok(Texture {
+            texture,
+            view,
+            rows,
+            batch,
+            label: label.to_string(),
+        })
+    }
+}
+
+/// Whether activation textures of `rows` x `batch` fit this device.
+pub fn fits(ctx: &GpuContext, rows: usize, batch: usize) -> bool {
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    batch % 4 == 0 && rows <= max && batch / 4 <= max
+}
