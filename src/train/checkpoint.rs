@@ -95,9 +95,7 @@ impl Default for RunOptions {
 impl RunOptions {
     /// True when a stop was requested by the flag.
     pub fn stop_requested(&self) -> bool {
-        self.stop
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst))
+        self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
     }
 }
 
@@ -290,7 +288,11 @@ pub fn to_bytes(
         for (what, layers) in state.tensors() {
             let v = &layers[l];
             let bias_like = what.starts_with("bias");
-            let shape = if bias_like { vec![fout] } else { vec![fin, fout] };
+            let shape = if bias_like {
+                vec![fout]
+            } else {
+                vec![fin, fout]
+            };
             if v.len() != shape.iter().product::<usize>() {
                 return Err(RiglError::invalid(format!(
                     "checkpoint: {name}.{what} has {} values, expected {shape:?}",
@@ -363,7 +365,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], stall: bool) -> Result<()> {
             f.write_all(&bytes[..bytes.len() / 2])
                 .map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
-            eprintln!("rigl: test hook: checkpoint write of {} stalled", path.display());
+            eprintln!(
+                "rigl: test hook: checkpoint write of {} stalled",
+                path.display()
+            );
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
@@ -476,14 +481,20 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let corrupt = |e: &dyn std::fmt::Display| {
         bad(
             path,
-            format!("truncated or corrupt checkpoint ({} bytes): {e}", bytes.len()),
+            format!(
+                "truncated or corrupt checkpoint ({} bytes): {e}",
+                bytes.len()
+            ),
         )
     };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("rigl.kind").map(String::as_str) != Some("checkpoint") {
-        return Err(bad(path, "not a rigl checkpoint (no rigl.kind = checkpoint)"));
+        return Err(bad(
+            path,
+            "not a rigl checkpoint (no rigl.kind = checkpoint)",
+        ));
     }
     let stored = meta
         .get("rigl.checksum")
@@ -607,7 +618,12 @@ pub fn find(path: &Path) -> Result<Found> {
     let mut skipped = Vec::new();
     for (_, p) in list(&dir)?.into_iter().rev() {
         match read(&p) {
-            Ok(checkpoint) => return Ok(Found { checkpoint, skipped }),
+            Ok(checkpoint) => {
+                return Ok(Found {
+                    checkpoint,
+                    skipped,
+                })
+            }
             Err(e) => skipped.push(e),
         }
     }

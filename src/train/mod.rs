@@ -587,7 +587,9 @@ pub fn train_with(
             }
         }
         train_time += t0.elapsed().as_secs_f64();
-        window.1 += info.len as u64;
+        if !skipped {
+            window.1 += info.len as u64;
+        }
         progress.step(step + 1);
 
         let end_of_epoch = (step + 1) % steps_per_epoch == 0;
@@ -597,9 +599,10 @@ pub fn train_with(
             }
             let (loss_sum, correct) = model.read_sums(ctx)?;
             model.reset_sums(ctx)?;
-            let samples = window.1.max(1) as f64;
+            // A window of skipped batches only has no loss (NaN, written as null).
+            let samples = window.1 as f64;
             let loss = loss_sum / samples;
-            if !loss.is_finite() {
+            if window.1 > 0 && !loss.is_finite() {
                 return Err(non_finite_error(
                     ctx,
                     &model,
@@ -613,7 +616,7 @@ pub fn train_with(
                 ));
             }
             epoch_loss.0 += loss_sum;
-            epoch_loss.1 += samples as u64;
+            epoch_loss.1 += window.1;
             let line = MetricsLine {
                 kind: "train",
                 step: step + 1,
