@@ -134,11 +134,12 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (besides step 0 and the end of every epoch).
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
-    /// Checkpoints kept in RUN_DIR/checkpoints (the oldest are deleted).
-    #[arg(long, default_value_t = 3, value_name = "K")]
-    keep_checkpoints: usize,
+    /// Checkpoints kept in RUN_DIR/checkpoints (default 3; the oldest are deleted).
+    #[arg(long, value_name = "K")]
+    keep_checkpoints: Option<usize>,
     /// On a non-finite loss: stop (default; exit code 1, last good checkpoint kept) or skip the
-    /// batch (counted as nan_skips; every step then waits for its loss, which is slower).
+    /// batch (counted as nan_skips; every step then waits for its loss, which is slower). A
+    /// resumed run keeps the three checkpoint and NaN settings of the run unless given.
     #[arg(long, value_name = "stop|skip")]
     on_nan: Option<String>,
     /// Testing: stop with a checkpoint once N steps are done, as Ctrl-C does.
@@ -437,6 +438,16 @@ pub fn run(args: TrainArgs) -> CliResult {
     let resume = found.map(|f| f.checkpoint);
     let cfg = args.config_over(resume.as_ref().map(|c| &c.config))?;
     let data = load_data(&cfg)?;
+    if let Some(ck) = &resume {
+        let mut sizes = vec![data.train.features];
+        sizes.extend(&cfg.hidden);
+        sizes.push(data.train.classes);
+        let per_epoch = (data.train.n / cfg.batch.max(1)) as u64;
+        let soft = checkpoint::compare(ck, &cfg, &sizes, per_epoch).map_err(CliError::usage)?;
+        for d in soft {
+            eprintln!("rigl: warning: resuming with a changed setting, {d}: the run will differ from one never stopped");
+        }
+    }
     let ctx = GpuContext::new()?;
     if ctx.is_software() && !args.json {
         eprintln!(
@@ -452,14 +463,6 @@ pub fn run(args: TrainArgs) -> CliResult {
         }
     };
     if let Some(ck) = &resume {
-        let mut sizes = vec![data.train.features];
-        sizes.extend(&cfg.hidden);
-        sizes.push(data.train.classes);
-        let per_epoch = (data.train.n / cfg.batch.max(1)) as u64;
-        let soft = checkpoint::compare(ck, &cfg, &sizes, per_epoch).map_err(CliError::usage)?;
-        for d in soft {
-            eprintln!("rigl: warning: resuming with a changed setting, {d}: the run will differ from one never stopped");
-        }
         if ck.trainer.adapter != ctx.info.name {
             eprintln!(
                 "rigl: warning: the checkpoint was written on '{}', this is '{}': results will differ in the last bits",
@@ -476,14 +479,27 @@ pub fn run(args: TrainArgs) -> CliResult {
             );
         }
         checkpoint::remove_stale_temporaries(&out)?;
+        for p in checkpoint::remove_newer(&out, ck.trainer.step)? {
+            eprintln!(
+                "rigl: removed {}, newer than the checkpoint resumed from",
+                p.display()
+            );
+        }
     }
+    let before = resume.as_ref().map(|c| &c.trainer);
     let on_nan = match &args.on_nan {
         Some(p) => NanPolicy::parse(p)?,
+        None if before.is_some_and(|t| t.on_nan_skip) => NanPolicy::Skip,
         None => NanPolicy::Stop,
     };
     let opts = RunOptions {
-        checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: args.keep_checkpoints,
+        checkpoint_every: args
+            .checkpoint_every
+            .or(before.and_then(|t| t.checkpoint_every)),
+        keep_checkpoints: args
+            .keep_checkpoints
+            .or(before.map(|t| t.keep_checkpoints))
+            .unwrap_or(3),
         resume,
         on_nan,
         stop: Some(install_stop_handler()?),

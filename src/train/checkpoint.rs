@@ -160,6 +160,12 @@ pub struct TrainerState {
     pub metrics_bytes: u64,
     /// GEMM variant the run used (a resumed run uses the same, for identical sums).
     pub gemm: String,
+    /// The run's `--checkpoint-every` (a resumed run keeps it unless told otherwise).
+    pub checkpoint_every: Option<u64>,
+    /// The run's `--keep-checkpoints`.
+    pub keep_checkpoints: usize,
+    /// The run skipped batches with a non-finite loss (`--on-nan skip`).
+    pub on_nan_skip: bool,
     /// Adapter the run used.
     pub adapter: String,
 }
@@ -447,6 +453,20 @@ pub fn remove_stale_temporaries(run_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Deletes the checkpoints of `run_dir` taken after `step` (a run resumed from `step` writes its
+/// own; keeping the old ones would let a later resume pick a state from the abandoned future).
+/// Returns the deleted paths.
+pub fn remove_newer(run_dir: &Path, step: u64) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (s, p) in list(&run_dir.join(CHECKPOINT_DIR))? {
+        if s > step {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether a file is a rigl checkpoint (rather than a final model file), by its metadata. Files

@@ -429,6 +429,9 @@ pub fn train_with(
                 wall_seconds: wall_before + t_start.elapsed().as_secs_f64(),
                 metrics_bytes: $metrics_bytes,
                 gemm: gemm_variant.as_str().to_string(),
+                checkpoint_every: opts.checkpoint_every,
+                keep_checkpoints: opts.keep_checkpoints,
+                on_nan_skip: opts.on_nan == NanPolicy::Skip,
                 adapter: ctx.info.name.clone(),
             }
         };
@@ -564,13 +567,9 @@ pub fn train_with(
             }
         }
         let idx = ctx.queue.submit([enc.finish()]);
-        for err in [
-            pollster::block_on(validation_scope.pop()),
-            pollster::block_on(oom_scope.pop()),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let validation = pollster::block_on(validation_scope.pop());
+        let oom = pollster::block_on(oom_scope.pop());
+        if let Some(err) = validation.or(oom) {
             return Err(RiglError::Gpu {
                 what: format!("running training step {}", step + 1),
                 message: err.to_string(),
