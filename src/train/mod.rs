@@ -603,8 +603,7 @@ pub fn train_with(
             let loss = loss_sum / samples;
             if window.1 > 0 && !loss.is_finite() {
                 return Err(non_finite_error(
-                    ctx,
-                    &model,
+                    model.read_state(ctx),
                     step + 1,
                     format!(
                         "the training loss of steps {}..={} is {loss}",
@@ -761,17 +760,16 @@ pub fn train_with(
     Ok(RunEnd::Finished(Box::new(summary)))
 }
 
-/// The error for a non-finite training loss: what and where (reading the model state back to
-/// name the layers and tensors holding non-finite values), and the last good checkpoint.
+/// The error for a non-finite training loss: what and where (the model state read back names the
+/// layers and tensors holding non-finite values), and the last good checkpoint.
 fn non_finite_error(
-    ctx: &GpuContext,
-    model: &Mlp,
+    state: Result<crate::nn::ModelState>,
     step: u64,
     what: String,
     last_checkpoint: Option<&Path>,
 ) -> RiglError {
     let mut lines = vec![what];
-    match model.read_state(ctx) {
+    match state {
         Ok(state) => {
             let found = state.non_finite(&layer_names(state.weights.len()));
             if found.is_empty() {
