@@ -360,3 +360,35 @@ fn resume_with_another_shape_or_method_is_refused() {
     assert_eq!(soft.len(), 1, "{soft:?}");
     assert!(soft[0].starts_with("lr:"), "{soft:?}");
 }
+
+#[test]
+fn skip_policy_changes_nothing_while_the_loss_is_finite() {
+    // --on-nan skip splits each step in two submissions and reads the loss in between; without a
+    // non-finite loss the run must equal the default one bit for bit, resumed or not.
+    let d = data();
+    let c = cfg(Method::Snfs);
+    let root = tempfile::tempdir().unwrap();
+    let plain = root.path().join("plain");
+    run(&c, &d, &plain, &RunOptions::default());
+    let skip = root.path().join("skip");
+    let opts = RunOptions {
+        on_nan: train::NanPolicy::Skip,
+        stop_after_steps: Some(11),
+        ..RunOptions::default()
+    };
+    assert!(matches!(run(&c, &d, &skip, &opts), RunEnd::Stopped { .. }));
+    let ck = last_checkpoint(&skip);
+    assert!(ck.trainer.on_nan_skip);
+    let opts = RunOptions {
+        on_nan: train::NanPolicy::Skip,
+        resume: Some(ck),
+        ..RunOptions::default()
+    };
+    assert!(matches!(run(&c, &d, &skip, &opts), RunEnd::Finished(_)));
+    let (a, b) = (last_checkpoint(&plain), last_checkpoint(&skip));
+    assert_eq!(b.trainer.nan_skips, 0);
+    for ((name, la), (_, lb)) in a.model.tensors().iter().zip(b.model.tensors().iter()) {
+        assert_eq!(bits(la), bits(lb), "{name} differs");
+    }
+    assert_eq!(metrics(&plain), metrics(&skip));
+}
