@@ -392,3 +392,30 @@ fn skip_policy_changes_nothing_while_the_loss_is_finite() {
     }
     assert_eq!(metrics(&plain), metrics(&skip));
 }
+
+#[test]
+fn gpu_errors_come_back_naming_what_was_done() {
+    // A buffer beyond the device's limit is a validation error: inside `scoped` it is an error
+    // naming the work, not a panic in wgpu's uncaptured-error handler.
+    let ctx = ctx();
+    let err = ctx
+        .scoped("allocating an impossible buffer", || {
+            let _b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("too big"),
+                size: ctx.limits.max_buffer_size.saturating_add(4096) & !3,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            Ok(())
+        })
+        .unwrap_err();
+    match err {
+        RiglError::Gpu { what, message } => {
+            assert_eq!(what, "allocating an impossible buffer");
+            assert!(!message.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The device is still usable afterwards.
+    assert!(ctx.scoped("nothing", || Ok(1)).is_ok());
+}

@@ -457,6 +457,9 @@ pub fn train_with(
 
     for step in start_step..total_steps {
         let t0 = Instant::now();
+        // GPU faults of this step come back as errors naming it, not as panics.
+        let oom_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let info = batcher.next_batch(train, &mut x, &mut labels)?;
         model.set_batch(ctx, &x, &labels)?;
         lr = cfg.lr_at(step, total_steps, steps_per_epoch);
@@ -549,9 +552,6 @@ pub fn train_with(
             };
         dense_flops_ref += cfg.batch as f64 * 3.0 * fd;
 
-        // GPU faults of this step come back as errors naming it, not as panics.
-        let oom_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -670,7 +670,10 @@ pub fn train_with(
             if let Some(idx) = pending.take() {
                 ctx.wait("training step", idx)?;
             }
-            let state = model.read_state(ctx)?;
+            let state = ctx.scoped(
+                &format!("reading the model state back for the checkpoint of step {done}"),
+                || model.read_state(ctx),
+            )?;
             let names = layer_names(state.weights.len());
             let mut bad = state.non_finite(&names);
             if !state.loss_sums.iter().all(|v| v.is_finite()) {
