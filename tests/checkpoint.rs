@@ -205,6 +205,36 @@ fn resume_is_bit_identical_snfs() {
 }
 
 #[test]
+fn resume_is_bit_identical_dense_static_prune() {
+    let d = data();
+    for method in [Method::Dense, Method::Static, Method::Prune] {
+        let c = TrainConfig {
+            prune_every: 4,
+            ..cfg(method)
+        };
+        let root = tempfile::tempdir().unwrap();
+        let (full, dir) = (root.path().join("full"), root.path().join("stopped"));
+        run(&c, &d, &full, &RunOptions::default());
+        let opts = RunOptions {
+            stop_after_steps: Some(13),
+            ..RunOptions::default()
+        };
+        assert!(matches!(run(&c, &d, &dir, &opts), RunEnd::Stopped { .. }));
+        let opts = RunOptions {
+            resume: Some(last_checkpoint(&dir)),
+            ..RunOptions::default()
+        };
+        run(&c, &d, &dir, &opts);
+        let what = format!("{} stopped at 13", method.as_str());
+        if method == Method::Prune {
+            let s = summary(&full);
+            assert!(s["mask_updates"].as_u64().unwrap() > 3, "{what}: {s}");
+        }
+        assert_same_run(&what, &full, &dir);
+    }
+}
+
+#[test]
 fn checkpoint_every_and_keep_last_k() {
     let d = data();
     let c = cfg(Method::Rigl);

@@ -451,8 +451,9 @@ pub fn train_with(
         last_checkpoint = Some(path);
     }
     progress.start(total_steps, steps_per_epoch);
-    if resume.is_none() {
-        model.reset_sums(ctx)?;
+    match resume {
+        Some(_) => progress.step(start_step),
+        None => model.reset_sums(ctx)?,
     }
 
     for step in start_step..total_steps {
