@@ -46,3 +46,13 @@ fn max_into(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     acc[i] = max(acc[i], x[i]);
 }
+
+// ---- mask_zero: acc = x != 0 ? acc : 0 (zero a tensor outside a 0/1 mask; +0.0, never -0.0).
+@compute @workgroup_size(256)
+fn mask_zero(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.n) {
+        return;
+    }
+    acc[i] = select(0.0, acc[i], x[i] != 0.0);
+}

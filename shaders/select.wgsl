@@ -40,6 +40,8 @@ override PHASE: u32 = 0u;
 override PASS: u32 = 0u;
 override GROW_SET: bool = false;
 override DROP_ONLY: bool = false;
+// Drop phase over compressed values (every element is an active weight; `mask` is not read).
+override ALL_ELIGIBLE: bool = false;
 
 const CHUNK: u32 = 256u;
 const LAYER_WORDS: u32 = 8u;
@@ -102,7 +104,7 @@ fn key_of(l: u32, i: u32) -> u32 {
 
 fn eligible(i: u32) -> bool {
     if (PHASE == 0u) {
-        return mask[i] != 0.0;
+        return ALL_ELIGIBLE || mask[i] != 0.0;
     }
     return (sel[i] & 1u) == 0u;
 }

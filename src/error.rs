@@ -79,6 +79,18 @@ pub enum RiglError {
         message: String,
     },
 
+    /// A caller's GPU buffer cannot serve as `role`: too small, misaligned, or lacking a usage
+    /// flag rigl needs (embedding on the host's own buffers).
+    #[error("buffer '{buffer}' ({role}): {message}")]
+    BadBuffer {
+        /// The buffer's label, as given by the caller.
+        buffer: String,
+        /// What rigl wanted to use it for (e.g. "weights of layer fc1").
+        role: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// An I/O failure on a named file.
     #[error("{path}: {source}")]
     Io {

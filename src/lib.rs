@@ -5,11 +5,13 @@
 //! Floors, each using only those below: [`gpu`] (context, buffers, kernels, profiling) and
 //! [`cpu`] (the reference twin of every kernel), [`sparse`] (distributions, schedules, masks and
 //! their updates), [`npy`] (NumPy `.npy` reading, `.npz` writing) and [`data`] (the IDX reader,
-//! datasets, the synthetic task and feature-major batching).
+//! datasets, the synthetic task and feature-major batching). [`embed`] is the API for other
+//! trainers: rigl as the sparse backend of their own training loop.
 #![warn(missing_docs)]
 
 pub mod cpu;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod gpu;
 pub mod nn;

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use common::ctx;
 use rigl::data::{Dataset, TrainTest};
+use rigl::nn::choice::KernelChoice;
 use rigl::sparse::Method;
 use rigl::train::checkpoint::{self, Checkpoint, TrainerState};
 use rigl::train::{self, model_file, NoProgress, RunEnd, RunOptions, TrainConfig};
@@ -202,6 +203,37 @@ fn resume_is_bit_identical_set() {
 #[test]
 fn resume_is_bit_identical_snfs() {
     stop_and_resume(Method::Snfs);
+}
+
+#[test]
+fn resume_is_bit_identical_on_compressed_sparse_layers() {
+    // The sparse path keeps values and momentum per slot and rebuilds its index at every update;
+    // a resume rebuilds it from the mask and must continue bit for bit.
+    let d = data();
+    for method in [Method::Rigl, Method::Set] {
+        let c = TrainConfig {
+            kernels: KernelChoice::Sparse,
+            ..cfg(method)
+        };
+        let root = tempfile::tempdir().unwrap();
+        let (full, dir) = (root.path().join("full"), root.path().join("stopped"));
+        run(&c, &d, &full, &RunOptions::default());
+        assert_eq!(last_checkpoint(&full).trainer.kernels, "sparse");
+        for stop in [9, 13] {
+            let opts = RunOptions {
+                stop_after_steps: Some(stop),
+                resume: (stop == 13).then(|| last_checkpoint(&dir)),
+                ..RunOptions::default()
+            };
+            assert!(matches!(run(&c, &d, &dir, &opts), RunEnd::Stopped { .. }));
+        }
+        let opts = RunOptions {
+            resume: Some(last_checkpoint(&dir)),
+            ..RunOptions::default()
+        };
+        run(&c, &d, &dir, &opts);
+        assert_same_run(&format!("sparse {}", method.as_str()), &full, &dir);
+    }
 }
 
 #[test]

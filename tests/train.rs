@@ -165,3 +165,111 @@ fn same_seed_same_result() {
     assert_eq!(a.final_train_loss, b.final_train_loss);
     assert_eq!(a.itop_rate, b.itop_rate);
 }
+
+#[test]
+fn sparse_and_masked_kernels_train_the_same_model() {
+    use rigl::nn::choice::KernelChoice;
+    let ctx = ctx();
+    let data = small_data();
+    for method in [Method::Rigl, Method::Set, Method::Static] {
+        let mut runs = Vec::new();
+        for kernels in [KernelChoice::Masked, KernelChoice::Sparse] {
+            let c = TrainConfig {
+                epochs: 1,
+                kernels,
+                ..cfg(method)
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let s = train::train(
+                ctx,
+                &c,
+                &data.train,
+                &data.test,
+                Some(dir.path()),
+                &mut NoProgress,
+            )
+            .unwrap();
+            assert_eq!(s.kernels.kernels, kernels.as_str());
+            let file = train::model_file::read(&dir.path().join("model.safetensors")).unwrap();
+            runs.push((s, file));
+        }
+        let what = method.as_str();
+        let ((sm, fm), (ss, fs)) = (&runs[0], &runs[1]);
+        assert!(sm.mask_updates > 0 || method == Method::Static);
+        for l in 0..fm.masks.len() {
+            let diff: Vec<usize> = (0..fm.masks[l].len())
+                .filter(|&i| fm.masks[l][i] != fs.masks[l][i])
+                .collect();
+            assert!(
+                diff.is_empty(),
+                "{what}: layer {l}: masks differ at {} positions, first {:?}; weights there \
+                 masked {:?} sparse {:?}",
+                diff.len(),
+                &diff[..diff.len().min(4)],
+                diff.iter()
+                    .take(4)
+                    .map(|&i| fm.weights[l][i])
+                    .collect::<Vec<_>>(),
+                diff.iter()
+                    .take(4)
+                    .map(|&i| fs.weights[l][i])
+                    .collect::<Vec<_>>()
+            );
+        }
+        for l in 0..fm.weights.len() {
+            common::assert_close(
+                &format!("{what}: layer {l} weights"),
+                &fs.weights[l],
+                &fm.weights[l],
+                1e-4,
+                1e-3,
+            );
+        }
+        assert!(
+            (ss.test_accuracy - sm.test_accuracy).abs() < 0.01,
+            "{what}: accuracy {} sparse vs {} masked",
+            ss.test_accuracy,
+            sm.test_accuracy
+        );
+        assert_eq!(ss.itop_rate, sm.itop_rate, "{what}: ITOP rate");
+        // Memory of the compressed model against the masked one at 80% sparsity.
+        assert!(
+            ss.gpu_memory.ratio_vs_dense < 0.5 && sm.gpu_memory.ratio_vs_dense > 1.0,
+            "{what}: memory ratios {} sparse, {} masked",
+            ss.gpu_memory.ratio_vs_dense,
+            sm.gpu_memory.ratio_vs_dense
+        );
+    }
+}
+
+#[test]
+fn kernel_choice_errors_and_fallbacks_name_the_reason() {
+    use rigl::nn::choice::KernelChoice;
+    let ctx = ctx();
+    let data = small_data();
+    let c = TrainConfig {
+        epochs: 1,
+        kernels: KernelChoice::Sparse,
+        ..cfg(Method::Snfs)
+    };
+    let err = train::train(ctx, &c, &data.train, &data.test, None, &mut NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--kernels sparse") && err.contains("SNFS"),
+        "{err}"
+    );
+    let c = TrainConfig {
+        epochs: 1,
+        batch: 62,
+        kernels: KernelChoice::Auto,
+        ..cfg(Method::Rigl)
+    };
+    let s = train::train(ctx, &c, &data.train, &data.test, None, &mut NoProgress).unwrap();
+    assert_eq!(s.kernels.kernels, "masked");
+    assert!(
+        s.kernels.reason.contains("multiple of 4"),
+        "{}",
+        s.kernels.reason
+    );
+}

@@ -28,6 +28,12 @@ pub enum BenchCommand {
     /// with each layer's exact active count from the distribution; layers left dense are not
     /// updated. Every repetition starts from the same masks and weights.
     MaskUpdate(MaskUpdateBenchArgs),
+    /// Sparse forward product (CSR SpMM) of one layer against the masked-dense GEMM.
+    ///
+    /// Useful GFLOP/s count only the active multiply-adds (2 · nnz · batch).
+    Spmm(super::bench_sparse::SparseBenchArgs),
+    /// Weight gradient at the active positions (SDDMM) against the dense weight-gradient GEMM.
+    Sddmm(super::bench_sparse::SparseBenchArgs),
 }
 
 /// Repetitions shared by the mask-update benches.
@@ -129,6 +135,12 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Matmul(a) => matmul(a),
         BenchCommand::Topk(a) => topk(a),
         BenchCommand::MaskUpdate(a) => mask_update(a),
+        BenchCommand::Spmm(a) => {
+            super::bench_sparse::run(super::bench_sparse::SparseKernel::Spmm, a)
+        }
+        BenchCommand::Sddmm(a) => {
+            super::bench_sparse::run(super::bench_sparse::SparseKernel::Sddmm, a)
+        }
     }
 }
 

@@ -124,6 +124,11 @@ pub struct TrainArgs {
     /// Seed (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Kernels of the sparse layers: auto (default: both timed once on this adapter, the faster
+    /// kept), sparse (compressed: memory and work scale with the density) or masked (dense
+    /// storage with a mask, the reference path). Sparse runs static, set and rigl.
+    #[arg(long)]
+    kernels: Option<String>,
     /// Steps between logged metrics (default 100).
     #[arg(long)]
     log_every: Option<u64>,
@@ -217,6 +222,9 @@ impl TrainArgs {
         }
         if let Some(s) = &self.lr_schedule {
             c.lr_schedule = LrSchedule::parse(s)?;
+        }
+        if let Some(k) = &self.kernels {
+            c.kernels = rigl::nn::choice::KernelChoice::parse(k)?;
         }
         c.validate()?;
         Ok(c)
@@ -377,19 +385,31 @@ pub fn print_summary(s: &TrainSummary) {
         "density {:.4}; training FLOPs {:.3}x dense, inference FLOPs {:.3}x dense; ITOP rate {:.3}",
         s.density, s.train_flops_vs_dense, s.inference_flops_vs_dense, s.itop_rate
     );
+    let m = &s.gpu_memory;
     println!(
-        "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10}",
-        "layer", "shape", "target", "actual", "active", "total"
+        "kernels {} ({}); GPU memory of weights, gradients, momentum and masks/indexes {} \
+         ({:.3}x the dense model's {}), plus {} of update scratch",
+        s.kernels.kernels,
+        s.kernels.reason,
+        human_bytes(m.model_bytes),
+        m.ratio_vs_dense,
+        human_bytes(m.dense_bytes),
+        human_bytes(m.update_scratch_bytes)
     );
-    for l in &s.layers {
+    println!(
+        "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10} {:>11}",
+        "layer", "shape", "target", "actual", "active", "total", "GPU bytes"
+    );
+    for (l, (_, bytes)) in s.layers.iter().zip(&m.layers) {
         println!(
-            "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10}",
+            "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10} {:>11}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.sparsity,
             l.actual_sparsity,
             l.active,
-            l.total
+            l.total,
+            human_bytes(*bytes)
         );
     }
     if let Some(d) = &s.run_dir {
@@ -417,6 +437,17 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>, CliError> {
     })
     .map_err(|e| CliError::from(anyhow::anyhow!("installing the signal handler: {e}")))?;
     Ok(flag)
+}
+
+/// Bytes as B, KiB or MiB.
+pub fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
 }
 
 pub fn run(args: TrainArgs) -> CliResult {

@@ -4,3 +4,4 @@
 pub mod dense;
 pub mod mask_update;
 pub mod mlp;
+pub mod sparse;

@@ -60,6 +60,55 @@ impl Tensor {
         Ok(t)
     }
 
+    /// Wraps `len` 32-bit elements of a caller's buffer starting at byte `offset` (embedding:
+    /// rigl works on the host's own buffers without copying them into its own).
+    ///
+    /// Checks, each failing with [`RiglError::BadBuffer`] naming `label` and `role`: `offset` is
+    /// a multiple of 4, `offset + 4 * len` fits in `buffer.size()`, and `buffer.usage()`
+    /// contains `usage` (for example `COPY_SRC | COPY_DST` for a buffer rigl copies in and out,
+    /// `STORAGE` for one it binds). Binding a view also needs `offset` to be a multiple of the
+    /// device's `min_storage_buffer_offset_alignment`; that is checked where it is bound.
+    pub fn from_buffer(
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+        label: &str,
+        role: &str,
+        usage: wgpu::BufferUsages,
+    ) -> Result<Self> {
+        let bad = |message: String| RiglError::BadBuffer {
+            buffer: label.to_string(),
+            role: role.to_string(),
+            message,
+        };
+        if !offset.is_multiple_of(4) {
+            return Err(bad(format!("offset {offset} is not a multiple of 4 bytes")));
+        }
+        let end = (len as u64)
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| bad(format!("{len} elements at offset {offset} overflow")))?;
+        if end > buffer.size() {
+            return Err(bad(format!(
+                "needs bytes {offset}..{end} ({len} f32) but the buffer has {} bytes",
+                buffer.size()
+            )));
+        }
+        let missing = usage - buffer.usage();
+        if !missing.is_empty() {
+            return Err(bad(format!(
+                "lacks usage flag(s) {missing:?} (it has {:?})",
+                buffer.usage()
+            )));
+        }
+        Ok(Tensor {
+            buffer: buffer.clone(),
+            offset,
+            len,
+            label: label.to_string(),
+        })
+    }
+
     /// Overwrites the contents from `data` (which must have `len` elements).
     pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
         if data.len() != self.len {

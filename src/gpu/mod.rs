@@ -7,6 +7,7 @@ pub mod ops;
 pub mod profile;
 pub mod registry;
 pub mod shaders;
+pub mod spmm;
 
 pub use buffer::Tensor;
 pub use context::GpuContext;

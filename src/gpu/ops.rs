@@ -304,6 +304,12 @@ pub fn max_into(ctx: &GpuContext, x: &Tensor, acc: &Tensor, n: usize) -> Result<
     state_update(ctx, "max_into", x, acc, n, 0.0, 1.0)
 }
 
+/// `x[i] = 0` wherever `mask[i] == 0`, over `n` elements (masks applied to weights and optimizer
+/// slots; writes `+0.0`).
+pub fn mask_zero(ctx: &GpuContext, mask: &Tensor, x: &Tensor, n: usize) -> Result<Dispatch> {
+    state_update(ctx, "mask_zero", mask, x, n, 0.0, 1.0)
+}
+
 /// An `elementwise.wgsl` entry that folds `x` into `acc` over `n` elements with parameter `f0`.
 fn state_update(
     ctx: &GpuContext,

@@ -16,6 +16,9 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/elementwise.wgsl"),
     ),
     ("select", include_str!("../../shaders/select.wgsl")),
+    ("spmm", include_str!("../../shaders/spmm.wgsl")),
+    ("sddmm", include_str!("../../shaders/sddmm.wgsl")),
+    ("csr", include_str!("../../shaders/csr.wgsl")),
 ];
 
 /// The source of shader `stem`, if it exists.

@@ -576,6 +576,21 @@ impl Mlp {
             .collect())
     }
 
+    /// GPU bytes of the trainable state: weights, mask, momentum and dense gradient per layer
+    /// (16 bytes per weight); the SNFS gradient EMA and the ever-active map count as update
+    /// scratch.
+    pub fn memory(&self) -> crate::nn::MemoryReport {
+        crate::nn::MemoryReport {
+            layers: self
+                .placements
+                .iter()
+                .map(|p| (p.name.clone(), 16 * p.n as u64))
+                .collect(),
+            weights_grads_momentum: 16 * self.total_w as u64,
+            update_scratch: 8 * self.total_w as u64,
+        }
+    }
+
     /// Total elements of the flat weight buffers (layers plus alignment padding).
     pub fn flat_len(&self) -> usize {
         self.total_w

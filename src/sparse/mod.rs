@@ -2,6 +2,7 @@
 //! initialisation, FLOPs accounting, sparsity plans and the GPU mask update ([`update`]). The
 //! CPU twin of the mask update is in [`crate::cpu::mask_update`]; [`Method`] is re-exported here.
 
+pub mod csr;
 pub mod distribution;
 pub mod flops;
 pub mod init;

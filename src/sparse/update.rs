@@ -69,6 +69,21 @@ const BINDINGS: &[Binding] = &[
     Binding::ReadWrite,
 ];
 
+fn placeholders(ctx: &GpuContext) -> Result<[Tensor; 3]> {
+    let t = || Tensor::zeros(ctx, "mask-update placeholder", 64);
+    Ok([t()?, t()?, t()?])
+}
+
+fn check_len(t: &Tensor, total: usize, what: &str) -> Result<()> {
+    if t.len < total {
+        return Err(RiglError::invalid(format!(
+            "mask update: {what} buffer '{}' has {} elements, the layers need {total}",
+            t.label, t.len
+        )));
+    }
+    Ok(())
+}
+
 /// The GPU mask updater of a model, built once: pipelines, bind groups and scratch buffers.
 #[derive(Debug)]
 pub struct MaskUpdater {
@@ -76,6 +91,7 @@ pub struct MaskUpdater {
     chunk_map: Vec<u32>,
     meta: Tensor,
     scratch: Tensor,
+    sel: Tensor,
     drop: Vec<Dispatch>,
     grow_score: Vec<Dispatch>,
     grow_random: Vec<Dispatch>,
@@ -97,9 +113,6 @@ impl MaskUpdater {
         score: &Tensor,
         seed: u32,
     ) -> Result<Self> {
-        if layers.is_empty() {
-            return Err(RiglError::invalid("mask update needs at least one layer"));
-        }
         let total = layers.iter().map(|l| l.offset + l.n).max().unwrap_or(0);
         for (t, what) in [
             (w, "weights"),
@@ -107,13 +120,64 @@ impl MaskUpdater {
             (mom, "momentum"),
             (score, "score"),
         ] {
-            if t.len < total {
-                return Err(RiglError::invalid(format!(
-                    "mask update: {what} buffer '{}' has {} elements, the layers need {total}",
-                    t.label, t.len
-                )));
-            }
+            check_len(t, total, what)?;
         }
+        Self::build(ctx, layers, [w, mask, mom, score], None, false, seed)
+    }
+
+    /// The drop phase only, over the compressed values of sparse layers laid out back to back
+    /// (`layers` are slot ranges of `vals`; every slot is an active weight). After
+    /// [`MaskUpdater::drop_dispatches`], bit 0 of [`MaskUpdater::selection`] marks the kept slots.
+    pub fn for_compressed_drop(
+        ctx: &GpuContext,
+        layers: Vec<LayerPlacement>,
+        vals: &Tensor,
+        seed: u32,
+    ) -> Result<Self> {
+        let total = layers.iter().map(|l| l.offset + l.n).max().unwrap_or(0);
+        check_len(vals, total, "values")?;
+        // Bindings the drop phase never reads (one buffer each: wgpu forbids a buffer bound
+        // both read-only and writable in one dispatch).
+        let d = placeholders(ctx)?;
+        Self::build(ctx, layers, [vals, &d[0], &d[1], &d[2]], None, true, seed)
+    }
+
+    /// The grow phase only, over a dense score of one layer at offset 0 of `score`, with the
+    /// caller's selection buffer `sel`: positions with bit 0 set in `sel` are not eligible, and
+    /// the grown ones get bit 1 ([`MaskUpdater::grow_dispatches`]).
+    pub fn for_dense_grow(
+        ctx: &GpuContext,
+        layer: LayerPlacement,
+        score: &Tensor,
+        sel: &Tensor,
+        seed: u32,
+    ) -> Result<Self> {
+        let total = layer.offset + layer.n;
+        check_len(score, total, "score")?;
+        check_len(sel, total, "selection")?;
+        let d = placeholders(ctx)?;
+        Self::build(
+            ctx,
+            vec![layer],
+            [&d[0], &d[1], &d[2], score],
+            Some(sel),
+            false,
+            seed,
+        )
+    }
+
+    fn build(
+        ctx: &GpuContext,
+        layers: Vec<LayerPlacement>,
+        [w, mask, mom, score]: [&Tensor; 4],
+        sel: Option<&Tensor>,
+        all_eligible: bool,
+        seed: u32,
+    ) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(RiglError::invalid("mask update needs at least one layer"));
+        }
+        let total = layers.iter().map(|l| l.offset + l.n).max().unwrap_or(0);
         let mut chunk_map = Vec::new();
         for (li, l) in layers.iter().enumerate() {
             if l.n > u32::MAX as usize / 2 {
@@ -129,7 +193,10 @@ impl MaskUpdater {
             "mask-update scratch",
             layers.len() * (STATE_STRIDE + 1) + n_chunks,
         )?;
-        let sel = Tensor::zeros(ctx, "mask-update selection", total)?;
+        let sel = match sel {
+            Some(t) => t.clone(),
+            None => Tensor::zeros(ctx, "mask-update selection", total)?,
+        };
         let params = SelParams {
             n_layers: layers.len() as u32,
             n_chunks: n_chunks as u32,
@@ -145,7 +212,8 @@ impl MaskUpdater {
                     .with_override("PHASE", f64::from(phase))
                     .with_override("PASS", f64::from(pass))
                     .with_override("GROW_SET", f64::from(u8::from(set)))
-                    .with_override("DROP_ONLY", f64::from(u8::from(drop_only)));
+                    .with_override("DROP_ONLY", f64::from(u8::from(drop_only)))
+                    .with_override("ALL_ELIGIBLE", f64::from(u8::from(all_eligible)));
                 Dispatch::build(ctx, &spec, bytemuck::bytes_of(&params), &bufs, wgs)
             };
         let phase_ops = |phase: u32, set: bool| -> Result<Vec<Dispatch>> {
@@ -212,6 +280,7 @@ impl MaskUpdater {
             chunk_map,
             meta,
             scratch,
+            sel,
             seed,
         })
     }
@@ -289,6 +358,27 @@ impl MaskUpdater {
             &self.apply
         });
         v
+    }
+
+    /// The drop phase alone (radix select over |w| of the active elements; bit 0 of the
+    /// selection marks the kept ones), after [`MaskUpdater::prepare`].
+    pub fn drop_dispatches(&self) -> Vec<&Dispatch> {
+        self.drop.iter().collect()
+    }
+
+    /// The grow phase alone (bit 1 of the selection marks the grown positions), after
+    /// [`MaskUpdater::prepare`]; `rule` must not be [`GrowRule::None`].
+    pub fn grow_dispatches(&self, rule: GrowRule) -> Vec<&Dispatch> {
+        match rule {
+            GrowRule::Score => self.grow_score.iter().collect(),
+            GrowRule::Random => self.grow_random.iter().collect(),
+            GrowRule::None => Vec::new(),
+        }
+    }
+
+    /// The per-element selection bits of the last update (bit 0 kept, bit 1 grown).
+    pub fn selection(&self) -> &Tensor {
+        &self.sel
     }
 
     /// Records one update into a compute pass (after [`MaskUpdater::prepare`]).

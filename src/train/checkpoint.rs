@@ -160,6 +160,12 @@ pub struct TrainerState {
     pub metrics_bytes: u64,
     /// GEMM variant the run used (a resumed run uses the same, for identical sums).
     pub gemm: String,
+    /// Kernels the run used, `masked` or `sparse` (a resumed run uses the same).
+    pub kernels: String,
+    /// Why those kernels (as the run's summary reports it).
+    pub kernels_reason: String,
+    /// The timings the kernel choice measured, if it did.
+    pub kernels_layers: Vec<crate::nn::choice::LayerTiming>,
     /// The run's `--checkpoint-every` (a resumed run keeps it unless told otherwise).
     pub checkpoint_every: Option<u64>,
     /// The run's `--keep-checkpoints`.

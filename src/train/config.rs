@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RiglError};
+use crate::nn::choice::KernelChoice;
 use crate::sparse::{Distribution, DropSchedule, Method};
 
 /// Learning-rate schedule.
@@ -105,6 +106,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between logged training metrics.
     pub log_every: u64,
+    /// Kernels of the sparse layers: `auto` (timed on this adapter), `sparse` (compressed) or
+    /// `masked` (masked-dense).
+    pub kernels: KernelChoice,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +146,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             seed: 0,
             log_every: 100,
+            kernels: KernelChoice::Auto,
         }
     }
 }

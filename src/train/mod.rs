@@ -14,8 +14,9 @@ use crate::data::{Batcher, Dataset};
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{gemm, GemmVariant, GpuContext};
+use crate::nn::choice::{self, Decision};
 use crate::nn::mlp::layer_names;
-use crate::nn::{Mlp, MlpConfig};
+use crate::nn::{MemoryReport, Mlp, MlpConfig, Network, SparseMlp};
 use crate::sparse::init::{count_active, init_layer, WeightInit};
 use crate::sparse::schedule::drop_count;
 use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
@@ -108,6 +109,64 @@ pub struct TrainSummary {
     pub layers: Vec<LayerReport>,
     /// Run directory, if one was written.
     pub run_dir: Option<String>,
+    /// Kernels the layers ran on (`sparse`, `masked` or `dense`) and why.
+    pub kernels: Decision,
+    /// GPU memory of the model against the dense model.
+    pub gpu_memory: GpuMemory,
+}
+
+/// GPU memory of the trained model's weights, gradients and momentum (with masks or indexes),
+/// next to what the dense model needs (12 bytes per weight).
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuMemory {
+    /// Bytes of the model's weights, gradients, momentum and masks or indexes.
+    pub model_bytes: u64,
+    /// Bytes the dense model's weights, gradients and momentum take.
+    pub dense_bytes: u64,
+    /// model_bytes / dense_bytes.
+    pub ratio_vs_dense: f64,
+    /// Scratch used at mask updates only.
+    pub update_scratch_bytes: u64,
+    /// Per layer: (name, bytes).
+    pub layers: Vec<(String, u64)>,
+}
+
+impl GpuMemory {
+    fn new(m: MemoryReport, total_weights: usize) -> Self {
+        let dense_bytes = 12 * total_weights as u64;
+        GpuMemory {
+            model_bytes: m.weights_grads_momentum,
+            dense_bytes,
+            ratio_vs_dense: m.weights_grads_momentum as f64 / dense_bytes.max(1) as f64,
+            update_scratch_bytes: m.update_scratch,
+            layers: m.layers,
+        }
+    }
+}
+
+/// The model a run trains: masked-dense or compressed sparse layers.
+enum Net {
+    Masked(Box<Mlp>),
+    Sparse(Box<SparseMlp>),
+}
+
+impl Net {
+    fn net(&self) -> &dyn Network {
+        match self {
+            Net::Masked(m) => m.as_ref(),
+            Net::Sparse(s) => s.as_ref(),
+        }
+    }
+}
+
+/// Why the compressed sparse path cannot run `method`, if it cannot.
+pub fn sparse_method_support(method: Method) -> std::result::Result<(), String> {
+    match method {
+        Method::Static | Method::Set | Method::Rigl => Ok(()),
+        Method::Dense => Err("dense training has no sparse layers".into()),
+        Method::Snfs => Err("SNFS keeps a dense gradient average of every weight".into()),
+        Method::Prune => Err("gradual pruning changes the active counts during the run".into()),
+    }
 }
 
 /// Receives progress; the CLI draws a bar or prints lines.
@@ -259,25 +318,6 @@ pub fn train_with(
         weight_decay: cfg.weight_decay,
         nesterov: cfg.nesterov,
     };
-    let dense_storage = matches!(cfg.method, Method::Dense);
-    // A resumed run uses the GEMM variant of the run it continues: another variant sums in
-    // another order, and the results would differ in the last bits.
-    let gemm_variant = match resume {
-        Some(ck) => GemmVariant::parse(&ck.trainer.gemm)?,
-        None => gemm::choose_variant(ctx)?,
-    };
-    let model = Mlp::new(
-        ctx,
-        MlpConfig {
-            sizes: sizes.clone(),
-            batch: cfg.batch,
-            masked: !dense_storage,
-            label_smoothing: cfg.label_smoothing,
-            sgd,
-            gemm: gemm_variant,
-        },
-    )?;
-
     // Initial weights and masks: exact active counts (prune and dense start dense).
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
     let mut weights = Vec::new();
@@ -296,7 +336,55 @@ pub fn train_with(
         masks.push(init.mask);
         biases.push(vec![0.0; sizes[l + 1]]);
     }
-    model.load(ctx, &weights, &masks, &biases)?;
+    let start_active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
+    // A resumed run uses the kernels and GEMM variant of the run it continues (both are chosen
+    // by timing; another choice sums in another order and the results would differ in the last
+    // bits).
+    let same_kernels = resume.filter(|ck| ck.config.kernels == cfg.kernels);
+    let kernels = match same_kernels {
+        Some(ck) => choice::KernelChoice::parse(&ck.trainer.kernels)?,
+        None => cfg.kernels,
+    };
+    let gemm_variant = match resume {
+        Some(ck) => GemmVariant::parse(&ck.trainer.gemm)?,
+        None => gemm::choose_variant(ctx)?,
+    };
+    let mut decision = choice::decide(
+        ctx,
+        kernels,
+        &sizes,
+        &start_active,
+        cfg.batch,
+        sparse_method_support(cfg.method),
+    )?;
+    if let Some(ck) = same_kernels {
+        // The decision as the run made it (reason and timings), not as the forced choice reads.
+        decision.reason = ck.trainer.kernels_reason.clone();
+        decision.layers = ck.trainer.kernels_layers.clone();
+    }
+    let mlp_cfg = MlpConfig {
+        sizes: sizes.clone(),
+        batch: cfg.batch,
+        masked: !matches!(cfg.method, Method::Dense),
+        label_smoothing: cfg.label_smoothing,
+        sgd,
+        gemm: gemm_variant,
+    };
+    let net = if decision.kernels == "sparse" {
+        Net::Sparse(Box::new(SparseMlp::new(
+            ctx,
+            mlp_cfg,
+            &start_active,
+            cfg.seed as u32,
+        )?))
+    } else {
+        Net::Masked(Box::new(Mlp::new(ctx, mlp_cfg)?))
+    };
+    match &net {
+        Net::Masked(m) => m.load(ctx, &weights, &masks, &biases)?,
+        Net::Sparse(s) => s.load(ctx, &weights, &masks, &biases)?,
+    }
+    let model = net.net();
     drop(weights);
 
     let rule = match cfg.method {
@@ -305,22 +393,21 @@ pub fn train_with(
         Method::Prune => Some(GrowRule::None),
         Method::Dense | Method::Static => None,
     };
-    let score = if cfg.method == Method::Snfs {
-        &model.ema
-    } else {
-        &model.grad
-    };
-    let updater = match rule {
-        Some(_) => Some(MaskUpdater::new(
+    let updater = match (&net, rule) {
+        (Net::Masked(m), Some(_)) => Some(MaskUpdater::new(
             ctx,
-            model.placements.clone(),
-            &model.w,
-            &model.mask,
-            &model.mom,
-            score,
+            m.placements.clone(),
+            &m.w,
+            &m.mask,
+            &m.mom,
+            if cfg.method == Method::Snfs {
+                &m.ema
+            } else {
+                &m.grad
+            },
             cfg.seed as u32,
         )?),
-        None => None,
+        _ => None,
     };
     let totals: Vec<usize> = plan.iter().map(|p| p.total).collect();
     let mut active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
@@ -429,6 +516,9 @@ pub fn train_with(
                 wall_seconds: wall_before + t_start.elapsed().as_secs_f64(),
                 metrics_bytes: $metrics_bytes,
                 gemm: gemm_variant.as_str().to_string(),
+                kernels: decision.kernels.to_string(),
+                kernels_reason: decision.reason.clone(),
+                kernels_layers: decision.layers.clone(),
                 checkpoint_every: opts.checkpoint_every,
                 keep_checkpoints: opts.keep_checkpoints,
                 on_nan_skip: opts.on_nan == NanPolicy::Skip,
@@ -488,10 +578,10 @@ pub fn train_with(
         }
         let mut is_update = false;
         let mut skip_optimizer = skipped;
-        if cfg.method == Method::Snfs && !skipped {
-            ops.push(model.ema_op());
+        if let (Net::Masked(m), Method::Snfs, false) = (&net, cfg.method, skipped) {
+            ops.push(m.ema_op());
         }
-        if let (Some(up), Some(rule)) = (updater.as_ref().filter(|_| !skipped), rule) {
+        if let Some(rule) = rule.filter(|_| !skipped) {
             let counts: Option<Vec<LayerCounts>> = match cfg.method {
                 // A prune step can only shrink the active set.
                 Method::Prune if prune.is_prune_step(step) => Some(
@@ -525,9 +615,20 @@ pub fn train_with(
                 _ => None,
             };
             if let Some(counts) = counts {
-                up.prepare(ctx, step as u32, &counts)?;
-                ops.extend(up.dispatches(rule));
-                ops.push(model.ever_op());
+                match (&net, &updater) {
+                    (Net::Masked(m), Some(up)) => {
+                        up.prepare(ctx, step as u32, &counts)?;
+                        ops.extend(up.dispatches(rule));
+                        ops.push(m.ever_op());
+                    }
+                    (Net::Sparse(sp), _) => {
+                        sp.prepare_update(ctx, step as u32, &counts)?;
+                        ops.extend(sp.update_ops(rule)?);
+                    }
+                    (Net::Masked(_), None) => {
+                        return Err(RiglError::invalid("mask update without an updater"))
+                    }
+                }
                 for (a, c) in active.iter_mut().zip(&counts) {
                     *a = c.k_keep + c.k_grow;
                 }
@@ -581,9 +682,13 @@ pub fn train_with(
             ctx.wait("training step", prev)?;
         }
         if is_update {
-            if let (Some(up), Some(idx)) = (&updater, pending.take()) {
+            if let Some(idx) = pending.take() {
                 ctx.wait("mask update", idx)?;
-                last_changes = up.read_new_connections(ctx)?.iter().sum();
+                last_changes = match (&net, &updater) {
+                    (Net::Sparse(sp), _) => sp.read_new_connections(ctx)?.iter().sum(),
+                    (Net::Masked(_), Some(up)) => up.read_new_connections(ctx)?.iter().sum(),
+                    (Net::Masked(_), None) => 0,
+                };
             }
         }
         train_time += t0.elapsed().as_secs_f64();
@@ -639,7 +744,7 @@ pub fn train_with(
         if end_of_epoch {
             final_train_loss = epoch_loss.0 / epoch_loss.1.max(1) as f64;
             epoch_loss = (0.0, 0);
-            last_eval = evaluate(ctx, &model, test)?;
+            last_eval = evaluate(ctx, model, test)?;
             let line = MetricsLine {
                 kind: "eval",
                 step: step + 1,
@@ -719,9 +824,19 @@ pub fn train_with(
     }
     progress.finish();
 
-    let final_active = model.active_counts(ctx)?;
-    let ever = model.read_layers(ctx, &model.ever)?;
-    let ever_active: usize = ever.iter().map(|e| count_active(e)).sum();
+    let final_active: Vec<usize> = model
+        .read_masks(ctx)?
+        .iter()
+        .map(|m| count_active(m))
+        .collect();
+    let ever_active: usize = match &net {
+        Net::Masked(m) => m
+            .read_layers(ctx, &m.ever)?
+            .iter()
+            .map(|e| count_active(e))
+            .sum(),
+        Net::Sparse(sp) => sp.ever_active(ctx)?.iter().sum(),
+    };
     let total: usize = totals.iter().sum();
     let layers: Vec<LayerReport> = plan
         .iter()
@@ -754,9 +869,14 @@ pub fn train_with(
         adapter: ctx.info.name.clone(),
         layers,
         run_dir: run_dir.map(|d| d.display().to_string()),
+        kernels: Decision {
+            kernels: model.kernels(),
+            ..decision
+        },
+        gpu_memory: GpuMemory::new(model.memory(), total),
     };
     if let Some(dir) = run_dir {
-        model_file::save(ctx, &model, cfg, &dir.join("model.safetensors"))?;
+        model_file::save(ctx, model, cfg, &dir.join("model.safetensors"))?;
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| RiglError::invalid(format!("summary to JSON: {e}")))?;
         write_file(&dir.join("summary.json"), json.as_bytes())?;
@@ -801,8 +921,8 @@ fn non_finite_message(step: u64, found: &[String], last_checkpoint: Option<&Path
 }
 
 /// Test loss and accuracy of the model over a whole dataset (partial last batch included).
-pub fn evaluate(ctx: &GpuContext, model: &Mlp, data: &Dataset) -> Result<(f64, f64)> {
-    let b = model.cfg.batch;
+pub fn evaluate(ctx: &GpuContext, model: &dyn Network, data: &Dataset) -> Result<(f64, f64)> {
+    let b = model.config().batch;
     let mut batcher = Batcher::for_evaluation(data.n, b)?;
     let mut x = vec![0.0f32; data.features * b];
     let mut labels = vec![0u32; b];

@@ -12,7 +12,7 @@ use safetensors::SafeTensors;
 use crate::error::{Result, RiglError};
 use crate::gpu::GpuContext;
 use crate::nn::mlp::layer_names;
-use crate::nn::Mlp;
+use crate::nn::Network;
 use crate::sparse::init::mask_to_u8;
 use crate::train::TrainConfig;
 
@@ -40,12 +40,12 @@ fn bad(path: &Path, message: impl Into<String>) -> RiglError {
 
 /// Writes the model (read back from the GPU) atomically: a temporary file in the same directory,
 /// then a rename.
-pub fn save(ctx: &GpuContext, model: &Mlp, cfg: &TrainConfig, path: &Path) -> Result<()> {
-    let weights = model.read_layers(ctx, &model.w)?;
-    let masks = model.read_layers(ctx, &model.mask)?;
+pub fn save(ctx: &GpuContext, model: &dyn Network, cfg: &TrainConfig, path: &Path) -> Result<()> {
+    let weights = model.read_weights(ctx)?;
+    let masks = model.read_masks(ctx)?;
     let biases = model.read_biases(ctx)?;
     let file = ModelFile {
-        sizes: model.cfg.sizes.clone(),
+        sizes: model.config().sizes.clone(),
         weights,
         masks,
         biases,

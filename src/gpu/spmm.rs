@@ -1,0 +1,314 @@
+//! Host side of the compressed sparse kernels: SpMM (`shaders/spmm.wgsl`) for the forward product
+//! and the input gradient, SDDMM (`shaders/sddmm.wgsl`) for the weight gradient at active
+//! positions, and the index rebuild of a mask update (`shaders/csr.wgsl`). CPU twins in
+//! [`crate::cpu::sparse`]; the index layout in [`crate::sparse::csr`].
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::Dispatch;
+use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::{GpuContext, Tensor};
+
+/// Batch vec4s per invocation in the sparse kernels (`V` in the shaders).
+const V: usize = 4;
+
+/// Whether this adapter can run the compressed sparse kernels (subgroups of 8 to 64 lanes),
+/// and if not, why.
+pub fn support(ctx: &GpuContext) -> std::result::Result<(), String> {
+    if !ctx.features.contains(wgpu::Features::SUBGROUP) {
+        return Err(format!(
+            "adapter '{}' has no subgroup operations",
+            ctx.info.name
+        ));
+    }
+    if ctx.info.subgroup_min_size < 8 || ctx.info.subgroup_max_size > 64 {
+        return Err(format!(
+            "adapter '{}' has subgroups of {} to {} lanes (the sparse kernels need 8 to 64)",
+            ctx.info.name, ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a batch size suits the sparse kernels (vec4 loads along the batch).
+pub fn batch_supported(batch: usize) -> bool {
+    batch.is_multiple_of(4)
+}
+
+/// Shape of one compressed sparse layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseShape {
+    /// Input width.
+    pub in_dim: usize,
+    /// Output width.
+    pub out_dim: usize,
+    /// Active weights (slots).
+    pub nnz: usize,
+    /// Samples per product (a multiple of 4).
+    pub batch: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SpParams {
+    rows: u32,
+    b4: u32,
+    out_dim: u32,
+    nnz: u32,
+    ptr_off: u32,
+    blocks: u32,
+    _pad: [u32; 2],
+}
+
+fn layout(b4: usize) -> (u32, usize) {
+    // Workgroup width and batch blocks: WG lanes x V vec4s per block.
+    let wg = if b4 <= 32 { 32 } else { 64 };
+    (wg, b4.div_ceil(wg as usize * V))
+}
+
+fn check(ctx: &GpuContext, s: &SparseShape, idx: &Tensor, what: &str) -> Result<()> {
+    support(ctx).map_err(RiglError::invalid)?;
+    if !batch_supported(s.batch) {
+        return Err(RiglError::invalid(format!(
+            "{what}: batch {} is not a multiple of 4 (the sparse kernels load 4 samples at once)",
+            s.batch
+        )));
+    }
+    let need = crate::sparse::csr::CsrIndex::words_len(s.in_dim, s.out_dim, s.nnz);
+    if idx.len < need {
+        return Err(RiglError::invalid(format!(
+            "{what}: index '{}' has {} words, the layer needs {need}",
+            idx.label, idx.len
+        )));
+    }
+    Ok(())
+}
+
+fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
+    if t.len < n {
+        return Err(RiglError::invalid(format!(
+            "{what}: '{}' has {} elements, needs {n}",
+            t.label, t.len
+        )));
+    }
+    Ok(())
+}
+
+/// `y = W x` through the forward index (`forward`), or `y = Wᵀ x` through the input rows
+/// (`!forward`: x is the output gradient `[out, B]`, y the input gradient `[in, B]`).
+pub fn spmm(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    vals: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    forward: bool,
+) -> Result<Dispatch> {
+    check(ctx, &s, idx, "spmm")?;
+    let (rows, cols) = if forward {
+        (s.out_dim, s.in_dim)
+    } else {
+        (s.in_dim, s.out_dim)
+    };
+    check_len(vals, s.nnz, "spmm values")?;
+    check_len(x, cols * s.batch, "spmm input")?;
+    check_len(y, rows * s.batch, "spmm output")?;
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    let b4 = s.batch / 4;
+    let (wg, blocks) = layout(b4);
+    let ptr_off = if forward {
+        2 * s.nnz + s.in_dim + 1
+    } else {
+        2 * s.nnz
+    };
+    let params = SpParams {
+        rows: rows as u32,
+        b4: b4 as u32,
+        out_dim: s.out_dim as u32,
+        nnz: s.nnz as u32,
+        ptr_off: ptr_off as u32,
+        blocks: blocks as u32,
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec::new("spmm", "spmm", B)
+        .with_override("FORWARD", f64::from(u8::from(forward)))
+        .with_override("WG", f64::from(wg));
+    let flops = 2.0 * s.nnz as f64 * s.batch as f64;
+    let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (rows * s.batch) as f64);
+    Ok(Dispatch::build(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[idx, vals, x, y],
+        (rows * blocks) as u64,
+    )?
+    .with_cost(flops, bytes))
+}
+
+/// `grad[s] = Σ_b x[c(s), b] d[r(s), b]` at the active positions of the layer.
+pub fn sddmm(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    x: &Tensor,
+    d: &Tensor,
+    grad: &Tensor,
+) -> Result<Dispatch> {
+    check(ctx, &s, idx, "sddmm")?;
+    check_len(x, s.in_dim * s.batch, "sddmm input")?;
+    check_len(d, s.out_dim * s.batch, "sddmm output gradient")?;
+    check_len(grad, s.nnz, "sddmm gradient")?;
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    let b4 = s.batch / 4;
+    let params = SpParams {
+        rows: s.out_dim as u32,
+        b4: b4 as u32,
+        out_dim: s.out_dim as u32,
+        nnz: s.nnz as u32,
+        ptr_off: (2 * s.nnz + s.in_dim + 1) as u32,
+        blocks: 1,
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
+    let flops = 2.0 * s.nnz as f64 * s.batch as f64;
+    let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (s.out_dim * s.batch) as f64);
+    Ok(Dispatch::build(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[idx, x, d, grad],
+        s.out_dim as u64,
+    )?
+    .with_cost(flops, bytes))
+}
+
+/// Lanes per workgroup of the SDDMM (one lane per nonzero of a row): the width among 8..64 that
+/// wastes the fewest lanes at the layer's mean nonzeros per row (the wider on a tie).
+fn sddmm_width(s: &SparseShape) -> u32 {
+    let per_row = (s.nnz as f64 / s.out_dim.max(1) as f64).max(1.0);
+    [64u32, 32, 16, 8]
+        .into_iter()
+        .min_by(|&a, &b| {
+            let waste = |w: u32| (per_row / f64::from(w)).ceil() * f64::from(w) - per_row;
+            waste(a).total_cmp(&waste(b))
+        })
+        .unwrap_or(64)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CsrParams {
+    in_dim: u32,
+    out_dim: u32,
+    nnz: u32,
+    n: u32,
+}
+
+/// Words of the rebuild scratch a layer needs (new in_ptr, next positions, values, momentum).
+pub fn rebuild_scratch_len(in_dim: usize, nnz: usize) -> usize {
+    in_dim + 1 + 3 * nnz
+}
+
+/// Words of a layer's statistics block (new-connection counter, ever-active bitmap).
+pub fn stats_len(in_dim: usize, out_dim: usize) -> usize {
+    64 + (in_dim * out_dim).div_ceil(32)
+}
+
+/// The buffers one layer's index rebuild works on.
+pub struct RebuildBuffers<'a> {
+    /// Dense selection flags of the layer (at least in·out words).
+    pub gsel: &'a Tensor,
+    /// The layer's index.
+    pub idx: &'a Tensor,
+    /// Values per slot.
+    pub vals: &'a Tensor,
+    /// Momentum per slot.
+    pub mom: &'a Tensor,
+    /// Rebuild scratch ([`rebuild_scratch_len`] words).
+    pub scratch: &'a Tensor,
+    /// Drop-phase selection per slot of the layer.
+    pub dropsel: &'a Tensor,
+    /// The layer's statistics block ([`stats_len`] words).
+    pub stats: &'a Tensor,
+}
+
+/// The dispatches that rebuild one layer's slots and indexes at a mask update, in two groups:
+/// before the grow phase (clear the flags, mark the kept positions) and after it (count, scan,
+/// fill, install).
+pub fn rebuild(
+    ctx: &GpuContext,
+    s: SparseShape,
+    b: &RebuildBuffers<'_>,
+) -> Result<(Vec<Dispatch>, Vec<Dispatch>)> {
+    let n = s.in_dim * s.out_dim;
+    check_len(b.gsel, n, "index rebuild flags")?;
+    check_len(b.vals, s.nnz, "index rebuild values")?;
+    check_len(b.mom, s.nnz, "index rebuild momentum")?;
+    check_len(
+        b.scratch,
+        rebuild_scratch_len(s.in_dim, s.nnz),
+        "index rebuild scratch",
+    )?;
+    check_len(b.dropsel, s.nnz, "index rebuild drop selection")?;
+    check_len(
+        b.stats,
+        stats_len(s.in_dim, s.out_dim),
+        "index rebuild stats",
+    )?;
+    check_len(
+        b.idx,
+        crate::sparse::csr::CsrIndex::words_len(s.in_dim, s.out_dim, s.nnz),
+        "index rebuild index",
+    )?;
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    let params = CsrParams {
+        in_dim: s.in_dim as u32,
+        out_dim: s.out_dim as u32,
+        nnz: s.nnz as u32,
+        n: n as u32,
+    };
+    let bufs = [b.gsel, b.idx, b.vals, b.mom, b.scratch, b.dropsel, b.stats];
+    let op = |entry: &'static str, which: u32, items: usize| {
+        let spec = KernelSpec::new("csr", entry, B).with_override("WHICH", f64::from(which));
+        let wgs = if entry == "csr_scan" {
+            1
+        } else {
+            (items.max(1) as u64).div_ceil(64)
+        };
+        Dispatch::build(ctx, &spec, bytemuck::bytes_of(&params), &bufs, wgs)
+    };
+    let before = vec![op("csr_clear", 0, n)?, op("csr_mark", 0, s.nnz)?];
+    let after = vec![
+        op("csr_count_in", 0, s.in_dim)?,
+        op("csr_scan", 0, 1)?,
+        op("csr_fill_in", 0, s.in_dim)?,
+        op("csr_count_out", 0, s.out_dim)?,
+        op("csr_scan", 1, 1)?,
+        op("csr_fill_out", 0, s.out_dim)?,
+        op("csr_copy", 0, s.nnz.max(s.in_dim + 1))?,
+    ];
+    Ok((before, after))
+}

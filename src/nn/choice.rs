@@ -1,0 +1,274 @@
+//! Which kernels a sparse model runs on: compressed sparse (CSR SpMM/SDDMM) or masked-dense
+//! (GEMM over all weights with a 0/1 mask). `auto` times both for every layer at its shape,
+//! density and batch on the current adapter, once: timings are cached in memory and in a JSON file
+//! (`$RIGL_CACHE_DIR`, else `$XDG_CACHE_HOME/rigl`, `$HOME/.cache/rigl` or `%LOCALAPPDATA%\rigl`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RiglError};
+use crate::gpu::profile;
+use crate::gpu::spmm::{self, SparseShape};
+use crate::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
+use crate::sparse::csr::CsrIndex;
+use crate::sparse::init::{init_layer, WeightInit};
+
+/// The `--kernels` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelChoice {
+    /// Time both on this adapter and take the faster.
+    #[default]
+    Auto,
+    /// Compressed sparse layers.
+    Sparse,
+    /// Masked-dense layers (the reference path).
+    Masked,
+}
+
+impl KernelChoice {
+    /// Parses `auto`, `sparse` or `masked`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KernelChoice::Auto),
+            "sparse" => Ok(KernelChoice::Sparse),
+            "masked" => Ok(KernelChoice::Masked),
+            o => Err(RiglError::invalid(format!(
+                "unknown kernels '{o}' (expected auto, sparse or masked)"
+            ))),
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KernelChoice::Auto => "auto",
+            KernelChoice::Sparse => "sparse",
+            KernelChoice::Masked => "masked",
+        }
+    }
+}
+
+/// Measured cost of one layer's training products (forward, weight gradient, and the input
+/// gradient unless it is the first layer) on both paths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerTiming {
+    /// Layer name.
+    pub name: String,
+    /// Compressed sparse kernels, ms.
+    pub sparse_ms: f64,
+    /// Masked-dense GEMMs, ms.
+    pub masked_ms: f64,
+}
+
+/// The outcome of a kernel choice.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    /// `sparse` or `masked`.
+    pub kernels: &'static str,
+    /// Why (the setting, a measurement, or what the sparse path lacks here).
+    pub reason: String,
+    /// Per-layer timings when measured.
+    pub layers: Vec<LayerTiming>,
+}
+
+static MEMO: Mutex<BTreeMap<String, (f64, f64)>> = Mutex::new(BTreeMap::new());
+
+fn cache_file() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = env("RIGL_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("rigl")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("rigl")))
+        .or_else(|| env("LOCALAPPDATA").map(|d| d.join("rigl")))?;
+    Some(dir.join("kernel-timings.json"))
+}
+
+fn load_disk() -> BTreeMap<String, (f64, f64)> {
+    cache_file()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Best effort: a cache that cannot be written only costs a re-measurement next time.
+fn save_disk(map: &BTreeMap<String, (f64, f64)>) {
+    let Some(file) = cache_file() else { return };
+    let Some(dir) = file.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let Ok(text) = serde_json::to_string_pretty(map) else {
+        return;
+    };
+    let tmp = dir.join(format!("kernel-timings.json.{}.tmp", std::process::id()));
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Times one layer's training products on both paths (ms): (sparse, masked).
+pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64, f64)> {
+    let key = format!(
+        "{}|{}|{:?}|{}x{}|nnz {}|batch {}|{}",
+        ctx.info.name,
+        ctx.info.driver_info,
+        ctx.info.backend,
+        s.in_dim,
+        s.out_dim,
+        s.nnz,
+        s.batch,
+        if first { "first" } else { "inner" }
+    );
+    let mut memo = MEMO
+        .lock()
+        .map_err(|_| RiglError::invalid("kernel timing cache poisoned"))?;
+    if memo.is_empty() {
+        *memo = load_disk();
+    }
+    if let Some(&t) = memo.get(&key) {
+        return Ok(t);
+    }
+    let (i, o, b) = (s.in_dim, s.out_dim, s.batch);
+    let init = init_layer(0, 0, &[i, o], s.nnz, WeightInit::GlorotUniform)?;
+    let idx = CsrIndex::from_mask(i, o, &init.mask)?;
+    let fill = |len: usize| vec![0.5f32; len];
+    let idx_t = Tensor::from_u32(ctx, "timing index", &idx.to_words())?;
+    let vals = Tensor::from_f32(ctx, "timing values", &idx.gather(&init.weights))?;
+    let w = Tensor::from_f32(ctx, "timing weights", &init.weights)?;
+    let mask = Tensor::from_f32(ctx, "timing mask", &init.mask)?;
+    let x = Tensor::from_f32(ctx, "timing input", &fill(i * b))?;
+    let d = Tensor::from_f32(ctx, "timing output gradient", &fill(o * b))?;
+    let y = Tensor::zeros(ctx, "timing output", o * b)?;
+    let dx = Tensor::zeros(ctx, "timing input gradient", i * b)?;
+    let g = Tensor::zeros(ctx, "timing gradient", s.nnz)?;
+    let gd = Tensor::zeros(ctx, "timing dense gradient", i * o)?;
+    let mut sparse_ops = vec![
+        spmm::spmm(ctx, s, &idx_t, &vals, &x, &y, true)?,
+        spmm::sddmm(ctx, s, &idx_t, &x, &d, &g)?,
+    ];
+    if !first {
+        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &vals, &d, &dx, false)?);
+    }
+    let variant = gemm::choose_variant(ctx)?;
+    let op = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
+        GemmOp::new(ctx, shape, variant.resolve(ctx, &shape), a, bm, c, m, false)
+            .map(|g| g.dispatch)
+    };
+    let mut masked_ops = vec![
+        op(
+            GemmShape {
+                m: o,
+                n: b,
+                k: i,
+                trans_a: true,
+                trans_b: false,
+            },
+            &w,
+            &x,
+            &y,
+            Some(&mask),
+        )?,
+        op(
+            GemmShape {
+                m: i,
+                n: o,
+                k: b,
+                trans_a: false,
+                trans_b: true,
+            },
+            &x,
+            &d,
+            &gd,
+            None,
+        )?,
+    ];
+    if !first {
+        masked_ops.push(op(GemmShape::nn(i, b, o), &w, &d, &dx, Some(&mask))?);
+    }
+    let sp: Vec<_> = sparse_ops.iter().collect();
+    let ms: Vec<_> = masked_ops.iter().collect();
+    let (sparse_ms, _) = profile::time_ops(ctx, &sp, 1, 3, false)?;
+    let (masked_ms, _) = profile::time_ops(ctx, &ms, 1, 3, false)?;
+    memo.insert(key, (sparse_ms, masked_ms));
+    save_disk(&memo);
+    Ok((sparse_ms, masked_ms))
+}
+
+/// Decides the kernels of a model of layer widths `sizes` with `active` weights per layer.
+/// `method_ok` is false for methods the sparse path does not run (dense, SNFS, pruning), with
+/// `why` naming the reason.
+pub fn decide(
+    ctx: &GpuContext,
+    choice: KernelChoice,
+    sizes: &[usize],
+    active: &[usize],
+    batch: usize,
+    method_ok: std::result::Result<(), String>,
+) -> Result<Decision> {
+    let unsupported = method_ok
+        .and_then(|()| spmm::support(ctx))
+        .and_then(|()| {
+            if spmm::batch_supported(batch) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "batch {batch} is not a multiple of 4 (the sparse kernels load 4 samples at once)"
+                ))
+            }
+        })
+        .err();
+    match (choice, unsupported) {
+        (KernelChoice::Masked, _) => Ok(Decision {
+            kernels: "masked",
+            reason: "--kernels masked".into(),
+            layers: vec![],
+        }),
+        (KernelChoice::Sparse, Some(why)) => Err(RiglError::invalid(format!(
+            "--kernels sparse is not available: {why}"
+        ))),
+        (KernelChoice::Sparse, None) => Ok(Decision {
+            kernels: "sparse",
+            reason: "--kernels sparse".into(),
+            layers: vec![],
+        }),
+        (KernelChoice::Auto, Some(why)) => Ok(Decision {
+            kernels: "masked",
+            reason: format!("auto: {why}"),
+            layers: vec![],
+        }),
+        (KernelChoice::Auto, None) => {
+            let mut layers = Vec::new();
+            for l in 0..sizes.len() - 1 {
+                let s = SparseShape {
+                    in_dim: sizes[l],
+                    out_dim: sizes[l + 1],
+                    nnz: active[l],
+                    batch,
+                };
+                let (sparse_ms, masked_ms) = time_layer(ctx, s, l == 0)?;
+                layers.push(LayerTiming {
+                    name: format!("fc{}", l + 1),
+                    sparse_ms,
+                    masked_ms,
+                });
+            }
+            let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
+            let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
+            let kernels = if sparse < masked { "sparse" } else { "masked" };
+            Ok(Decision {
+                kernels,
+                reason: format!(
+                    "auto: the layers' products take {sparse:.2} ms sparse, {masked:.2} ms masked on this adapter"
+                ),
+                layers,
+            })
+        }
+    }
+}

@@ -1,0 +1,836 @@
+//! The MLP of [`crate::nn::mlp`] with compressed sparse layers: every layer keeps only its active
+//! weights (values, momentum and gradient per slot, plus the index of [`crate::sparse::csr`]), so
+//! memory and the work of a step scale with the density.
+//!
+//! ```text
+//! forward   z_l = SpMM(W_l, a_{l-1}) + b_l                      (shaders/spmm.wgsl)
+//! backward  dW_l = SDDMM(a_{l-1}, d_l) at the slots only        (shaders/sddmm.wgsl)
+//!           d_{l-1} = SpMMᵀ(W_l, d_l) through the input rows
+//! update    SGD with momentum over the slots
+//! ```
+//! A mask update (RigL, SET) runs on the GPU without reading weights back: the drop phase selects
+//! over the compressed values of all layers at once; then, one layer at a time, the dense gradient
+//! of that layer (RigL only) is computed into one scratch sized for the largest layer, the grow
+//! phase selects over it, and the layer's slots and both indexes are rebuilt
+//! (`shaders/csr.wgsl`). Masks are the same as the masked-dense path's, bit for bit.
+
+use crate::data::PAD_LABEL;
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::{self, Dispatch, SgdConfig};
+use crate::gpu::spmm::{self, RebuildBuffers, SparseShape};
+use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
+use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
+use crate::nn::ModelState;
+use crate::sparse::csr::CsrIndex;
+use crate::sparse::update::{GrowRule, LayerCounts, LayerPlacement, MaskUpdater};
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Where one compressed layer lives in the model's flat buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparseLayer {
+    /// Layer name.
+    pub name: String,
+    /// Shape and active count (batch of the model).
+    pub shape: SparseShape,
+    /// First slot in the flat value, momentum and gradient buffers.
+    pub slot_offset: usize,
+    /// First word of the layer's index in the flat index buffer.
+    pub index_offset: usize,
+    /// First word of the layer's statistics block (new connections, ever-active bitmap).
+    pub stats_offset: usize,
+}
+
+/// GPU bytes of a model's trainable state, by part (biases excluded: dense in every form).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MemoryReport {
+    /// Per layer: (name, bytes of weights + gradients + momentum + index).
+    pub layers: Vec<(String, u64)>,
+    /// Weights, gradients, momentum and index of all layers (biases excluded).
+    pub weights_grads_momentum: u64,
+    /// Scratch used only at mask updates (dense gradient and flags of the largest layer, rebuild
+    /// buffers, ever-active bitmaps).
+    pub update_scratch: u64,
+}
+
+/// The compressed sparse model on the GPU with every dispatch of a step and of a mask update
+/// prebuilt.
+#[derive(Debug)]
+pub struct SparseMlp {
+    /// Configuration it was built with (`masked` is ignored: layers are always sparse).
+    pub cfg: MlpConfig,
+    /// The compressed layers.
+    pub layers: Vec<SparseLayer>,
+    /// Offsets of each layer's bias in the flat bias buffers.
+    pub bias_offsets: Vec<usize>,
+    /// Values per slot.
+    pub vals: Tensor,
+    /// Momentum per slot.
+    pub mom: Tensor,
+    /// Gradient per slot (SDDMM).
+    pub grad: Tensor,
+    /// Index words of every layer.
+    pub index: Tensor,
+    /// Per layer: new-connection counter and ever-active bitmap.
+    pub stats: Tensor,
+    /// Flat biases.
+    pub bias: Tensor,
+    /// Flat bias momentum.
+    pub bmom: Tensor,
+    /// Flat bias gradient.
+    pub bgrad: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    sums: Tensor,
+    acts: Vec<Tensor>,
+    fwd: Vec<Dispatch>,
+    xent: Dispatch,
+    reduce: Dispatch,
+    bwd: Vec<Dispatch>,
+    sgd_w: Dispatch,
+    sgd_b: Dispatch,
+    drop: MaskUpdater,
+    grows: Vec<MaskUpdater>,
+    dense_grad: Vec<Dispatch>,
+    rebuild: Vec<(Vec<Dispatch>, Vec<Dispatch>)>,
+    regrad: Vec<Dispatch>,
+    total_slots: usize,
+    total_b: usize,
+    pub(crate) memory: MemoryReport,
+}
+
+impl SparseMlp {
+    /// Allocates every buffer and builds every dispatch; `active[l]` is layer l's fixed active
+    /// count. `seed` keys SET's random grow stream (as in the masked path).
+    pub fn new(ctx: &GpuContext, cfg: MlpConfig, active: &[usize], seed: u32) -> Result<Self> {
+        spmm::support(ctx).map_err(RiglError::invalid)?;
+        if cfg.sizes.len() < 2 || cfg.sizes.contains(&0) {
+            return Err(RiglError::invalid(format!(
+                "an MLP needs at least an input and an output width, all positive (got {:?})",
+                cfg.sizes
+            )));
+        }
+        if !spmm::batch_supported(cfg.batch) {
+            return Err(RiglError::invalid(format!(
+                "the sparse kernels need a batch that is a multiple of 4 (got {})",
+                cfg.batch
+            )));
+        }
+        let n_layers = cfg.sizes.len() - 1;
+        if active.len() != n_layers {
+            return Err(RiglError::invalid(format!(
+                "{} active counts for {n_layers} layers",
+                active.len()
+            )));
+        }
+        let names = layer_names(n_layers);
+        let b = cfg.batch;
+        let mut layers = Vec::new();
+        let mut bias_offsets = Vec::new();
+        let (mut so, mut io, mut to, mut bo) = (0usize, 0usize, 0usize, 0usize);
+        let (mut n_max, mut rb_max) = (1usize, 1usize);
+        for (l, name) in names.iter().enumerate() {
+            let (in_dim, out_dim) = (cfg.sizes[l], cfg.sizes[l + 1]);
+            let n = in_dim * out_dim;
+            if active[l] == 0 || active[l] > n {
+                return Err(RiglError::invalid(format!(
+                    "layer {name}: {} active weights of {n} (need 1 to {n})",
+                    active[l]
+                )));
+            }
+            if n > u32::MAX as usize / 2 {
+                return Err(RiglError::invalid(format!("layer {name} is too large")));
+            }
+            let shape = SparseShape {
+                in_dim,
+                out_dim,
+                nnz: active[l],
+                batch: b,
+            };
+            layers.push(SparseLayer {
+                name: name.clone(),
+                shape,
+                slot_offset: so,
+                index_offset: io,
+                stats_offset: to,
+            });
+            bias_offsets.push(bo);
+            so += align(active[l]);
+            io += align(CsrIndex::words_len(in_dim, out_dim, active[l]));
+            to += align(spmm::stats_len(in_dim, out_dim));
+            bo += align(out_dim);
+            n_max = n_max.max(n);
+            rb_max = rb_max.max(spmm::rebuild_scratch_len(in_dim, active[l]));
+        }
+        let (total_slots, total_b) = (so, bo);
+        let t = |label: &str, len: usize| Tensor::zeros(ctx, label, len);
+        let vals = t("sparse weights", total_slots)?;
+        let mom = t("sparse momentum", total_slots)?;
+        let grad = t("sparse gradients", total_slots)?;
+        let index = t("sparse index", io)?;
+        let stats = t("sparse layer stats", to)?;
+        let bias = t("biases", total_b)?;
+        let bmom = t("bias momentum", total_b)?;
+        let bgrad = t("bias gradients", total_b)?;
+        let x = t("input batch", cfg.sizes[0] * b)?;
+        let labels = t("labels", b)?;
+        let loss_stats = t("loss stats", 2 * b)?;
+        let sums = t("loss sums", 2)?;
+        let g_scratch = t("dense gradient scratch", n_max)?;
+        let gsel = t("grow selection scratch", n_max)?;
+        let rb = t("index rebuild scratch", rb_max)?;
+        let mut acts = Vec::new();
+        let mut dacts = Vec::new();
+        for (l, name) in names.iter().enumerate() {
+            acts.push(t(&format!("{name} activations"), cfg.sizes[l + 1] * b)?);
+            dacts.push(t(
+                &format!("{name} activation gradients"),
+                cfg.sizes[l + 1] * b,
+            )?);
+        }
+        let lv = |tensor: &Tensor, ly: &SparseLayer, what: &str| {
+            tensor.slice(
+                ctx,
+                ly.slot_offset,
+                ly.shape.nnz,
+                &format!("{} {what}", ly.name),
+            )
+        };
+        let iv = |ly: &SparseLayer| {
+            index.slice(
+                ctx,
+                ly.index_offset,
+                CsrIndex::words_len(ly.shape.in_dim, ly.shape.out_dim, ly.shape.nnz),
+                &format!("{} index", ly.name),
+            )
+        };
+        let bview = |tensor: &Tensor, l: usize, what: &str| {
+            tensor.slice(
+                ctx,
+                bias_offsets[l],
+                cfg.sizes[l + 1],
+                &format!("{} {what}", names[l]),
+            )
+        };
+        let mut fwd = Vec::new();
+        for (l, ly) in layers.iter().enumerate() {
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            fwd.push(spmm::spmm(
+                ctx,
+                ly.shape,
+                &iv(ly)?,
+                &lv(&vals, ly, "weights")?,
+                input,
+                &acts[l],
+                true,
+            )?);
+            fwd.push(ops::bias_act(
+                ctx,
+                &bview(&bias, l, "bias")?,
+                &acts[l],
+                ly.shape.out_dim,
+                b,
+                l + 1 < n_layers,
+            )?);
+        }
+        let classes = cfg.sizes[n_layers];
+        let xent = ops::softmax_xent(
+            ctx,
+            &acts[n_layers - 1],
+            &labels,
+            &dacts[n_layers - 1],
+            &loss_stats,
+            classes,
+            b,
+            cfg.label_smoothing,
+            1.0 / b as f32,
+        )?;
+        let reduce = ops::segment_sum(ctx, &loss_stats, &sums, 2, b, true)?;
+        let mut bwd = Vec::new();
+        for l in (0..n_layers).rev() {
+            let ly = &layers[l];
+            let fout = ly.shape.out_dim;
+            if l + 1 < n_layers {
+                bwd.push(ops::relu_bwd(ctx, &acts[l], &dacts[l], fout * b)?);
+            }
+            bwd.push(ops::segment_sum(
+                ctx,
+                &dacts[l],
+                &bview(&bgrad, l, "bias gradient")?,
+                fout,
+                b,
+                false,
+            )?);
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            bwd.push(spmm::sddmm(
+                ctx,
+                ly.shape,
+                &iv(ly)?,
+                input,
+                &dacts[l],
+                &lv(&grad, ly, "gradient")?,
+            )?);
+            if l > 0 {
+                bwd.push(spmm::spmm(
+                    ctx,
+                    ly.shape,
+                    &iv(ly)?,
+                    &lv(&vals, ly, "weights")?,
+                    &dacts[l],
+                    &dacts[l - 1],
+                    false,
+                )?);
+            }
+        }
+        let sgd_w = ops::sgd(ctx, &grad, &vals, &mom, None, total_slots, cfg.sgd)?;
+        let bias_sgd = SgdConfig {
+            weight_decay: 0.0,
+            ..cfg.sgd
+        };
+        let sgd_b = ops::sgd(ctx, &bgrad, &bias, &bmom, None, total_b, bias_sgd)?;
+
+        // Mask update: drop over the values of all layers, then grow and rebuild per layer.
+        let drop = MaskUpdater::for_compressed_drop(
+            ctx,
+            layers
+                .iter()
+                .enumerate()
+                .map(|(l, ly)| LayerPlacement {
+                    name: ly.name.clone(),
+                    offset: ly.slot_offset,
+                    n: ly.shape.nnz,
+                    id: l as u32,
+                })
+                .collect(),
+            &vals,
+            seed,
+        )?;
+        let variant = cfg.gemm;
+        let mut grows = Vec::new();
+        let mut dense_grad = Vec::new();
+        let mut rebuild = Vec::new();
+        let mut regrad = Vec::new();
+        for (l, ly) in layers.iter().enumerate() {
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            regrad.push(spmm::sddmm(
+                ctx,
+                ly.shape,
+                &iv(ly)?,
+                input,
+                &dacts[l],
+                &lv(&grad, ly, "gradient")?,
+            )?);
+            let n = ly.shape.in_dim * ly.shape.out_dim;
+            let g = g_scratch.slice(ctx, 0, n, &format!("{} dense gradient", ly.name))?;
+            grows.push(MaskUpdater::for_dense_grow(
+                ctx,
+                LayerPlacement {
+                    name: ly.name.clone(),
+                    offset: 0,
+                    n,
+                    id: l as u32,
+                },
+                &g,
+                &gsel,
+                seed,
+            )?);
+            let shape = GemmShape {
+                m: ly.shape.in_dim,
+                n: ly.shape.out_dim,
+                k: b,
+                trans_a: false,
+                trans_b: true,
+            };
+            let v = variant.resolve(ctx, &shape);
+            dense_grad
+                .push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);
+            let dropsel = drop.selection().slice(
+                ctx,
+                ly.slot_offset,
+                ly.shape.nnz,
+                &format!("{} drop selection", ly.name),
+            )?;
+            let st = stats.slice(
+                ctx,
+                ly.stats_offset,
+                spmm::stats_len(ly.shape.in_dim, ly.shape.out_dim),
+                &format!("{} stats", ly.name),
+            )?;
+            rebuild.push(spmm::rebuild(
+                ctx,
+                ly.shape,
+                &RebuildBuffers {
+                    gsel: &gsel,
+                    idx: &iv(ly)?,
+                    vals: &lv(&vals, ly, "weights")?,
+                    mom: &lv(&mom, ly, "momentum")?,
+                    scratch: &rb,
+                    dropsel: &dropsel,
+                    stats: &st,
+                },
+            )?);
+        }
+        let memory = MemoryReport {
+            layers: layers
+                .iter()
+                .map(|ly| {
+                    let words = 3 * ly.shape.nnz
+                        + CsrIndex::words_len(ly.shape.in_dim, ly.shape.out_dim, ly.shape.nnz);
+                    (ly.name.clone(), 4 * words as u64)
+                })
+                .collect(),
+            weights_grads_momentum: 4 * (3 * total_slots + io) as u64,
+            update_scratch: 4 * (2 * n_max + rb_max + to) as u64 + drop.selection().bytes(),
+        };
+        Ok(SparseMlp {
+            cfg,
+            layers,
+            bias_offsets,
+            vals,
+            mom,
+            grad,
+            index,
+            stats,
+            bias,
+            bmom,
+            bgrad,
+            x,
+            labels,
+            sums,
+            acts,
+            fwd,
+            xent,
+            reduce,
+            bwd,
+            sgd_w,
+            sgd_b,
+            drop,
+            grows,
+            dense_grad,
+            rebuild,
+            regrad,
+            total_slots,
+            total_b,
+            memory,
+        })
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Uploads weights, masks and biases (dense per layer, `[in, out]`); each mask must have the
+    /// layer's active count. Momentum is reset; the ever-active map starts as the mask.
+    pub fn load(
+        &self,
+        ctx: &GpuContext,
+        weights: &[Vec<f32>],
+        masks: &[Vec<f32>],
+        biases: &[Vec<f32>],
+    ) -> Result<()> {
+        let n_layers = self.n_layers();
+        if weights.len() != n_layers || masks.len() != n_layers || biases.len() != n_layers {
+            return Err(RiglError::invalid(format!(
+                "model has {n_layers} layers; got {} weight, {} mask and {} bias arrays",
+                weights.len(),
+                masks.len(),
+                biases.len()
+            )));
+        }
+        let mut vals = vec![0.0f32; self.total_slots];
+        let mut idx = vec![0u32; self.index.len];
+        let mut stats = vec![0u32; self.stats.len];
+        let mut b = vec![0.0f32; self.total_b];
+        for (l, ly) in self.layers.iter().enumerate() {
+            let s = ly.shape;
+            let n = s.in_dim * s.out_dim;
+            if weights[l].len() != n || masks[l].len() != n {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: {} weights and {} mask values, expected {n}",
+                    ly.name,
+                    weights[l].len(),
+                    masks[l].len()
+                )));
+            }
+            if let Some((i, &v)) = masks[l]
+                .iter()
+                .enumerate()
+                .find(|(_, &v)| v != 0.0 && v != 1.0)
+            {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: mask[{i}] = {v}, expected 0 or 1",
+                    ly.name
+                )));
+            }
+            let ci = CsrIndex::from_mask(s.in_dim, s.out_dim, &masks[l])?;
+            if ci.nnz() != s.nnz {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: the mask has {} active weights, the sparse layer holds {}",
+                    ly.name,
+                    ci.nnz(),
+                    s.nnz
+                )));
+            }
+            if biases[l].len() != s.out_dim {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: {} biases, expected {}",
+                    ly.name,
+                    biases[l].len(),
+                    s.out_dim
+                )));
+            }
+            vals[ly.slot_offset..ly.slot_offset + s.nnz].copy_from_slice(&ci.gather(&weights[l]));
+            let words = ci.to_words();
+            idx[ly.index_offset..ly.index_offset + words.len()].copy_from_slice(&words);
+            for &q in &ci.pos {
+                stats[ly.stats_offset + 64 + q as usize / 32] |= 1 << (q % 32);
+            }
+            b[self.bias_offsets[l]..self.bias_offsets[l] + s.out_dim].copy_from_slice(&biases[l]);
+        }
+        self.vals.write_f32(ctx, &vals)?;
+        ctx.queue.write_buffer(
+            &self.index.buffer,
+            self.index.offset,
+            bytemuck::cast_slice(&idx),
+        );
+        ctx.queue.write_buffer(
+            &self.stats.buffer,
+            self.stats.offset,
+            bytemuck::cast_slice(&stats),
+        );
+        self.bias.write_f32(ctx, &b)?;
+        self.mom.write_f32(ctx, &vec![0.0; self.total_slots])?;
+        self.bmom.write_f32(ctx, &vec![0.0; self.total_b])?;
+        self.reset_sums(ctx)
+    }
+
+    /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]` (see
+    /// [`crate::nn::Mlp::set_batch`]).
+    pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
+        if labels.len() != self.cfg.batch {
+            return Err(RiglError::invalid(format!(
+                "{} labels for a batch of {}",
+                labels.len(),
+                self.cfg.batch
+            )));
+        }
+        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= classes && l != PAD_LABEL)
+        {
+            return Err(RiglError::invalid(format!(
+                "label {l} of sample {i} is not below the class count {classes}"
+            )));
+        }
+        self.x.write_f32(ctx, x)?;
+        ctx.queue.write_buffer(
+            &self.labels.buffer,
+            self.labels.offset,
+            bytemuck::cast_slice(labels),
+        );
+        Ok(())
+    }
+
+    /// Only the first `valid` samples of the batch count in the loss and its gradient.
+    pub fn set_valid(&self, ctx: &GpuContext, valid: usize) {
+        let classes = self.cfg.sizes[self.n_layers()];
+        let valid = valid.clamp(1, self.cfg.batch);
+        ops::set_xent_valid(
+            ctx,
+            &self.xent,
+            classes,
+            self.cfg.batch,
+            valid,
+            self.cfg.label_smoothing,
+            1.0 / valid as f32,
+        );
+    }
+
+    /// Sets the optimizer's hyper-parameters.
+    pub fn set_sgd(&self, ctx: &GpuContext, sgd: SgdConfig) {
+        ops::set_sgd(ctx, &self.sgd_w, self.total_slots, sgd);
+        let b = SgdConfig {
+            weight_decay: 0.0,
+            ..sgd
+        };
+        ops::set_sgd(ctx, &self.sgd_b, self.total_b, b);
+    }
+
+    /// Forward pass and loss (adds to the running sums).
+    pub fn forward_ops(&self) -> Vec<&Dispatch> {
+        let mut v: Vec<&Dispatch> = self.fwd.iter().collect();
+        v.push(&self.xent);
+        v.push(&self.reduce);
+        v
+    }
+
+    /// Backward pass: bias gradients, weight gradients at the slots, input gradients.
+    pub fn backward_ops(&self) -> Vec<&Dispatch> {
+        self.bwd.iter().collect()
+    }
+
+    /// Optimizer step on the slots and the biases.
+    pub fn sgd_ops(&self) -> Vec<&Dispatch> {
+        vec![&self.sgd_w, &self.sgd_b]
+    }
+
+    /// Writes the per-layer counts of a mask update at `step` (before [`Self::update_ops`]).
+    pub fn prepare_update(
+        &self,
+        ctx: &GpuContext,
+        step: u32,
+        counts: &[LayerCounts],
+    ) -> Result<()> {
+        if counts.len() != self.n_layers() {
+            return Err(RiglError::invalid(format!(
+                "mask update: {} layer counts for {} layers",
+                counts.len(),
+                self.n_layers()
+            )));
+        }
+        for (ly, c) in self.layers.iter().zip(counts) {
+            if c.k_keep + c.k_grow != ly.shape.nnz {
+                return Err(RiglError::invalid(format!(
+                    "mask update of sparse layer {}: keeping {} and growing {} must give its {} \
+                     active weights",
+                    ly.name, c.k_keep, c.k_grow, ly.shape.nnz
+                )));
+            }
+        }
+        self.drop.prepare(ctx, step, counts)?;
+        for (g, c) in self.grows.iter().zip(counts) {
+            g.prepare(ctx, step, std::slice::from_ref(c))?;
+        }
+        Ok(())
+    }
+
+    /// The dispatches of one mask update (after a backward pass on the update's batch, which the
+    /// RigL grow score needs): drop over all layers, then per layer the dense gradient (RigL),
+    /// the grow selection and the index rebuild; last, the gradients of the new slots from the
+    /// same batch (what the masked path's dense gradient holds at the new mask, so an optimizer
+    /// step after the update, as SET takes, moves the same weights). `rule` is `Score` (RigL) or
+    /// `Random` (SET).
+    pub fn update_ops(&self, rule: GrowRule) -> Result<Vec<&Dispatch>> {
+        if rule == GrowRule::None {
+            return Err(RiglError::invalid(
+                "the sparse layers keep a fixed active count: pruning runs on the masked path",
+            ));
+        }
+        let mut v = self.drop.drop_dispatches();
+        for l in 0..self.n_layers() {
+            if rule == GrowRule::Score {
+                v.push(&self.dense_grad[l]);
+            }
+            v.extend(self.rebuild[l].0.iter());
+            v.extend(self.grows[l].grow_dispatches(rule));
+            v.extend(self.rebuild[l].1.iter());
+        }
+        v.extend(self.regrad.iter());
+        Ok(v)
+    }
+
+    /// New connections per layer made by the last mask update.
+    pub fn read_new_connections(&self, ctx: &GpuContext) -> Result<Vec<usize>> {
+        let all = self.stats.read_u32(ctx)?;
+        Ok(self
+            .layers
+            .iter()
+            .map(|ly| all[ly.stats_offset] as usize)
+            .collect())
+    }
+
+    /// Weights that were active at some point, per layer.
+    pub fn ever_active(&self, ctx: &GpuContext) -> Result<Vec<usize>> {
+        let all = self.stats.read_u32(ctx)?;
+        Ok(self
+            .layers
+            .iter()
+            .map(|ly| {
+                let words = (ly.shape.in_dim * ly.shape.out_dim).div_ceil(32);
+                all[ly.stats_offset + 64..ly.stats_offset + 64 + words]
+                    .iter()
+                    .map(|w| w.count_ones() as usize)
+                    .sum()
+            })
+            .collect())
+    }
+
+    /// Reads every layer's index back.
+    pub fn read_indexes(&self, ctx: &GpuContext) -> Result<Vec<CsrIndex>> {
+        let all = self.index.read_u32(ctx)?;
+        self.layers
+            .iter()
+            .map(|ly| {
+                CsrIndex::from_words(
+                    ly.shape.in_dim,
+                    ly.shape.out_dim,
+                    ly.shape.nnz,
+                    &all[ly.index_offset..],
+                )
+            })
+            .collect()
+    }
+
+    /// Reads a per-slot tensor (values, momentum, gradient) back as dense `[in, out]` per layer.
+    pub fn read_dense(&self, ctx: &GpuContext, t: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let idx = self.read_indexes(ctx)?;
+        let all = t.read_f32(ctx)?;
+        Ok(self
+            .layers
+            .iter()
+            .zip(&idx)
+            .map(|(ly, ci)| ci.scatter(&all[ly.slot_offset..ly.slot_offset + ly.shape.nnz]))
+            .collect())
+    }
+
+    /// Reads the masks back, dense `[in, out]` per layer.
+    pub fn read_masks(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        Ok(self.read_indexes(ctx)?.iter().map(|ci| ci.mask()).collect())
+    }
+
+    /// Reads the biases back, per layer.
+    pub fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        let all = self.bias.read_f32(ctx)?;
+        Ok(self
+            .bias_offsets
+            .iter()
+            .enumerate()
+            .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
+            .collect())
+    }
+
+    /// Resets the running loss sums.
+    pub fn reset_sums(&self, ctx: &GpuContext) -> Result<()> {
+        self.sums.write_f32(ctx, &[0.0, 0.0])
+    }
+
+    /// Reads (loss sum, correct count) accumulated since the last reset.
+    pub fn read_sums(&self, ctx: &GpuContext) -> Result<(f64, f64)> {
+        let s = self.sums.read_f32(ctx)?;
+        Ok((f64::from(s[0]), f64::from(s[1])))
+    }
+
+    /// The logits of the last forward pass, `[classes, batch]`.
+    pub fn logits(&self) -> &Tensor {
+        &self.acts[self.n_layers() - 1]
+    }
+
+    /// Reads the whole training state back, dense `[in, out]` per layer (the EMA is zero: the
+    /// sparse path does not run SNFS). [`SparseMlp::load_state`] of it restores the GPU exactly:
+    /// the index is rebuilt from the mask in the same canonical order the update writes.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        let idx = self.read_indexes(ctx)?;
+        let vals = self.vals.read_f32(ctx)?;
+        let mom = self.mom.read_f32(ctx)?;
+        let stats = self.stats.read_u32(ctx)?;
+        let sums = self.sums.read_f32(ctx)?;
+        let dense = |all: &[f32]| -> Vec<Vec<f32>> {
+            self.layers
+                .iter()
+                .zip(&idx)
+                .map(|(ly, ci)| ci.scatter(&all[ly.slot_offset..ly.slot_offset + ly.shape.nnz]))
+                .collect()
+        };
+        let ever = self
+            .layers
+            .iter()
+            .map(|ly| {
+                let n = ly.shape.in_dim * ly.shape.out_dim;
+                let bits = &stats[ly.stats_offset + 64..];
+                (0..n)
+                    .map(|q| f32::from((bits[q / 32] >> (q % 32)) & 1 == 1))
+                    .collect()
+            })
+            .collect();
+        let per_bias = |all: Vec<f32>| -> Vec<Vec<f32>> {
+            self.bias_offsets
+                .iter()
+                .enumerate()
+                .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
+                .collect()
+        };
+        Ok(ModelState {
+            weights: dense(&vals),
+            masks: idx.iter().map(|ci| ci.mask()).collect(),
+            momentum: dense(&mom),
+            biases: per_bias(self.bias.read_f32(ctx)?),
+            bias_momentum: per_bias(self.bmom.read_f32(ctx)?),
+            ema: self
+                .layers
+                .iter()
+                .map(|ly| vec![0.0; ly.shape.in_dim * ly.shape.out_dim])
+                .collect(),
+            ever,
+            loss_sums: [sums[0], sums[1]],
+        })
+    }
+
+    /// Restores a state read by [`SparseMlp::read_state`] (or by the masked-dense model's, for a
+    /// model of the same shape and active counts) bit for bit.
+    pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        self.load(ctx, &state.weights, &state.masks, &state.biases)?;
+        let n_layers = self.n_layers();
+        for (what, layers) in state.tensors() {
+            if layers.len() != n_layers {
+                return Err(RiglError::invalid(format!(
+                    "model state: {} {what} layers, the model has {n_layers}",
+                    layers.len()
+                )));
+            }
+        }
+        let mut mom = vec![0.0f32; self.total_slots];
+        let mut stats = vec![0u32; self.stats.len];
+        let mut bmom = vec![0.0f32; self.total_b];
+        for (l, ly) in self.layers.iter().enumerate() {
+            let (s, n) = (ly.shape, ly.shape.in_dim * ly.shape.out_dim);
+            if state.momentum[l].len() != n || state.ever[l].len() != n {
+                return Err(RiglError::invalid(format!(
+                    "model state: layer {} momentum or ever-active map is not {n} values",
+                    ly.name
+                )));
+            }
+            if state.bias_momentum[l].len() != s.out_dim {
+                return Err(RiglError::invalid(format!(
+                    "model state: layer {} has {} bias momenta, expected {}",
+                    ly.name,
+                    state.bias_momentum[l].len(),
+                    s.out_dim
+                )));
+            }
+            let ci = CsrIndex::from_mask(s.in_dim, s.out_dim, &state.masks[l])?;
+            mom[ly.slot_offset..ly.slot_offset + s.nnz]
+                .copy_from_slice(&ci.gather(&state.momentum[l]));
+            for (q, &e) in state.ever[l].iter().enumerate() {
+                if e != 0.0 {
+                    stats[ly.stats_offset + 64 + q / 32] |= 1 << (q % 32);
+                }
+            }
+            bmom[self.bias_offsets[l]..self.bias_offsets[l] + s.out_dim]
+                .copy_from_slice(&state.bias_momentum[l]);
+        }
+        self.mom.write_f32(ctx, &mom)?;
+        ctx.queue.write_buffer(
+            &self.stats.buffer,
+            self.stats.offset,
+            bytemuck::cast_slice(&stats),
+        );
+        self.bmom.write_f32(ctx, &bmom)?;
+        self.sums.write_f32(ctx, &state.loss_sums)
+    }
+
+    /// Sets the running loss sums (loss sum, correct count), e.g. to undo a skipped batch.
+    pub fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        self.sums.write_f32(ctx, &sums)
+    }
+
+    /// Reads the running loss sums as the GPU holds them (f32).
+    pub fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        let s = self.sums.read_f32(ctx)?;
+        Ok([s[0], s[1]])
+    }
+}
