@@ -56,6 +56,16 @@ pub enum RiglError {
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
 
+    /// Training produced a non-finite loss or state; nothing after the last good checkpoint was
+    /// saved.
+    #[error("training stopped at step {step}: {message}")]
+    NonFinite {
+        /// Steps done when it was detected.
+        step: u64,
+        /// What was non-finite, where, and which checkpoint is the last good one.
+        message: String,
+    },
+
     /// Arguments given by a caller are inconsistent (shapes, sizes, ranges).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

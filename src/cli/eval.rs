@@ -1,20 +1,22 @@
 //! `rigl eval`: test accuracy of a saved model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use rigl::gpu::ops::SgdConfig;
 use rigl::gpu::{gemm, GpuContext};
 use rigl::nn::{Mlp, MlpConfig};
 use rigl::sparse::init::count_active;
-use rigl::train::model_file;
+use rigl::train::checkpoint::{self, Checkpoint};
+use rigl::train::model_file::{self, ModelFile};
 
 use super::train::load_data;
 use super::{CliError, CliResult};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A model file (model.safetensors) or a run directory holding one.
+    /// A model file (model.safetensors), a training checkpoint (ckpt-*.safetensors), or a run
+    /// directory: its model.safetensors, else (a stopped run) its newest good checkpoint.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Data to evaluate on, as for `rigl train` (default: the data the model was trained on).
@@ -31,13 +33,41 @@ pub struct EvalArgs {
     json: bool,
 }
 
-pub fn run(args: EvalArgs) -> CliResult {
-    let path = if args.checkpoint.is_dir() {
-        args.checkpoint.join("model.safetensors")
-    } else {
-        args.checkpoint.clone()
+/// Reads a model file, or the weights of a checkpoint (verifying its checksum).
+fn read_model(arg: &Path) -> Result<(PathBuf, ModelFile), CliError> {
+    let from_checkpoint = |ck: Checkpoint| {
+        let file = ModelFile {
+            sizes: ck.sizes,
+            weights: ck.model.weights,
+            masks: ck.model.masks,
+            biases: ck.model.biases,
+            config: Some(ck.config),
+        };
+        (ck.path, file)
     };
+    if arg.is_dir() && !arg.join("model.safetensors").is_file() {
+        let found = checkpoint::find(arg).map_err(CliError::usage)?;
+        for e in &found.skipped {
+            eprintln!("rigl: warning: skipping {e}");
+        }
+        return Ok(from_checkpoint(found.checkpoint));
+    }
+    let path = if arg.is_dir() {
+        arg.join("model.safetensors")
+    } else {
+        arg.to_path_buf()
+    };
+    if checkpoint::is_checkpoint(&path) {
+        return Ok(from_checkpoint(
+            checkpoint::read(&path).map_err(CliError::usage)?,
+        ));
+    }
     let file = model_file::read(&path).map_err(CliError::usage)?;
+    Ok((path, file))
+}
+
+pub fn run(args: EvalArgs) -> CliResult {
+    let (path, file) = read_model(&args.checkpoint)?;
     let mut cfg = file.config.clone().unwrap_or_default();
     if let Some(d) = &args.dataset {
         cfg.dataset = d.clone();

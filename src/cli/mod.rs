@@ -1,6 +1,7 @@
 //! Command-line front end: `train`, `eval`, `report`, `plan`, `mask-update`, `info`, `bench`.
-//! Errors print one line on stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O), 2 bad
-//! input (arguments, files).
+//! Errors print one line on stderr; exit codes: 0 success, 1 runtime failure (GPU, I/O,
+//! non-finite loss), 2 bad input (arguments, files, checkpoints), 130 stopped by a signal after
+//! writing a checkpoint.
 
 mod bench;
 mod bench_sparse;
@@ -76,6 +77,14 @@ impl CliError {
             err: anyhow::anyhow!("{msg}"),
         }
     }
+
+    /// Exit with `code`, the message already printed.
+    pub fn exit(code: i32) -> Self {
+        CliError {
+            code,
+            err: anyhow::anyhow!(""),
+        }
+    }
 }
 
 /// Result of a subcommand.
@@ -96,7 +105,10 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("rigl: error: {:#}", e.err);
+            let msg = format!("{:#}", e.err);
+            if !msg.is_empty() {
+                eprintln!("rigl: error: {msg}");
+            }
             e.code
         }
     }

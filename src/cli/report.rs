@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use plotters::prelude::*;
+use rigl::sparse::init::count_active;
+use rigl::train::checkpoint::{self, Checkpoint};
 use rigl::train::TrainConfig;
 
 use super::{CliError, CliResult};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Run directories (each with metrics.jsonl and summary.json).
+    /// Run directories (each with metrics.jsonl and summary.json; a stopped run without
+    /// summary.json is summarised from its newest checkpoint), or checkpoint files (their run's
+    /// metrics up to the checkpoint's step).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
     /// Where to write the plot (SVG).
@@ -28,15 +32,75 @@ struct Run {
     eval: Vec<(f64, f64, f64)>,
 }
 
-fn load(dir: &Path) -> Result<Run, CliError> {
+/// A summary of a run that has none yet (it was stopped), from a checkpoint: the same keys as
+/// `summary.json`, as of the checkpoint's step.
+fn summary_of(ck: &Checkpoint) -> serde_json::Value {
+    let t = &ck.trainer;
+    let totals: Vec<usize> = ck.model.masks.iter().map(Vec::len).collect();
+    let total: usize = totals.iter().sum();
+    let active: usize = t.active.iter().sum();
+    let ever: usize = ck.model.ever.iter().map(|e| count_active(e)).sum();
+    let layers: Vec<serde_json::Value> = totals
+        .iter()
+        .zip(&t.active)
+        .map(|(n, a)| serde_json::json!({ "total": n, "active": a }))
+        .collect();
+    serde_json::json!({
+        "method": ck.config.method.as_str(),
+        "density": active as f64 / total.max(1) as f64,
+        "test_accuracy": t.last_eval_accuracy,
+        "final_train_loss": t.final_train_loss,
+        "train_flops_vs_dense": t.train_flops / t.dense_flops,
+        "inference_flops_vs_dense": active as f64 / total.max(1) as f64,
+        "itop_rate": ever as f64 / total.max(1) as f64,
+        "samples_per_sec": (t.step * ck.config.batch as u64) as f64 / t.train_seconds,
+        "steps": t.step,
+        "layers": layers,
+    })
+}
+
+fn load(arg: &Path) -> Result<Run, CliError> {
+    // A checkpoint file: its run's metrics up to its step, summarised from it.
+    let (dir, ckpt) = if arg.is_file() {
+        let ck = checkpoint::read(arg).map_err(CliError::usage)?;
+        (checkpoint::run_dir_of(arg), Some(ck))
+    } else {
+        (arg.to_path_buf(), None)
+    };
+    let dir = dir.as_path();
     let read = |name: &str| -> Result<String, CliError> {
         let p = dir.join(name);
         std::fs::read_to_string(&p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
     };
-    let summary: serde_json::Value = serde_json::from_str(&read("summary.json")?)
-        .map_err(|e| CliError::usage(format!("{}: {e}", dir.join("summary.json").display())))?;
-    let cfg: TrainConfig = toml::from_str(&read("config.toml")?)
-        .map_err(|e| CliError::usage(format!("{}: {e}", dir.join("config.toml").display())))?;
+    let ckpt = match ckpt {
+        Some(ck) => Some(ck),
+        None if !dir.join("summary.json").is_file() => {
+            let found = checkpoint::find(dir).map_err(|e| {
+                CliError::usage(format!(
+                    "{}: no summary.json, and no checkpoint to summarise ({e})",
+                    dir.display()
+                ))
+            })?;
+            Some(found.checkpoint)
+        }
+        None => None,
+    };
+    let max_step = ckpt
+        .as_ref()
+        .map_or(f64::INFINITY, |c| c.trainer.step as f64);
+    let (summary, cfg) = match &ckpt {
+        Some(ck) => (summary_of(ck), ck.config.clone()),
+        None => {
+            let summary: serde_json::Value =
+                serde_json::from_str(&read("summary.json")?).map_err(|e| {
+                    CliError::usage(format!("{}: {e}", dir.join("summary.json").display()))
+                })?;
+            let cfg: TrainConfig = toml::from_str(&read("config.toml")?).map_err(|e| {
+                CliError::usage(format!("{}: {e}", dir.join("config.toml").display()))
+            })?;
+            (summary, cfg)
+        }
+    };
     // Dense training FLOPs of one step: 3 × forward, 2 FLOPs per multiply-add, per sample.
     let f_dense: f64 = summary["layers"]
         .as_array()
@@ -55,6 +119,9 @@ fn load(dir: &Path) -> Result<Run, CliError> {
             ))
         })?;
         let step = v["step"].as_f64().unwrap_or(0.0);
+        if step > max_step {
+            continue;
+        }
         match v["kind"].as_str() {
             Some("train") => train.push((step, v["loss"].as_f64().unwrap_or(f64::NAN))),
             Some("eval") => eval.push((
@@ -65,13 +132,19 @@ fn load(dir: &Path) -> Result<Run, CliError> {
             _ => {}
         }
     }
-    let label = format!(
+    let mut label = format!(
         "{} {}",
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         summary["method"].as_str().unwrap_or("?")
     );
+    if let Some(ck) = &ckpt {
+        label.push_str(&format!(
+            " (step {} of {})",
+            ck.trainer.step, ck.trainer.total_steps
+        ));
+    }
     Ok(Run {
         label,
         summary,

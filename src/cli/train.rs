@@ -2,13 +2,19 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rigl::data::{DataSource, IdxFiles, SyntheticSpec};
 use rigl::gpu::GpuContext;
 use rigl::sparse::{Distribution, DropSchedule, Method};
-use rigl::train::{self, LrSchedule, MetricsLine, Progress, TrainConfig, TrainSummary};
+use rigl::train::checkpoint;
+use rigl::train::{
+    self, LrSchedule, MetricsLine, NanPolicy, Progress, RunEnd, RunOptions, TrainConfig,
+    TrainSummary,
+};
 
 use super::{CliError, CliResult};
 
@@ -126,14 +132,37 @@ pub struct TrainArgs {
     /// Steps between logged metrics (default 100).
     #[arg(long)]
     log_every: Option<u64>,
+    /// Continue a stopped run: its run directory (newest good checkpoint) or a checkpoint file.
+    /// Settings not given on the command line come from the checkpoint.
+    #[arg(long, value_name = "RUN_DIR_OR_FILE")]
+    resume: Option<PathBuf>,
+    /// Write a checkpoint every N steps (besides step 0 and the end of every epoch).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<u64>,
+    /// Checkpoints kept in RUN_DIR/checkpoints (default 3; the oldest are deleted).
+    #[arg(long, value_name = "K")]
+    keep_checkpoints: Option<usize>,
+    /// On a non-finite loss: stop (default; exit code 1, last good checkpoint kept) or skip the
+    /// batch (counted as nan_skips; every step then waits for its loss, which is slower). A
+    /// resumed run keeps the three checkpoint and NaN settings of the run unless given.
+    #[arg(long, value_name = "stop|skip")]
+    on_nan: Option<String>,
+    /// Testing: stop with a checkpoint once N steps are done, as Ctrl-C does.
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<u64>,
+    /// Testing: stall forever half-way through writing the checkpoint of step N.
+    #[arg(long, hide = true)]
+    test_stall_checkpoint_write: Option<u64>,
 }
 
 impl TrainArgs {
-    /// The effective configuration: `--config` (or defaults) overridden by the given flags.
-    pub fn config(&self) -> Result<TrainConfig, CliError> {
-        let mut c = match &self.config {
-            Some(p) => TrainConfig::from_toml_file(p).map_err(CliError::usage)?,
-            None => TrainConfig::default(),
+    /// The effective configuration: `--config`, else `base` (a resumed run's), else the defaults,
+    /// overridden by the given flags.
+    pub fn config_over(&self, base: Option<&TrainConfig>) -> Result<TrainConfig, CliError> {
+        let mut c = match (&self.config, base) {
+            (Some(p), _) => TrainConfig::from_toml_file(p).map_err(CliError::usage)?,
+            (None, Some(b)) => b.clone(),
+            (None, None) => TrainConfig::default(),
         };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
@@ -388,6 +417,28 @@ pub fn print_summary(s: &TrainSummary) {
     }
 }
 
+/// Exit code of a run stopped by a signal (or `--stop-after-steps`) after writing a checkpoint.
+pub const EXIT_STOPPED: i32 = 130;
+
+/// SIGINT/SIGTERM (Ctrl-C, Ctrl-Break on Windows): the first asks the trainer to finish the
+/// current step and write a checkpoint; a second one exits at once (the atomic checkpoint writes
+/// keep the previous checkpoint readable).
+fn install_stop_handler() -> Result<Arc<AtomicBool>, CliError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("rigl: stopping now, without a checkpoint of the current step");
+            std::process::exit(EXIT_STOPPED);
+        }
+        eprintln!(
+            "rigl: stopping after the current step with a checkpoint (again to quit at once)"
+        );
+    })
+    .map_err(|e| CliError::from(anyhow::anyhow!("installing the signal handler: {e}")))?;
+    Ok(flag)
+}
+
 /// Bytes as B, KiB or MiB.
 pub fn human_bytes(b: u64) -> String {
     if b >= 1 << 20 {
@@ -400,8 +451,34 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 pub fn run(args: TrainArgs) -> CliResult {
-    let cfg = args.config()?;
+    let found = match &args.resume {
+        Some(p) => Some(checkpoint::find(p).map_err(CliError::usage)?),
+        None => None,
+    };
+    if let Some(f) = &found {
+        for e in &f.skipped {
+            eprintln!("rigl: warning: skipping {e}");
+        }
+        if !f.skipped.is_empty() {
+            eprintln!(
+                "rigl: falling back to the newest good checkpoint, {}",
+                f.checkpoint.path.display()
+            );
+        }
+    }
+    let resume = found.map(|f| f.checkpoint);
+    let cfg = args.config_over(resume.as_ref().map(|c| &c.config))?;
     let data = load_data(&cfg)?;
+    if let Some(ck) = &resume {
+        let mut sizes = vec![data.train.features];
+        sizes.extend(&cfg.hidden);
+        sizes.push(data.train.classes);
+        let per_epoch = (data.train.n / cfg.batch.max(1)) as u64;
+        let soft = checkpoint::compare(ck, &cfg, &sizes, per_epoch).map_err(CliError::usage)?;
+        for d in soft {
+            eprintln!("rigl: warning: resuming with a changed setting, {d}: the run will differ from one never stopped");
+        }
+    }
     let ctx = GpuContext::new()?;
     if ctx.is_software() && !args.json {
         eprintln!(
@@ -409,18 +486,78 @@ pub fn run(args: TrainArgs) -> CliResult {
             ctx.info.name
         );
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.method.as_str()))
-    });
+    let out = match (&args.out, &resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(ck)) => checkpoint::run_dir_of(&ck.path),
+        (None, None) => {
+            PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.method.as_str()))
+        }
+    };
+    if let Some(ck) = &resume {
+        if ck.trainer.adapter != ctx.info.name {
+            eprintln!(
+                "rigl: warning: the checkpoint was written on '{}', this is '{}': results will differ in the last bits",
+                ck.trainer.adapter, ctx.info.name
+            );
+        }
+        if !args.json {
+            eprintln!(
+                "resuming {} from {} at step {} of {}",
+                out.display(),
+                ck.path.display(),
+                ck.trainer.step,
+                ck.trainer.total_steps
+            );
+        }
+        checkpoint::remove_stale_temporaries(&out)?;
+        for p in checkpoint::remove_newer(&out, ck.trainer.step)? {
+            eprintln!(
+                "rigl: removed {}, newer than the checkpoint resumed from",
+                p.display()
+            );
+        }
+    }
+    let before = resume.as_ref().map(|c| &c.trainer);
+    let on_nan = match &args.on_nan {
+        Some(p) => NanPolicy::parse(p)?,
+        None if before.is_some_and(|t| t.on_nan_skip) => NanPolicy::Skip,
+        None => NanPolicy::Stop,
+    };
+    let opts = RunOptions {
+        checkpoint_every: args
+            .checkpoint_every
+            .or(before.and_then(|t| t.checkpoint_every)),
+        keep_checkpoints: args
+            .keep_checkpoints
+            .or(before.map(|t| t.keep_checkpoints))
+            .unwrap_or(3),
+        resume,
+        on_nan,
+        stop: Some(install_stop_handler()?),
+        stop_after_steps: args.stop_after_steps,
+        stall_checkpoint_write: args.test_stall_checkpoint_write,
+    };
     let mut progress = CliProgress::new(args.json);
-    let summary = train::train(
+    let end = train::train_with(
         &ctx,
         &cfg,
         &data.train,
         &data.test,
         Some(&out),
         &mut progress,
+        &opts,
     )?;
+    let summary = match end {
+        RunEnd::Finished(s) => s,
+        RunEnd::Stopped { step, checkpoint } => {
+            let at = checkpoint.map_or_else(|| "-".to_string(), |p| p.display().to_string());
+            eprintln!(
+                "rigl: stopped after step {step}; checkpoint {at}\nresume with: rigl train --resume {}",
+                out.display()
+            );
+            return Err(CliError::exit(EXIT_STOPPED));
+        }
+    };
     if args.json {
         println!(
             "{}",

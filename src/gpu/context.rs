@@ -239,6 +239,25 @@ impl GpuContext {
         self.check_lost()
     }
 
+    /// Runs `f` inside validation and out-of-memory error scopes: a GPU error raised by what it
+    /// records or submits comes back as [`RiglError::Gpu`] naming `what`, instead of reaching
+    /// wgpu's uncaptured-error handler (which panics).
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(err) = v.or(o) {
+            return Err(RiglError::Gpu {
+                what: what.to_string(),
+                message: err.to_string(),
+            });
+        }
+        self.check_lost()?;
+        out
+    }
+
     /// Returns an error if the device has been lost.
     pub fn check_lost(&self) -> Result<()> {
         self.registry.check_lost()

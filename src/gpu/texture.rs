@@ -25,7 +25,7 @@ pub struct Texture {
 impl Texture {
     /// An uninitialised activation texture; `batch` must be a multiple of 4.
     pub fn new(ctx: &GpuContext, label: &str, rows: usize, batch: usize) -> Result<Self> {
-        if rows == 0 || batch == 0 || batch % 4 != 0 {
+        if rows == 0 || batch == 0 || !batch.is_multiple_of(4) {
             return Err(RiglError::invalid(format!(
                 "texture '{label}': {rows} rows of {batch} samples (need both positive, batch a \
                  multiple of 4)"
@@ -69,5 +69,5 @@ impl Texture {
 /// Whether activation textures of `rows` x `batch` fit this device.
 pub fn fits(ctx: &GpuContext, rows: usize, batch: usize) -> bool {
     let max = ctx.limits.max_texture_dimension_2d as usize;
-    batch % 4 == 0 && rows <= max && batch / 4 <= max
+    batch.is_multiple_of(4) && rows <= max && batch / 4 <= max
 }

@@ -20,6 +20,7 @@ use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::nn::ModelState;
 use crate::sparse::init::count_active;
 use crate::sparse::update::LayerPlacement;
 
@@ -461,13 +462,109 @@ impl Mlp {
 
     /// Reads the biases back, per layer.
     pub fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        let all = self.bias.read_f32(ctx)?;
+        self.read_bias_layers(ctx, &self.bias)
+    }
+
+    /// Reads a flat bias-layout tensor back, per layer.
+    fn read_bias_layers(&self, ctx: &GpuContext, t: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let all = t.read_f32(ctx)?;
         Ok(self
             .bias_offsets
             .iter()
             .enumerate()
             .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
             .collect())
+    }
+
+    /// Reads the whole training state back (waits for the GPU): everything a step reads from
+    /// the steps before it. [`Mlp::load_state`] of the result restores the GPU exactly.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        let sums = self.sums.read_f32(ctx)?;
+        Ok(ModelState {
+            weights: self.read_layers(ctx, &self.w)?,
+            masks: self.read_layers(ctx, &self.mask)?,
+            momentum: self.read_layers(ctx, &self.mom)?,
+            biases: self.read_bias_layers(ctx, &self.bias)?,
+            bias_momentum: self.read_bias_layers(ctx, &self.bmom)?,
+            ema: self.read_layers(ctx, &self.ema)?,
+            ever: self.read_layers(ctx, &self.ever)?,
+            loss_sums: [sums[0], sums[1]],
+        })
+    }
+
+    /// Restores a state read by [`Mlp::read_state`] (of a model of the same shape) bit for bit;
+    /// the alignment padding between layers is zero, as after [`Mlp::load`].
+    pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        let n_layers = self.n_layers();
+        let flat_w = |what: &str, layers: &Vec<Vec<f32>>| -> Result<Vec<f32>> {
+            if layers.len() != n_layers {
+                return Err(RiglError::invalid(format!(
+                    "model state: {} {what} layers, the model has {n_layers}",
+                    layers.len()
+                )));
+            }
+            let mut flat = vec![0.0f32; self.total_w];
+            for (p, v) in self.placements.iter().zip(layers) {
+                if v.len() != p.n {
+                    return Err(RiglError::invalid(format!(
+                        "model state: layer {} {what} has {} values, expected {}",
+                        p.name,
+                        v.len(),
+                        p.n
+                    )));
+                }
+                flat[p.offset..p.offset + p.n].copy_from_slice(v);
+            }
+            Ok(flat)
+        };
+        let flat_b = |what: &str, layers: &Vec<Vec<f32>>| -> Result<Vec<f32>> {
+            if layers.len() != n_layers {
+                return Err(RiglError::invalid(format!(
+                    "model state: {} {what} layers, the model has {n_layers}",
+                    layers.len()
+                )));
+            }
+            let mut flat = vec![0.0f32; self.total_b];
+            for (l, v) in layers.iter().enumerate() {
+                let (o, fout) = (self.bias_offsets[l], self.cfg.sizes[l + 1]);
+                if v.len() != fout {
+                    return Err(RiglError::invalid(format!(
+                        "model state: layer {} {what} has {} values, expected {fout}",
+                        self.placements[l].name,
+                        v.len()
+                    )));
+                }
+                flat[o..o + fout].copy_from_slice(v);
+            }
+            Ok(flat)
+        };
+        // Check every shape before writing anything.
+        let w = flat_w("weight", &state.weights)?;
+        let m = flat_w("mask", &state.masks)?;
+        let mom = flat_w("momentum", &state.momentum)?;
+        let ema = flat_w("ema", &state.ema)?;
+        let ever = flat_w("ever", &state.ever)?;
+        let b = flat_b("bias", &state.biases)?;
+        let bmom = flat_b("bias momentum", &state.bias_momentum)?;
+        self.w.write_f32(ctx, &w)?;
+        self.mask.write_f32(ctx, &m)?;
+        self.mom.write_f32(ctx, &mom)?;
+        self.ema.write_f32(ctx, &ema)?;
+        self.ever.write_f32(ctx, &ever)?;
+        self.bias.write_f32(ctx, &b)?;
+        self.bmom.write_f32(ctx, &bmom)?;
+        self.sums.write_f32(ctx, &state.loss_sums)
+    }
+
+    /// Sets the running loss sums (loss sum, correct count), e.g. to undo a skipped batch.
+    pub fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        self.sums.write_f32(ctx, &sums)
+    }
+
+    /// Reads the running loss sums as the GPU holds them (f32).
+    pub fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        let s = self.sums.read_f32(ctx)?;
+        Ok([s[0], s[1]])
     }
 
     /// Active weights per layer (reads the masks back).

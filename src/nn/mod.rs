@@ -1,15 +1,18 @@
 //! Networks: the multi-layer perceptron the trainer runs, in two storage forms with one interface
 //! ([`Network`]): masked-dense layers ([`Mlp`], every weight stored, a 0/1 mask applied in the
-//! products) and compressed sparse layers ([`SparseMlp`], only the active weights stored).
+//! products) and compressed sparse layers ([`SparseMlp`], only the active weights stored); and the
+//! state ([`ModelState`]) every model saves to and restores from checkpoints.
 
 pub mod choice;
 pub mod mlp;
 pub mod sparse_linear;
 pub mod sparse_mlp;
+pub mod state;
 
 pub use mlp::{Mlp, MlpConfig};
 pub use sparse_linear::{LinearIo, SparseLinear, SparseLinearConfig};
 pub use sparse_mlp::{MemoryReport, SparseMlp};
+pub use state::ModelState;
 
 use crate::error::Result;
 use crate::gpu::ops::{Dispatch, SgdConfig};
@@ -45,6 +48,14 @@ pub trait Network {
     fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>>;
     /// GPU bytes of the trainable state.
     fn memory(&self) -> MemoryReport;
+    /// Reads the whole training state back (checkpoints).
+    fn read_state(&self, ctx: &GpuContext) -> Result<ModelState>;
+    /// Restores a state from [`Network::read_state`] bit for bit (resume).
+    fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()>;
+    /// Sets the running loss sums (undoing a skipped batch).
+    fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()>;
+    /// Reads the running loss sums as the GPU holds them.
+    fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]>;
 }
 
 impl Network for Mlp {
@@ -94,6 +105,18 @@ impl Network for Mlp {
     fn memory(&self) -> MemoryReport {
         Mlp::memory(self)
     }
+    fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        Mlp::read_state(self, ctx)
+    }
+    fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        Mlp::load_state(self, ctx, state)
+    }
+    fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        Mlp::set_sums(self, ctx, sums)
+    }
+    fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        Mlp::read_sums_f32(self, ctx)
+    }
 }
 
 impl Network for SparseMlp {
@@ -138,5 +161,17 @@ impl Network for SparseMlp {
     }
     fn memory(&self) -> MemoryReport {
         self.memory.clone()
+    }
+    fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        SparseMlp::read_state(self, ctx)
+    }
+    fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        SparseMlp::load_state(self, ctx, state)
+    }
+    fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        SparseMlp::set_sums(self, ctx, sums)
+    }
+    fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        SparseMlp::read_sums_f32(self, ctx)
     }
 }

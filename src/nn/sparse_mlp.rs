@@ -20,6 +20,7 @@ use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::spmm::{self, RebuildBuffers, SparseShape};
 use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
 use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
+use crate::nn::ModelState;
 use crate::sparse::csr::CsrIndex;
 use crate::sparse::update::{GrowRule, LayerCounts, LayerPlacement, MaskUpdater};
 
@@ -717,5 +718,119 @@ impl SparseMlp {
     /// The logits of the last forward pass, `[classes, batch]`.
     pub fn logits(&self) -> &Tensor {
         &self.acts[self.n_layers() - 1]
+    }
+
+    /// Reads the whole training state back, dense `[in, out]` per layer (the EMA is zero: the
+    /// sparse path does not run SNFS). [`SparseMlp::load_state`] of it restores the GPU exactly:
+    /// the index is rebuilt from the mask in the same canonical order the update writes.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        let idx = self.read_indexes(ctx)?;
+        let vals = self.vals.read_f32(ctx)?;
+        let mom = self.mom.read_f32(ctx)?;
+        let stats = self.stats.read_u32(ctx)?;
+        let sums = self.sums.read_f32(ctx)?;
+        let dense = |all: &[f32]| -> Vec<Vec<f32>> {
+            self.layers
+                .iter()
+                .zip(&idx)
+                .map(|(ly, ci)| ci.scatter(&all[ly.slot_offset..ly.slot_offset + ly.shape.nnz]))
+                .collect()
+        };
+        let ever = self
+            .layers
+            .iter()
+            .map(|ly| {
+                let n = ly.shape.in_dim * ly.shape.out_dim;
+                let bits = &stats[ly.stats_offset + 64..];
+                (0..n)
+                    .map(|q| f32::from((bits[q / 32] >> (q % 32)) & 1 == 1))
+                    .collect()
+            })
+            .collect();
+        let per_bias = |all: Vec<f32>| -> Vec<Vec<f32>> {
+            self.bias_offsets
+                .iter()
+                .enumerate()
+                .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
+                .collect()
+        };
+        Ok(ModelState {
+            weights: dense(&vals),
+            masks: idx.iter().map(|ci| ci.mask()).collect(),
+            momentum: dense(&mom),
+            biases: per_bias(self.bias.read_f32(ctx)?),
+            bias_momentum: per_bias(self.bmom.read_f32(ctx)?),
+            ema: self
+                .layers
+                .iter()
+                .map(|ly| vec![0.0; ly.shape.in_dim * ly.shape.out_dim])
+                .collect(),
+            ever,
+            loss_sums: [sums[0], sums[1]],
+        })
+    }
+
+    /// Restores a state read by [`SparseMlp::read_state`] (or by the masked-dense model's, for a
+    /// model of the same shape and active counts) bit for bit.
+    pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        self.load(ctx, &state.weights, &state.masks, &state.biases)?;
+        let n_layers = self.n_layers();
+        for (what, layers) in state.tensors() {
+            if layers.len() != n_layers {
+                return Err(RiglError::invalid(format!(
+                    "model state: {} {what} layers, the model has {n_layers}",
+                    layers.len()
+                )));
+            }
+        }
+        let mut mom = vec![0.0f32; self.total_slots];
+        let mut stats = vec![0u32; self.stats.len];
+        let mut bmom = vec![0.0f32; self.total_b];
+        for (l, ly) in self.layers.iter().enumerate() {
+            let (s, n) = (ly.shape, ly.shape.in_dim * ly.shape.out_dim);
+            if state.momentum[l].len() != n || state.ever[l].len() != n {
+                return Err(RiglError::invalid(format!(
+                    "model state: layer {} momentum or ever-active map is not {n} values",
+                    ly.name
+                )));
+            }
+            if state.bias_momentum[l].len() != s.out_dim {
+                return Err(RiglError::invalid(format!(
+                    "model state: layer {} has {} bias momenta, expected {}",
+                    ly.name,
+                    state.bias_momentum[l].len(),
+                    s.out_dim
+                )));
+            }
+            let ci = CsrIndex::from_mask(s.in_dim, s.out_dim, &state.masks[l])?;
+            mom[ly.slot_offset..ly.slot_offset + s.nnz]
+                .copy_from_slice(&ci.gather(&state.momentum[l]));
+            for (q, &e) in state.ever[l].iter().enumerate() {
+                if e != 0.0 {
+                    stats[ly.stats_offset + 64 + q / 32] |= 1 << (q % 32);
+                }
+            }
+            bmom[self.bias_offsets[l]..self.bias_offsets[l] + s.out_dim]
+                .copy_from_slice(&state.bias_momentum[l]);
+        }
+        self.mom.write_f32(ctx, &mom)?;
+        ctx.queue.write_buffer(
+            &self.stats.buffer,
+            self.stats.offset,
+            bytemuck::cast_slice(&stats),
+        );
+        self.bmom.write_f32(ctx, &bmom)?;
+        self.sums.write_f32(ctx, &state.loss_sums)
+    }
+
+    /// Sets the running loss sums (loss sum, correct count), e.g. to undo a skipped batch.
+    pub fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        self.sums.write_f32(ctx, &sums)
+    }
+
+    /// Reads the running loss sums as the GPU holds them (f32).
+    pub fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        let s = self.sums.read_f32(ctx)?;
+        Ok([s[0], s[1]])
     }
 }

@@ -82,7 +82,15 @@ pub fn bench_step(
         rule,
         updater,
         masks,
-    } = build(ctx, cfg, &sizes, &plan, sgd)?;
+    } = build(
+        ctx,
+        cfg,
+        &sizes,
+        &plan,
+        sgd,
+        cfg.kernels,
+        crate::gpu::gemm::choose_variant(ctx)?,
+    )?;
     let model = net.net();
     let b = cfg.batch;
     let x: Vec<f32> = (0..features * b)

@@ -1,7 +1,8 @@
 //! The trainer: data, model, sparse schedule and optimizer wired into one step loop, with metrics,
-//! FLOPs accounting, the ITOP rate and the final model file.
+//! FLOPs accounting, the ITOP rate, checkpoints with exact resume, and the final model file.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod model_file;
 mod net;
@@ -14,8 +15,8 @@ use serde::Serialize;
 use crate::data::{Batcher, Dataset};
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{Dispatch, SgdConfig};
-use crate::gpu::GpuContext;
-use crate::nn::choice::Decision;
+use crate::gpu::{gemm, GemmVariant, GpuContext};
+use crate::nn::choice::{self, Decision};
 use crate::nn::mlp::layer_names;
 use crate::nn::{MemoryReport, Network};
 use crate::sparse::init::count_active;
@@ -26,6 +27,7 @@ use crate::sparse::{
     UpdateSchedule,
 };
 
+pub use checkpoint::{NanPolicy, RunOptions};
 pub use config::{LrSchedule, TrainConfig};
 pub use net::sparse_method_support;
 use net::{build, Built, Net};
@@ -53,6 +55,8 @@ pub struct MetricsLine {
     pub samples_per_sec: f64,
     /// Training FLOPs so far as a multiple of dense training over the same steps.
     pub train_flops_vs_dense: f64,
+    /// Batches skipped so far for a non-finite loss (`--on-nan skip`).
+    pub nan_skips: u64,
 }
 
 /// Per-layer line of the summary.
@@ -101,6 +105,8 @@ pub struct TrainSummary {
     pub itop_rate: f64,
     /// Mask updates performed.
     pub mask_updates: u64,
+    /// Batches skipped for a non-finite loss (`--on-nan skip`).
+    pub nan_skips: u64,
     /// GPU adapter used.
     pub adapter: String,
     /// Per-layer report.
@@ -188,7 +194,8 @@ pub fn plan_layers(
 }
 
 /// Trains according to `cfg` on `train`, evaluating on `test` after every epoch. Writes the run
-/// directory when `run_dir` is given (config.toml, metrics.jsonl, summary.json, model.safetensors).
+/// directory when `run_dir` is given (config.toml, metrics.jsonl, summary.json, model.safetensors,
+/// and checkpoints at step 0 and every epoch's end).
 pub fn train(
     ctx: &GpuContext,
     cfg: &TrainConfig,
@@ -197,7 +204,56 @@ pub fn train(
     run_dir: Option<&Path>,
     progress: &mut dyn Progress,
 ) -> Result<TrainSummary> {
+    match train_with(
+        ctx,
+        cfg,
+        train,
+        test,
+        run_dir,
+        progress,
+        &RunOptions::default(),
+    )? {
+        RunEnd::Finished(s) => Ok(*s),
+        RunEnd::Stopped { step, .. } => Err(RiglError::invalid(format!(
+            "training stopped at step {step} without a stop request"
+        ))),
+    }
+}
+
+/// How [`train_with`] ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// Every step ran.
+    Finished(Box<TrainSummary>),
+    /// A stop was requested (signal or `stop_after_steps`); the run can resume from the
+    /// checkpoint written at `step`.
+    Stopped {
+        /// Steps done.
+        step: u64,
+        /// The checkpoint written there (none without a run directory).
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// [`train`] with run control: checkpoints every `opts.checkpoint_every` steps (and at step 0 and
+/// each epoch's end, when there is a run directory), an exact resume from `opts.resume`, the
+/// non-finite loss policy, and stopping with a checkpoint when `opts.stop` is raised.
+pub fn train_with(
+    ctx: &GpuContext,
+    cfg: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+    run_dir: Option<&Path>,
+    progress: &mut dyn Progress,
+    opts: &RunOptions,
+) -> Result<RunEnd> {
     cfg.validate()?;
+    if opts.keep_checkpoints == 0 || opts.checkpoint_every == Some(0) {
+        return Err(RiglError::invalid(
+            "--keep-checkpoints and --checkpoint-every must be at least 1",
+        ));
+    }
+    let resume = opts.resume.as_ref();
     if train.features != test.features || train.classes != test.classes {
         return Err(RiglError::invalid(format!(
             "training set ({} features, {} classes) and test set ({} features, {} classes) differ",
@@ -219,6 +275,9 @@ pub fn train(
         )));
     }
     let total_steps = steps_per_epoch * cfg.epochs as u64;
+    if let Some(ck) = resume {
+        checkpoint::compare(ck, cfg, &sizes, steps_per_epoch)?;
+    }
     let update = UpdateSchedule::new(
         cfg.delta_t,
         cfg.t_end_steps(total_steps),
@@ -238,17 +297,47 @@ pub fn train(
         weight_decay: cfg.weight_decay,
         nesterov: cfg.nesterov,
     };
+    // A resumed run uses the kernels and GEMM variant of the run it continues (both are chosen
+    // by timing; another choice sums in another order and the results would differ in the last
+    // bits).
+    let same_kernels = resume.filter(|ck| ck.config.kernels == cfg.kernels);
+    let kernels = match same_kernels {
+        Some(ck) => choice::KernelChoice::parse(&ck.trainer.kernels)?,
+        None => cfg.kernels,
+    };
+    let gemm_variant = match resume {
+        Some(ck) => GemmVariant::parse(&ck.trainer.gemm)?,
+        None => gemm::choose_variant(ctx)?,
+    };
     let Built {
         net,
-        decision,
+        mut decision,
         rule,
         updater,
         masks,
-    } = build(ctx, cfg, &sizes, &plan, sgd)?;
+    } = build(ctx, cfg, &sizes, &plan, sgd, kernels, gemm_variant)?;
+    if let Some(ck) = same_kernels {
+        // The decision as the run made it (reason and timings), not as the forced choice reads.
+        decision.reason = ck.trainer.kernels_reason.clone();
+        decision.layers = ck.trainer.kernels_layers.clone();
+    }
     let model = net.net();
     let totals: Vec<usize> = plan.iter().map(|p| p.total).collect();
     let mut active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
     drop(masks);
+    if let Some(ck) = resume {
+        model.load_state(ctx, &ck.model)?;
+        active = ck.trainer.active.clone();
+        let in_masks: Vec<usize> = ck.model.masks.iter().map(|m| count_active(m)).collect();
+        if in_masks != active {
+            return Err(RiglError::BadFile {
+                path: ck.path.display().to_string(),
+                message: format!(
+                    "the masks hold {in_masks:?} active weights, the trainer state says {active:?}"
+                ),
+            });
+        }
+    }
 
     // FLOPs per sample: a multiply-add is 2 FLOPs (SPEC §6).
     let f_dense: f64 = totals.iter().map(|&n| 2.0 * n as f64).sum();
@@ -264,7 +353,10 @@ pub fn train(
         write_file(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
     let mut metrics = match run_dir {
-        Some(dir) => Some(MetricsWriter::create(&dir.join("metrics.jsonl"))?),
+        Some(dir) => Some(MetricsWriter::open(
+            &dir.join("metrics.jsonl"),
+            resume.map(|ck| ck.trainer.metrics_bytes),
+        )?),
         None => None,
     };
 
@@ -280,24 +372,129 @@ pub fn train(
     let mut final_train_loss = f64::NAN;
     let mut pending: Option<wgpu::SubmissionIndex> = None;
     let mut lr;
+    let mut start_step = 0u64;
+    let mut nan_skips = 0u64;
+    let mut window_start = 0u64;
+    let mut last_update_step: Option<u64> = None;
+    let mut last_checkpoint: Option<PathBuf> = None;
+    let mut wall_before = 0.0f64;
+    if let Some(ck) = resume {
+        let t = &ck.trainer;
+        start_step = t.step;
+        batcher.set_cursor(crate::data::Cursor {
+            epoch: t.cursor_epoch,
+            batch: t.cursor_batch,
+        })?;
+        last_drop_fraction = t.last_drop_fraction;
+        last_changes = t.last_changes;
+        mask_updates = t.mask_updates;
+        last_update_step = t.last_update_step;
+        train_flops = t.train_flops;
+        dense_flops_ref = t.dense_flops;
+        train_time = t.train_seconds;
+        wall_before = t.wall_seconds;
+        window.1 = t.window_samples;
+        window_start = t.window_start;
+        epoch_loss = (t.epoch_loss_sum, t.epoch_loss_samples);
+        last_eval = (t.last_eval_loss, t.last_eval_accuracy);
+        final_train_loss = t.final_train_loss;
+        nan_skips = t.nan_skips;
+        last_checkpoint = Some(ck.path.clone());
+    }
+    // The trainer's state at a step boundary, for a checkpoint.
+    macro_rules! trainer_state {
+        ($step:expr, $metrics_bytes:expr) => {
+            checkpoint::TrainerState {
+                step: $step,
+                total_steps,
+                steps_per_epoch,
+                cursor_epoch: batcher.cursor().epoch,
+                cursor_batch: batcher.cursor().batch,
+                mask_updates,
+                last_update_step,
+                last_drop_fraction,
+                last_changes,
+                active: active.clone(),
+                train_flops,
+                dense_flops: dense_flops_ref,
+                window_samples: window.1,
+                window_start,
+                epoch_loss_sum: epoch_loss.0,
+                epoch_loss_samples: epoch_loss.1,
+                last_eval_loss: last_eval.0,
+                last_eval_accuracy: last_eval.1,
+                final_train_loss,
+                nan_skips,
+                train_seconds: train_time,
+                wall_seconds: wall_before + t_start.elapsed().as_secs_f64(),
+                metrics_bytes: $metrics_bytes,
+                gemm: gemm_variant.as_str().to_string(),
+                kernels: decision.kernels.to_string(),
+                kernels_reason: decision.reason.clone(),
+                kernels_layers: decision.layers.clone(),
+                checkpoint_every: opts.checkpoint_every,
+                keep_checkpoints: opts.keep_checkpoints,
+                on_nan_skip: opts.on_nan == NanPolicy::Skip,
+                adapter: ctx.info.name.clone(),
+            }
+        };
+    }
+    if let (Some(dir), None) = (run_dir, resume) {
+        // Step 0: a good checkpoint exists before anything can go wrong.
+        let state = model.read_state(ctx)?;
+        let path = checkpoint::save(
+            dir,
+            cfg,
+            &sizes,
+            &trainer_state!(0, 0),
+            &state,
+            opts.keep_checkpoints,
+            opts.stall_checkpoint_write == Some(0),
+        )?;
+        last_checkpoint = Some(path);
+    }
     progress.start(total_steps, steps_per_epoch);
-    model.reset_sums(ctx)?;
+    match resume {
+        Some(_) => progress.step(start_step),
+        None => model.reset_sums(ctx)?,
+    }
 
-    for step in 0..total_steps {
+    for step in start_step..total_steps {
         let t0 = Instant::now();
+        // GPU faults of this step come back as errors naming it, not as panics.
+        let oom_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let info = batcher.next_batch(train, &mut x, &mut labels)?;
         model.set_batch(ctx, &x, &labels)?;
         lr = cfg.lr_at(step, total_steps, steps_per_epoch);
         model.set_sgd(ctx, SgdConfig { lr, ..sgd });
 
-        let mut ops: Vec<&Dispatch> = model.forward_ops();
-        ops.extend(model.backward_ops());
+        // --on-nan skip: run forward and backward alone and look at this batch's loss before
+        // anything changes the weights; a non-finite one is taken out of the sums and skipped.
+        let mut skipped = false;
+        let mut ops: Vec<&Dispatch> = Vec::new();
+        if opts.on_nan == NanPolicy::Skip {
+            let before = model.read_sums_f32(ctx)?;
+            pending = None; // the read waited for every earlier submission
+            let mut fb = model.forward_ops();
+            fb.extend(model.backward_ops());
+            crate::gpu::ops::run(ctx, &format!("training step {}", step + 1), &fb)?;
+            let after = model.read_sums_f32(ctx)?;
+            if !(after[0].is_finite() && after[1].is_finite()) {
+                model.set_sums(ctx, before)?;
+                nan_skips += 1;
+                skipped = true;
+            }
+        } else {
+            ops = model.forward_ops();
+            ops.extend(model.backward_ops());
+        }
         let mut is_update = false;
-        let mut skip_optimizer = false;
-        if let (Net::Masked(m), Method::Snfs) = (&net, cfg.method) {
+        let mut skip_optimizer = skipped;
+        if let (Net::Masked(m), Method::Snfs, false) = (&net, cfg.method, skipped) {
             ops.push(m.ema_op());
         }
-        if let Some(rule) = rule {
+        if let Some(rule) = rule.filter(|_| !skipped) {
             let counts: Option<Vec<LayerCounts>> = match cfg.method {
                 // A prune step can only shrink the active set.
                 Method::Prune if prune.is_prune_step(step) => Some(
@@ -350,6 +547,7 @@ pub fn train(
                 }
                 is_update = true;
                 mask_updates += 1;
+                last_update_step = Some(step);
                 // The official RigL spends the batch of an update step on the update.
                 skip_optimizer = cfg.method == Method::Rigl;
             }
@@ -384,6 +582,14 @@ pub fn train(
             }
         }
         let idx = ctx.queue.submit([enc.finish()]);
+        let validation = pollster::block_on(validation_scope.pop());
+        let oom = pollster::block_on(oom_scope.pop());
+        if let Some(err) = validation.or(oom) {
+            return Err(RiglError::Gpu {
+                what: format!("running training step {}", step + 1),
+                message: err.to_string(),
+            });
+        }
         // Keep one step in flight: wait for the previous one, not this one.
         if let Some(prev) = pending.replace(idx) {
             ctx.wait("training step", prev)?;
@@ -399,7 +605,9 @@ pub fn train(
             }
         }
         train_time += t0.elapsed().as_secs_f64();
-        window.1 += info.len as u64;
+        if !skipped {
+            window.1 += info.len as u64;
+        }
         progress.step(step + 1);
 
         let end_of_epoch = (step + 1) % steps_per_epoch == 0;
@@ -409,18 +617,23 @@ pub fn train(
             }
             let (loss_sum, correct) = model.read_sums(ctx)?;
             model.reset_sums(ctx)?;
-            let samples = window.1.max(1) as f64;
+            // A window of skipped batches only has no loss (NaN, written as null).
+            let samples = window.1 as f64;
             let loss = loss_sum / samples;
-            if !loss.is_finite() {
-                return Err(RiglError::Gpu {
-                    what: format!("training step {}", step + 1),
-                    message: format!(
-                        "the training loss is not finite ({loss}); lower the learning rate"
+            if window.1 > 0 && !loss.is_finite() {
+                return Err(non_finite_error(
+                    model.read_state(ctx),
+                    step + 1,
+                    format!(
+                        "the training loss of steps {}..={} is {loss}",
+                        window_start + 1,
+                        step + 1
                     ),
-                });
+                    last_checkpoint.as_deref(),
+                ));
             }
             epoch_loss.0 += loss_sum;
-            epoch_loss.1 += samples as u64;
+            epoch_loss.1 += window.1;
             let line = MetricsLine {
                 kind: "train",
                 step: step + 1,
@@ -432,12 +645,14 @@ pub fn train(
                 mask_changes: last_changes,
                 samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64(),
                 train_flops_vs_dense: train_flops / dense_flops_ref,
+                nan_skips,
             };
             progress.line(&line);
             if let Some(m) = metrics.as_mut() {
                 m.write(&line)?;
             }
             window = (Instant::now(), 0);
+            window_start = step + 1;
         }
         if end_of_epoch {
             final_train_loss = epoch_loss.0 / epoch_loss.1.max(1) as f64;
@@ -454,6 +669,7 @@ pub fn train(
                 mask_changes: last_changes,
                 samples_per_sec: 0.0,
                 train_flops_vs_dense: train_flops / dense_flops_ref,
+                nan_skips,
             };
             progress.line(&line);
             if let Some(m) = metrics.as_mut() {
@@ -461,6 +677,62 @@ pub fn train(
             }
             model.reset_sums(ctx)?;
             window = (Instant::now(), 0);
+            window_start = step + 1;
+        }
+
+        // Checkpoint at a step boundary, after the GPU finished the step.
+        let done = step + 1;
+        let stop = opts.stop_requested() || opts.stop_after_steps == Some(done);
+        let due = end_of_epoch || opts.checkpoint_every.is_some_and(|n| done % n == 0);
+        let mut written = None;
+        if let Some(dir) = run_dir.filter(|_| due || stop) {
+            if let Some(idx) = pending.take() {
+                ctx.wait("training step", idx)?;
+            }
+            let state = ctx.scoped(
+                &format!("reading the model state back for the checkpoint of step {done}"),
+                || model.read_state(ctx),
+            )?;
+            let names = layer_names(state.weights.len());
+            let mut bad = state.non_finite(&names);
+            if !state.loss_sums.iter().all(|v| v.is_finite()) {
+                bad.insert(
+                    0,
+                    format!(
+                        "the training loss of steps {}..={done} is {}",
+                        window_start + 1,
+                        state.loss_sums[0]
+                    ),
+                );
+            }
+            if !bad.is_empty() {
+                return Err(non_finite_message(done, &bad, last_checkpoint.as_deref()));
+            }
+            let bytes = match metrics.as_mut() {
+                Some(m) => m.sync()?,
+                None => 0,
+            };
+            let path = checkpoint::save(
+                dir,
+                cfg,
+                &sizes,
+                &trainer_state!(done, bytes),
+                &state,
+                opts.keep_checkpoints,
+                opts.stall_checkpoint_write == Some(done),
+            )?;
+            written = Some(path.clone());
+            last_checkpoint = Some(path);
+        }
+        if stop {
+            progress.finish();
+            if let Some(idx) = pending.take() {
+                ctx.wait("training step", idx)?;
+            }
+            return Ok(RunEnd::Stopped {
+                step: done,
+                checkpoint: written,
+            });
         }
     }
     progress.finish();
@@ -500,12 +772,13 @@ pub fn train(
         epochs: cfg.epochs,
         steps: total_steps,
         samples_per_sec: (total_steps * cfg.batch as u64) as f64 / train_time.max(1e-9),
-        seconds: t_start.elapsed().as_secs_f64(),
+        seconds: wall_before + t_start.elapsed().as_secs_f64(),
         density,
         train_flops_vs_dense: train_flops / dense_flops_ref,
         inference_flops_vs_dense: f_sparse(&final_active) / f_dense,
         itop_rate: ever_active as f64 / total as f64,
         mask_updates,
+        nan_skips,
         adapter: ctx.info.name.clone(),
         layers,
         run_dir: run_dir.map(|d| d.display().to_string()),
@@ -521,7 +794,43 @@ pub fn train(
             .map_err(|e| RiglError::invalid(format!("summary to JSON: {e}")))?;
         write_file(&dir.join("summary.json"), json.as_bytes())?;
     }
-    Ok(summary)
+    Ok(RunEnd::Finished(Box::new(summary)))
+}
+
+/// The error for a non-finite training loss: what and where (the model state read back names the
+/// layers and tensors holding non-finite values), and the last good checkpoint.
+fn non_finite_error(
+    state: Result<crate::nn::ModelState>,
+    step: u64,
+    what: String,
+    last_checkpoint: Option<&Path>,
+) -> RiglError {
+    let mut lines = vec![what];
+    match state {
+        Ok(state) => {
+            let found = state.non_finite(&layer_names(state.weights.len()));
+            if found.is_empty() {
+                lines.push("weights, biases and optimizer state are all finite".into());
+            }
+            lines.extend(found);
+        }
+        Err(e) => lines.push(format!("(could not read the model state back: {e})")),
+    }
+    non_finite_message(step, &lines, last_checkpoint)
+}
+
+fn non_finite_message(step: u64, found: &[String], last_checkpoint: Option<&Path>) -> RiglError {
+    let keep = match last_checkpoint {
+        Some(p) => format!(
+            "; the last good checkpoint is {} (resume from it with a lower --lr, or use --on-nan skip)",
+            p.display()
+        ),
+        None => "; lower the learning rate or use --on-nan skip".to_string(),
+    };
+    RiglError::NonFinite {
+        step,
+        message: format!("non-finite values: {}{keep}", found.join("; ")),
+    }
 }
 
 /// Test loss and accuracy of the model over a whole dataset (partial last batch included).
@@ -554,18 +863,46 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 struct MetricsWriter {
     file: std::io::BufWriter<std::fs::File>,
     path: PathBuf,
+    /// Bytes in the file.
+    bytes: u64,
 }
 
 impl MetricsWriter {
-    fn create(path: &Path) -> Result<Self> {
-        let file = std::fs::File::create(path).map_err(|source| RiglError::Io {
+    /// A new file, or (resuming) the existing one cut back to `resume_at` bytes and appended to.
+    fn open(path: &Path, resume_at: Option<u64>) -> Result<Self> {
+        let io = |source| RiglError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let (file, bytes) = match resume_at {
+            None => (std::fs::File::create(path).map_err(io)?, 0),
+            Some(at) => {
+                let kept = checkpoint::truncate_metrics(path, at)?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(io)?;
+                (f, kept)
+            }
+        };
         Ok(MetricsWriter {
             file: std::io::BufWriter::new(file),
             path: path.to_path_buf(),
+            bytes,
         })
+    }
+
+    /// Flushes and syncs the file (before a checkpoint records its length); returns the length.
+    fn sync(&mut self) -> Result<u64> {
+        use std::io::Write;
+        let io = |source| RiglError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.file.flush().map_err(io)?;
+        self.file.get_ref().sync_data().map_err(io)?;
+        Ok(self.bytes)
     }
 
     fn write(&mut self, line: &MetricsLine) -> Result<()> {
@@ -577,6 +914,7 @@ impl MetricsWriter {
         let json = serde_json::to_string(line)
             .map_err(|e| RiglError::invalid(format!("metrics to JSON: {e}")))?;
         writeln!(self.file, "{json}").map_err(io)?;
+        self.bytes += json.len() as u64 + 1;
         self.file.flush().map_err(|source| RiglError::Io {
             path: self.path.display().to_string(),
             source,

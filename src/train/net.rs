@@ -3,8 +3,8 @@
 
 use crate::error::Result;
 use crate::gpu::ops::SgdConfig;
-use crate::gpu::{gemm, GpuContext};
-use crate::nn::choice::{self, Decision};
+use crate::gpu::{GemmVariant, GpuContext};
+use crate::nn::choice::{self, Decision, KernelChoice};
 use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
 use crate::sparse::init::{count_active, init_layer, WeightInit};
 use crate::sparse::update::{GrowRule, MaskUpdater};
@@ -57,6 +57,8 @@ pub(crate) fn build(
     sizes: &[usize],
     plan: &[LayerSparsity],
     sgd: SgdConfig,
+    kernels: KernelChoice,
+    gemm_variant: GemmVariant,
 ) -> Result<Built> {
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
     let mut weights = Vec::new();
@@ -78,7 +80,7 @@ pub(crate) fn build(
     let start_active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
     let decision = choice::decide(
         ctx,
-        cfg.kernels,
+        kernels,
         sizes,
         &start_active,
         cfg.batch,
@@ -90,7 +92,7 @@ pub(crate) fn build(
         masked: !matches!(cfg.method, Method::Dense),
         label_smoothing: cfg.label_smoothing,
         sgd,
-        gemm: gemm::choose_variant(ctx)?,
+        gemm: gemm_variant,
     };
     let net = if decision.kernels == "sparse" {
         Net::Sparse(Box::new(SparseMlp::new(
