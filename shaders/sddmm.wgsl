@@ -5,7 +5,7 @@
 // Bindings (group 0):
 //   0 uniform Params
 //   1 storage read  idx  : the layer index (src/sparse/csr.rs: pos, fwd_slot, in_ptr, out_ptr)
-//   2 storage read  x    : [in, B] as vec4
+//   2 texture read  x    : [in, B] as an rgba32float storage texture (see spmm.wgsl)
 //   3 storage read  d    : [out, B] as vec4
 //   4 storage rw    grad : per slot, overwritten
 // A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
@@ -29,7 +29,7 @@ override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(3) var<storage, read> d: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
@@ -52,19 +52,19 @@ fn sddmm(
     for (var j0 = start; j0 < end; j0 += WG) {
         let j = min(j0 + lidx, end - 1u);
         let s = idx[p.nnz + j];
-        let xbase = (idx[s] / p.out_dim) * p.b4;
+        let xrow = idx[s] / p.out_dim;
         var acc = vec4<f32>(0.0);
         for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
             // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
             let dl = select(vec4<f32>(0.0), d[dbase + min(b0 + l8, last)], b0 + l8 < p.b4);
-            acc = fma(x[xbase + min(b0 + 0u, last)], subgroupBroadcast(dl, 0u), acc);
-            acc = fma(x[xbase + min(b0 + 1u, last)], subgroupBroadcast(dl, 1u), acc);
-            acc = fma(x[xbase + min(b0 + 2u, last)], subgroupBroadcast(dl, 2u), acc);
-            acc = fma(x[xbase + min(b0 + 3u, last)], subgroupBroadcast(dl, 3u), acc);
-            acc = fma(x[xbase + min(b0 + 4u, last)], subgroupBroadcast(dl, 4u), acc);
-            acc = fma(x[xbase + min(b0 + 5u, last)], subgroupBroadcast(dl, 5u), acc);
-            acc = fma(x[xbase + min(b0 + 6u, last)], subgroupBroadcast(dl, 6u), acc);
-            acc = fma(x[xbase + min(b0 + 7u, last)], subgroupBroadcast(dl, 7u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 0u, last), xrow)), subgroupBroadcast(dl, 0u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 1u, last), xrow)), subgroupBroadcast(dl, 1u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 2u, last), xrow)), subgroupBroadcast(dl, 2u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 3u, last), xrow)), subgroupBroadcast(dl, 3u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 4u, last), xrow)), subgroupBroadcast(dl, 4u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 5u, last), xrow)), subgroupBroadcast(dl, 5u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 6u, last), xrow)), subgroupBroadcast(dl, 6u), acc);
+            acc = fma(textureLoad(x, vec2<u32>(min(b0 + 7u, last), xrow)), subgroupBroadcast(dl, 7u), acc);
         }
         if (j0 + lidx < end) {
             grad[s] = acc.x + acc.y + acc.z + acc.w;

@@ -12,13 +12,22 @@
 //   0 uniform Params
 //   1 storage read  idx  : the layer index
 //   2 storage read  vals : values per slot
-//   3 storage read  x    : [cols, B] as vec4 (B a multiple of 4)
+//   3 texture read  x    : [cols, B] as an rgba32float storage texture, texel (b4, c) =
+//                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
+//   5 storage read  bias : [rows]                      (EPILOGUE 1)
+//   6 storage read  a    : [rows, B] as vec4           (EPILOGUE 2)
+//   7 texture write t    : the texture copy of y       (STORE_TEX)
+// Epilogue, fused so the activations are not read and written again by an elementwise pass:
+//   EPILOGUE 0: y = acc;  1: y = act(acc + bias[row]) (ReLU when RELU);  2: y = a > 0 ? acc : 0
+//   (the ReLU backward of the layer below); STORE_TEX also writes y to t.
 // A workgroup of WG invocations takes one row and WG * V batch vec4s (more along the batch
 // when B/4 exceeds that). Lanes span the batch, so every lane's load of X is a distinct, useful
 // vec4; the metadata of 8 nonzeros is loaded once per subgroup (lane t loads nonzero t) and handed
-// to all lanes with subgroupBroadcast (on lavapipe a non-uniform load is a loop over lanes, a
-// broadcast a register shuffle). Needs subgroups of at least 8 invocations.
+// to all lanes with subgroupBroadcast. X comes from a storage texture: on lavapipe a storage-buffer
+// load at a different address per lane is a loop over the lanes with a bounds check per
+// component, a texture load one vector gather (3x faster SpMM measured). Needs subgroups of at
+// least 8 invocations.
 
 struct Params {
     rows: u32,      // rows of Y
@@ -33,13 +42,39 @@ struct Params {
 
 override FORWARD: bool = true;
 override WG: u32 = 64u;
+override EPILOGUE: u32 = 0u;
+override RELU: bool = false;
+override STORE_TEX: bool = false;
 const V: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var<storage, read> vals: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(7) var t: texture_storage_2d<rgba32float, write>;
+
+fn store(row: u32, b: u32, acc: vec4<f32>) {
+    if (b >= p.b4) {
+        return;
+    }
+    let i = row * p.b4 + b;
+    var v = acc;
+    if (EPILOGUE == 1u) {
+        v = v + vec4<f32>(bias[row]);
+        if (RELU) {
+            v = max(v, vec4<f32>(0.0));
+        }
+    } else if (EPILOGUE == 2u) {
+        v = select(vec4<f32>(0.0), v, a[i] > vec4<f32>(0.0));
+    }
+    y[i] = v;
+    if (STORE_TEX) {
+        textureStore(t, vec2<u32>(b, row), v);
+    }
+}
 
 struct Acc {
     a0: vec4<f32>,
@@ -50,13 +85,12 @@ struct Acc {
 
 fn madd(acc: Acc, c: u32, v: f32, b0: u32) -> Acc {
     var r = acc;
-    let base = c * p.b4;
     let last = p.b4 - 1u;
     let vv = vec4<f32>(v);
-    r.a0 = fma(vv, x[base + min(b0, last)], r.a0);
-    if (V > 1u) { r.a1 = fma(vv, x[base + min(b0 + WG, last)], r.a1); }
-    if (V > 2u) { r.a2 = fma(vv, x[base + min(b0 + 2u * WG, last)], r.a2); }
-    if (V > 3u) { r.a3 = fma(vv, x[base + min(b0 + 3u * WG, last)], r.a3); }
+    r.a0 = fma(vv, textureLoad(x, vec2<u32>(min(b0, last), c)), r.a0);
+    if (V > 1u) { r.a1 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + WG, last), c)), r.a1); }
+    if (V > 2u) { r.a2 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 2u * WG, last), c)), r.a2); }
+    if (V > 3u) { r.a3 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 3u * WG, last), c)), r.a3); }
     return r;
 }
 
@@ -100,8 +134,8 @@ fn spmm(
         acc = madd(acc, subgroupBroadcast(cl, 6u), subgroupBroadcast(vl, 6u), b0);
         acc = madd(acc, subgroupBroadcast(cl, 7u), subgroupBroadcast(vl, 7u), b0);
     }
-    if (b0 < p.b4) { y[row * p.b4 + b0] = acc.a0; }
-    if (V > 1u && b0 + WG < p.b4) { y[row * p.b4 + b0 + WG] = acc.a1; }
-    if (V > 2u && b0 + 2u * WG < p.b4) { y[row * p.b4 + b0 + 2u * WG] = acc.a2; }
-    if (V > 3u && b0 + 3u * WG < p.b4) { y[row * p.b4 + b0 + 3u * WG] = acc.a3; }
+    store(row, b0, acc.a0);
+    if (V > 1u) { store(row, b0 + WG, acc.a1); }
+    if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }
+    if (V > 3u) { store(row, b0 + 3u * WG, acc.a3); }
 }

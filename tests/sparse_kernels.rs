@@ -8,6 +8,7 @@ use common::{assert_close, ctx, data, mask};
 use rigl::cpu::sparse as twin;
 use rigl::gpu::ops::run;
 use rigl::gpu::spmm::{sddmm, spmm, SparseShape};
+use rigl::gpu::texture::Texture;
 use rigl::gpu::Tensor;
 use rigl::sparse::csr::CsrIndex;
 
@@ -73,6 +74,63 @@ fn cases() -> Vec<Case> {
 }
 
 #[test]
+fn pack_kernels_write_the_texture_and_the_buffer() {
+    use rigl::gpu::spmm::{pack, PackOp};
+    let ctx = ctx();
+    let (rows, b) = (5, 12);
+    let y0 = data(rows * b, 20);
+    let a = data(rows * b, 21);
+    let bias = data(rows, 22);
+    for (name, op_kind) in [("copy", 0), ("bias+relu", 1), ("relu backward", 2)] {
+        let y = Tensor::from_f32(ctx, "y", &y0).unwrap();
+        let a_t = Tensor::from_f32(ctx, "a", &a).unwrap();
+        let bias_t = Tensor::from_f32(ctx, "bias", &bias).unwrap();
+        let t = Texture::new(ctx, "t", rows, b).unwrap();
+        let op = match op_kind {
+            0 => PackOp::Copy,
+            1 => PackOp::BiasAct(&bias_t, true),
+            _ => PackOp::ReluBwd(&a_t),
+        };
+        let want: Vec<f32> = (0..rows * b)
+            .map(|i| match op_kind {
+                0 => y0[i],
+                1 => (y0[i] + bias[i / b]).max(0.0),
+                _ => {
+                    if a[i] > 0.0 {
+                        y0[i]
+                    } else {
+                        0.0
+                    }
+                }
+            })
+            .collect();
+        let p = pack(ctx, op, &y, &t).unwrap();
+        // Read the texture back through a forward product with an identity matrix.
+        let idx = CsrIndex::from_mask(
+            rows,
+            rows,
+            &(0..rows * rows)
+                .map(|i| if i % (rows + 1) == 0 { 1.0 } else { 0.0 })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let s = SparseShape {
+            in_dim: rows,
+            out_dim: rows,
+            nnz: rows,
+            batch: b,
+        };
+        let idx_t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
+        let ones = Tensor::from_f32(ctx, "ones", &vec![1.0; rows]).unwrap();
+        let out = Tensor::zeros(ctx, "out", rows * b).unwrap();
+        let f = spmm(ctx, s, &idx_t, &ones, &t, &out, true).unwrap();
+        run(ctx, "pack", &[&p, &f]).unwrap();
+        assert_eq!(y.read_f32(ctx).unwrap(), want, "{name}: buffer");
+        assert_eq!(out.read_f32(ctx).unwrap(), want, "{name}: texture");
+    }
+}
+
+#[test]
 fn index_layout_round_trips_and_orders_slots() {
     let m = mask(37 * 23, 0.2, 4);
     let idx = CsrIndex::from_mask(37, 23, &m).unwrap();
@@ -107,14 +165,15 @@ fn sparse_products_match_the_cpu_twins() {
         let d = data(case.out_dim * case.batch, 12);
         let idx_t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
         let vals_t = Tensor::from_f32(ctx, "values", &vals).unwrap();
-        let x_t = Tensor::from_f32(ctx, "x", &x).unwrap();
-        let d_t = Tensor::from_f32(ctx, "d", &d).unwrap();
+        let x_t = Texture::from_f32(ctx, "x", &x, case.in_dim, case.batch).unwrap();
+        let d_t = Texture::from_f32(ctx, "d", &d, case.out_dim, case.batch).unwrap();
+        let d_b = Tensor::from_f32(ctx, "d", &d).unwrap();
         let y_t = Tensor::from_f32(ctx, "y", &vec![f32::NAN; case.out_dim * case.batch]).unwrap();
         let dx_t = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; case.in_dim * case.batch]).unwrap();
         let g_t = Tensor::from_f32(ctx, "g", &vec![f32::NAN; s.nnz.max(1)]).unwrap();
         let fwd = spmm(ctx, s, &idx_t, &vals_t, &x_t, &y_t, true).unwrap();
         let bwd = spmm(ctx, s, &idx_t, &vals_t, &d_t, &dx_t, false).unwrap();
-        let sd = sddmm(ctx, s, &idx_t, &x_t, &d_t, &g_t).unwrap();
+        let sd = sddmm(ctx, s, &idx_t, &x_t, &d_b, &g_t).unwrap();
         run(ctx, "sparse products", &[&fwd, &bwd, &sd]).unwrap();
         let vals = &vals[..s.nnz];
         let tol = (1e-5, 1e-4);
@@ -179,6 +238,23 @@ fn sparse_kernels_refuse_a_batch_not_multiple_of_4() {
     };
     let t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
     let f = Tensor::zeros(ctx, "f", 64).unwrap();
-    let err = spmm(ctx, s, &t, &f, &f, &f, true).unwrap_err().to_string();
+    let x = Texture::new(ctx, "x", 3, 8).unwrap();
+    let err = spmm(ctx, s, &t, &f, &x, &f, true).unwrap_err().to_string();
     assert!(err.contains("multiple of 4"), "{err}");
+    let err = Texture::new(ctx, "x", 3, 6).unwrap_err().to_string();
+    assert!(err.contains("multiple of 4"), "{err}");
+    // A texture of the wrong shape is refused, naming it.
+    let s = SparseShape { batch: 8, ..s };
+    let err = spmm(
+        ctx,
+        s,
+        &t,
+        &f,
+        &Texture::new(ctx, "narrow", 2, 8).unwrap(),
+        &f,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("'narrow'") && err.contains("needs 3"), "{err}");
 }

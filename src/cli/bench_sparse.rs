@@ -98,6 +98,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     let w = Tensor::from_f32(&ctx, "dense weights", &init.weights)?;
     let mask = Tensor::from_f32(&ctx, "mask", &init.mask)?;
     let x = Tensor::from_f32(&ctx, "input", &fill(in_dim * b, 1))?;
+    let xt = rigl::gpu::texture::Texture::from_f32(&ctx, "input", &fill(in_dim * b, 1), in_dim, b)?;
     let d = Tensor::from_f32(&ctx, "output gradient", &fill(out_dim * b, 2))?;
     let y = Tensor::zeros(&ctx, "output", out_dim * b)?;
     let g = Tensor::zeros(&ctx, "sparse gradient", s.nnz.max(1))?;
@@ -114,7 +115,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             };
             let v = variant.resolve(&ctx, &shape);
             (
-                spmm::spmm(&ctx, s, &idx_t, &vals, &x, &y, true)?,
+                spmm::spmm(&ctx, s, &idx_t, &vals, &xt, &y, true)?,
                 GemmOp::new(&ctx, shape, v, &w, &x, &y, Some(&mask), false)?,
                 shape,
             )
@@ -129,7 +130,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             };
             let v = variant.resolve(&ctx, &shape);
             (
-                spmm::sddmm(&ctx, s, &idx_t, &x, &d, &g)?,
+                spmm::sddmm(&ctx, s, &idx_t, &xt, &d, &g)?,
                 GemmOp::new(&ctx, shape, v, &x, &d, &gd, None, false)?,
                 shape,
             )

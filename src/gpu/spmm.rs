@@ -6,8 +6,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::Dispatch;
+use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 
 /// Batch vec4s per invocation in the sparse kernels (`V` in the shaders).
@@ -85,6 +86,77 @@ fn check(ctx: &GpuContext, s: &SparseShape, idx: &Tensor, what: &str) -> Result<
     Ok(())
 }
 
+fn check_tex(t: &Texture, rows: usize, batch: usize, what: &str) -> Result<()> {
+    if t.rows != rows || t.batch != batch {
+        return Err(RiglError::invalid(format!(
+            "{what}: texture '{}' holds {} rows of {} samples, needs {rows} of {batch}",
+            t.label, t.rows, t.batch
+        )));
+    }
+    Ok(())
+}
+
+/// How an elementwise kernel of `shaders/sparse_act.wgsl` treats its buffer before writing the
+/// texture copy.
+#[derive(Clone, Copy, Debug)]
+pub enum PackOp<'a> {
+    /// Copy only.
+    Copy,
+    /// `y = act(y + bias[row])` (ReLU when the flag is set).
+    BiasAct(&'a Tensor, bool),
+    /// `y = a > 0 ? y : 0` with `a` the ReLU output.
+    ReluBwd(&'a Tensor),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PackParams {
+    n4: u32,
+    b4: u32,
+    relu: u32,
+    _pad: u32,
+}
+
+/// A dispatch that applies `op` to `y` `[rows, B]` in place and writes the result to `t`.
+pub fn pack(ctx: &GpuContext, op: PackOp<'_>, y: &Tensor, t: &Texture) -> Result<Dispatch> {
+    let (rows, b) = (t.rows, t.batch);
+    check_len(y, rows * b, "pack buffer")?;
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::TexWrite,
+    ];
+    let dummy = || Tensor::zeros(ctx, "pack placeholder", 64);
+    let (entry, bias, a, relu) = match op {
+        PackOp::Copy => ("pack", dummy()?, dummy()?, false),
+        PackOp::BiasAct(bias, relu) => {
+            check_len(bias, rows, "pack bias")?;
+            ("bias_act_pack", bias.clone(), dummy()?, relu)
+        }
+        PackOp::ReluBwd(a) => {
+            check_len(a, rows * b, "pack ReLU output")?;
+            ("relu_bwd_pack", dummy()?, a.clone(), false)
+        }
+    };
+    let n4 = rows * b / 4;
+    let params = PackParams {
+        n4: n4 as u32,
+        b4: (b / 4) as u32,
+        relu: u32::from(relu),
+        _pad: 0,
+    };
+    let spec = KernelSpec::new("sparse_act", entry, B);
+    Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(&bias), Res::Buf(y), Res::Buf(&a), Res::Tex(t)],
+        (n4 as u64).div_ceil(64),
+    )
+}
+
 fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     if t.len < n {
         return Err(RiglError::invalid(format!(
@@ -95,16 +167,49 @@ fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// What [`spmm_with`] does to the product before storing it.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// Store the product.
+    None,
+    /// `act(product + bias[row])`, ReLU when `relu`.
+    BiasAct {
+        /// Per output row.
+        bias: &'a Tensor,
+        /// Apply ReLU.
+        relu: bool,
+    },
+    /// `a > 0 ? product : 0`: the ReLU backward of the layer whose output `a` is.
+    ReluMask(&'a Tensor),
+}
+
 /// `y = W x` through the forward index (`forward`), or `y = Wᵀ x` through the input rows
-/// (`!forward`: x is the output gradient `[out, B]`, y the input gradient `[in, B]`).
+/// (`!forward`: x is the output gradient `[out, B]`, y the input gradient `[in, B]`). `x` is read
+/// from its activation texture.
 pub fn spmm(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
     vals: &Tensor,
-    x: &Tensor,
+    x: &Texture,
     y: &Tensor,
     forward: bool,
+) -> Result<Dispatch> {
+    spmm_with(ctx, s, idx, vals, x, y, forward, Epilogue::None, None)
+}
+
+/// [`spmm`] with an epilogue fused into the store, and the result also written to `t`.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_with(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    vals: &Tensor,
+    x: &Texture,
+    y: &Tensor,
+    forward: bool,
+    epilogue: Epilogue<'_>,
+    t: Option<&Texture>,
 ) -> Result<Dispatch> {
     check(ctx, &s, idx, "spmm")?;
     let (rows, cols) = if forward {
@@ -113,14 +218,20 @@ pub fn spmm(
         (s.in_dim, s.out_dim)
     };
     check_len(vals, s.nnz, "spmm values")?;
-    check_len(x, cols * s.batch, "spmm input")?;
+    check_tex(x, cols, s.batch, "spmm input")?;
     check_len(y, rows * s.batch, "spmm output")?;
+    if let Some(t) = t {
+        check_tex(t, rows, s.batch, "spmm output texture")?;
+    }
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
         Binding::Read,
-        Binding::Read,
+        Binding::TexRead,
         Binding::ReadWrite,
+        Binding::Read,
+        Binding::Read,
+        Binding::TexWrite,
     ];
     let b4 = s.batch / 4;
     let (wg, blocks) = layout(b4);
@@ -138,16 +249,48 @@ pub fn spmm(
         blocks: blocks as u32,
         _pad: [0; 2],
     };
+    let dummy = || Tensor::zeros(ctx, "spmm placeholder", 64);
+    let (code, relu, bias, a) = match epilogue {
+        Epilogue::None => (0u8, false, dummy()?, dummy()?),
+        Epilogue::BiasAct { bias, relu } => {
+            check_len(bias, rows, "spmm bias")?;
+            (1, relu, bias.clone(), dummy()?)
+        }
+        Epilogue::ReluMask(a) => {
+            check_len(a, rows * s.batch, "spmm ReLU output")?;
+            (2, false, dummy()?, a.clone())
+        }
+    };
+    let store_tex = t.is_some();
+    let dummy_tex;
+    let t = match t {
+        Some(t) => t,
+        None => {
+            dummy_tex = Texture::new(ctx, "spmm placeholder texture", 1, 4)?;
+            &dummy_tex
+        }
+    };
     let spec = KernelSpec::new("spmm", "spmm", B)
         .with_override("FORWARD", f64::from(u8::from(forward)))
-        .with_override("WG", f64::from(wg));
+        .with_override("WG", f64::from(wg))
+        .with_override("EPILOGUE", f64::from(code))
+        .with_override("RELU", f64::from(u8::from(relu)))
+        .with_override("STORE_TEX", f64::from(u8::from(store_tex)));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (rows * s.batch) as f64);
-    Ok(Dispatch::build(
+    Ok(Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[idx, vals, x, y],
+        &[
+            Res::Buf(idx),
+            Res::Buf(vals),
+            Res::Tex(x),
+            Res::Buf(y),
+            Res::Buf(&bias),
+            Res::Buf(&a),
+            Res::Tex(t),
+        ],
         (rows * blocks) as u64,
     )?
     .with_cost(flops, bytes))
@@ -158,18 +301,18 @@ pub fn sddmm(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
-    x: &Tensor,
+    x: &Texture,
     d: &Tensor,
     grad: &Tensor,
 ) -> Result<Dispatch> {
     check(ctx, &s, idx, "sddmm")?;
-    check_len(x, s.in_dim * s.batch, "sddmm input")?;
+    check_tex(x, s.in_dim, s.batch, "sddmm input")?;
     check_len(d, s.out_dim * s.batch, "sddmm output gradient")?;
     check_len(grad, s.nnz, "sddmm gradient")?;
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
-        Binding::Read,
+        Binding::TexRead,
         Binding::Read,
         Binding::ReadWrite,
     ];
@@ -186,11 +329,11 @@ pub fn sddmm(
     let spec = KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (s.out_dim * s.batch) as f64);
-    Ok(Dispatch::build(
+    Ok(Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[idx, x, d, grad],
+        &[Res::Buf(idx), Res::Tex(x), Res::Buf(d), Res::Buf(grad)],
         s.out_dim as u64,
     )?
     .with_cost(flops, bytes))

@@ -52,7 +52,7 @@ impl Texture {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::STORAGE_BINDING,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
@@ -63,6 +63,41 @@ impl Texture {
             batch,
             label: label.to_string(),
         })
+    }
+}
+
+impl Texture {
+    /// A texture holding `data` (`[rows, batch]` feature-major), written through the queue.
+    pub fn from_f32(
+        ctx: &GpuContext,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        batch: usize,
+    ) -> Result<Self> {
+        if data.len() != rows * batch {
+            return Err(RiglError::invalid(format!(
+                "texture '{label}': {} values for {rows} rows of {batch} samples",
+                data.len()
+            )));
+        }
+        let t = Self::new(ctx, label, rows, batch)?;
+        ctx.queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &t.texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            bytemuck::cast_slice(data),
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some((batch * 4) as u32),
+                rows_per_image: Some(rows as u32),
+            },
+            t.texture.size(),
+        );
+        Ok(t)
     }
 }
 

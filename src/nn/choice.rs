@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RiglError};
 use crate::gpu::profile;
 use crate::gpu::spmm::{self, SparseShape};
+use crate::gpu::texture::Texture;
 use crate::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
 use crate::sparse::csr::CsrIndex;
 use crate::sparse::init::{init_layer, WeightInit};
@@ -145,16 +146,18 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     let mask = Tensor::from_f32(ctx, "timing mask", &init.mask)?;
     let x = Tensor::from_f32(ctx, "timing input", &fill(i * b))?;
     let d = Tensor::from_f32(ctx, "timing output gradient", &fill(o * b))?;
+    let xt = Texture::from_f32(ctx, "timing input", &fill(i * b), i, b)?;
+    let dt = Texture::from_f32(ctx, "timing output gradient", &fill(o * b), o, b)?;
     let y = Tensor::zeros(ctx, "timing output", o * b)?;
     let dx = Tensor::zeros(ctx, "timing input gradient", i * b)?;
     let g = Tensor::zeros(ctx, "timing gradient", s.nnz)?;
     let gd = Tensor::zeros(ctx, "timing dense gradient", i * o)?;
     let mut sparse_ops = vec![
-        spmm::spmm(ctx, s, &idx_t, &vals, &x, &y, true)?,
-        spmm::sddmm(ctx, s, &idx_t, &x, &d, &g)?,
+        spmm::spmm(ctx, s, &idx_t, &vals, &xt, &y, true)?,
+        spmm::sddmm(ctx, s, &idx_t, &xt, &d, &g)?,
     ];
     if !first {
-        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &vals, &d, &dx, false)?);
+        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &vals, &dt, &dx, false)?);
     }
     let variant = gemm::choose_variant(ctx)?;
     let op = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {

@@ -17,7 +17,8 @@
 use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
-use crate::gpu::spmm::{self, RebuildBuffers, SparseShape};
+use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SparseShape};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
 use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
 use crate::nn::ModelState;
@@ -82,6 +83,7 @@ pub struct SparseMlp {
     /// Flat bias gradient.
     pub bgrad: Tensor,
     x: Tensor,
+    x_tex: Texture,
     labels: Tensor,
     sums: Tensor,
     acts: Vec<Tensor>,
@@ -214,25 +216,50 @@ impl SparseMlp {
                 &format!("{} {what}", names[l]),
             )
         };
+        // Texture copies of what the sparse products gather from: the input and every hidden
+        // activation (forward, SDDMM), every output gradient but the first layer's (input
+        // gradient).
+        let tex = |label: String, rows: usize| Texture::new(ctx, &label, rows, b);
+        let x_tex = tex("input batch texture".into(), cfg.sizes[0])?;
+        let mut act_tex = Vec::new();
+        let mut grad_tex = Vec::new();
+        for (l, name) in names.iter().enumerate() {
+            let rows = cfg.sizes[l + 1];
+            act_tex.push(if l + 1 < n_layers {
+                Some(tex(format!("{name} activation texture"), rows)?)
+            } else {
+                None
+            });
+            grad_tex.push(if l > 0 {
+                Some(tex(format!("{name} activation gradient texture"), rows)?)
+            } else {
+                None
+            });
+        }
+        let input_tex = |l: usize| -> &Texture {
+            match l {
+                0 => &x_tex,
+                _ => act_tex[l - 1].as_ref().unwrap_or(&x_tex),
+            }
+        };
+        // The host writes the batch into x_tex directly (set_batch); bias, ReLU and the texture
+        // copy are fused into each product's store.
         let mut fwd = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
-            let input = if l == 0 { &x } else { &acts[l - 1] };
-            fwd.push(spmm::spmm(
+            let bv = bview(&bias, l, "bias")?;
+            fwd.push(spmm::spmm_with(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
                 &lv(&vals, ly, "weights")?,
-                input,
+                input_tex(l),
                 &acts[l],
                 true,
-            )?);
-            fwd.push(ops::bias_act(
-                ctx,
-                &bview(&bias, l, "bias")?,
-                &acts[l],
-                ly.shape.out_dim,
-                b,
-                l + 1 < n_layers,
+                Epilogue::BiasAct {
+                    bias: &bv,
+                    relu: l + 1 < n_layers,
+                },
+                act_tex[l].as_ref(),
             )?);
         }
         let classes = cfg.sizes[n_layers];
@@ -249,12 +276,12 @@ impl SparseMlp {
         )?;
         let reduce = ops::segment_sum(ctx, &loss_stats, &sums, 2, b, true)?;
         let mut bwd = Vec::new();
+        if let Some(t) = &grad_tex[n_layers - 1] {
+            bwd.push(spmm::pack(ctx, PackOp::Copy, &dacts[n_layers - 1], t)?);
+        }
         for l in (0..n_layers).rev() {
             let ly = &layers[l];
             let fout = ly.shape.out_dim;
-            if l + 1 < n_layers {
-                bwd.push(ops::relu_bwd(ctx, &acts[l], &dacts[l], fout * b)?);
-            }
             bwd.push(ops::segment_sum(
                 ctx,
                 &dacts[l],
@@ -263,24 +290,26 @@ impl SparseMlp {
                 b,
                 false,
             )?);
-            let input = if l == 0 { &x } else { &acts[l - 1] };
             bwd.push(spmm::sddmm(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
-                input,
+                input_tex(l),
                 &dacts[l],
                 &lv(&grad, ly, "gradient")?,
             )?);
-            if l > 0 {
-                bwd.push(spmm::spmm(
+            if let Some(t) = &grad_tex[l] {
+                // The input gradient with the ReLU backward of the layer below fused in.
+                bwd.push(spmm::spmm_with(
                     ctx,
                     ly.shape,
                     &iv(ly)?,
                     &lv(&vals, ly, "weights")?,
-                    &dacts[l],
+                    t,
                     &dacts[l - 1],
                     false,
+                    Epilogue::ReluMask(&acts[l - 1]),
+                    grad_tex[l - 1].as_ref(),
                 )?);
             }
         }
@@ -313,12 +342,11 @@ impl SparseMlp {
         let mut rebuild = Vec::new();
         let mut regrad = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
-            let input = if l == 0 { &x } else { &acts[l - 1] };
             regrad.push(spmm::sddmm(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
-                input,
+                input_tex(l),
                 &dacts[l],
                 &lv(&grad, ly, "gradient")?,
             )?);
@@ -344,6 +372,7 @@ impl SparseMlp {
                 trans_b: true,
             };
             let v = variant.resolve(ctx, &shape);
+            let input = if l == 0 { &x } else { &acts[l - 1] };
             dense_grad
                 .push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);
             let dropsel = drop.selection().slice(
@@ -397,6 +426,7 @@ impl SparseMlp {
             bmom,
             bgrad,
             x,
+            x_tex,
             labels,
             sums,
             acts,
@@ -528,6 +558,21 @@ impl SparseMlp {
             )));
         }
         self.x.write_f32(ctx, x)?;
+        ctx.queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.x_tex.texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            bytemuck::cast_slice(x),
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some((self.cfg.batch * 4) as u32),
+                rows_per_image: Some(self.cfg.sizes[0] as u32),
+            },
+            self.x_tex.texture.size(),
+        );
         ctx.queue.write_buffer(
             &self.labels.buffer,
             self.labels.offset,
