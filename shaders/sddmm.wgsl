@@ -6,7 +6,7 @@
 //   0 uniform Params
 //   1 storage read  idx  : the layer index (src/sparse/csr.rs: pos, fwd_slot, in_ptr, out_ptr)
 //   2 texture read  x    : [in, B] as an rgba32float storage texture (see spmm.wgsl)
-//   3 storage read  d    : [out, B] as vec4
+//   3 texture read  d    : [out, B] as an rgba32float storage texture
 //   4 storage rw    grad : per slot, overwritten
 // A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
 // walks the batch, 8 vec4s per step: lane t of the subgroup loads D[r, b + t] and hands it to
@@ -30,7 +30,7 @@ override WG: u32 = 64u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var x: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(3) var<storage, read> d: array<vec4<f32>>;
+@group(0) @binding(3) var d: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -46,7 +46,6 @@ fn sddmm(
     }
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
-    let dbase = row * p.b4;
     let l8 = lane % 8u;
     let last = p.b4 - 1u;
     for (var j0 = start; j0 < end; j0 += WG) {
@@ -56,7 +55,7 @@ fn sddmm(
         var acc = vec4<f32>(0.0);
         for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
             // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
-            let dl = select(vec4<f32>(0.0), d[dbase + min(b0 + l8, last)], b0 + l8 < p.b4);
+            let dl = select(vec4<f32>(0.0), textureLoad(d, vec2<u32>(min(b0 + l8, last), row)), b0 + l8 < p.b4);
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 0u, last), xrow)), subgroupBroadcast(dl, 0u), acc);
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 1u, last), xrow)), subgroupBroadcast(dl, 1u), acc);
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 2u, last), xrow)), subgroupBroadcast(dl, 2u), acc);

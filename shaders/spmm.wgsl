@@ -11,7 +11,8 @@
 // Bindings (group 0):
 //   0 uniform Params
 //   1 storage read  idx  : the layer index
-//   2 storage read  vals : values per slot
+//   2 texture read  nzmeta : rg32uint, texel j = (column of X, value bits) of the j-th nonzero in
+//                          the order this product walks them (sparse_meta.wgsl)
 //   3 texture read  x    : [cols, B] as an rgba32float storage texture, texel (b4, c) =
 //                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
@@ -49,7 +50,7 @@ const V: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
-@group(0) @binding(2) var<storage, read> vals: array<f32>;
+@group(0) @binding(2) var nzmeta: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
@@ -113,18 +114,11 @@ fn spmm(
     let l8 = lane % 8u;
     for (var j0 = start; j0 < end; j0 += 8u) {
         let j = min(j0 + l8, end - 1u);
-        var s = j;
-        if (FORWARD) {
-            s = idx[p.nnz + j];
-        }
-        let ps = idx[s];
-        var cl = ps % p.out_dim;
-        if (FORWARD) {
-            cl = ps / p.out_dim;
-        }
+        let m = textureLoad(nzmeta, vec2<u32>(j % 4096u, j / 4096u));
+        let cl = m.x;
         // Past the row's end: a valid column with value 0, so the 8 bodies need no branch
         // (a branch around loads costs more than the wasted multiply-adds on lavapipe).
-        let vl = select(0.0, vals[s], j0 + l8 < end);
+        let vl = select(0.0, bitcast<f32>(m.y), j0 + l8 < end);
         acc = madd(acc, subgroupBroadcast(cl, 0u), subgroupBroadcast(vl, 0u), b0);
         acc = madd(acc, subgroupBroadcast(cl, 1u), subgroupBroadcast(vl, 1u), b0);
         acc = madd(acc, subgroupBroadcast(cl, 2u), subgroupBroadcast(vl, 2u), b0);

@@ -7,8 +7,8 @@ mod common;
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::sparse as twin;
 use rigl::gpu::ops::run;
-use rigl::gpu::spmm::{sddmm, spmm, SparseShape};
-use rigl::gpu::texture::Texture;
+use rigl::gpu::spmm::{meta, sddmm, spmm, SparseShape};
+use rigl::gpu::texture::{meta_texture, Texture};
 use rigl::gpu::Tensor;
 use rigl::sparse::csr::CsrIndex;
 
@@ -123,8 +123,10 @@ fn pack_kernels_write_the_texture_and_the_buffer() {
         let idx_t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
         let ones = Tensor::from_f32(ctx, "ones", &vec![1.0; rows]).unwrap();
         let out = Tensor::zeros(ctx, "out", rows * b).unwrap();
-        let f = spmm(ctx, s, &idx_t, &ones, &t, &out, true).unwrap();
-        run(ctx, "pack", &[&p, &f]).unwrap();
+        let fm = meta_texture(ctx, "meta", rows).unwrap();
+        let me = meta(ctx, s, &idx_t, &ones, &fm, None).unwrap();
+        let f = spmm(ctx, s, &idx_t, &fm, &t, &out, true).unwrap();
+        run(ctx, "pack", &[&p, &me, &f]).unwrap();
         assert_eq!(y.read_f32(ctx).unwrap(), want, "{name}: buffer");
         assert_eq!(out.read_f32(ctx).unwrap(), want, "{name}: texture");
     }
@@ -167,14 +169,16 @@ fn sparse_products_match_the_cpu_twins() {
         let vals_t = Tensor::from_f32(ctx, "values", &vals).unwrap();
         let x_t = Texture::from_f32(ctx, "x", &x, case.in_dim, case.batch).unwrap();
         let d_t = Texture::from_f32(ctx, "d", &d, case.out_dim, case.batch).unwrap();
-        let d_b = Tensor::from_f32(ctx, "d", &d).unwrap();
         let y_t = Tensor::from_f32(ctx, "y", &vec![f32::NAN; case.out_dim * case.batch]).unwrap();
         let dx_t = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; case.in_dim * case.batch]).unwrap();
         let g_t = Tensor::from_f32(ctx, "g", &vec![f32::NAN; s.nnz.max(1)]).unwrap();
-        let fwd = spmm(ctx, s, &idx_t, &vals_t, &x_t, &y_t, true).unwrap();
-        let bwd = spmm(ctx, s, &idx_t, &vals_t, &d_t, &dx_t, false).unwrap();
-        let sd = sddmm(ctx, s, &idx_t, &x_t, &d_b, &g_t).unwrap();
-        run(ctx, "sparse products", &[&fwd, &bwd, &sd]).unwrap();
+        let fm = meta_texture(ctx, "fwd meta", s.nnz).unwrap();
+        let bm = meta_texture(ctx, "bwd meta", s.nnz).unwrap();
+        let me = meta(ctx, s, &idx_t, &vals_t, &fm, Some(&bm)).unwrap();
+        let fwd = spmm(ctx, s, &idx_t, &fm, &x_t, &y_t, true).unwrap();
+        let bwd = spmm(ctx, s, &idx_t, &bm, &d_t, &dx_t, false).unwrap();
+        let sd = sddmm(ctx, s, &idx_t, &x_t, &d_t, &g_t).unwrap();
+        run(ctx, "sparse products", &[&me, &fwd, &bwd, &sd]).unwrap();
         let vals = &vals[..s.nnz];
         let tol = (1e-5, 1e-4);
         assert_close(
@@ -239,7 +243,8 @@ fn sparse_kernels_refuse_a_batch_not_multiple_of_4() {
     let t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
     let f = Tensor::zeros(ctx, "f", 64).unwrap();
     let x = Texture::new(ctx, "x", 3, 8).unwrap();
-    let err = spmm(ctx, s, &t, &f, &x, &f, true).unwrap_err().to_string();
+    let m = meta_texture(ctx, "m", 6).unwrap();
+    let err = spmm(ctx, s, &t, &m, &x, &f, true).unwrap_err().to_string();
     assert!(err.contains("multiple of 4"), "{err}");
     let err = Texture::new(ctx, "x", 3, 6).unwrap_err().to_string();
     assert!(err.contains("multiple of 4"), "{err}");
@@ -249,7 +254,7 @@ fn sparse_kernels_refuse_a_batch_not_multiple_of_4() {
         ctx,
         s,
         &t,
-        &f,
+        &m,
         &Texture::new(ctx, "narrow", 2, 8).unwrap(),
         &f,
         true,

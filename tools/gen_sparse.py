@@ -19,7 +19,8 @@ SPMM_HEAD = '''// Sparse × dense products of a compressed sparse layer (CSR), a
 // Bindings (group 0):
 //   0 uniform Params
 //   1 storage read  idx  : the layer index
-//   2 storage read  vals : values per slot
+//   2 texture read  nzmeta : rg32uint, texel j = (column of X, value bits) of the j-th nonzero in
+//                          the order this product walks them (sparse_meta.wgsl)
 //   3 texture read  x    : [cols, B] as an rgba32float storage texture, texel (b4, c) =
 //                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
@@ -57,7 +58,7 @@ const V: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
-@group(0) @binding(2) var<storage, read> vals: array<f32>;
+@group(0) @binding(2) var nzmeta: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
@@ -121,18 +122,11 @@ fn spmm(
     let l8 = lane % 8u;
     for (var j0 = start; j0 < end; j0 += 8u) {
         let j = min(j0 + l8, end - 1u);
-        var s = j;
-        if (FORWARD) {
-            s = idx[p.nnz + j];
-        }
-        let ps = idx[s];
-        var cl = ps % p.out_dim;
-        if (FORWARD) {
-            cl = ps / p.out_dim;
-        }
+        let m = textureLoad(nzmeta, vec2<u32>(j % 4096u, j / 4096u));
+        let cl = m.x;
         // Past the row's end: a valid column with value 0, so the 8 bodies need no branch
         // (a branch around loads costs more than the wasted multiply-adds on lavapipe).
-        let vl = select(0.0, vals[s], j0 + l8 < end);
+        let vl = select(0.0, bitcast<f32>(m.y), j0 + l8 < end);
 '''
 SPMM_TAIL = '''    }
     store(row, b0, acc.a0);
@@ -154,7 +148,7 @@ SDDMM_HEAD = '''// Sampled dense-dense product: the weight gradient of a compres
 //   0 uniform Params
 //   1 storage read  idx  : the layer index (src/sparse/csr.rs: pos, fwd_slot, in_ptr, out_ptr)
 //   2 texture read  x    : [in, B] as an rgba32float storage texture (see spmm.wgsl)
-//   3 storage read  d    : [out, B] as vec4
+//   3 texture read  d    : [out, B] as an rgba32float storage texture
 //   4 storage rw    grad : per slot, overwritten
 // A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
 // walks the batch, 8 vec4s per step: lane t of the subgroup loads D[r, b + t] and hands it to
@@ -178,7 +172,7 @@ override WG: u32 = 64u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var x: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(3) var<storage, read> d: array<vec4<f32>>;
+@group(0) @binding(3) var d: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -194,7 +188,6 @@ fn sddmm(
     }
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
-    let dbase = row * p.b4;
     let l8 = lane % 8u;
     let last = p.b4 - 1u;
     for (var j0 = start; j0 < end; j0 += WG) {
@@ -204,7 +197,7 @@ fn sddmm(
         var acc = vec4<f32>(0.0);
         for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
             // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
-            let dl = select(vec4<f32>(0.0), d[dbase + min(b0 + l8, last)], b0 + l8 < p.b4);
+            let dl = select(vec4<f32>(0.0), textureLoad(d, vec2<u32>(min(b0 + l8, last), row)), b0 + l8 < p.b4);
 '''
 SDDMM_TAIL = '''        }
         if (j0 + lidx < end) {

@@ -100,6 +100,21 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     let x = Tensor::from_f32(&ctx, "input", &fill(in_dim * b, 1))?;
     let xt = rigl::gpu::texture::Texture::from_f32(&ctx, "input", &fill(in_dim * b, 1), in_dim, b)?;
     let d = Tensor::from_f32(&ctx, "output gradient", &fill(out_dim * b, 2))?;
+    let dt = rigl::gpu::texture::Texture::from_f32(
+        &ctx,
+        "output gradient",
+        &fill(out_dim * b, 2),
+        out_dim,
+        b,
+    )?;
+    // The per-nonzero metadata the SpMM reads (written once per training step; timed in
+    // `bench step`, not here).
+    let fm = rigl::gpu::texture::meta_texture(&ctx, "forward metadata", s.nnz)?;
+    rigl::gpu::ops::run(
+        &ctx,
+        "metadata",
+        &[&spmm::meta(&ctx, s, &idx_t, &vals, &fm, None)?],
+    )?;
     let y = Tensor::zeros(&ctx, "output", out_dim * b)?;
     let g = Tensor::zeros(&ctx, "sparse gradient", s.nnz.max(1))?;
     let gd = Tensor::zeros(&ctx, "dense gradient", n)?;
@@ -115,7 +130,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             };
             let v = variant.resolve(&ctx, &shape);
             (
-                spmm::spmm(&ctx, s, &idx_t, &vals, &xt, &y, true)?,
+                spmm::spmm(&ctx, s, &idx_t, &fm, &xt, &y, true)?,
                 GemmOp::new(&ctx, shape, v, &w, &x, &y, Some(&mask), false)?,
                 shape,
             )
@@ -130,7 +145,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             };
             let v = variant.resolve(&ctx, &shape);
             (
-                spmm::sddmm(&ctx, s, &idx_t, &xt, &d, &g)?,
+                spmm::sddmm(&ctx, s, &idx_t, &xt, &dt, &g)?,
                 GemmOp::new(&ctx, shape, v, &x, &d, &gd, None, false)?,
                 shape,
             )

@@ -24,6 +24,8 @@ pub struct Dispatch {
     pub flops: f64,
     /// Bytes moved per launch, at least once each (for GB/s).
     pub bytes: f64,
+    /// Whether the kernel binds a texture.
+    pub uses_textures: bool,
 }
 
 /// A resource bound to a kernel: a storage buffer (view) or a storage texture.
@@ -78,7 +80,10 @@ impl Dispatch {
             resource: params_buf.as_entire_binding(),
         }];
         for (i, (t, kind)) in tensors.iter().zip(&spec.bindings[1..]).enumerate() {
-            let is_tex = matches!(kind, Binding::TexRead | Binding::TexWrite);
+            let is_tex = matches!(
+                kind,
+                Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
+            );
             let resource = match (t, is_tex) {
                 (Res::Buf(b), false) => b.binding(),
                 (Res::Tex(x), true) => wgpu::BindingResource::TextureView(&x.view),
@@ -110,6 +115,12 @@ impl Dispatch {
             dims,
             flops: 0.0,
             bytes: 0.0,
+            uses_textures: spec.bindings.iter().any(|b| {
+                matches!(
+                    b,
+                    Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
+                )
+            }),
         })
     }
 

@@ -20,6 +20,10 @@ pub enum Binding {
     TexRead,
     /// A write-only 2-D storage texture of `rgba32float`.
     TexWrite,
+    /// A read-only 2-D storage texture of `rg32uint` (sparse metadata).
+    MetaRead,
+    /// A write-only 2-D storage texture of `rg32uint`.
+    MetaWrite,
 }
 
 /// A kernel: a shader file (by name), an entry point, the bindings of group 0 in order, and the
@@ -191,15 +195,21 @@ fn build(device: &wgpu::Device, spec: &KernelSpec) -> Result<Kernel> {
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
-                Binding::TexRead | Binding::TexWrite => wgpu::BindingType::StorageTexture {
-                    access: if *b == Binding::TexRead {
-                        wgpu::StorageTextureAccess::ReadOnly
-                    } else {
-                        wgpu::StorageTextureAccess::WriteOnly
-                    },
-                    format: wgpu::TextureFormat::Rgba32Float,
-                    view_dimension: wgpu::TextureViewDimension::D2,
-                },
+                Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite => {
+                    wgpu::BindingType::StorageTexture {
+                        access: if matches!(b, Binding::TexRead | Binding::MetaRead) {
+                            wgpu::StorageTextureAccess::ReadOnly
+                        } else {
+                            wgpu::StorageTextureAccess::WriteOnly
+                        },
+                        format: if matches!(b, Binding::TexRead | Binding::TexWrite) {
+                            wgpu::TextureFormat::Rgba32Float
+                        } else {
+                            wgpu::TextureFormat::Rg32Uint
+                        },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                    }
+                }
             },
             count: None,
         })

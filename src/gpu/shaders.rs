@@ -19,6 +19,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("spmm", include_str!("../../shaders/spmm.wgsl")),
     ("sddmm", include_str!("../../shaders/sddmm.wgsl")),
     ("csr", include_str!("../../shaders/csr.wgsl")),
+    (
+        "sparse_meta",
+        include_str!("../../shaders/sparse_meta.wgsl"),
+    ),
     ("sparse_act", include_str!("../../shaders/sparse_act.wgsl")),
 ];
 

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
-use crate::gpu::texture::Texture;
+use crate::gpu::texture::{meta_texture, Texture, META_WIDTH};
 use crate::gpu::{GpuContext, Tensor};
 
 /// Batch vec4s per invocation in the sparse kernels (`V` in the shaders).
@@ -84,6 +84,78 @@ fn check(ctx: &GpuContext, s: &SparseShape, idx: &Tensor, what: &str) -> Result<
         )));
     }
     Ok(())
+}
+
+fn check_meta(t: &Texture, nnz: usize, what: &str) -> Result<()> {
+    if t.rows * META_WIDTH < nnz {
+        return Err(RiglError::invalid(format!(
+            "{what}: texture '{}' holds {} nonzeros, needs {nnz}",
+            t.label,
+            t.rows * META_WIDTH
+        )));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MetaParams {
+    nnz: u32,
+    out_dim: u32,
+    _pad: [u32; 2],
+}
+
+/// Writes the metadata textures of a layer from its index and values (`shaders/sparse_meta.wgsl`):
+/// `fwd` for the forward product, `bwd` (when the input gradient is needed) for the input
+/// gradient. Runs before the products of every step.
+pub fn meta(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    vals: &Tensor,
+    fwd: &Texture,
+    bwd: Option<&Texture>,
+) -> Result<Dispatch> {
+    check(ctx, &s, idx, "sparse metadata")?;
+    check_len(vals, s.nnz, "sparse metadata values")?;
+    check_meta(fwd, s.nnz, "forward metadata")?;
+    if let Some(b) = bwd {
+        check_meta(b, s.nnz, "backward metadata")?;
+    }
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::MetaWrite,
+        Binding::MetaWrite,
+    ];
+    let dummy;
+    let bwd_t = match bwd {
+        Some(b) => b,
+        None => {
+            dummy = meta_texture(ctx, "metadata placeholder", 1)?;
+            &dummy
+        }
+    };
+    let params = MetaParams {
+        nnz: s.nnz as u32,
+        out_dim: s.out_dim as u32,
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec::new("sparse_meta", "sparse_meta", B)
+        .with_override("BWD", f64::from(u8::from(bwd.is_some())));
+    Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[
+            Res::Buf(idx),
+            Res::Buf(vals),
+            Res::Tex(fwd),
+            Res::Tex(bwd_t),
+        ],
+        (s.nnz.max(1) as u64).div_ceil(64),
+    )
 }
 
 fn check_tex(t: &Texture, rows: usize, batch: usize, what: &str) -> Result<()> {
@@ -190,12 +262,12 @@ pub fn spmm(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
-    vals: &Tensor,
+    meta: &Texture,
     x: &Texture,
     y: &Tensor,
     forward: bool,
 ) -> Result<Dispatch> {
-    spmm_with(ctx, s, idx, vals, x, y, forward, Epilogue::None, None)
+    spmm_with(ctx, s, idx, meta, x, y, forward, Epilogue::None, None)
 }
 
 /// [`spmm`] with an epilogue fused into the store, and the result also written to `t`.
@@ -204,7 +276,7 @@ pub fn spmm_with(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
-    vals: &Tensor,
+    meta: &Texture,
     x: &Texture,
     y: &Tensor,
     forward: bool,
@@ -217,7 +289,7 @@ pub fn spmm_with(
     } else {
         (s.in_dim, s.out_dim)
     };
-    check_len(vals, s.nnz, "spmm values")?;
+    check_meta(meta, s.nnz, "spmm metadata")?;
     check_tex(x, cols, s.batch, "spmm input")?;
     check_len(y, rows * s.batch, "spmm output")?;
     if let Some(t) = t {
@@ -226,7 +298,7 @@ pub fn spmm_with(
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
-        Binding::Read,
+        Binding::MetaRead,
         Binding::TexRead,
         Binding::ReadWrite,
         Binding::Read,
@@ -284,7 +356,7 @@ pub fn spmm_with(
         bytemuck::bytes_of(&params),
         &[
             Res::Buf(idx),
-            Res::Buf(vals),
+            Res::Tex(meta),
             Res::Tex(x),
             Res::Buf(y),
             Res::Buf(&bias),
@@ -302,18 +374,18 @@ pub fn sddmm(
     s: SparseShape,
     idx: &Tensor,
     x: &Texture,
-    d: &Tensor,
+    d: &Texture,
     grad: &Tensor,
 ) -> Result<Dispatch> {
     check(ctx, &s, idx, "sddmm")?;
     check_tex(x, s.in_dim, s.batch, "sddmm input")?;
-    check_len(d, s.out_dim * s.batch, "sddmm output gradient")?;
+    check_tex(d, s.out_dim, s.batch, "sddmm output gradient")?;
     check_len(grad, s.nnz, "sddmm gradient")?;
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
         Binding::TexRead,
-        Binding::Read,
+        Binding::TexRead,
         Binding::ReadWrite,
     ];
     let b4 = s.batch / 4;
@@ -333,7 +405,7 @@ pub fn sddmm(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[Res::Buf(idx), Res::Tex(x), Res::Buf(d), Res::Buf(grad)],
+        &[Res::Buf(idx), Res::Tex(x), Res::Tex(d), Res::Buf(grad)],
         s.out_dim as u64,
     )?
     .with_cost(flops, bytes))

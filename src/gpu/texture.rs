@@ -101,6 +101,48 @@ impl Texture {
     }
 }
 
+/// Texels per row of a metadata texture (`META_WIDTH` in the shaders).
+pub const META_WIDTH: usize = 4096;
+
+/// Per-nonzero metadata of a sparse product as an `rg32uint` storage texture: texel j (at
+/// `(j % META_WIDTH, j / META_WIDTH)`) = (column, value bits) of nonzero j in the order the
+/// product walks them, rewritten before every forward pass (`csr_meta` in `shaders/csr.wgsl`).
+pub fn meta_texture(ctx: &GpuContext, label: &str, n: usize) -> Result<Texture> {
+    let rows = n.max(1).div_ceil(META_WIDTH);
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    if rows > max || META_WIDTH > max {
+        return Err(RiglError::TooLarge {
+            what: format!("metadata texture '{label}' of {n} nonzeros"),
+            needed: rows as u64,
+            unit: "texture rows",
+            limit: max as u64,
+            limit_name: "max_texture_dimension_2d",
+        });
+    }
+    let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d {
+            width: META_WIDTH as u32,
+            height: rows as u32,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rg32Uint,
+        usage: wgpu::TextureUsages::STORAGE_BINDING,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+    Ok(Texture {
+        texture,
+        view,
+        rows,
+        batch: 4 * META_WIDTH,
+        label: label.to_string(),
+    })
+}
+
 /// Whether activation textures of `rows` x `batch` fit this device.
 pub fn fits(ctx: &GpuContext, rows: usize, batch: usize) -> bool {
     let max = ctx.limits.max_texture_dimension_2d as usize;

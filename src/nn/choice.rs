@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RiglError};
 use crate::gpu::profile;
 use crate::gpu::spmm::{self, SparseShape};
-use crate::gpu::texture::Texture;
+use crate::gpu::texture::{meta_texture, Texture};
 use crate::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
 use crate::sparse::csr::CsrIndex;
 use crate::sparse::init::{init_layer, WeightInit};
@@ -152,12 +152,15 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     let dx = Tensor::zeros(ctx, "timing input gradient", i * b)?;
     let g = Tensor::zeros(ctx, "timing gradient", s.nnz)?;
     let gd = Tensor::zeros(ctx, "timing dense gradient", i * o)?;
+    let fm = meta_texture(ctx, "timing forward metadata", s.nnz)?;
+    let bm = meta_texture(ctx, "timing backward metadata", s.nnz)?;
     let mut sparse_ops = vec![
-        spmm::spmm(ctx, s, &idx_t, &vals, &xt, &y, true)?,
-        spmm::sddmm(ctx, s, &idx_t, &xt, &d, &g)?,
+        spmm::meta(ctx, s, &idx_t, &vals, &fm, (!first).then_some(&bm))?,
+        spmm::spmm(ctx, s, &idx_t, &fm, &xt, &y, true)?,
+        spmm::sddmm(ctx, s, &idx_t, &xt, &dt, &g)?,
     ];
     if !first {
-        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &vals, &dt, &dx, false)?);
+        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &bm, &dt, &dx, false)?);
     }
     let variant = gemm::choose_variant(ctx)?;
     let op = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {

@@ -18,7 +18,7 @@ use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SparseShape};
-use crate::gpu::texture::Texture;
+use crate::gpu::texture::{meta_texture, Texture};
 use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
 use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
 use crate::nn::ModelState;
@@ -230,11 +230,7 @@ impl SparseMlp {
             } else {
                 None
             });
-            grad_tex.push(if l > 0 {
-                Some(tex(format!("{name} activation gradient texture"), rows)?)
-            } else {
-                None
-            });
+            grad_tex.push(tex(format!("{name} activation gradient texture"), rows)?);
         }
         let input_tex = |l: usize| -> &Texture {
             match l {
@@ -242,16 +238,46 @@ impl SparseMlp {
                 _ => act_tex[l - 1].as_ref().unwrap_or(&x_tex),
             }
         };
+        // Per-nonzero metadata (column, value) in each product's order, rewritten before every
+        // forward pass.
+        let mut fwd_meta = Vec::new();
+        let mut bwd_meta = Vec::new();
+        for (l, ly) in layers.iter().enumerate() {
+            fwd_meta.push(meta_texture(
+                ctx,
+                &format!("{} forward metadata", ly.name),
+                ly.shape.nnz,
+            )?);
+            bwd_meta.push(if l > 0 {
+                Some(meta_texture(
+                    ctx,
+                    &format!("{} backward metadata", ly.name),
+                    ly.shape.nnz,
+                )?)
+            } else {
+                None
+            });
+        }
         // The host writes the batch into x_tex directly (set_batch); bias, ReLU and the texture
         // copy are fused into each product's store.
         let mut fwd = Vec::new();
+        for (l, ly) in layers.iter().enumerate() {
+            fwd.push(spmm::meta(
+                ctx,
+                ly.shape,
+                &iv(ly)?,
+                &lv(&vals, ly, "weights")?,
+                &fwd_meta[l],
+                bwd_meta[l].as_ref(),
+            )?);
+        }
         for (l, ly) in layers.iter().enumerate() {
             let bv = bview(&bias, l, "bias")?;
             fwd.push(spmm::spmm_with(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
-                &lv(&vals, ly, "weights")?,
+                &fwd_meta[l],
                 input_tex(l),
                 &acts[l],
                 true,
@@ -275,10 +301,12 @@ impl SparseMlp {
             1.0 / b as f32,
         )?;
         let reduce = ops::segment_sum(ctx, &loss_stats, &sums, 2, b, true)?;
-        let mut bwd = Vec::new();
-        if let Some(t) = &grad_tex[n_layers - 1] {
-            bwd.push(spmm::pack(ctx, PackOp::Copy, &dacts[n_layers - 1], t)?);
-        }
+        let mut bwd = vec![spmm::pack(
+            ctx,
+            PackOp::Copy,
+            &dacts[n_layers - 1],
+            &grad_tex[n_layers - 1],
+        )?];
         for l in (0..n_layers).rev() {
             let ly = &layers[l];
             let fout = ly.shape.out_dim;
@@ -295,21 +323,21 @@ impl SparseMlp {
                 ly.shape,
                 &iv(ly)?,
                 input_tex(l),
-                &dacts[l],
+                &grad_tex[l],
                 &lv(&grad, ly, "gradient")?,
             )?);
-            if let Some(t) = &grad_tex[l] {
+            if let Some(m) = &bwd_meta[l] {
                 // The input gradient with the ReLU backward of the layer below fused in.
                 bwd.push(spmm::spmm_with(
                     ctx,
                     ly.shape,
                     &iv(ly)?,
-                    &lv(&vals, ly, "weights")?,
-                    t,
+                    m,
+                    &grad_tex[l],
                     &dacts[l - 1],
                     false,
                     Epilogue::ReluMask(&acts[l - 1]),
-                    grad_tex[l - 1].as_ref(),
+                    Some(&grad_tex[l - 1]),
                 )?);
             }
         }
@@ -347,7 +375,7 @@ impl SparseMlp {
                 ly.shape,
                 &iv(ly)?,
                 input_tex(l),
-                &dacts[l],
+                &grad_tex[l],
                 &lv(&grad, ly, "gradient")?,
             )?);
             let n = ly.shape.in_dim * ly.shape.out_dim;
