@@ -64,6 +64,20 @@ fn cases() -> Vec<Case> {
         mask: vec![1.0; 9 * 17],
     });
     v.push(Case {
+        name: "two vec4s per lane",
+        in_dim: 13,
+        out_dim: 7,
+        batch: 400,
+        mask: mask(13 * 7, 0.4, 5),
+    });
+    v.push(Case {
+        name: "three vec4s per lane",
+        in_dim: 7,
+        out_dim: 9,
+        batch: 680,
+        mask: mask(7 * 9, 0.6, 6),
+    });
+    v.push(Case {
         name: "batch of several blocks",
         in_dim: 19,
         out_dim: 6,

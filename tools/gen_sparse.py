@@ -54,7 +54,8 @@ override WG: u32 = 64u;
 override EPILOGUE: u32 = 0u;
 override RELU: bool = false;
 override STORE_TEX: bool = false;
-const V: u32 = 4u;
+// Batch vec4s per lane (1 to 4), so a small batch does not load clamped duplicates.
+override V: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;

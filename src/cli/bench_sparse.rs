@@ -152,9 +152,9 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
         }
     };
     let (sparse_ms, timing) =
-        profile::time_ops(&ctx, &[&sparse_op], args.warmup, args.reps, false)?;
+        profile::time_ops(&ctx, &[&sparse_op], args.warmup, args.reps, true)?;
     let (dense_ms, _) =
-        profile::time_ops(&ctx, &[&dense_op.dispatch], args.warmup, args.reps, false)?;
+        profile::time_ops(&ctx, &[&dense_op.dispatch], args.warmup, args.reps, true)?;
     let useful = 2.0 * s.nnz as f64 * b as f64;
     let name = match kernel {
         SparseKernel::Spmm => "spmm",

@@ -11,7 +11,7 @@ use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::{meta_texture, Texture, META_WIDTH};
 use crate::gpu::{GpuContext, Tensor};
 
-/// Batch vec4s per invocation in the sparse kernels (`V` in the shaders).
+/// Most batch vec4s per invocation in the SpMM (`V` in `spmm.wgsl`).
 const V: usize = 4;
 
 /// Whether this adapter can run the compressed sparse kernels (subgroups of 8 to 64 lanes),
@@ -62,10 +62,11 @@ struct SpParams {
     _pad: [u32; 2],
 }
 
-fn layout(b4: usize) -> (u32, usize) {
-    // Workgroup width and batch blocks: WG lanes x V vec4s per block.
+/// Workgroup width, vec4s per lane and batch blocks of WG x V vec4s of the SpMM.
+fn layout(b4: usize) -> (u32, usize, usize) {
     let wg = if b4 <= 32 { 32 } else { 64 };
-    (wg, b4.div_ceil(wg as usize * V))
+    let v = b4.div_ceil(wg).clamp(1, V);
+    (wg as u32, v, b4.div_ceil(wg * v))
 }
 
 fn check(ctx: &GpuContext, s: &SparseShape, idx: &Tensor, what: &str) -> Result<()> {
@@ -306,7 +307,7 @@ pub fn spmm_with(
         Binding::TexWrite,
     ];
     let b4 = s.batch / 4;
-    let (wg, blocks) = layout(b4);
+    let (wg, v, blocks) = layout(b4);
     let ptr_off = if forward {
         2 * s.nnz + s.in_dim + 1
     } else {
@@ -345,6 +346,7 @@ pub fn spmm_with(
     let spec = KernelSpec::new("spmm", "spmm", B)
         .with_override("FORWARD", f64::from(u8::from(forward)))
         .with_override("WG", f64::from(wg))
+        .with_override("V", v as f64)
         .with_override("EPILOGUE", f64::from(code))
         .with_override("RELU", f64::from(u8::from(relu)))
         .with_override("STORE_TEX", f64::from(u8::from(store_tex)));

@@ -200,8 +200,10 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     }
     let sp: Vec<_> = sparse_ops.iter().collect();
     let ms: Vec<_> = masked_ops.iter().collect();
-    let (sparse_ms, _) = profile::time_ops(ctx, &sp, 1, 3, false)?;
-    let (masked_ms, _) = profile::time_ops(ctx, &ms, 1, 3, false)?;
+    // Both by the wall clock: the two must be measured alike, and lavapipe's timestamps are
+    // unreliable around texture reads (see gpu::profile).
+    let (sparse_ms, _) = profile::time_ops(ctx, &sp, 1, 3, true)?;
+    let (masked_ms, _) = profile::time_ops(ctx, &ms, 1, 3, true)?;
     memo.insert(key, (sparse_ms, masked_ms));
     save_disk(&memo);
     Ok((sparse_ms, masked_ms))

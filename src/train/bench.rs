@@ -106,11 +106,13 @@ pub fn bench_step(
     }
     let fwd_bwd = step.clone();
     step.extend(model.sgd_ops());
-    let (step_ms, timing) = profile::time_ops(ctx, &step, warmup, reps, false)?;
+    // Wall clock for every model (submission included), so that dense, masked and sparse steps
+    // are measured alike; lavapipe's timestamps are unreliable around texture reads.
+    let (step_ms, timing) = profile::time_ops(ctx, &step, warmup, reps, true)?;
     let mut per_op = Vec::new();
     if per_dispatch {
         for op in &step {
-            let (ms, _) = profile::time_ops(ctx, &[*op], warmup.min(1), reps, false)?;
+            let (ms, _) = profile::time_ops(ctx, &[*op], warmup.min(1), reps, true)?;
             per_op.push((op.name.clone(), ms));
         }
     }
@@ -150,7 +152,7 @@ pub fn bench_step(
             if cfg.method != Method::Rigl {
                 ops.extend(model.sgd_ops());
             }
-            Some(profile::time_ops(ctx, &ops, warmup, reps, false)?.0)
+            Some(profile::time_ops(ctx, &ops, warmup, reps, true)?.0)
         }
     };
     let total: usize = plan.iter().map(|p| p.total).sum();
