@@ -16,6 +16,9 @@ struct Params {
 
 override NESTEROV: bool = false;
 override USE_MASK: bool = false;
+// Also write each new weight's bits into texel i of `sg_tex` (the value texture the sparse
+// products read, src/gpu/texture.rs META_WIDTH layout).
+override STORE_TEX: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -30,11 +33,12 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 //   g = grad + wd * w;  m = mu * m + g;  w -= lr * (NESTEROV ? g + mu * m : m)
 // With USE_MASK, a position whose mask is 0 gets w = 0 and m = 0 and nothing else.
 // f0 = lr, f1 = momentum, f2 = weight decay.
-// 1 read grad; 2 rw w; 3 rw m; 4 read mask (f32 0/1)
+// 1 read grad; 2 rw w; 3 rw m; 4 read mask (f32 0/1); 5 texture write (rg32uint) value mirror
 @group(0) @binding(1) var<storage, read> sg_grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sg_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> sg_m: array<f32>;
 @group(0) @binding(4) var<storage, read> sg_mask: array<f32>;
+@group(0) @binding(5) var sg_tex: texture_storage_2d<rg32uint, write>;
 
 @compute @workgroup_size(256)
 fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -55,5 +59,9 @@ fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (NESTEROV) {
         upd = g + p.f1 * m;
     }
-    sg_w[i] = w - p.f0 * upd;
+    let nw = w - p.f0 * upd;
+    sg_w[i] = nw;
+    if (STORE_TEX) {
+        textureStore(sg_tex, vec2<u32>(i % 4096u, i / 4096u), vec4<u32>(bitcast<u32>(nw), 0u, 0u, 0u));
+    }
 }

@@ -11,14 +11,15 @@
 // Bindings (group 0):
 //   0 uniform Params
 //   1 storage read  idx  : the layer index
-//   2 texture read  nzmeta : rg32uint, texel j = (column of X, value bits) of the j-th nonzero in
-//                          the order this product walks them (sparse_meta.wgsl)
+//   2 texture read  nzmeta : rg32uint, texel j = (column of X, slot) of the j-th nonzero in the
+//                          order this product walks them (sparse_meta.wgsl)
 //   3 texture read  x    : [cols, B] as an rgba32float storage texture, texel (b4, c) =
 //                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
 //   5 storage read  bias : [rows]                      (EPILOGUE 1)
 //   6 storage read  a    : [rows, B] as vec4           (EPILOGUE 2)
 //   7 texture write t    : the texture copy of y       (STORE_TEX)
+//   8 texture read  val  : rg32uint, texel slot = bits of the weight (kept current by the SGD)
 // Epilogue, fused so the activations are not read and written again by an elementwise pass:
 //   EPILOGUE 0: y = acc;  1: y = act(acc + bias[row]) (ReLU when RELU);  2: y = a > 0 ? acc : 0
 //   (the ReLU backward of the layer below); STORE_TEX also writes y to t.
@@ -57,6 +58,7 @@ override V: u32 = 4u;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(7) var t: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var val: texture_storage_2d<rg32uint, read>;
 
 fn store(row: u32, b: u32, acc: vec4<f32>) {
     if (b >= p.b4) {
@@ -117,9 +119,10 @@ fn spmm(
         let j = min(j0 + l8, end - 1u);
         let m = textureLoad(nzmeta, vec2<u32>(j % 4096u, j / 4096u));
         let cl = m.x;
+        let vbits = textureLoad(val, vec2<u32>(m.y % 4096u, m.y / 4096u)).x;
         // Past the row's end: a valid column with value 0, so the 8 bodies need no branch
         // (a branch around loads costs more than the wasted multiply-adds on lavapipe).
-        let vl = select(0.0, bitcast<f32>(m.y), j0 + l8 < end);
+        let vl = select(0.0, bitcast<f32>(vbits), j0 + l8 < end);
         acc = madd(acc, subgroupBroadcast(cl, 0u), subgroupBroadcast(vl, 0u), b0);
         acc = madd(acc, subgroupBroadcast(cl, 1u), subgroupBroadcast(vl, 1u), b0);
         acc = madd(acc, subgroupBroadcast(cl, 2u), subgroupBroadcast(vl, 2u), b0);

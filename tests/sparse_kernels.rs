@@ -7,7 +7,7 @@ mod common;
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::sparse as twin;
 use rigl::gpu::ops::run;
-use rigl::gpu::spmm::{meta, sddmm, spmm, SparseShape};
+use rigl::gpu::spmm::{meta, sddmm, spmm, Metadata, SparseShape};
 use rigl::gpu::texture::{meta_texture, Texture};
 use rigl::gpu::Tensor;
 use rigl::sparse::csr::CsrIndex;
@@ -138,8 +138,13 @@ fn pack_kernels_write_the_texture_and_the_buffer() {
         let ones = Tensor::from_f32(ctx, "ones", &vec![1.0; rows]).unwrap();
         let out = Tensor::zeros(ctx, "out", rows * b).unwrap();
         let fm = meta_texture(ctx, "meta", rows).unwrap();
-        let me = meta(ctx, s, &idx_t, &ones, &fm, None).unwrap();
-        let f = spmm(ctx, s, &idx_t, &fm, &t, &out, true).unwrap();
+        let vt = meta_texture(ctx, "values", rows).unwrap();
+        let me = meta(ctx, s, &idx_t, &ones, 0, &vt, &fm, None).unwrap();
+        let fmeta = Metadata {
+            index: &fm,
+            values: &vt,
+        };
+        let f = spmm(ctx, s, &idx_t, &fmeta, &t, &out, true).unwrap();
         run(ctx, "pack", &[&p, &me, &f]).unwrap();
         assert_eq!(y.read_f32(ctx).unwrap(), want, "{name}: buffer");
         assert_eq!(out.read_f32(ctx).unwrap(), want, "{name}: texture");
@@ -186,11 +191,21 @@ fn sparse_products_match_the_cpu_twins() {
         let y_t = Tensor::from_f32(ctx, "y", &vec![f32::NAN; case.out_dim * case.batch]).unwrap();
         let dx_t = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; case.in_dim * case.batch]).unwrap();
         let g_t = Tensor::from_f32(ctx, "g", &vec![f32::NAN; s.nnz.max(1)]).unwrap();
+        // The layer's slots start at 70 in a larger value texture, as a model's later layers do.
         let fm = meta_texture(ctx, "fwd meta", s.nnz).unwrap();
         let bm = meta_texture(ctx, "bwd meta", s.nnz).unwrap();
-        let me = meta(ctx, s, &idx_t, &vals_t, &fm, Some(&bm)).unwrap();
-        let fwd = spmm(ctx, s, &idx_t, &fm, &x_t, &y_t, true).unwrap();
-        let bwd = spmm(ctx, s, &idx_t, &bm, &d_t, &dx_t, false).unwrap();
+        let vt = meta_texture(ctx, "values", 70 + s.nnz).unwrap();
+        let me = meta(ctx, s, &idx_t, &vals_t, 70, &vt, &fm, Some(&bm)).unwrap();
+        let fmeta = Metadata {
+            index: &fm,
+            values: &vt,
+        };
+        let bmeta = Metadata {
+            index: &bm,
+            values: &vt,
+        };
+        let fwd = spmm(ctx, s, &idx_t, &fmeta, &x_t, &y_t, true).unwrap();
+        let bwd = spmm(ctx, s, &idx_t, &bmeta, &d_t, &dx_t, false).unwrap();
         let sd = sddmm(ctx, s, &idx_t, &x_t, &d_t, &g_t).unwrap();
         run(ctx, "sparse products", &[&me, &fwd, &bwd, &sd]).unwrap();
         let vals = &vals[..s.nnz];
@@ -257,7 +272,11 @@ fn sparse_kernels_refuse_a_batch_not_multiple_of_4() {
     let t = Tensor::from_u32(ctx, "index", &idx.to_words()).unwrap();
     let f = Tensor::zeros(ctx, "f", 64).unwrap();
     let x = Texture::new(ctx, "x", 3, 8).unwrap();
-    let m = meta_texture(ctx, "m", 6).unwrap();
+    let mt = meta_texture(ctx, "m", 6).unwrap();
+    let m = Metadata {
+        index: &mt,
+        values: &mt,
+    };
     let err = spmm(ctx, s, &t, &m, &x, &f, true).unwrap_err().to_string();
     assert!(err.contains("multiple of 4"), "{err}");
     let err = Texture::new(ctx, "x", 3, 6).unwrap_err().to_string();

@@ -110,11 +110,16 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
     // The per-nonzero metadata the SpMM reads (written once per training step; timed in
     // `bench step`, not here).
     let fm = rigl::gpu::texture::meta_texture(&ctx, "forward metadata", s.nnz)?;
+    let vt = rigl::gpu::texture::meta_texture(&ctx, "values", s.nnz)?;
     rigl::gpu::ops::run(
         &ctx,
         "metadata",
-        &[&spmm::meta(&ctx, s, &idx_t, &vals, &fm, None)?],
+        &[&spmm::meta(&ctx, s, &idx_t, &vals, 0, &vt, &fm, None)?],
     )?;
+    let fmeta = spmm::Metadata {
+        index: &fm,
+        values: &vt,
+    };
     let y = Tensor::zeros(&ctx, "output", out_dim * b)?;
     let g = Tensor::zeros(&ctx, "sparse gradient", s.nnz.max(1))?;
     let gd = Tensor::zeros(&ctx, "dense gradient", n)?;
@@ -130,7 +135,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             };
             let v = variant.resolve(&ctx, &shape);
             (
-                spmm::spmm(&ctx, s, &idx_t, &fm, &xt, &y, true)?,
+                spmm::spmm(&ctx, s, &idx_t, &fmeta, &xt, &y, true)?,
                 GemmOp::new(&ctx, shape, v, &w, &x, &y, Some(&mask), false)?,
                 shape,
             )
@@ -151,8 +156,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             )
         }
     };
-    let (sparse_ms, timing) =
-        profile::time_ops(&ctx, &[&sparse_op], args.warmup, args.reps, true)?;
+    let (sparse_ms, timing) = profile::time_ops(&ctx, &[&sparse_op], args.warmup, args.reps, true)?;
     let (dense_ms, _) =
         profile::time_ops(&ctx, &[&dense_op.dispatch], args.warmup, args.reps, true)?;
     let useful = 2.0 * s.nnz as f64 * b as f64;

@@ -419,29 +419,69 @@ pub fn sgd(
     n: usize,
     cfg: SgdConfig,
 ) -> Result<Dispatch> {
+    sgd_mirrored(ctx, grad, w, m, mask, n, cfg, None)
+}
+
+/// [`sgd`] that also writes every new weight into `mirror`, a value texture of the
+/// [`crate::gpu::texture::meta_texture`] layout (texel i = weight i).
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_mirrored(
+    ctx: &GpuContext,
+    grad: &Tensor,
+    w: &Tensor,
+    m: &Tensor,
+    mask: Option<&Tensor>,
+    n: usize,
+    cfg: SgdConfig,
+    mirror: Option<&Texture>,
+) -> Result<Dispatch> {
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::Read,
+        Binding::MetaWrite,
     ];
     for t in [grad, w, m].into_iter().chain(mask) {
         check_len(t, n, "sgd")?;
     }
+    if let Some(t) = mirror {
+        if t.rows * crate::gpu::texture::META_WIDTH < n {
+            return Err(RiglError::invalid(format!(
+                "sgd: value texture '{}' is smaller than the {n} weights",
+                t.label
+            )));
+        }
+    }
     let spec = KernelSpec::new("sgd", "sgd_update", B)
         .with_override("NESTEROV", f64::from(u8::from(cfg.nesterov)))
-        .with_override("USE_MASK", f64::from(u8::from(mask.is_some())));
+        .with_override("USE_MASK", f64::from(u8::from(mask.is_some())))
+        .with_override("STORE_TEX", f64::from(u8::from(mirror.is_some())));
     // Without a mask the binding is never read; the gradient stands in for it.
     let mask_t = mask.unwrap_or(grad);
-    Ok(Dispatch::build(
+    let placeholder;
+    let tex = match mirror {
+        Some(t) => t,
+        None => {
+            placeholder = crate::gpu::texture::meta_texture(ctx, "sgd placeholder", 1)?;
+            &placeholder
+        }
+    };
+    let d = Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&cfg.params(n)),
-        &[grad, w, m, mask_t],
+        &[
+            Res::Buf(grad),
+            Res::Buf(w),
+            Res::Buf(m),
+            Res::Buf(mask_t),
+            Res::Tex(tex),
+        ],
         (n as u64).div_ceil(EW_WG),
-    )?
-    .with_cost(n as f64 * 6.0, n as f64 * 20.0))
+    )?;
+    Ok(d.with_cost(n as f64 * 6.0, n as f64 * 20.0))
 }
 
 /// Updates the learning rate (and other hyper-parameters) of a dispatch built by [`sgd`].

@@ -103,20 +103,26 @@ fn check_meta(t: &Texture, nnz: usize, what: &str) -> Result<()> {
 struct MetaParams {
     nnz: u32,
     out_dim: u32,
-    _pad: [u32; 2],
+    slot0: u32,
+    _pad: u32,
 }
 
-/// Writes the metadata textures of a layer from its index and values (`shaders/sparse_meta.wgsl`):
-/// `fwd` for the forward product, `bwd` (when the input gradient is needed) for the input
-/// gradient. Runs before the products of every step.
+/// Writes the metadata textures of a layer from its index (`shaders/sparse_meta.wgsl`): `fwd`
+/// for the forward product, `bwd` (when the input gradient is needed) for the input gradient,
+/// and the layer's values into the model's value texture `values` from texel `slot0`. Runs at
+/// load and after every mask update; the optimizer keeps `values` current between them.
+#[allow(clippy::too_many_arguments)]
 pub fn meta(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
     vals: &Tensor,
+    slot0: usize,
+    values: &Texture,
     fwd: &Texture,
     bwd: Option<&Texture>,
 ) -> Result<Dispatch> {
+    check_meta(values, slot0 + s.nnz, "value texture")?;
     check(ctx, &s, idx, "sparse metadata")?;
     check_len(vals, s.nnz, "sparse metadata values")?;
     check_meta(fwd, s.nnz, "forward metadata")?;
@@ -127,6 +133,7 @@ pub fn meta(
         Binding::Uniform,
         Binding::Read,
         Binding::Read,
+        Binding::MetaWrite,
         Binding::MetaWrite,
         Binding::MetaWrite,
     ];
@@ -141,7 +148,8 @@ pub fn meta(
     let params = MetaParams {
         nnz: s.nnz as u32,
         out_dim: s.out_dim as u32,
-        _pad: [0; 2],
+        slot0: slot0 as u32,
+        _pad: 0,
     };
     let spec = KernelSpec::new("sparse_meta", "sparse_meta", B)
         .with_override("BWD", f64::from(u8::from(bwd.is_some())));
@@ -154,6 +162,7 @@ pub fn meta(
             Res::Buf(vals),
             Res::Tex(fwd),
             Res::Tex(bwd_t),
+            Res::Tex(values),
         ],
         (s.nnz.max(1) as u64).div_ceil(64),
     )
@@ -263,12 +272,22 @@ pub fn spmm(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
-    meta: &Texture,
+    meta: &Metadata<'_>,
     x: &Texture,
     y: &Tensor,
     forward: bool,
 ) -> Result<Dispatch> {
     spmm_with(ctx, s, idx, meta, x, y, forward, Epilogue::None, None)
+}
+
+/// What a sparse product reads its nonzeros from: the per-layer metadata texture of the
+/// product's direction (written by [`meta`]) and the model's value texture.
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata<'a> {
+    /// (column, slot) per nonzero in the product's order.
+    pub index: &'a Texture,
+    /// Value bits per slot of the model.
+    pub values: &'a Texture,
 }
 
 /// [`spmm`] with an epilogue fused into the store, and the result also written to `t`.
@@ -277,7 +296,7 @@ pub fn spmm_with(
     ctx: &GpuContext,
     s: SparseShape,
     idx: &Tensor,
-    meta: &Texture,
+    meta: &Metadata<'_>,
     x: &Texture,
     y: &Tensor,
     forward: bool,
@@ -290,7 +309,7 @@ pub fn spmm_with(
     } else {
         (s.in_dim, s.out_dim)
     };
-    check_meta(meta, s.nnz, "spmm metadata")?;
+    check_meta(meta.index, s.nnz, "spmm metadata")?;
     check_tex(x, cols, s.batch, "spmm input")?;
     check_len(y, rows * s.batch, "spmm output")?;
     if let Some(t) = t {
@@ -305,6 +324,7 @@ pub fn spmm_with(
         Binding::Read,
         Binding::Read,
         Binding::TexWrite,
+        Binding::MetaRead,
     ];
     let b4 = s.batch / 4;
     let (wg, v, blocks) = layout(b4);
@@ -358,12 +378,13 @@ pub fn spmm_with(
         bytemuck::bytes_of(&params),
         &[
             Res::Buf(idx),
-            Res::Tex(meta),
+            Res::Tex(meta.index),
             Res::Tex(x),
             Res::Buf(y),
             Res::Buf(&bias),
             Res::Buf(&a),
             Res::Tex(t),
+            Res::Tex(meta.values),
         ],
         (rows * blocks) as u64,
     )?

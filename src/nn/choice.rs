@@ -154,13 +154,23 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     let gd = Tensor::zeros(ctx, "timing dense gradient", i * o)?;
     let fm = meta_texture(ctx, "timing forward metadata", s.nnz)?;
     let bm = meta_texture(ctx, "timing backward metadata", s.nnz)?;
+    let vt = meta_texture(ctx, "timing values", s.nnz)?;
+    let me = spmm::meta(ctx, s, &idx_t, &vals, 0, &vt, &fm, (!first).then_some(&bm))?;
+    crate::gpu::ops::run(ctx, "timing metadata", &[&me])?;
+    let fmeta = spmm::Metadata {
+        index: &fm,
+        values: &vt,
+    };
+    let bmeta = spmm::Metadata {
+        index: &bm,
+        values: &vt,
+    };
     let mut sparse_ops = vec![
-        spmm::meta(ctx, s, &idx_t, &vals, &fm, (!first).then_some(&bm))?,
-        spmm::spmm(ctx, s, &idx_t, &fm, &xt, &y, true)?,
+        spmm::spmm(ctx, s, &idx_t, &fmeta, &xt, &y, true)?,
         spmm::sddmm(ctx, s, &idx_t, &xt, &dt, &g)?,
     ];
     if !first {
-        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &bm, &dt, &dx, false)?);
+        sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &bmeta, &dt, &dx, false)?);
     }
     let variant = gemm::choose_variant(ctx)?;
     let op = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {

@@ -93,6 +93,7 @@ pub struct SparseMlp {
     bwd: Vec<Dispatch>,
     sgd_w: Dispatch,
     sgd_b: Dispatch,
+    meta_ops: Vec<Dispatch>,
     drop: MaskUpdater,
     grows: Vec<MaskUpdater>,
     dense_grad: Vec<Dispatch>,
@@ -238,8 +239,9 @@ impl SparseMlp {
                 _ => act_tex[l - 1].as_ref().unwrap_or(&x_tex),
             }
         };
-        // Per-nonzero metadata (column, value) in each product's order, rewritten before every
-        // forward pass.
+        // Per-nonzero metadata (column, slot) in each product's order, rewritten at load and after
+        // every mask update, and the value texture the optimizer keeps current.
+        let val_tex = meta_texture(ctx, "sparse weight texture", total_slots)?;
         let mut fwd_meta = Vec::new();
         let mut bwd_meta = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
@@ -260,24 +262,31 @@ impl SparseMlp {
         }
         // The host writes the batch into x_tex directly (set_batch); bias, ReLU and the texture
         // copy are fused into each product's store.
-        let mut fwd = Vec::new();
+        let mut meta_ops = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
-            fwd.push(spmm::meta(
+            meta_ops.push(spmm::meta(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
                 &lv(&vals, ly, "weights")?,
+                ly.slot_offset,
+                &val_tex,
                 &fwd_meta[l],
                 bwd_meta[l].as_ref(),
             )?);
         }
+        let fmeta = |l: usize| spmm::Metadata {
+            index: &fwd_meta[l],
+            values: &val_tex,
+        };
+        let mut fwd = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
             let bv = bview(&bias, l, "bias")?;
             fwd.push(spmm::spmm_with(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
-                &fwd_meta[l],
+                &fmeta(l),
                 input_tex(l),
                 &acts[l],
                 true,
@@ -332,7 +341,10 @@ impl SparseMlp {
                     ctx,
                     ly.shape,
                     &iv(ly)?,
-                    m,
+                    &spmm::Metadata {
+                        index: m,
+                        values: &val_tex,
+                    },
                     &grad_tex[l],
                     &dacts[l - 1],
                     false,
@@ -341,7 +353,16 @@ impl SparseMlp {
                 )?);
             }
         }
-        let sgd_w = ops::sgd(ctx, &grad, &vals, &mom, None, total_slots, cfg.sgd)?;
+        let sgd_w = ops::sgd_mirrored(
+            ctx,
+            &grad,
+            &vals,
+            &mom,
+            None,
+            total_slots,
+            cfg.sgd,
+            Some(&val_tex),
+        )?;
         let bias_sgd = SgdConfig {
             weight_decay: 0.0,
             ..cfg.sgd
@@ -464,6 +485,7 @@ impl SparseMlp {
             bwd,
             sgd_w,
             sgd_b,
+            meta_ops,
             drop,
             grows,
             dense_grad,
@@ -562,6 +584,9 @@ impl SparseMlp {
         self.bias.write_f32(ctx, &b)?;
         self.mom.write_f32(ctx, &vec![0.0; self.total_slots])?;
         self.bmom.write_f32(ctx, &vec![0.0; self.total_b])?;
+        // The products read the index and the values through textures written from these.
+        let meta: Vec<&Dispatch> = self.meta_ops.iter().collect();
+        ops::run(ctx, "sparse metadata", &meta)?;
         self.reset_sums(ctx)
     }
 
@@ -704,6 +729,7 @@ impl SparseMlp {
             v.extend(self.rebuild[l].1.iter());
         }
         v.extend(self.regrad.iter());
+        v.extend(self.meta_ops.iter());
         Ok(v)
     }
 
