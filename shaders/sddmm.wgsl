@@ -8,6 +8,7 @@
 //   2 texture read  x    : [in, B] as an rgba32float storage texture (see spmm.wgsl)
 //   3 texture read  d    : [out, B] as an rgba32float storage texture
 //   4 storage rw    grad : per slot, overwritten
+//   5 storage rw    bgrad: [out] bias gradient sum_b D[r, b], overwritten (BIAS)
 // A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
 // walks the batch, 8 vec4s per step: lane t of the subgroup loads D[r, b + t] and hands it to
 // every lane with subgroupBroadcast (the same for every nonzero of the row), while each lane
@@ -26,12 +27,14 @@ struct Params {
 }
 
 override WG: u32 = 64u;
+override BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(3) var d: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bgrad: array<f32>;
 
 @compute @workgroup_size(WG)
 fn sddmm(
@@ -48,14 +51,18 @@ fn sddmm(
     let end = idx[p.ptr_off + row + 1u];
     let l8 = lane % 8u;
     let last = p.b4 - 1u;
-    for (var j0 = start; j0 < end; j0 += WG) {
-        let j = min(j0 + lidx, end - 1u);
+    // At least one pass, so that a row without nonzeros still gets its bias gradient (lanes past
+    // the row's end read nonzero 0 and write nothing).
+    for (var j0 = start; j0 < max(end, start + 1u); j0 += WG) {
+        let j = select(min(j0 + lidx, end - 1u), 0u, end == start);
         let s = idx[p.nnz + j];
         let xrow = idx[s] / p.out_dim;
         var acc = vec4<f32>(0.0);
+        var dsum = vec4<f32>(0.0);
         for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
             // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
             let dl = select(vec4<f32>(0.0), textureLoad(d, vec2<u32>(min(b0 + l8, last), row)), b0 + l8 < p.b4);
+            dsum += dl;
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 0u, last), xrow)), subgroupBroadcast(dl, 0u), acc);
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 1u, last), xrow)), subgroupBroadcast(dl, 1u), acc);
             acc = fma(textureLoad(x, vec2<u32>(min(b0 + 2u, last), xrow)), subgroupBroadcast(dl, 2u), acc);
@@ -67,6 +74,16 @@ fn sddmm(
         }
         if (j0 + lidx < end) {
             grad[s] = acc.x + acc.y + acc.z + acc.w;
+        }
+        // Lanes 0..7 of each subgroup loaded the whole row of D between them.
+        if (BIAS) {
+            if (j0 == start) {
+                let part = select(0.0, dsum.x + dsum.y + dsum.z + dsum.w, lane < 8u);
+                let total = subgroupAdd(part);
+                if (lidx == 0u) {
+                    bgrad[row] = total;
+                }
+            }
         }
     }
 }

@@ -17,7 +17,7 @@
 //                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
 //   5 storage read  bias : [rows]                      (EPILOGUE 1)
-//   6 storage read  a    : [rows, B] as vec4           (EPILOGUE 2)
+//   6 texture read  a    : [rows, B] activation texture (EPILOGUE 2)
 //   7 texture write t    : the texture copy of y       (STORE_TEX)
 //   8 texture read  val  : rg32uint, texel slot = bits of the weight (kept current by the SGD)
 // Epilogue, fused so the activations are not read and written again by an elementwise pass:
@@ -56,7 +56,7 @@ override V: u32 = 4u;
 @group(0) @binding(3) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(6) var a: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var t: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(8) var val: texture_storage_2d<rg32uint, read>;
 
@@ -72,7 +72,7 @@ fn store(row: u32, b: u32, acc: vec4<f32>) {
             v = max(v, vec4<f32>(0.0));
         }
     } else if (EPILOGUE == 2u) {
-        v = select(vec4<f32>(0.0), v, a[i] > vec4<f32>(0.0));
+        v = select(vec4<f32>(0.0), v, textureLoad(a, vec2<u32>(b, row)) > vec4<f32>(0.0));
     }
     y[i] = v;
     if (STORE_TEX) {

@@ -7,7 +7,7 @@ mod common;
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::sparse as twin;
 use rigl::gpu::ops::run;
-use rigl::gpu::spmm::{meta, sddmm, spmm, Metadata, SparseShape};
+use rigl::gpu::spmm::{meta, sddmm_with_bias, spmm, Metadata, SparseShape};
 use rigl::gpu::texture::{meta_texture, Texture};
 use rigl::gpu::Tensor;
 use rigl::sparse::csr::CsrIndex;
@@ -206,7 +206,8 @@ fn sparse_products_match_the_cpu_twins() {
         };
         let fwd = spmm(ctx, s, &idx_t, &fmeta, &x_t, &y_t, true).unwrap();
         let bwd = spmm(ctx, s, &idx_t, &bmeta, &d_t, &dx_t, false).unwrap();
-        let sd = sddmm(ctx, s, &idx_t, &x_t, &d_t, &g_t).unwrap();
+        let bg_t = Tensor::from_f32(ctx, "bias grad", &vec![f32::NAN; case.out_dim]).unwrap();
+        let sd = sddmm_with_bias(ctx, s, &idx_t, &x_t, &d_t, &g_t, Some(&bg_t)).unwrap();
         run(ctx, "sparse products", &[&me, &fwd, &bwd, &sd]).unwrap();
         let vals = &vals[..s.nnz];
         let tol = (1e-5, 1e-4);
@@ -229,6 +230,14 @@ fn sparse_products_match_the_cpu_twins() {
             &format!("{}: sddmm", case.name),
             &g[..s.nnz],
             &twin::sddmm(&idx, &x, &d, case.batch),
+            1e-4,
+            1e-4,
+        );
+        // The bias gradient rides along, empty rows included.
+        assert_close(
+            &format!("{}: bias gradient", case.name),
+            &bg_t.read_f32(ctx).unwrap(),
+            &rigl::cpu::dense::segment_sum(&d, case.out_dim, case.batch),
             1e-4,
             1e-4,
         );

@@ -25,7 +25,7 @@ SPMM_HEAD = '''// Sparse × dense products of a compressed sparse layer (CSR), a
 //                          samples 4 b4 .. 4 b4 + 3 of row c (src/gpu/texture.rs)
 //   4 storage rw    y    : [rows, B] as vec4, overwritten
 //   5 storage read  bias : [rows]                      (EPILOGUE 1)
-//   6 storage read  a    : [rows, B] as vec4           (EPILOGUE 2)
+//   6 texture read  a    : [rows, B] activation texture (EPILOGUE 2)
 //   7 texture write t    : the texture copy of y       (STORE_TEX)
 //   8 texture read  val  : rg32uint, texel slot = bits of the weight (kept current by the SGD)
 // Epilogue, fused so the activations are not read and written again by an elementwise pass:
@@ -64,7 +64,7 @@ override V: u32 = 4u;
 @group(0) @binding(3) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(6) var a: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var t: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(8) var val: texture_storage_2d<rg32uint, read>;
 
@@ -80,7 +80,7 @@ fn store(row: u32, b: u32, acc: vec4<f32>) {
             v = max(v, vec4<f32>(0.0));
         }
     } else if (EPILOGUE == 2u) {
-        v = select(vec4<f32>(0.0), v, a[i] > vec4<f32>(0.0));
+        v = select(vec4<f32>(0.0), v, textureLoad(a, vec2<u32>(b, row)) > vec4<f32>(0.0));
     }
     y[i] = v;
     if (STORE_TEX) {
@@ -154,6 +154,7 @@ SDDMM_HEAD = '''// Sampled dense-dense product: the weight gradient of a compres
 //   2 texture read  x    : [in, B] as an rgba32float storage texture (see spmm.wgsl)
 //   3 texture read  d    : [out, B] as an rgba32float storage texture
 //   4 storage rw    grad : per slot, overwritten
+//   5 storage rw    bgrad: [out] bias gradient sum_b D[r, b], overwritten (BIAS)
 // A workgroup takes one output row r; each lane owns one nonzero of the row (WG at a time) and
 // walks the batch, 8 vec4s per step: lane t of the subgroup loads D[r, b + t] and hands it to
 // every lane with subgroupBroadcast (the same for every nonzero of the row), while each lane
@@ -172,12 +173,14 @@ struct Params {
 }
 
 override WG: u32 = 64u;
+override BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var x: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(3) var d: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bgrad: array<f32>;
 
 @compute @workgroup_size(WG)
 fn sddmm(
@@ -194,18 +197,32 @@ fn sddmm(
     let end = idx[p.ptr_off + row + 1u];
     let l8 = lane % 8u;
     let last = p.b4 - 1u;
-    for (var j0 = start; j0 < end; j0 += WG) {
-        let j = min(j0 + lidx, end - 1u);
+    // At least one pass, so that a row without nonzeros still gets its bias gradient (lanes past
+    // the row's end read nonzero 0 and write nothing).
+    for (var j0 = start; j0 < max(end, start + 1u); j0 += WG) {
+        let j = select(min(j0 + lidx, end - 1u), 0u, end == start);
         let s = idx[p.nnz + j];
         let xrow = idx[s] / p.out_dim;
         var acc = vec4<f32>(0.0);
+        var dsum = vec4<f32>(0.0);
         for (var b0 = 0u; b0 < p.b4; b0 += 8u) {
             // Past the batch: D is 0 and X is read at a valid place (no branch, see spmm.wgsl).
             let dl = select(vec4<f32>(0.0), textureLoad(d, vec2<u32>(min(b0 + l8, last), row)), b0 + l8 < p.b4);
+            dsum += dl;
 '''
 SDDMM_TAIL = '''        }
         if (j0 + lidx < end) {
             grad[s] = acc.x + acc.y + acc.z + acc.w;
+        }
+        // Lanes 0..7 of each subgroup loaded the whole row of D between them.
+        if (BIAS) {
+            if (j0 == start) {
+                let part = select(0.0, dsum.x + dsum.y + dsum.z + dsum.w, lane < 8u);
+                let total = subgroupAdd(part);
+                if (lidx == 0u) {
+                    bgrad[row] = total;
+                }
+            }
         }
     }
 }

@@ -23,6 +23,12 @@ pub fn support(ctx: &GpuContext) -> std::result::Result<(), String> {
             ctx.info.name
         ));
     }
+    if ctx.limits.max_storage_textures_per_shader_stage < 5 {
+        return Err(format!(
+            "adapter '{}' binds {} storage textures per shader stage (the sparse kernels need 5)",
+            ctx.info.name, ctx.limits.max_storage_textures_per_shader_stage
+        ));
+    }
     if ctx.info.subgroup_min_size < 8 || ctx.info.subgroup_max_size > 64 {
         return Err(format!(
             "adapter '{}' has subgroups of {} to {} lanes (the sparse kernels need 8 to 64)",
@@ -261,8 +267,8 @@ pub enum Epilogue<'a> {
         /// Apply ReLU.
         relu: bool,
     },
-    /// `a > 0 ? product : 0`: the ReLU backward of the layer whose output `a` is.
-    ReluMask(&'a Tensor),
+    /// `a > 0 ? product : 0`: the ReLU backward of the layer whose output `a` is (its texture).
+    ReluMask(&'a Texture),
 }
 
 /// `y = W x` through the forward index (`forward`), or `y = Wᵀ x` through the input rows
@@ -322,7 +328,7 @@ pub fn spmm_with(
         Binding::TexRead,
         Binding::ReadWrite,
         Binding::Read,
-        Binding::Read,
+        Binding::TexRead,
         Binding::TexWrite,
         Binding::MetaRead,
     ];
@@ -343,14 +349,15 @@ pub fn spmm_with(
         _pad: [0; 2],
     };
     let dummy = || Tensor::zeros(ctx, "spmm placeholder", 64);
+    let dummy_a = || Texture::new(ctx, "spmm placeholder", 1, 4);
     let (code, relu, bias, a) = match epilogue {
-        Epilogue::None => (0u8, false, dummy()?, dummy()?),
+        Epilogue::None => (0u8, false, dummy()?, dummy_a()?),
         Epilogue::BiasAct { bias, relu } => {
             check_len(bias, rows, "spmm bias")?;
-            (1, relu, bias.clone(), dummy()?)
+            (1, relu, bias.clone(), dummy_a()?)
         }
         Epilogue::ReluMask(a) => {
-            check_len(a, rows * s.batch, "spmm ReLU output")?;
+            check_tex(a, rows, s.batch, "spmm ReLU output")?;
             (2, false, dummy()?, a.clone())
         }
     };
@@ -382,7 +389,7 @@ pub fn spmm_with(
             Res::Tex(x),
             Res::Buf(y),
             Res::Buf(&bias),
-            Res::Buf(&a),
+            Res::Tex(&a),
             Res::Tex(t),
             Res::Tex(meta.values),
         ],
@@ -400,17 +407,42 @@ pub fn sddmm(
     d: &Texture,
     grad: &Tensor,
 ) -> Result<Dispatch> {
+    sddmm_with_bias(ctx, s, idx, x, d, grad, None)
+}
+
+/// [`sddmm`] that also writes the bias gradient `Σ_b d[r, b]` of every output row.
+pub fn sddmm_with_bias(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    x: &Texture,
+    d: &Texture,
+    grad: &Tensor,
+    bias_grad: Option<&Tensor>,
+) -> Result<Dispatch> {
     check(ctx, &s, idx, "sddmm")?;
     check_tex(x, s.in_dim, s.batch, "sddmm input")?;
     check_tex(d, s.out_dim, s.batch, "sddmm output gradient")?;
     check_len(grad, s.nnz, "sddmm gradient")?;
+    if let Some(b) = bias_grad {
+        check_len(b, s.out_dim, "sddmm bias gradient")?;
+    }
     const B: &[Binding] = &[
         Binding::Uniform,
         Binding::Read,
         Binding::TexRead,
         Binding::TexRead,
         Binding::ReadWrite,
+        Binding::ReadWrite,
     ];
+    let placeholder;
+    let bg = match bias_grad {
+        Some(b) => b,
+        None => {
+            placeholder = Tensor::zeros(ctx, "sddmm placeholder", 64)?;
+            &placeholder
+        }
+    };
     let b4 = s.batch / 4;
     let params = SpParams {
         rows: s.out_dim as u32,
@@ -421,14 +453,22 @@ pub fn sddmm(
         blocks: 1,
         _pad: [0; 2],
     };
-    let spec = KernelSpec::new("sddmm", "sddmm", B).with_override("WG", f64::from(sddmm_width(&s)));
+    let spec = KernelSpec::new("sddmm", "sddmm", B)
+        .with_override("WG", f64::from(sddmm_width(&s)))
+        .with_override("BIAS", f64::from(u8::from(bias_grad.is_some())));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (s.out_dim * s.batch) as f64);
     Ok(Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[Res::Buf(idx), Res::Tex(x), Res::Tex(d), Res::Buf(grad)],
+        &[
+            Res::Buf(idx),
+            Res::Tex(x),
+            Res::Tex(d),
+            Res::Buf(grad),
+            Res::Buf(bg),
+        ],
         s.out_dim as u64,
     )?
     .with_cost(flops, bytes))

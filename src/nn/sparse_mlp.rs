@@ -318,22 +318,15 @@ impl SparseMlp {
         )?];
         for l in (0..n_layers).rev() {
             let ly = &layers[l];
-            let fout = ly.shape.out_dim;
-            bwd.push(ops::segment_sum(
-                ctx,
-                &dacts[l],
-                &bview(&bgrad, l, "bias gradient")?,
-                fout,
-                b,
-                false,
-            )?);
-            bwd.push(spmm::sddmm(
+            // The weight gradient at the slots, and the bias gradient with it.
+            bwd.push(spmm::sddmm_with_bias(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
                 input_tex(l),
                 &grad_tex[l],
                 &lv(&grad, ly, "gradient")?,
+                Some(&bview(&bgrad, l, "bias gradient")?),
             )?);
             if let Some(m) = &bwd_meta[l] {
                 // The input gradient with the ReLU backward of the layer below fused in.
@@ -348,7 +341,7 @@ impl SparseMlp {
                     &grad_tex[l],
                     &dacts[l - 1],
                     false,
-                    Epilogue::ReluMask(&acts[l - 1]),
+                    Epilogue::ReluMask(act_tex[l - 1].as_ref().unwrap_or(&x_tex)),
                     Some(&grad_tex[l - 1]),
                 )?);
             }
