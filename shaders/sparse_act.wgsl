@@ -8,6 +8,7 @@
 //   2 storage rw    y    : [rows, B] vec4, in place   (every entry)
 //   3 storage read  a    : [rows, B] vec4, ReLU output (relu_bwd_pack)
 //   4 texture write t    : the texture copy of y after the kernel
+//   5 texture read  src  : the texture unpack copies into y
 
 struct Params {
     n4: u32,    // texels: rows * B / 4
@@ -21,6 +22,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(4) var t: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(5) var src: texture_storage_2d<rgba32float, read>;
 
 fn linear(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
@@ -62,4 +64,15 @@ fn relu_bwd_pack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let v = select(vec4<f32>(0.0), y[i], a[i] > vec4<f32>(0.0));
     y[i] = v;
     textureStore(t, vec2<u32>(i % p.b4, i / p.b4), v);
+}
+
+// y = src (an activation kept only as a texture during the step, for the dense-gradient GEMM of
+// a mask update).
+@compute @workgroup_size(64)
+fn unpack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear(gid, nwg);
+    if (i >= p.n4) {
+        return;
+    }
+    y[i] = textureLoad(src, vec2<u32>(i % p.b4, i / p.b4));
 }

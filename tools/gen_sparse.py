@@ -30,7 +30,9 @@ SPMM_HEAD = '''// Sparse × dense products of a compressed sparse layer (CSR), a
 //   8 texture read  val  : rg32uint, texel slot = bits of the weight (kept current by the SGD)
 // Epilogue, fused so the activations are not read and written again by an elementwise pass:
 //   EPILOGUE 0: y = acc;  1: y = act(acc + bias[row]) (ReLU when RELU);  2: y = a > 0 ? acc : 0
-//   (the ReLU backward of the layer below); STORE_TEX also writes y to t.
+//   (the ReLU backward of the layer below); STORE_TEX also writes y to t, and without STORE_BUF
+//   only there (hidden activations live in textures; the buffer is filled from the texture at
+//   mask updates, the only other reader).
 // A workgroup of WG invocations takes one row and WG * V batch vec4s (more along the batch
 // when B/4 exceeds that). Lanes span the batch, so every lane's load of X is a distinct, useful
 // vec4; the metadata of 8 nonzeros is loaded once per subgroup (lane t loads nonzero t) and handed
@@ -55,6 +57,7 @@ override WG: u32 = 64u;
 override EPILOGUE: u32 = 0u;
 override RELU: bool = false;
 override STORE_TEX: bool = false;
+override STORE_BUF: bool = true;
 // Batch vec4s per lane (1 to 4), so a small batch does not load clamped duplicates.
 override V: u32 = 4u;
 
@@ -82,7 +85,9 @@ fn store(row: u32, b: u32, acc: vec4<f32>) {
     } else if (EPILOGUE == 2u) {
         v = select(vec4<f32>(0.0), v, textureLoad(a, vec2<u32>(b, row)) > vec4<f32>(0.0));
     }
-    y[i] = v;
+    if (STORE_BUF) {
+        y[i] = v;
+    }
     if (STORE_TEX) {
         textureStore(t, vec2<u32>(b, row), v);
     }

@@ -205,8 +205,28 @@ struct PackParams {
     _pad: u32,
 }
 
+/// A dispatch that copies the activation texture `t` into `y` `[rows, B]`.
+pub fn unpack(ctx: &GpuContext, t: &Texture, y: &Tensor) -> Result<Dispatch> {
+    pack_impl(ctx, "unpack", PackOp::Copy, y, t)
+}
+
 /// A dispatch that applies `op` to `y` `[rows, B]` in place and writes the result to `t`.
 pub fn pack(ctx: &GpuContext, op: PackOp<'_>, y: &Tensor, t: &Texture) -> Result<Dispatch> {
+    let entry = match op {
+        PackOp::Copy => "pack",
+        PackOp::BiasAct(..) => "bias_act_pack",
+        PackOp::ReluBwd(_) => "relu_bwd_pack",
+    };
+    pack_impl(ctx, entry, op, y, t)
+}
+
+fn pack_impl(
+    ctx: &GpuContext,
+    entry: &'static str,
+    op: PackOp<'_>,
+    y: &Tensor,
+    t: &Texture,
+) -> Result<Dispatch> {
     let (rows, b) = (t.rows, t.batch);
     check_len(y, rows * b, "pack buffer")?;
     const B: &[Binding] = &[
@@ -215,18 +235,27 @@ pub fn pack(ctx: &GpuContext, op: PackOp<'_>, y: &Tensor, t: &Texture) -> Result
         Binding::ReadWrite,
         Binding::Read,
         Binding::TexWrite,
+        Binding::TexRead,
     ];
     let dummy = || Tensor::zeros(ctx, "pack placeholder", 64);
-    let (entry, bias, a, relu) = match op {
-        PackOp::Copy => ("pack", dummy()?, dummy()?, false),
+    let (bias, a, relu) = match op {
+        PackOp::Copy => (dummy()?, dummy()?, false),
         PackOp::BiasAct(bias, relu) => {
             check_len(bias, rows, "pack bias")?;
-            ("bias_act_pack", bias.clone(), dummy()?, relu)
+            (bias.clone(), dummy()?, relu)
         }
         PackOp::ReluBwd(a) => {
             check_len(a, rows * b, "pack ReLU output")?;
-            ("relu_bwd_pack", dummy()?, a.clone(), false)
+            (dummy()?, a.clone(), false)
         }
+    };
+    // The unpack reads `t` and writes a placeholder texture (a texture may not be bound for
+    // reading and writing at once); the others write `t` and read a placeholder.
+    let other = Texture::new(ctx, "pack placeholder", 1, 4)?;
+    let (wt, rt) = if entry == "unpack" {
+        (&other, t)
+    } else {
+        (t, &other)
     };
     let n4 = rows * b / 4;
     let params = PackParams {
@@ -240,7 +269,13 @@ pub fn pack(ctx: &GpuContext, op: PackOp<'_>, y: &Tensor, t: &Texture) -> Result
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[Res::Buf(&bias), Res::Buf(y), Res::Buf(&a), Res::Tex(t)],
+        &[
+            Res::Buf(&bias),
+            Res::Buf(y),
+            Res::Buf(&a),
+            Res::Tex(wt),
+            Res::Tex(rt),
+        ],
         (n4 as u64).div_ceil(64),
     )
 }
@@ -309,6 +344,29 @@ pub fn spmm_with(
     epilogue: Epilogue<'_>,
     t: Option<&Texture>,
 ) -> Result<Dispatch> {
+    spmm_stores(ctx, s, idx, meta, x, y, forward, epilogue, t, true)
+}
+
+/// [`spmm_with`] that writes the result to the texture `t` only when `store_buffer` is false
+/// (`y` is then only checked and bound).
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_stores(
+    ctx: &GpuContext,
+    s: SparseShape,
+    idx: &Tensor,
+    meta: &Metadata<'_>,
+    x: &Texture,
+    y: &Tensor,
+    forward: bool,
+    epilogue: Epilogue<'_>,
+    t: Option<&Texture>,
+    store_buffer: bool,
+) -> Result<Dispatch> {
+    if !store_buffer && t.is_none() {
+        return Err(RiglError::invalid(
+            "spmm: a product stored nowhere (no buffer and no texture)",
+        ));
+    }
     check(ctx, &s, idx, "spmm")?;
     let (rows, cols) = if forward {
         (s.out_dim, s.in_dim)
@@ -376,7 +434,8 @@ pub fn spmm_with(
         .with_override("V", v as f64)
         .with_override("EPILOGUE", f64::from(code))
         .with_override("RELU", f64::from(u8::from(relu)))
-        .with_override("STORE_TEX", f64::from(u8::from(store_tex)));
+        .with_override("STORE_TEX", f64::from(u8::from(store_tex)))
+        .with_override("STORE_BUF", f64::from(u8::from(store_buffer)));
     let flops = 2.0 * s.nnz as f64 * s.batch as f64;
     let bytes = 4.0 * (s.nnz as f64 * (s.batch as f64 + 3.0) + (rows * s.batch) as f64);
     Ok(Dispatch::build_res(

@@ -94,6 +94,7 @@ pub struct SparseMlp {
     sgd_w: Dispatch,
     sgd_b: Dispatch,
     meta_ops: Vec<Dispatch>,
+    unpack_ops: Vec<Dispatch>,
     drop: MaskUpdater,
     grows: Vec<MaskUpdater>,
     dense_grad: Vec<Dispatch>,
@@ -262,6 +263,17 @@ impl SparseMlp {
         }
         // The host writes the batch into x_tex directly (set_batch); bias, ReLU and the texture
         // copy are fused into each product's store.
+        // At a RigL update the dense-gradient GEMMs read the hidden activations and gradients
+        // from buffers: fill those from the textures first.
+        let mut unpack_ops = Vec::new();
+        for l in 0..n_layers {
+            if let Some(t) = &act_tex[l] {
+                unpack_ops.push(spmm::unpack(ctx, t, &acts[l])?);
+            }
+            if l + 1 < n_layers {
+                unpack_ops.push(spmm::unpack(ctx, &grad_tex[l], &dacts[l])?);
+            }
+        }
         let mut meta_ops = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
             meta_ops.push(spmm::meta(
@@ -282,7 +294,9 @@ impl SparseMlp {
         let mut fwd = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
             let bv = bview(&bias, l, "bias")?;
-            fwd.push(spmm::spmm_with(
+            // Hidden activations go to their texture only (the buffer is filled at mask updates);
+            // the logits to their buffer for the loss.
+            fwd.push(spmm::spmm_stores(
                 ctx,
                 ly.shape,
                 &iv(ly)?,
@@ -295,6 +309,7 @@ impl SparseMlp {
                     relu: l + 1 < n_layers,
                 },
                 act_tex[l].as_ref(),
+                act_tex[l].is_none(),
             )?);
         }
         let classes = cfg.sizes[n_layers];
@@ -330,7 +345,7 @@ impl SparseMlp {
             )?);
             if let Some(m) = &bwd_meta[l] {
                 // The input gradient with the ReLU backward of the layer below fused in.
-                bwd.push(spmm::spmm_with(
+                bwd.push(spmm::spmm_stores(
                     ctx,
                     ly.shape,
                     &iv(ly)?,
@@ -343,6 +358,7 @@ impl SparseMlp {
                     false,
                     Epilogue::ReluMask(act_tex[l - 1].as_ref().unwrap_or(&x_tex)),
                     Some(&grad_tex[l - 1]),
+                    false,
                 )?);
             }
         }
@@ -479,6 +495,7 @@ impl SparseMlp {
             sgd_w,
             sgd_b,
             meta_ops,
+            unpack_ops,
             drop,
             grows,
             dense_grad,
@@ -713,6 +730,9 @@ impl SparseMlp {
             ));
         }
         let mut v = self.drop.drop_dispatches();
+        if rule == GrowRule::Score {
+            v.extend(self.unpack_ops.iter());
+        }
         for l in 0..self.n_layers() {
             if rule == GrowRule::Score {
                 v.push(&self.dense_grad[l]);
