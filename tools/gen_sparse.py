@@ -58,7 +58,7 @@ override EPILOGUE: u32 = 0u;
 override RELU: bool = false;
 override STORE_TEX: bool = false;
 override STORE_BUF: bool = true;
-// Batch vec4s per lane (1 to 4), so a small batch does not load clamped duplicates.
+// Batch vec4s per lane (1 to 8), so a small batch does not load clamped duplicates.
 override V: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -98,6 +98,10 @@ struct Acc {
     a1: vec4<f32>,
     a2: vec4<f32>,
     a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
 }
 
 fn madd(acc: Acc, c: u32, v: f32, b0: u32) -> Acc {
@@ -105,9 +109,13 @@ fn madd(acc: Acc, c: u32, v: f32, b0: u32) -> Acc {
     let last = p.b4 - 1u;
     let vv = vec4<f32>(v);
     r.a0 = fma(vv, textureLoad(x, vec2<u32>(min(b0, last), c)), r.a0);
-    if (V > 1u) { r.a1 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + WG, last), c)), r.a1); }
+    if (V > 1u) { r.a1 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 1u * WG, last), c)), r.a1); }
     if (V > 2u) { r.a2 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 2u * WG, last), c)), r.a2); }
     if (V > 3u) { r.a3 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 3u * WG, last), c)), r.a3); }
+    if (V > 4u) { r.a4 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 4u * WG, last), c)), r.a4); }
+    if (V > 5u) { r.a5 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 5u * WG, last), c)), r.a5); }
+    if (V > 6u) { r.a6 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 6u * WG, last), c)), r.a6); }
+    if (V > 7u) { r.a7 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 7u * WG, last), c)), r.a7); }
     return r;
 }
 
@@ -126,7 +134,7 @@ fn spmm(
     let b0 = (wg / p.rows) * WG * V + lidx;
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
-    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     let l8 = lane % 8u;
     for (var j0 = start; j0 < end; j0 += 8u) {
         let j = min(j0 + l8, end - 1u);
@@ -139,9 +147,13 @@ fn spmm(
 '''
 SPMM_TAIL = '''    }
     store(row, b0, acc.a0);
-    if (V > 1u) { store(row, b0 + WG, acc.a1); }
+    if (V > 1u) { store(row, b0 + 1u * WG, acc.a1); }
     if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }
     if (V > 3u) { store(row, b0 + 3u * WG, acc.a3); }
+    if (V > 4u) { store(row, b0 + 4u * WG, acc.a4); }
+    if (V > 5u) { store(row, b0 + 5u * WG, acc.a5); }
+    if (V > 6u) { store(row, b0 + 6u * WG, acc.a6); }
+    if (V > 7u) { store(row, b0 + 7u * WG, acc.a7); }
 }
 '''
 body = []
