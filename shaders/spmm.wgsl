@@ -94,6 +94,14 @@ struct Acc {
     a5: vec4<f32>,
     a6: vec4<f32>,
     a7: vec4<f32>,
+    a8: vec4<f32>,
+    a9: vec4<f32>,
+    a10: vec4<f32>,
+    a11: vec4<f32>,
+    a12: vec4<f32>,
+    a13: vec4<f32>,
+    a14: vec4<f32>,
+    a15: vec4<f32>,
 }
 
 fn madd(acc: Acc, c: u32, v: f32, b0: u32) -> Acc {
@@ -108,6 +116,14 @@ fn madd(acc: Acc, c: u32, v: f32, b0: u32) -> Acc {
     if (V > 5u) { r.a5 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 5u * WG, last), c)), r.a5); }
     if (V > 6u) { r.a6 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 6u * WG, last), c)), r.a6); }
     if (V > 7u) { r.a7 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 7u * WG, last), c)), r.a7); }
+    if (V > 8u) { r.a8 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 8u * WG, last), c)), r.a8); }
+    if (V > 9u) { r.a9 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 9u * WG, last), c)), r.a9); }
+    if (V > 10u) { r.a10 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 10u * WG, last), c)), r.a10); }
+    if (V > 11u) { r.a11 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 11u * WG, last), c)), r.a11); }
+    if (V > 12u) { r.a12 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 12u * WG, last), c)), r.a12); }
+    if (V > 13u) { r.a13 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 13u * WG, last), c)), r.a13); }
+    if (V > 14u) { r.a14 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 14u * WG, last), c)), r.a14); }
+    if (V > 15u) { r.a15 = fma(vv, textureLoad(x, vec2<u32>(min(b0 + 15u * WG, last), c)), r.a15); }
     return r;
 }
 
@@ -126,7 +142,7 @@ fn spmm(
     let b0 = (wg / p.rows) * WG * V + lidx;
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
-    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     let l8 = lane % 8u;
     for (var j0 = start; j0 < end; j0 += 8u) {
         let j = min(j0 + l8, end - 1u);
@@ -153,4 +169,12 @@ fn spmm(
     if (V > 5u) { store(row, b0 + 5u * WG, acc.a5); }
     if (V > 6u) { store(row, b0 + 6u * WG, acc.a6); }
     if (V > 7u) { store(row, b0 + 7u * WG, acc.a7); }
+    if (V > 8u) { store(row, b0 + 8u * WG, acc.a8); }
+    if (V > 9u) { store(row, b0 + 9u * WG, acc.a9); }
+    if (V > 10u) { store(row, b0 + 10u * WG, acc.a10); }
+    if (V > 11u) { store(row, b0 + 11u * WG, acc.a11); }
+    if (V > 12u) { store(row, b0 + 12u * WG, acc.a12); }
+    if (V > 13u) { store(row, b0 + 13u * WG, acc.a13); }
+    if (V > 14u) { store(row, b0 + 14u * WG, acc.a14); }
+    if (V > 15u) { store(row, b0 + 15u * WG, acc.a15); }
 }

@@ -12,7 +12,7 @@ use crate::gpu::texture::{meta_texture, Texture, META_WIDTH};
 use crate::gpu::{GpuContext, Tensor};
 
 /// Most batch vec4s per invocation in the SpMM (`V` in `spmm.wgsl`).
-const V: usize = 8;
+const V: usize = 16;
 
 /// Whether this adapter can run the compressed sparse kernels (subgroups of 8 to 64 lanes),
 /// and if not, why.
@@ -71,7 +71,7 @@ struct SpParams {
 /// Workgroup width, vec4s per lane and batch blocks of WG x V vec4s of the SpMM.
 fn layout(b4: usize) -> (u32, usize, usize) {
     // Narrow workgroups with more vec4s per lane load each nonzero's metadata fewer times.
-    let wg = if b4 <= 32 || b4 > 128 { 32 } else { 64 };
+    let wg = if b4 > 128 { 16 } else if b4 <= 32 { 32 } else { 64 };
     let v = b4.div_ceil(wg).clamp(1, V);
     (wg as u32, v, b4.div_ceil(wg * v))
 }
