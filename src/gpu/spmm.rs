@@ -68,10 +68,11 @@ struct SpParams {
     _pad: [u32; 2],
 }
 
-/// Workgroup width, vec4s per lane and batch blocks of WG x V vec4s of the SpMM.
-fn layout(b4: usize) -> (u32, usize, usize) {
-    // Narrow workgroups with more vec4s per lane load each nonzero's metadata fewer times.
-    let wg = if b4 > 128 { 16 } else if b4 <= 32 { 32 } else { 64 };
+/// Workgroup width, vec4s per lane and batch blocks of WG x V vec4s of the SpMM: the narrowest
+/// workgroup (at least one subgroup of `sg` lanes) whose lanes cover the batch with at most V
+/// vec4s each, so each nonzero's metadata is loaded by as few subgroups as possible.
+fn layout(b4: usize, sg: usize) -> (u32, usize, usize) {
+    let wg = (8 * b4.div_ceil(8 * V)).clamp(sg.clamp(8, 64), 64);
     let v = b4.div_ceil(wg).clamp(1, V);
     (wg as u32, v, b4.div_ceil(wg * v))
 }
@@ -392,7 +393,7 @@ pub fn spmm_stores(
         Binding::MetaRead,
     ];
     let b4 = s.batch / 4;
-    let (wg, v, blocks) = layout(b4);
+    let (wg, v, blocks) = layout(b4, ctx.info.subgroup_max_size as usize);
     let ptr_off = if forward {
         2 * s.nnz + s.in_dim + 1
     } else {
