@@ -42,5 +42,98 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul);
+/// The sparse products of the 300x784 layer at 90% sparsity, batch 1000 (as `rigl bench
+/// spmm|sddmm` with their defaults), and the default model's training step, sparse and dense.
+fn sparse(c: &mut Criterion) {
+    use rigl::gpu::spmm::{self, Metadata, SparseShape};
+    use rigl::gpu::texture::{meta_texture, Texture};
+    use rigl::sparse::csr::CsrIndex;
+    use rigl::sparse::init::{init_layer, WeightInit};
+    let Ok(ctx) = GpuContext::new() else {
+        eprintln!("skipping GPU benches: no adapter");
+        return;
+    };
+    if let Err(e) = spmm::support(&ctx) {
+        eprintln!("skipping sparse benches: {e}");
+        return;
+    }
+    let (i, o, b) = (784usize, 300usize, 1000usize);
+    let nnz = i * o - (0.9 * (i * o) as f64) as usize;
+    let setup = || -> rigl::error::Result<_> {
+        let init = init_layer(0, 0, &[i, o], nnz, WeightInit::GlorotUniform)?;
+        let idx = CsrIndex::from_mask(i, o, &init.mask)?;
+        let s = SparseShape {
+            in_dim: i,
+            out_dim: o,
+            nnz,
+            batch: b,
+        };
+        let idx_t = Tensor::from_u32(&ctx, "index", &idx.to_words())?;
+        let vals = Tensor::from_f32(&ctx, "values", &idx.gather(&init.weights))?;
+        let fm = meta_texture(&ctx, "metadata", nnz)?;
+        let vt = meta_texture(&ctx, "values", nnz)?;
+        let x = Texture::from_f32(&ctx, "x", &vec![0.5; i * b], i, b)?;
+        let d = Texture::from_f32(&ctx, "d", &vec![0.25; o * b], o, b)?;
+        let y = Tensor::zeros(&ctx, "y", o * b)?;
+        let g = Tensor::zeros(&ctx, "g", nnz)?;
+        ops::run(
+            &ctx,
+            "metadata",
+            &[&spmm::meta(&ctx, s, &idx_t, &vals, 0, &vt, &fm, None)?],
+        )?;
+        let meta = Metadata {
+            index: &fm,
+            values: &vt,
+        };
+        let f = spmm::spmm(&ctx, s, &idx_t, &meta, &x, &y, true)?;
+        let sd = spmm::sddmm(&ctx, s, &idx_t, &x, &d, &g)?;
+        Ok((f, sd))
+    };
+    let Ok((f, sd)) = setup() else {
+        eprintln!("skipping sparse benches: setup failed");
+        return;
+    };
+    let mut group = c.benchmark_group("sparse");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((2 * nnz * b) as u64));
+    group.bench_function("spmm 300x784 90% batch 1000", |bch| {
+        bch.iter(|| ops::run(&ctx, "bench", &[&f]))
+    });
+    group.bench_function("sddmm 300x784 90% batch 1000", |bch| {
+        bch.iter(|| ops::run(&ctx, "bench", &[&sd]))
+    });
+    group.finish();
+
+    // The default model's training step at batch 1000, compressed sparse at 90% and dense.
+    let mut group = c.benchmark_group("step");
+    group.sample_size(10);
+    for (method, kernels) in [
+        (
+            rigl::sparse::Method::Rigl,
+            rigl::nn::choice::KernelChoice::Sparse,
+        ),
+        (
+            rigl::sparse::Method::Dense,
+            rigl::nn::choice::KernelChoice::Auto,
+        ),
+    ] {
+        let cfg = rigl::train::TrainConfig {
+            batch: 1000,
+            method,
+            kernels,
+            ..Default::default()
+        };
+        let Ok(runner) = rigl::train::bench::StepRunner::new(&ctx, &cfg, 784, 10) else {
+            eprintln!("skipping the {} step bench", method.as_str());
+            continue;
+        };
+        group.bench_function(
+            format!("{} 784-300-100-10 batch 1000", method.as_str()),
+            |bch| bch.iter(|| runner.step(&ctx)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmul, sparse);
 criterion_main!(benches);

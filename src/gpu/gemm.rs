@@ -297,7 +297,9 @@ pub fn autotune(ctx: &GpuContext, s: usize) -> Result<GemmVariant> {
         .filter(|v| v.supports(ctx, &shape))
     {
         let op = GemmOp::new(ctx, shape, v, &a, &b, &c, None, false)?;
-        let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, false)?;
+        // Wall clock: lavapipe's timestamps go wrong once a process has run texture-reading
+        // kernels (see gpu::profile), and the choice must not depend on what ran before.
+        let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, true)?;
         log::info!("autotune gemm {}: {ms:.3} ms", v.as_str());
         if ms < best.0 {
             best = (ms, v);

@@ -53,8 +53,10 @@ pub fn time_ops(
     }
     let reps = reps.max(1);
     // Lavapipe's pass timestamps come back far too short around dispatches that read storage
-    // textures (a 300x784 SpMM timed at 0.05 ms against 4.3 ms by the wall clock), so passes
-    // with textures are timed by the wall clock (which includes the submission).
+    // textures (a 300x784 SpMM timed at 0.05 ms against 4.3 ms by the wall clock), and for
+    // other passes too once a process has run such kernels, so passes with textures are timed
+    // by the wall clock (which includes the submission); the engine's own choices (GEMM
+    // autotune, kernel choice, `rigl bench step`) always use the wall clock.
     let textures = ops.iter().any(|o| o.uses_textures);
     let use_ts = ctx.has_timestamps() && !force_wall && !textures;
     let mut times = Vec::with_capacity(reps);

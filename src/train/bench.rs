@@ -49,6 +49,67 @@ pub struct StepBench {
     pub profile: Vec<(String, f64)>,
 }
 
+/// The model of a [`TrainConfig`] on random data, built once, running training steps on demand
+/// (for criterion benches and other repeated timings).
+pub struct StepRunner {
+    built: Built,
+    method: Method,
+}
+
+impl StepRunner {
+    /// Builds the model `cfg` describes for inputs of `features` and `classes` and loads a
+    /// random batch.
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &TrainConfig,
+        features: usize,
+        classes: usize,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let mut sizes = vec![features];
+        sizes.extend(&cfg.hidden);
+        sizes.push(classes);
+        let plan = plan_layers(cfg, &sizes)?;
+        let sgd = SgdConfig {
+            lr: cfg.lr,
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            nesterov: cfg.nesterov,
+        };
+        let built = build(
+            ctx,
+            cfg,
+            &sizes,
+            &plan,
+            sgd,
+            cfg.kernels,
+            crate::gpu::gemm::choose_variant(ctx)?,
+        )?;
+        let b = cfg.batch;
+        let x: Vec<f32> = (0..features * b)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0)
+            .collect();
+        let labels: Vec<u32> = (0..b as u32).map(|i| i % classes as u32).collect();
+        built.net.net().set_batch(ctx, &x, &labels)?;
+        Ok(StepRunner {
+            built,
+            method: cfg.method,
+        })
+    }
+
+    /// One training step (forward, backward, optimizer), submitted and waited for.
+    pub fn step(&self, ctx: &GpuContext) -> Result<()> {
+        let model = self.built.net.net();
+        let mut ops: Vec<&Dispatch> = model.forward_ops();
+        ops.extend(model.backward_ops());
+        if let (Net::Masked(m), Method::Snfs) = (&self.built.net, self.method) {
+            ops.push(m.ema_op());
+        }
+        ops.extend(model.sgd_ops());
+        crate::gpu::ops::run(ctx, "training step", &ops)
+    }
+}
+
 /// Times a training step and a mask-update step of the model `cfg` describes for inputs of
 /// `features` and `classes` (random data; the drop fraction of an update is `cfg.alpha`).
 pub fn bench_step(
