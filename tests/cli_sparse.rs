@@ -721,20 +721,20 @@ fn plan_json_lenet_erk_matches_the_library() {
         assert_eq!(l["shape"], serde_json::json!(w.shape));
         assert_eq!(l["active"].as_u64(), Some(w.active as u64), "{}", w.name);
         assert_eq!(l["sparsity"].as_f64(), Some(w.sparsity), "{}", w.name);
-        // Masked dense storage now: f32 weights, mask and momentum.
-        assert_eq!(l["gpu_bytes"].as_u64(), Some(12 * w.total as u64));
+        // Masked-dense storage: f32 weights, mask, momentum and gradient.
+        assert_eq!(l["gpu_bytes"].as_u64(), Some(16 * w.total as u64));
+        // Compressed: value, gradient, momentum and two index words per active weight, and
+        // row offsets over inputs and outputs: what the sparse model allocates for the layer.
         let csr = l["gpu_bytes_compressed"].as_u64().expect("compressed");
-        if w.active < w.total {
-            assert_eq!(csr, 12 * w.active as u64 + 4 * (w.shape[1] as u64 + 1));
-        } else {
-            assert_eq!(csr, 8 * w.total as u64, "a fully active layer stays dense");
-        }
+        let words = rigl::sparse::csr::CsrIndex::words_len(w.shape[0], w.shape[1], w.active);
+        assert_eq!(csr, 4 * (3 * w.active + words) as u64, "{}", w.name);
+        assert_eq!(l["gpu_bytes_dense"].as_u64(), Some(12 * w.total as u64));
         bytes += csr;
     }
     assert_eq!(v["gpu_bytes_compressed"].as_u64(), Some(bytes));
     assert!(v["gpu_bytes_note"]
         .as_str()
-        .is_some_and(|n| n.contains("CSR")));
+        .is_some_and(|n| n.contains("compressed sparse path")));
     let density = v["density"].as_f64().expect("density");
     assert!((density - 0.1).abs() < 1e-3, "density {density}");
     let inf = v["inference_flops_vs_dense"].as_f64().expect("inference");
@@ -759,7 +759,7 @@ fn plan_json_lenet_erk_matches_the_library() {
         );
     }
     assert!(text.contains("density 0.1000"), "{text}");
-    assert!(text.contains("CSR (planned"), "{text}");
+    assert!(text.contains("sparse (CSR)"), "{text}");
 }
 
 #[test]
@@ -812,7 +812,10 @@ fn plan_options_and_errors() {
     assert_eq!(v["prune"]["t0"].as_u64(), Some(0));
     let v = json(&rigl(&["plan", "--method", "dense", "--json"]));
     assert_eq!(v["train_flops_vs_dense"].as_f64(), Some(1.0));
-    assert_eq!(v["gpu_bytes"], v["gpu_bytes_dense"]);
+    assert_eq!(
+        v["gpu_bytes_dense"].as_u64(),
+        Some(12 * (784 * 300 + 300 * 100 + 100 * 10))
+    );
 
     for bad in [
         &["--layers", "dense:784"][..],

@@ -46,35 +46,30 @@ const W: u64 = 4;
 /// GPU bytes of one layer under three layouts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct LayerBytes {
-    /// As the engine stores it now: dense f32 weights, f32 mask and f32 momentum (12 B/weight);
-    /// a dense method has no mask (8 B/weight).
+    /// The masked-dense path (`--kernels masked`, and dense training): f32 weights, mask,
+    /// momentum and dense gradient for every weight (16 B/weight).
     masked_dense: u64,
-    /// Planned CSR layout: f32 values, u32 column indices and f32 momentum per active weight,
-    /// u32 row offsets over the output rows; a layer with every weight active stays dense
-    /// (weights + momentum).
+    /// The compressed sparse path (`--kernels sparse`): per active weight an f32 value, gradient
+    /// and momentum and two u32 index words (flat position, forward order), plus u32 row offsets
+    /// over the input and the output rows ([`rigl::sparse::csr::CsrIndex`]).
     csr: u64,
-    /// The dense layer: f32 weights and f32 momentum.
+    /// The dense layer itself: f32 weights, gradient and momentum (12 B/weight).
     dense: u64,
 }
 
 fn layer_bytes(l: &PlanLayer, method: Method) -> LayerBytes {
     let n = l.total as u64;
-    let a = l.active as u64;
-    let rows = l.shape.last().copied().unwrap_or(1) as u64;
-    let dense = 2 * W * n;
-    let sparse = method != Method::Dense && a < n;
+    let a = if method == Method::Dense {
+        n
+    } else {
+        l.active as u64
+    };
+    let outs = l.shape.last().copied().unwrap_or(1) as u64;
+    let ins = n / outs.max(1);
     LayerBytes {
-        masked_dense: if method == Method::Dense {
-            dense
-        } else {
-            3 * W * n
-        },
-        csr: if sparse {
-            3 * W * a + W * (rows + 1)
-        } else {
-            dense
-        },
-        dense,
+        masked_dense: 4 * W * n,
+        csr: W * (3 * a + 2 * a + ins + 1 + outs + 1),
+        dense: 3 * W * n,
     }
 }
 
@@ -92,13 +87,12 @@ fn human(b: u64) -> String {
     }
 }
 
-const BYTES_NOTE: &str =
-    "gpu_bytes: the engine's current masked-dense storage (dense f32 weights, \
-f32 mask, f32 momentum: 12 B per weight, 8 B without a mask for method dense); \
-gpu_bytes_compressed: a planned CSR layout, not implemented yet (f32 value + u32 column index + \
-f32 momentum per active weight, u32 row offsets over output rows; fully active layers stored \
-dense; excludes the transposed index of the backward pass); gpu_bytes_dense: the dense layer \
-(weights + momentum). Activations, gradients and scratch buffers are not counted.";
+const BYTES_NOTE: &str = "gpu_bytes: the masked-dense path (f32 weights, mask, momentum and \
+dense gradient: 16 B per weight); gpu_bytes_compressed: the compressed sparse path, --kernels \
+sparse (f32 value, gradient and momentum plus u32 flat position and forward-order slot per \
+active weight: 20 B, and u32 row offsets over input and output rows); gpu_bytes_dense: the dense \
+layer's weights, gradient and momentum (12 B per weight). Biases, activations and the scratch \
+of mask updates are not counted.";
 
 pub fn run(args: PlanArgs) -> CliResult {
     let layers = args.model.layers()?;
@@ -201,10 +195,10 @@ pub fn run(args: PlanArgs) -> CliResult {
         .chain([5])
         .max()
         .unwrap_or(5);
-    println!("GPU memory (weights, momentum, mask):");
+    println!("GPU memory (weights, gradients, momentum, mask or index):");
     println!(
         "{:<name_w$}  {:>14}  {:>14}  {:>14}",
-        "layer", "masked (now)", "CSR (planned)", "dense"
+        "layer", "masked", "sparse (CSR)", "dense"
     );
     for (l, b) in plan.layers.iter().zip(&bytes) {
         println!(
@@ -223,9 +217,9 @@ pub fn run(args: PlanArgs) -> CliResult {
         human(sum.dense)
     );
     println!(
-        "masked (now): the engine stores dense f32 weights, f32 mask and f32 momentum (12 B per \
-         weight); CSR (planned, not implemented yet): value + column index + momentum per active \
-         weight and row offsets, without the transposed index of the backward pass"
+        "masked: f32 weights, mask, momentum and gradient of every weight (16 B); sparse \
+         (--kernels sparse): value, gradient, momentum and 2 index words per active weight \
+         (20 B) plus row offsets; dense: weights, gradient, momentum (12 B)"
     );
     Ok(())
 }
