@@ -595,8 +595,8 @@ fn caller_mistakes_are_errors() {
 #[test]
 fn sparse_linear_layer_matches_cpu_twins() {
     use rigl::cpu::dense;
+    use rigl::embed::{LinearIo, SparseLinear, SparseLinearConfig};
     use rigl::gpu::GemmShape;
-    use rigl::nn::{LinearIo, SparseLinear, SparseLinearConfig};
     let ctx = ctx();
     let (fin, fout, b) = (13usize, 7usize, 5usize);
     let sched = SchedulerConfig {

@@ -2,7 +2,7 @@
 //! optimizer and training loop, and hands the sparsity to rigl.
 //!
 //! Three ways in:
-//! - *whole layers*: [`crate::nn::sparse_linear::SparseLinear`], a sparse linear layer with
+//! - *whole layers*: [`crate::embed::layer::SparseLinear`], a sparse linear layer with
 //!   forward, backward and SGD step on GPU buffers (rigl's or the caller's), on rigl's device
 //!   or the caller's ([`crate::gpu::GpuContext::from_device`]);
 //! - *scheduler only*: [`SparseScheduler`] holds the masks of the caller's layers, applies them
@@ -94,7 +94,7 @@
 //! # let ctx = rigl::gpu::GpuContext::new()?;
 //! # let (batch, total_steps) = (100usize, 1000u64);
 //! # use rigl::embed::SchedulerConfig;
-//! use rigl::nn::{LinearIo, SparseLinear, SparseLinearConfig};
+//! use rigl::embed::{LinearIo, SparseLinear, SparseLinearConfig};
 //!
 //! let io = LinearIo::allocate(&ctx, 784, 300, batch, false)?;
 //! let cfg = SparseLinearConfig::new("fc1", 784, 300, batch, 0.9, SchedulerConfig::rigl(total_steps, 0));
@@ -111,10 +111,12 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod layer;
 pub mod state;
 
 pub use cpu::{CpuLayer, CpuScheduler};
 pub use gpu::{BufferRegion, LayerBuffers, SparseScheduler};
+pub use layer::{LinearIo, SparseLinear, SparseLinearConfig};
 pub use state::{LayerState, SchedulerState};
 
 use crate::error::{Result, RiglError};

@@ -5,12 +5,10 @@
 
 pub mod choice;
 pub mod mlp;
-pub mod sparse_linear;
 pub mod sparse_mlp;
 pub mod state;
 
 pub use mlp::{Mlp, MlpConfig};
-pub use sparse_linear::{LinearIo, SparseLinear, SparseLinearConfig};
 pub use sparse_mlp::{MemoryReport, SparseMlp};
 pub use state::ModelState;
 
