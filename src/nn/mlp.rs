@@ -16,7 +16,6 @@
 //! update    SGD with momentum on w (masked) and b
 //! ```
 
-use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
@@ -352,33 +351,12 @@ impl Mlp {
     }
 
     /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]`. A partial batch of
-    /// `valid < batch` samples is padded by the caller (labels [`PAD_LABEL`]); call
+    /// `valid < batch` samples is padded by the caller (labels [`crate::data::PAD_LABEL`]); call
     /// [`Mlp::set_valid`] so the padding does not count.
     pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
-        if labels.len() != self.cfg.batch {
-            return Err(RiglError::invalid(format!(
-                "{} labels for a batch of {}",
-                labels.len(),
-                self.cfg.batch
-            )));
-        }
-        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
-        let bad = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l >= classes && l != PAD_LABEL);
-        if let Some((i, l)) = bad {
-            return Err(RiglError::invalid(format!(
-                "label {l} of sample {i} is not below the class count {classes}"
-            )));
-        }
-        self.x.write_f32(ctx, x)?;
-        ctx.queue.write_buffer(
-            &self.labels.buffer,
-            self.labels.offset,
-            bytemuck::cast_slice(labels),
-        );
-        Ok(())
+        let classes = self.cfg.sizes[self.n_layers()];
+        crate::nn::write_labels(ctx, &self.labels, labels, self.cfg.batch, classes)?;
+        self.x.write_f32(ctx, x)
     }
 
     /// Only the first `valid` samples of the batch count in the loss and its gradient.
@@ -467,13 +445,7 @@ impl Mlp {
 
     /// Reads a flat bias-layout tensor back, per layer.
     fn read_bias_layers(&self, ctx: &GpuContext, t: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let all = t.read_f32(ctx)?;
-        Ok(self
-            .bias_offsets
-            .iter()
-            .enumerate()
-            .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
-            .collect())
+        crate::nn::read_bias_layout(ctx, t, &self.bias_offsets, &self.cfg.sizes)
     }
 
     /// Reads the whole training state back (waits for the GPU): everything a step reads from

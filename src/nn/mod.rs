@@ -16,6 +16,57 @@ use crate::error::Result;
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::GpuContext;
 
+/// Checks a batch's labels (one per sample, below the class count or [`PAD_LABEL`]) and writes
+/// them: shared by both models.
+///
+/// [`PAD_LABEL`]: crate::data::PAD_LABEL
+pub(crate) fn write_labels(
+    ctx: &GpuContext,
+    labels_t: &crate::gpu::Tensor,
+    labels: &[u32],
+    batch: usize,
+    classes: usize,
+) -> Result<()> {
+    if labels.len() != batch {
+        return Err(crate::error::RiglError::invalid(format!(
+            "{} labels for a batch of {batch}",
+            labels.len()
+        )));
+    }
+    let classes = classes as u32;
+    if let Some((i, l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l >= classes && l != crate::data::PAD_LABEL)
+    {
+        return Err(crate::error::RiglError::invalid(format!(
+            "label {l} of sample {i} is not below the class count {classes}"
+        )));
+    }
+    ctx.queue.write_buffer(
+        &labels_t.buffer,
+        labels_t.offset,
+        bytemuck::cast_slice(labels),
+    );
+    Ok(())
+}
+
+/// Splits a flat bias-layout tensor read back from the GPU into layers (`sizes` are the model's
+/// widths, input first).
+pub(crate) fn read_bias_layout(
+    ctx: &GpuContext,
+    t: &crate::gpu::Tensor,
+    offsets: &[usize],
+    sizes: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let all = t.read_f32(ctx)?;
+    Ok(offsets
+        .iter()
+        .enumerate()
+        .map(|(l, &o)| all[o..o + sizes[l + 1]].to_vec())
+        .collect())
+}
+
 /// What the trainer, the evaluator and the model file need of a network on the GPU.
 pub trait Network {
     /// Configuration it was built with.

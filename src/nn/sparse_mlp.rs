@@ -14,7 +14,6 @@
 //! phase selects over it, and the layer's slots and both indexes are rebuilt
 //! (`shaders/csr.wgsl`). Masks are the same as the masked-dense path's, bit for bit.
 
-use crate::data::PAD_LABEL;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SparseShape};
@@ -603,23 +602,8 @@ impl SparseMlp {
     /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]` (see
     /// [`crate::nn::Mlp::set_batch`]).
     pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
-        if labels.len() != self.cfg.batch {
-            return Err(RiglError::invalid(format!(
-                "{} labels for a batch of {}",
-                labels.len(),
-                self.cfg.batch
-            )));
-        }
-        let classes = *self.cfg.sizes.last().unwrap_or(&0) as u32;
-        if let Some((i, l)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l >= classes && l != PAD_LABEL)
-        {
-            return Err(RiglError::invalid(format!(
-                "label {l} of sample {i} is not below the class count {classes}"
-            )));
-        }
+        let classes = self.cfg.sizes[self.n_layers()];
+        crate::nn::write_labels(ctx, &self.labels, labels, self.cfg.batch, classes)?;
         self.x.write_f32(ctx, x)?;
         ctx.queue.write_texture(
             wgpu::TexelCopyTextureInfo {
@@ -635,11 +619,6 @@ impl SparseMlp {
                 rows_per_image: Some(self.cfg.sizes[0] as u32),
             },
             self.x_tex.texture.size(),
-        );
-        ctx.queue.write_buffer(
-            &self.labels.buffer,
-            self.labels.offset,
-            bytemuck::cast_slice(labels),
         );
         Ok(())
     }
@@ -807,13 +786,7 @@ impl SparseMlp {
 
     /// Reads the biases back, per layer.
     pub fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        let all = self.bias.read_f32(ctx)?;
-        Ok(self
-            .bias_offsets
-            .iter()
-            .enumerate()
-            .map(|(l, &o)| all[o..o + self.cfg.sizes[l + 1]].to_vec())
-            .collect())
+        crate::nn::read_bias_layout(ctx, &self.bias, &self.bias_offsets, &self.cfg.sizes)
     }
 
     /// Resets the running loss sums.
