@@ -23,6 +23,11 @@ struct Pair {
 }
 
 fn pair(ctx: &GpuContext, density: f64, seed: u64) -> Pair {
+    pair_with(ctx, density, seed, &[false, false, false])
+}
+
+/// `dense[l]`: layer l of the compressed model runs on dense GEMMs (the per-layer choice).
+fn pair_with(ctx: &GpuContext, density: f64, seed: u64, dense: &[bool]) -> Pair {
     let cfg = MlpConfig {
         sizes: SIZES.to_vec(),
         batch: BATCH,
@@ -68,7 +73,7 @@ fn pair(ctx: &GpuContext, density: f64, seed: u64) -> Pair {
     }
     let masked = Mlp::new(ctx, cfg.clone()).unwrap();
     masked.load(ctx, &weights, &masks, &biases).unwrap();
-    let sparse = SparseMlp::new(ctx, cfg, &active, 7).unwrap();
+    let sparse = SparseMlp::with_layer_kernels(ctx, cfg, &active, 7, dense).unwrap();
     sparse.load(ctx, &weights, &masks, &biases).unwrap();
     let updater = MaskUpdater::new(
         ctx,
@@ -248,4 +253,27 @@ fn sparse_model_refuses_wrong_active_counts_and_batches() {
         err.contains("32 active weights") && err.contains("holds 10"),
         "{err}"
     );
+}
+
+#[test]
+fn mixed_layer_kernels_match_the_masked_path() {
+    let ctx = ctx();
+    for dense in [
+        [false, true, false],
+        [true, false, true],
+        [true, true, true],
+    ] {
+        for (rule, name) in [(GrowRule::Score, "rigl"), (GrowRule::Random, "set")] {
+            let p = pair_with(ctx, 0.25, 3, &dense);
+            let what = format!("{name}, dense-GEMM layers {dense:?}");
+            step(ctx, &p, 0, None, 0.0);
+            compare(ctx, &p, &format!("{what}: step"));
+            step(ctx, &p, 1, Some(rule), 0.3);
+            compare(ctx, &p, &format!("{what}: update"));
+            step(ctx, &p, 2, None, 0.0);
+            step(ctx, &p, 3, Some(rule), 0.5);
+            step(ctx, &p, 4, None, 0.0);
+            compare(ctx, &p, &format!("{what}: second update"));
+        }
+    }
 }

@@ -19,6 +19,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("spmm", include_str!("../../shaders/spmm.wgsl")),
     ("sddmm", include_str!("../../shaders/sddmm.wgsl")),
     ("csr", include_str!("../../shaders/csr.wgsl")),
+    ("slots", include_str!("../../shaders/slots.wgsl")),
     (
         "sparse_meta",
         include_str!("../../shaders/sparse_meta.wgsl"),

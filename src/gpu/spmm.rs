@@ -651,3 +651,64 @@ pub fn rebuild(
     ];
     Ok((before, after))
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SlotParams {
+    n: u32,
+    nnz: u32,
+    _pad: [u32; 2],
+}
+
+/// What [`slots`] does between a layer's slots and a dense `[in, out]` scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotOp {
+    /// Zero the scratch.
+    Zero,
+    /// Write each slot's value at its position (after [`SlotOp::Zero`]).
+    Scatter,
+    /// Read each slot's gradient from its position of the scratch.
+    Gather,
+}
+
+/// A dispatch moving a layer's slots to or from a dense scratch (`shaders/slots.wgsl`), for a
+/// compressed layer run on dense GEMMs.
+pub fn slots(
+    ctx: &GpuContext,
+    op: SlotOp,
+    s: SparseShape,
+    idx: &Tensor,
+    vals: &Tensor,
+    dense: &Tensor,
+    grad: &Tensor,
+) -> Result<Dispatch> {
+    let n = s.in_dim * s.out_dim;
+    check_len(idx, s.nnz, "slots index")?;
+    check_len(vals, s.nnz, "slots values")?;
+    check_len(grad, s.nnz, "slots gradient")?;
+    check_len(dense, n, "slots dense scratch")?;
+    const B: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+    ];
+    let (entry, items) = match op {
+        SlotOp::Zero => ("slots_zero", n),
+        SlotOp::Scatter => ("slots_scatter", s.nnz),
+        SlotOp::Gather => ("slots_gather", s.nnz),
+    };
+    let params = SlotParams {
+        n: n as u32,
+        nnz: s.nnz as u32,
+        _pad: [0; 2],
+    };
+    Dispatch::build(
+        ctx,
+        &KernelSpec::new("slots", entry, B),
+        bytemuck::bytes_of(&params),
+        &[idx, vals, dense, grad],
+        (items.max(1) as u64).div_ceil(64),
+    )
+}

@@ -68,6 +68,8 @@ pub struct LayerTiming {
 /// The outcome of a kernel choice.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Decision {
+    // (`kernels` is the model's storage; with `sparse`, a layer whose measured masked-dense
+    // products beat its sparse ones runs on dense GEMMs: see [`Decision::dense_layers`].)
     /// `sparse` or `masked`.
     pub kernels: &'static str,
     /// Why (the setting, a measurement, or what the sparse path lacks here).
@@ -219,6 +221,22 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     Ok((sparse_ms, masked_ms))
 }
 
+impl Decision {
+    /// Per layer, whether a compressed model runs it on dense GEMMs: where its measured
+    /// masked-dense products were faster (all false without per-layer timings).
+    pub fn dense_layers(&self, n_layers: usize) -> Vec<bool> {
+        dense_layers(&self.layers, n_layers)
+    }
+}
+
+/// [`Decision::dense_layers`] from per-layer timings (used again on resume).
+pub fn dense_layers(timings: &[LayerTiming], n_layers: usize) -> Vec<bool> {
+    if timings.len() != n_layers {
+        return vec![false; n_layers];
+    }
+    timings.iter().map(|t| t.masked_ms < t.sparse_ms).collect()
+}
+
 /// Decides the kernels of a model of layer widths `sizes` with `active` weights per layer.
 /// `method_ok` is false for methods the sparse path does not run (dense, SNFS, pruning), with
 /// `why` naming the reason.
@@ -279,11 +297,31 @@ pub fn decide(
             }
             let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
             let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
-            let kernels = if sparse < masked { "sparse" } else { "masked" };
+            let best: f64 = layers.iter().map(|t| t.sparse_ms.min(t.masked_ms)).sum();
+            let on_gemm = dense_layers(&layers, layers.len());
+            let n_gemm = on_gemm.iter().filter(|&&d| d).count();
+            // Every layer faster masked: the masked-dense model (no compressed state at all).
+            let kernels = if n_gemm == layers.len() {
+                "masked"
+            } else {
+                "sparse"
+            };
+            let split = if kernels == "sparse" && n_gemm > 0 {
+                let names: Vec<&str> = layers
+                    .iter()
+                    .zip(&on_gemm)
+                    .filter(|(_, &d)| d)
+                    .map(|(t, _)| t.name.as_str())
+                    .collect();
+                format!("; {} on dense GEMMs", names.join(", "))
+            } else {
+                String::new()
+            };
             Ok(Decision {
                 kernels,
                 reason: format!(
-                    "auto: the layers' products take {sparse:.2} ms sparse, {masked:.2} ms masked on this adapter"
+                    "auto: the layers' products take {sparse:.2} ms sparse, {masked:.2} ms \
+                     masked, {best:.2} ms choosing per layer on this adapter{split}"
                 ),
                 layers,
             })

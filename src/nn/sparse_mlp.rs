@@ -16,7 +16,7 @@
 
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
-use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SparseShape};
+use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SlotOp, SparseShape};
 use crate::gpu::texture::{meta_texture, Texture};
 use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
 use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
@@ -108,6 +108,21 @@ impl SparseMlp {
     /// Allocates every buffer and builds every dispatch; `active[l]` is layer l's fixed active
     /// count. `seed` keys SET's random grow stream (as in the masked path).
     pub fn new(ctx: &GpuContext, cfg: MlpConfig, active: &[usize], seed: u32) -> Result<Self> {
+        let n = cfg.sizes.len().saturating_sub(1);
+        Self::with_layer_kernels(ctx, cfg, active, seed, &vec![false; n])
+    }
+
+    /// [`SparseMlp::new`] where layer l runs its products on dense GEMMs when `dense[l]` (its
+    /// slots scattered into a dense scratch before the products, the dense gradient gathered
+    /// back): the per-layer masked-dense choice. The compressed form stays the state, and mask
+    /// updates are the same.
+    pub fn with_layer_kernels(
+        ctx: &GpuContext,
+        cfg: MlpConfig,
+        active: &[usize],
+        seed: u32,
+        dense: &[bool],
+    ) -> Result<Self> {
         spmm::support(ctx).map_err(RiglError::invalid)?;
         if cfg.sizes.len() < 2 || cfg.sizes.contains(&0) {
             return Err(RiglError::invalid(format!(
@@ -122,6 +137,12 @@ impl SparseMlp {
             )));
         }
         let n_layers = cfg.sizes.len() - 1;
+        if dense.len() != n_layers {
+            return Err(RiglError::invalid(format!(
+                "{} kernel choices for {n_layers} layers",
+                dense.len()
+            )));
+        }
         if active.len() != n_layers {
             return Err(RiglError::invalid(format!(
                 "{} active counts for {n_layers} layers",
@@ -182,6 +203,14 @@ impl SparseMlp {
         let loss_stats = t("loss stats", 2 * b)?;
         let sums = t("loss sums", 2)?;
         let g_scratch = t("dense gradient scratch", n_max)?;
+        let n_dense = (0..n_layers)
+            .filter(|&l| dense[l])
+            .map(|l| cfg.sizes[l] * cfg.sizes[l + 1])
+            .max()
+            .unwrap_or(1);
+        let w_scratch = t("dense weight scratch", n_dense)?;
+        // A layer's output goes to its buffer when the loss or a dense-GEMM layer reads it.
+        let act_buf = |l: usize| l + 1 == n_layers || dense[l] || dense[l + 1];
         let gsel = t("grow selection scratch", n_max)?;
         let rb = t("index rebuild scratch", rb_max)?;
         let mut acts = Vec::new();
@@ -267,9 +296,12 @@ impl SparseMlp {
         let mut unpack_ops = Vec::new();
         for l in 0..n_layers {
             if let Some(t) = &act_tex[l] {
-                unpack_ops.push(spmm::unpack(ctx, t, &acts[l])?);
+                if !act_buf(l) {
+                    unpack_ops.push(spmm::unpack(ctx, t, &acts[l])?);
+                }
             }
-            if l + 1 < n_layers {
+            // Written to a buffer by a dense-GEMM layer above, or when it is dense-GEMM itself.
+            if l + 1 < n_layers && !dense[l] && !dense[l + 1] {
                 unpack_ops.push(spmm::unpack(ctx, &grad_tex[l], &dacts[l])?);
             }
         }
@@ -290,11 +322,96 @@ impl SparseMlp {
             index: &fwd_meta[l],
             values: &val_tex,
         };
+        let wview = |ly: &SparseLayer| {
+            w_scratch.slice(
+                ctx,
+                0,
+                ly.shape.in_dim * ly.shape.out_dim,
+                &format!("{} dense weights", ly.name),
+            )
+        };
+        let gview = |ly: &SparseLayer| {
+            g_scratch.slice(
+                ctx,
+                0,
+                ly.shape.in_dim * ly.shape.out_dim,
+                &format!("{} dense gradient", ly.name),
+            )
+        };
+        let gemm = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor| {
+            GemmOp::new(
+                ctx,
+                shape,
+                cfg.gemm.resolve(ctx, &shape),
+                a,
+                bm,
+                c,
+                None,
+                false,
+            )
+            .map(|g| g.dispatch)
+        };
+        // Scatter a dense-GEMM layer's slots into the weight scratch (shared by such layers, so
+        // rebuilt before each use).
+        let scatter = |ly: &SparseLayer| -> Result<Vec<Dispatch>> {
+            let (iw, vw, ww, gw) = (
+                iv(ly)?,
+                lv(&vals, ly, "weights")?,
+                wview(ly)?,
+                lv(&grad, ly, "gradient")?,
+            );
+            Ok(vec![
+                spmm::slots(ctx, SlotOp::Zero, ly.shape, &iw, &vw, &ww, &gw)?,
+                spmm::slots(ctx, SlotOp::Scatter, ly.shape, &iw, &vw, &ww, &gw)?,
+            ])
+        };
+        // The weight gradient of a dense-GEMM layer: dense into the gradient scratch, gathered
+        // into the slots.
+        let dense_wgrad = |l: usize, ly: &SparseLayer| -> Result<Vec<Dispatch>> {
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            let shape = GemmShape {
+                m: ly.shape.in_dim,
+                n: ly.shape.out_dim,
+                k: b,
+                trans_a: false,
+                trans_b: true,
+            };
+            let g = gview(ly)?;
+            Ok(vec![
+                gemm(shape, input, &dacts[l], &g)?,
+                spmm::slots(
+                    ctx,
+                    SlotOp::Gather,
+                    ly.shape,
+                    &iv(ly)?,
+                    &lv(&vals, ly, "weights")?,
+                    &g,
+                    &lv(&grad, ly, "gradient")?,
+                )?,
+            ])
+        };
         let mut fwd = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
             let bv = bview(&bias, l, "bias")?;
-            // Hidden activations go to their texture only (the buffer is filled at mask updates);
-            // the logits to their buffer for the loss.
+            if dense[l] {
+                let input = if l == 0 { &x } else { &acts[l - 1] };
+                fwd.extend(scatter(ly)?);
+                let shape = GemmShape {
+                    m: ly.shape.out_dim,
+                    n: b,
+                    k: ly.shape.in_dim,
+                    trans_a: true,
+                    trans_b: false,
+                };
+                fwd.push(gemm(shape, &wview(ly)?, input, &acts[l])?);
+                fwd.push(match &act_tex[l] {
+                    Some(t) => spmm::pack(ctx, PackOp::BiasAct(&bv, true), &acts[l], t)?,
+                    None => ops::bias_act(ctx, &bv, &acts[l], ly.shape.out_dim, b, false)?,
+                });
+                continue;
+            }
+            // Hidden activations go to their texture only unless a dense-GEMM layer or the loss
+            // reads the buffer (it is filled at mask updates otherwise).
             fwd.push(spmm::spmm_stores(
                 ctx,
                 ly.shape,
@@ -308,7 +425,7 @@ impl SparseMlp {
                     relu: l + 1 < n_layers,
                 },
                 act_tex[l].as_ref(),
-                act_tex[l].is_none(),
+                act_buf(l),
             )?);
         }
         let classes = cfg.sizes[n_layers];
@@ -332,6 +449,34 @@ impl SparseMlp {
         )?];
         for l in (0..n_layers).rev() {
             let ly = &layers[l];
+            if dense[l] {
+                bwd.push(ops::segment_sum(
+                    ctx,
+                    &dacts[l],
+                    &bview(&bgrad, l, "bias gradient")?,
+                    ly.shape.out_dim,
+                    b,
+                    false,
+                )?);
+                bwd.extend(dense_wgrad(l, ly)?);
+                if l > 0 {
+                    bwd.extend(scatter(ly)?);
+                    let shape = GemmShape::nn(ly.shape.in_dim, b, ly.shape.out_dim);
+                    bwd.push(gemm(shape, &wview(ly)?, &dacts[l], &dacts[l - 1])?);
+                    let rows = ly.shape.in_dim;
+                    bwd.push(if dense[l - 1] {
+                        ops::relu_bwd(ctx, &acts[l - 1], &dacts[l - 1], rows * b)?
+                    } else {
+                        spmm::pack(
+                            ctx,
+                            PackOp::ReluBwd(&acts[l - 1]),
+                            &dacts[l - 1],
+                            &grad_tex[l - 1],
+                        )?
+                    });
+                }
+                continue;
+            }
             // The weight gradient at the slots, and the bias gradient with it.
             bwd.push(spmm::sddmm_with_bias(
                 ctx,
@@ -357,7 +502,7 @@ impl SparseMlp {
                     false,
                     Epilogue::ReluMask(act_tex[l - 1].as_ref().unwrap_or(&x_tex)),
                     Some(&grad_tex[l - 1]),
-                    false,
+                    dense[l - 1],
                 )?);
             }
         }
@@ -399,14 +544,18 @@ impl SparseMlp {
         let mut rebuild = Vec::new();
         let mut regrad = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
-            regrad.push(spmm::sddmm(
-                ctx,
-                ly.shape,
-                &iv(ly)?,
-                input_tex(l),
-                &grad_tex[l],
-                &lv(&grad, ly, "gradient")?,
-            )?);
+            if dense[l] {
+                regrad.extend(dense_wgrad(l, ly)?);
+            } else {
+                regrad.push(spmm::sddmm(
+                    ctx,
+                    ly.shape,
+                    &iv(ly)?,
+                    input_tex(l),
+                    &grad_tex[l],
+                    &lv(&grad, ly, "gradient")?,
+                )?);
+            }
             let n = ly.shape.in_dim * ly.shape.out_dim;
             let g = g_scratch.slice(ctx, 0, n, &format!("{} dense gradient", ly.name))?;
             grows.push(MaskUpdater::for_dense_grow(
@@ -468,7 +617,8 @@ impl SparseMlp {
                 })
                 .collect(),
             weights_grads_momentum: 4 * (3 * total_slots + io) as u64,
-            update_scratch: 4 * (2 * n_max + rb_max + to) as u64 + drop.selection().bytes(),
+            update_scratch: 4 * (2 * n_max + n_dense + rb_max + to) as u64
+                + drop.selection().bytes(),
         };
         Ok(SparseMlp {
             cfg,

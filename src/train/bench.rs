@@ -84,6 +84,7 @@ impl StepRunner {
             sgd,
             cfg.kernels,
             crate::gpu::gemm::choose_variant(ctx)?,
+            None,
         )?;
         let b = cfg.batch;
         let x: Vec<f32> = (0..features * b)
@@ -151,6 +152,7 @@ pub fn bench_step(
         sgd,
         cfg.kernels,
         crate::gpu::gemm::choose_variant(ctx)?,
+        None,
     )?;
     let model = net.net();
     let b = cfg.batch;

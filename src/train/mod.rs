@@ -315,7 +315,16 @@ pub fn train_with(
         rule,
         updater,
         masks,
-    } = build(ctx, cfg, &sizes, &plan, sgd, kernels, gemm_variant)?;
+    } = build(
+        ctx,
+        cfg,
+        &sizes,
+        &plan,
+        sgd,
+        kernels,
+        gemm_variant,
+        same_kernels.map(|ck| ck.trainer.kernels_layers.as_slice()),
+    )?;
     if let Some(ck) = same_kernels {
         // The decision as the run made it (reason and timings), not as the forced choice reads.
         decision.reason = ck.trainer.kernels_reason.clone();

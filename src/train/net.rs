@@ -51,6 +51,7 @@ pub(crate) struct Built {
 
 /// Initial weights and masks with exact active counts (prune and dense start dense), the kernel
 /// choice, and the model loaded on the GPU.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     ctx: &GpuContext,
     cfg: &TrainConfig,
@@ -59,6 +60,7 @@ pub(crate) fn build(
     sgd: SgdConfig,
     kernels: KernelChoice,
     gemm_variant: GemmVariant,
+    resumed_layers: Option<&[choice::LayerTiming]>,
 ) -> Result<Built> {
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
     let mut weights = Vec::new();
@@ -95,11 +97,19 @@ pub(crate) fn build(
         gemm: gemm_variant,
     };
     let net = if decision.kernels == "sparse" {
-        Net::Sparse(Box::new(SparseMlp::new(
+        // Per layer: the sparse products or dense GEMMs, as measured (on resume, as the run
+        // that is continued measured them).
+        let n = sizes.len() - 1;
+        let dense = match resumed_layers {
+            Some(t) => choice::dense_layers(t, n),
+            None => decision.dense_layers(n),
+        };
+        Net::Sparse(Box::new(SparseMlp::with_layer_kernels(
             ctx,
             mlp_cfg,
             &start_active,
             cfg.seed as u32,
+            &dense,
         )?))
     } else {
         Net::Masked(Box::new(Mlp::new(ctx, mlp_cfg)?))
