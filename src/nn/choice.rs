@@ -328,3 +328,31 @@ pub fn decide(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, sparse_ms: f64, masked_ms: f64) -> LayerTiming {
+        LayerTiming {
+            name: name.into(),
+            sparse_ms,
+            masked_ms,
+        }
+    }
+
+    #[test]
+    fn layers_run_where_they_measured_faster() {
+        let timings = [t("fc1", 3.0, 9.0), t("fc2", 1.0, 0.5), t("fc3", 0.2, 0.2)];
+        // Ties stay sparse: the compressed path is the one whose memory scales with density.
+        assert_eq!(dense_layers(&timings, 3), vec![false, true, false]);
+        // Timings that do not describe the model (a forced choice) run every layer sparse.
+        assert_eq!(dense_layers(&timings, 2), vec![false, false]);
+        assert_eq!(dense_layers(&[], 3), vec![false; 3]);
+        assert_eq!(
+            KernelChoice::parse("Sparse").ok(),
+            Some(KernelChoice::Sparse)
+        );
+        assert!(KernelChoice::parse("csr").is_err());
+    }
+}
