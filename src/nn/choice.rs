@@ -259,6 +259,18 @@ pub fn decide(
                 ))
             }
         })
+        .and_then(|()| {
+            let widest = sizes.iter().copied().max().unwrap_or(0);
+            if crate::gpu::texture::fits(ctx, widest, batch) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a layer of {widest} features or a batch of {batch} does not fit an \
+                     activation texture (max_texture_dimension_2d {})",
+                    ctx.limits.max_texture_dimension_2d
+                ))
+            }
+        })
         .err();
     match (choice, unsupported) {
         (KernelChoice::Masked, _) => Ok(Decision {
