@@ -470,9 +470,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     let cfg = args.config_over(resume.as_ref().map(|c| &c.config))?;
     let data = load_data(&cfg)?;
     if let Some(ck) = &resume {
-        let mut sizes = vec![data.train.features];
-        sizes.extend(&cfg.hidden);
-        sizes.push(data.train.classes);
+        let sizes = cfg.sizes(data.train.features, data.train.classes);
         let per_epoch = (data.train.n / cfg.batch.max(1)) as u64;
         let soft = checkpoint::compare(ck, &cfg, &sizes, per_epoch).map_err(CliError::usage)?;
         for d in soft {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::{Dispatch, SgdConfig};
+use crate::gpu::ops::Dispatch;
 use crate::gpu::profile;
 use crate::gpu::GpuContext;
 use crate::nn::choice::Decision;
@@ -54,6 +54,8 @@ pub struct StepBench {
 pub struct StepRunner {
     built: Built,
     method: Method,
+    sizes: Vec<usize>,
+    total_weights: usize,
 }
 
 impl StepRunner {
@@ -66,22 +68,19 @@ impl StepRunner {
         classes: usize,
     ) -> Result<Self> {
         cfg.validate()?;
-        let mut sizes = vec![features];
-        sizes.extend(&cfg.hidden);
-        sizes.push(classes);
+        if features == 0 || classes < 2 {
+            return Err(RiglError::invalid(format!(
+                "need at least 1 feature and 2 classes, got {features} and {classes}"
+            )));
+        }
+        let sizes = cfg.sizes(features, classes);
         let plan = plan_layers(cfg, &sizes)?;
-        let sgd = SgdConfig {
-            lr: cfg.lr,
-            momentum: cfg.momentum,
-            weight_decay: cfg.weight_decay,
-            nesterov: cfg.nesterov,
-        };
         let built = build(
             ctx,
             cfg,
             &sizes,
             &plan,
-            sgd,
+            cfg.sgd(),
             cfg.kernels,
             crate::gpu::gemm::choose_variant(ctx)?,
             None,
@@ -95,18 +94,26 @@ impl StepRunner {
         Ok(StepRunner {
             built,
             method: cfg.method,
+            sizes,
+            total_weights: plan.iter().map(|p| p.total).sum(),
         })
     }
 
-    /// One training step (forward, backward, optimizer), submitted and waited for.
-    pub fn step(&self, ctx: &GpuContext) -> Result<()> {
+    /// The dispatches of a training step, without the optimizer.
+    fn forward_backward(&self) -> Vec<&Dispatch> {
         let model = self.built.net.net();
         let mut ops: Vec<&Dispatch> = model.forward_ops();
         ops.extend(model.backward_ops());
         if let (Net::Masked(m), Method::Snfs) = (&self.built.net, self.method) {
             ops.push(m.ema_op());
         }
-        ops.extend(model.sgd_ops());
+        ops
+    }
+
+    /// One training step (forward, backward, optimizer), submitted and waited for.
+    pub fn step(&self, ctx: &GpuContext) -> Result<()> {
+        let mut ops = self.forward_backward();
+        ops.extend(self.built.net.net().sgd_ops());
         crate::gpu::ops::run(ctx, "training step", &ops)
     }
 }
@@ -122,51 +129,16 @@ pub fn bench_step(
     reps: usize,
     per_dispatch: bool,
 ) -> Result<StepBench> {
-    cfg.validate()?;
-    if features == 0 || classes < 2 {
-        return Err(RiglError::invalid(format!(
-            "need at least 1 feature and 2 classes, got {features} and {classes}"
-        )));
-    }
-    let mut sizes = vec![features];
-    sizes.extend(&cfg.hidden);
-    sizes.push(classes);
-    let plan = plan_layers(cfg, &sizes)?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-        nesterov: cfg.nesterov,
-    };
+    let runner = StepRunner::new(ctx, cfg, features, classes)?;
     let Built {
         net,
         decision,
         rule,
         updater,
         masks,
-    } = build(
-        ctx,
-        cfg,
-        &sizes,
-        &plan,
-        sgd,
-        cfg.kernels,
-        crate::gpu::gemm::choose_variant(ctx)?,
-        None,
-    )?;
+    } = &runner.built;
     let model = net.net();
-    let b = cfg.batch;
-    let x: Vec<f32> = (0..features * b)
-        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0)
-        .collect();
-    let labels: Vec<u32> = (0..b as u32).map(|i| i % classes as u32).collect();
-    model.set_batch(ctx, &x, &labels)?;
-
-    let mut step: Vec<&Dispatch> = model.forward_ops();
-    step.extend(model.backward_ops());
-    if let (Net::Masked(m), Method::Snfs) = (&net, cfg.method) {
-        step.push(m.ema_op());
-    }
+    let mut step = runner.forward_backward();
     let fwd_bwd = step.clone();
     step.extend(model.sgd_ops());
     // Wall clock for every model (submission included), so that dense, masked and sparse steps
@@ -184,7 +156,7 @@ pub fn bench_step(
         .iter()
         .map(|m| crate::sparse::init::count_active(m))
         .collect();
-    let update_step_ms = match rule {
+    let update_step_ms = match *rule {
         None => None,
         Some(rule) => {
             let counts: Vec<LayerCounts> = active
@@ -198,7 +170,7 @@ pub fn bench_step(
                 })
                 .collect();
             let mut ops = fwd_bwd.clone();
-            match (&net, &updater) {
+            match (net, updater) {
                 (Net::Masked(m), Some(up)) => {
                     up.prepare(ctx, 0, &counts)?;
                     ops.extend(up.dispatches(rule));
@@ -218,10 +190,10 @@ pub fn bench_step(
             Some(profile::time_ops(ctx, &ops, warmup, reps, true)?.0)
         }
     };
-    let total: usize = plan.iter().map(|p| p.total).sum();
+    let b = cfg.batch;
     Ok(StepBench {
         method: cfg.method.as_str().to_string(),
-        sizes,
+        sizes: runner.sizes.clone(),
         batch: b,
         sparsity: if cfg.method == Method::Dense {
             0.0
@@ -230,13 +202,13 @@ pub fn bench_step(
         },
         kernels: Decision {
             kernels: model.kernels(),
-            ..decision
+            ..decision.clone()
         },
         step_ms,
         update_step_ms,
         samples_per_sec: b as f64 / (step_ms / 1e3),
         step_dispatches: step.len(),
-        gpu_memory: GpuMemory::new(model.memory(), total),
+        gpu_memory: GpuMemory::new(model.memory(), runner.total_weights),
         timing: timing.as_str(),
         reps: reps.max(1),
         adapter: ctx.info.name.clone(),

@@ -243,6 +243,24 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The optimizer settings at the peak learning rate.
+    pub fn sgd(&self) -> crate::gpu::ops::SgdConfig {
+        crate::gpu::ops::SgdConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        }
+    }
+
+    /// Layer widths for inputs of `features` and `classes`: input, hidden, classes.
+    pub fn sizes(&self, features: usize, classes: usize) -> Vec<usize> {
+        let mut sizes = vec![features];
+        sizes.extend(&self.hidden);
+        sizes.push(classes);
+        sizes
+    }
+
     /// The last mask-update step for a run of `total_steps`.
     pub fn t_end_steps(&self, total_steps: u64) -> u64 {
         if self.t_end <= 1.0 {

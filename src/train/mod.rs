@@ -261,9 +261,7 @@ pub fn train_with(
         )));
     }
     let t_start = Instant::now();
-    let mut sizes = vec![train.features];
-    sizes.extend(&cfg.hidden);
-    sizes.push(train.classes);
+    let sizes = cfg.sizes(train.features, train.classes);
     let plan = plan_layers(cfg, &sizes)?;
 
     let mut batcher = Batcher::for_training(train.n, cfg.batch, cfg.seed)?;
@@ -291,12 +289,7 @@ pub fn train_with(
         (cfg.prune_end * total_steps as f64) as u64,
         cfg.prune_every,
     )?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-        nesterov: cfg.nesterov,
-    };
+    let sgd = cfg.sgd();
     // A resumed run uses the kernels and GEMM variant of the run it continues (both are chosen
     // by timing; another choice sums in another order and the results would differ in the last
     // bits).
