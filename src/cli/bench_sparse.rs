@@ -2,7 +2,7 @@
 //! problem on this adapter.
 
 use clap::Args;
-use rigl::gpu::profile::{self, Timing};
+use rigl::gpu::profile;
 use rigl::gpu::spmm::{self, SparseShape};
 use rigl::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
 use rigl::sparse::active_count;
@@ -188,15 +188,11 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
             args.sparsity,
             s.nnz,
             ctx.info.name,
-            timing_str(timing),
+            timing.as_str(),
             args.reps.max(1)
         );
     }
     Ok(())
-}
-
-fn timing_str(t: Timing) -> &'static str {
-    t.as_str()
 }
 
 #[derive(Args, Debug)]

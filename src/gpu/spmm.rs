@@ -292,7 +292,7 @@ fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// What [`spmm_with`] does to the product before storing it.
+/// What [`spmm_stores`] does to the product before storing it.
 #[derive(Clone, Copy, Debug)]
 pub enum Epilogue<'a> {
     /// Store the product.
@@ -320,7 +320,7 @@ pub fn spmm(
     y: &Tensor,
     forward: bool,
 ) -> Result<Dispatch> {
-    spmm_with(ctx, s, idx, meta, x, y, forward, Epilogue::None, None)
+    spmm_stores(ctx, s, idx, meta, x, y, forward, Epilogue::None, None, true)
 }
 
 /// What a sparse product reads its nonzeros from: the per-layer metadata texture of the
@@ -333,24 +333,9 @@ pub struct Metadata<'a> {
     pub values: &'a Texture,
 }
 
-/// [`spmm`] with an epilogue fused into the store, and the result also written to `t`.
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_with(
-    ctx: &GpuContext,
-    s: SparseShape,
-    idx: &Tensor,
-    meta: &Metadata<'_>,
-    x: &Texture,
-    y: &Tensor,
-    forward: bool,
-    epilogue: Epilogue<'_>,
-    t: Option<&Texture>,
-) -> Result<Dispatch> {
-    spmm_stores(ctx, s, idx, meta, x, y, forward, epilogue, t, true)
-}
-
-/// [`spmm_with`] that writes the result to the texture `t` only when `store_buffer` is false
-/// (`y` is then only checked and bound).
+/// [`spmm`] with an epilogue fused into the store (see [`Epilogue`]), the result also written to
+/// the texture `t` when given, and to `y` only when `store_buffer` (else `y` is only checked and
+/// bound).
 #[allow(clippy::too_many_arguments)]
 pub fn spmm_stores(
     ctx: &GpuContext,
