@@ -19,6 +19,7 @@
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::nn::loss::LossHead;
 use crate::nn::ModelState;
 use crate::sparse::init::count_active;
 use crate::sparse::update::LayerPlacement;
@@ -82,14 +83,9 @@ pub struct Mlp {
     pub bgrad: Tensor,
     /// Input batch `[in, batch]`.
     pub x: Tensor,
-    /// Labels of the batch.
-    pub labels: Tensor,
-    /// Running (loss sum, correct count) since the last reset.
-    pub sums: Tensor,
     acts: Vec<Tensor>,
     fwd: Vec<Dispatch>,
-    xent: Dispatch,
-    reduce: Dispatch,
+    loss: LossHead,
     bwd: Vec<Dispatch>,
     sgd_w: Dispatch,
     sgd_b: Dispatch,
@@ -141,9 +137,6 @@ impl Mlp {
         let bgrad = t("bias gradients", total_b)?;
         let b = cfg.batch;
         let x = t("input batch", cfg.sizes[0] * b)?;
-        let labels = t("labels", b)?;
-        let stats = t("loss stats", 2 * b)?;
-        let sums = t("loss sums", 2)?;
         let mut acts = Vec::new();
         let mut dacts = Vec::new();
         for (l, name) in names.iter().enumerate() {
@@ -200,18 +193,14 @@ impl Mlp {
             )?);
         }
         let classes = cfg.sizes[n_layers];
-        let xent = ops::softmax_xent(
+        let loss = LossHead::new(
             ctx,
             &acts[n_layers - 1],
-            &labels,
             &dacts[n_layers - 1],
-            &stats,
             classes,
             b,
             cfg.label_smoothing,
-            1.0 / b as f32,
         )?;
-        let reduce = ops::segment_sum(ctx, &stats, &sums, 2, b, true)?;
         let mut bwd = Vec::new();
         for l in (0..n_layers).rev() {
             let (fin, fout) = (cfg.sizes[l], cfg.sizes[l + 1]);
@@ -265,12 +254,9 @@ impl Mlp {
             bmom,
             bgrad,
             x,
-            labels,
-            sums,
             acts,
             fwd,
-            xent,
-            reduce,
+            loss,
             bwd,
             sgd_w,
             sgd_b,
@@ -354,24 +340,13 @@ impl Mlp {
     /// `valid < batch` samples is padded by the caller (labels [`crate::data::PAD_LABEL`]); call
     /// [`Mlp::set_valid`] so the padding does not count.
     pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
-        let classes = self.cfg.sizes[self.n_layers()];
-        crate::nn::write_labels(ctx, &self.labels, labels, self.cfg.batch, classes)?;
+        self.loss.write_labels(ctx, labels)?;
         self.x.write_f32(ctx, x)
     }
 
     /// Only the first `valid` samples of the batch count in the loss and its gradient.
     pub fn set_valid(&self, ctx: &GpuContext, valid: usize) {
-        let classes = self.cfg.sizes[self.n_layers()];
-        let valid = valid.clamp(1, self.cfg.batch);
-        ops::set_xent_valid(
-            ctx,
-            &self.xent,
-            classes,
-            self.cfg.batch,
-            valid,
-            self.cfg.label_smoothing,
-            1.0 / valid as f32,
-        );
+        self.loss.set_valid(ctx, valid);
     }
 
     /// Sets the optimizer's hyper-parameters (the learning rate changes every step).
@@ -387,8 +362,7 @@ impl Mlp {
     /// Forward pass and loss (adds to the running sums).
     pub fn forward_ops(&self) -> Vec<&Dispatch> {
         let mut v: Vec<&Dispatch> = self.fwd.iter().collect();
-        v.push(&self.xent);
-        v.push(&self.reduce);
+        v.extend(self.loss.ops());
         v
     }
 
@@ -419,12 +393,12 @@ impl Mlp {
 
     /// Resets the running loss sums.
     pub fn reset_sums(&self, ctx: &GpuContext) -> Result<()> {
-        self.sums.write_f32(ctx, &[0.0, 0.0])
+        self.loss.set_sums(ctx, [0.0, 0.0])
     }
 
     /// Reads (loss sum, correct count) accumulated since the last reset.
     pub fn read_sums(&self, ctx: &GpuContext) -> Result<(f64, f64)> {
-        let s = self.sums.read_f32(ctx)?;
+        let s = self.loss.read_sums_f32(ctx)?;
         Ok((f64::from(s[0]), f64::from(s[1])))
     }
 
@@ -451,7 +425,7 @@ impl Mlp {
     /// Reads the whole training state back (waits for the GPU): everything a step reads from
     /// the steps before it. [`Mlp::load_state`] of the result restores the GPU exactly.
     pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
-        let sums = self.sums.read_f32(ctx)?;
+        let sums = self.loss.read_sums_f32(ctx)?;
         Ok(ModelState {
             weights: self.read_layers(ctx, &self.w)?,
             masks: self.read_layers(ctx, &self.mask)?,
@@ -525,18 +499,17 @@ impl Mlp {
         self.ever.write_f32(ctx, &ever)?;
         self.bias.write_f32(ctx, &b)?;
         self.bmom.write_f32(ctx, &bmom)?;
-        self.sums.write_f32(ctx, &state.loss_sums)
+        self.loss.set_sums(ctx, state.loss_sums)
     }
 
     /// Sets the running loss sums (loss sum, correct count), e.g. to undo a skipped batch.
     pub fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
-        self.sums.write_f32(ctx, &sums)
+        self.loss.set_sums(ctx, sums)
     }
 
     /// Reads the running loss sums as the GPU holds them (f32).
     pub fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
-        let s = self.sums.read_f32(ctx)?;
-        Ok([s[0], s[1]])
+        self.loss.read_sums_f32(ctx)
     }
 
     /// Active weights per layer (reads the masks back).

@@ -4,6 +4,7 @@
 //! state ([`ModelState`]) every model saves to and restores from checkpoints.
 
 pub mod choice;
+mod loss;
 pub mod mlp;
 pub mod sparse_mlp;
 pub mod state;
@@ -15,41 +16,6 @@ pub use state::ModelState;
 use crate::error::Result;
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::GpuContext;
-
-/// Checks a batch's labels (one per sample, below the class count or [`PAD_LABEL`]) and writes
-/// them: shared by both models.
-///
-/// [`PAD_LABEL`]: crate::data::PAD_LABEL
-pub(crate) fn write_labels(
-    ctx: &GpuContext,
-    labels_t: &crate::gpu::Tensor,
-    labels: &[u32],
-    batch: usize,
-    classes: usize,
-) -> Result<()> {
-    if labels.len() != batch {
-        return Err(crate::error::RiglError::invalid(format!(
-            "{} labels for a batch of {batch}",
-            labels.len()
-        )));
-    }
-    let classes = classes as u32;
-    if let Some((i, l)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l >= classes && l != crate::data::PAD_LABEL)
-    {
-        return Err(crate::error::RiglError::invalid(format!(
-            "label {l} of sample {i} is not below the class count {classes}"
-        )));
-    }
-    ctx.queue.write_buffer(
-        &labels_t.buffer,
-        labels_t.offset,
-        bytemuck::cast_slice(labels),
-    );
-    Ok(())
-}
 
 /// Splits a flat bias-layout tensor read back from the GPU into layers (`sizes` are the model's
 /// widths, input first).

@@ -19,6 +19,7 @@ use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::spmm::{self, Epilogue, PackOp, RebuildBuffers, SlotOp, SparseShape};
 use crate::gpu::texture::{meta_texture, Texture};
 use crate::gpu::{GemmOp, GemmShape, GpuContext, Tensor};
+use crate::nn::loss::LossHead;
 use crate::nn::mlp::{layer_names, MlpConfig, ALIGN};
 use crate::nn::ModelState;
 use crate::sparse::csr::CsrIndex;
@@ -83,12 +84,9 @@ pub struct SparseMlp {
     pub bgrad: Tensor,
     x: Tensor,
     x_tex: Texture,
-    labels: Tensor,
-    sums: Tensor,
     acts: Vec<Tensor>,
     fwd: Vec<Dispatch>,
-    xent: Dispatch,
-    reduce: Dispatch,
+    loss: LossHead,
     bwd: Vec<Dispatch>,
     sgd_w: Dispatch,
     sgd_b: Dispatch,
@@ -199,9 +197,6 @@ impl SparseMlp {
         let bmom = t("bias momentum", total_b)?;
         let bgrad = t("bias gradients", total_b)?;
         let x = t("input batch", cfg.sizes[0] * b)?;
-        let labels = t("labels", b)?;
-        let loss_stats = t("loss stats", 2 * b)?;
-        let sums = t("loss sums", 2)?;
         let g_scratch = t("dense gradient scratch", n_max)?;
         let n_dense = (0..n_layers)
             .filter(|&l| dense[l])
@@ -429,18 +424,14 @@ impl SparseMlp {
             )?);
         }
         let classes = cfg.sizes[n_layers];
-        let xent = ops::softmax_xent(
+        let loss = LossHead::new(
             ctx,
             &acts[n_layers - 1],
-            &labels,
             &dacts[n_layers - 1],
-            &loss_stats,
             classes,
             b,
             cfg.label_smoothing,
-            1.0 / b as f32,
         )?;
-        let reduce = ops::segment_sum(ctx, &loss_stats, &sums, 2, b, true)?;
         let mut bwd = vec![spmm::pack(
             ctx,
             PackOp::Copy,
@@ -634,12 +625,9 @@ impl SparseMlp {
             bgrad,
             x,
             x_tex,
-            labels,
-            sums,
             acts,
             fwd,
-            xent,
-            reduce,
+            loss,
             bwd,
             sgd_w,
             sgd_b,
@@ -752,8 +740,7 @@ impl SparseMlp {
     /// Writes a batch: `x` feature-major `[in, batch]`, `labels[batch]` (see
     /// [`crate::nn::Mlp::set_batch`]).
     pub fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
-        let classes = self.cfg.sizes[self.n_layers()];
-        crate::nn::write_labels(ctx, &self.labels, labels, self.cfg.batch, classes)?;
+        self.loss.write_labels(ctx, labels)?;
         self.x.write_f32(ctx, x)?;
         ctx.queue.write_texture(
             wgpu::TexelCopyTextureInfo {
@@ -775,17 +762,7 @@ impl SparseMlp {
 
     /// Only the first `valid` samples of the batch count in the loss and its gradient.
     pub fn set_valid(&self, ctx: &GpuContext, valid: usize) {
-        let classes = self.cfg.sizes[self.n_layers()];
-        let valid = valid.clamp(1, self.cfg.batch);
-        ops::set_xent_valid(
-            ctx,
-            &self.xent,
-            classes,
-            self.cfg.batch,
-            valid,
-            self.cfg.label_smoothing,
-            1.0 / valid as f32,
-        );
+        self.loss.set_valid(ctx, valid);
     }
 
     /// Sets the optimizer's hyper-parameters.
@@ -801,8 +778,7 @@ impl SparseMlp {
     /// Forward pass and loss (adds to the running sums).
     pub fn forward_ops(&self) -> Vec<&Dispatch> {
         let mut v: Vec<&Dispatch> = self.fwd.iter().collect();
-        v.push(&self.xent);
-        v.push(&self.reduce);
+        v.extend(self.loss.ops());
         v
     }
 
@@ -941,12 +917,12 @@ impl SparseMlp {
 
     /// Resets the running loss sums.
     pub fn reset_sums(&self, ctx: &GpuContext) -> Result<()> {
-        self.sums.write_f32(ctx, &[0.0, 0.0])
+        self.loss.set_sums(ctx, [0.0, 0.0])
     }
 
     /// Reads (loss sum, correct count) accumulated since the last reset.
     pub fn read_sums(&self, ctx: &GpuContext) -> Result<(f64, f64)> {
-        let s = self.sums.read_f32(ctx)?;
+        let s = self.loss.read_sums_f32(ctx)?;
         Ok((f64::from(s[0]), f64::from(s[1])))
     }
 
@@ -963,7 +939,7 @@ impl SparseMlp {
         let vals = self.vals.read_f32(ctx)?;
         let mom = self.mom.read_f32(ctx)?;
         let stats = self.stats.read_u32(ctx)?;
-        let sums = self.sums.read_f32(ctx)?;
+        let sums = self.loss.read_sums_f32(ctx)?;
         let dense = |all: &[f32]| -> Vec<Vec<f32>> {
             self.layers
                 .iter()
@@ -1055,17 +1031,16 @@ impl SparseMlp {
             bytemuck::cast_slice(&stats),
         );
         self.bmom.write_f32(ctx, &bmom)?;
-        self.sums.write_f32(ctx, &state.loss_sums)
+        self.loss.set_sums(ctx, state.loss_sums)
     }
 
     /// Sets the running loss sums (loss sum, correct count), e.g. to undo a skipped batch.
     pub fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
-        self.sums.write_f32(ctx, &sums)
+        self.loss.set_sums(ctx, sums)
     }
 
     /// Reads the running loss sums as the GPU holds them (f32).
     pub fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
-        let s = self.sums.read_f32(ctx)?;
-        Ok([s[0], s[1]])
+        self.loss.read_sums_f32(ctx)
     }
 }
