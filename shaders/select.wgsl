@@ -12,6 +12,12 @@
 // of the k-th largest key T and how many of the elements equal to T are still needed), then a
 // count of T-valued elements per chunk, an exclusive scan of those counts per layer, and a mark
 // pass that walks each chunk in index order.
+// Each histogram pass also records, per chunk, which digits its counted elements have (a 256-bit
+// set). A chunk whose set lacks the digit the scan then fixed holds no element matching the
+// longer prefix, so the next pass (and the tie count after the last one) skips it without reading
+// its elements: after the first two digits most chunks are skipped.
+// With APPLY (the grow phase of a masked model), the grow mark also applies the update to each
+// element it walks (what mask_apply does), saving a pass over the model.
 //
 // Bindings (group 0), shared by every entry point:
 //   0 uniform Params
@@ -24,7 +30,8 @@
 //   5 storage read  score   : grow score (|dense gradient| or its EMA), unused for SET
 //   6 storage rw    scratch : per layer 256 histogram bins + 4 state words (prefix, k_rem), then
 //                             one tie count per chunk, then per layer the number of new
-//                             connections made by the last update
+//                             connections made by the last update, then per chunk 8 words: the
+//                             set of digits counted by its last histogram pass
 //   7 storage rw    sel     : per element, bit 0 = kept by the drop phase, bit 1 = grown
 // Chunks are CHUNK consecutive elements of one layer; chunk indices are linearised over
 // workgroup_id (x, y).
@@ -42,6 +49,8 @@ override GROW_SET: bool = false;
 override DROP_ONLY: bool = false;
 // Drop phase over compressed values (every element is an active weight; `mask` is not read).
 override ALL_ELIGIBLE: bool = false;
+// Grow mark applies the update (masked models; see mask_apply).
+override APPLY: bool = false;
 
 const CHUNK: u32 = 256u;
 const LAYER_WORDS: u32 = 8u;
@@ -91,6 +100,12 @@ fn chunk_layer(c: u32) -> u32 { return table[HEADER + p.n_layers * LAYER_WORDS +
 fn state_base(l: u32) -> u32 { return l * STATE_STRIDE + 256u; }
 fn tie_index(c: u32) -> u32 { return p.n_layers * STATE_STRIDE + c; }
 fn new_count_index(l: u32) -> u32 { return p.n_layers * STATE_STRIDE + p.n_chunks + l; }
+fn digits_index(c: u32) -> u32 { return p.n_layers * (STATE_STRIDE + 1u) + p.n_chunks + 8u * c; }
+
+// Did chunk c's last histogram pass count an element with digit d?
+fn chunk_has_digit(c: u32, d: u32) -> bool {
+    return (atomicLoad(&scratch[digits_index(c) + (d >> 5u)]) & (1u << (d & 31u))) != 0u;
+}
 
 fn key_of(l: u32, i: u32) -> u32 {
     if (PHASE == 0u) {
@@ -137,7 +152,8 @@ fn sel_init(@builtin(global_invocation_id) gid: vec3<u32>) {
 // One invocation per chunk: histogram of digit PASS of the eligible keys that match the prefix,
 // counted in a private array (16-bit counts, two per word: a chunk has at most 256 elements), then
 // only the non-empty bins are added to the layer's histogram. No workgroup barriers and few
-// atomics: the keys of a chunk share few digits, most of all in the first passes.
+// atomics: the keys of a chunk share few digits, most of all in the first passes. The set of
+// non-empty bins is stored for the next pass, which skips the chunk when it lacks the fixed digit.
 @compute @workgroup_size(64)
 fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = gid.x + gid.y * nwg.x * 64u;
@@ -149,6 +165,17 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
     if (k_rem == 0u) {
         return;
+    }
+    let db = digits_index(c);
+    if (PASS > 0u) {
+        // The digit the previous pass fixed (max() keeps the shift below 32 when PASS == 0).
+        let d = (prefix >> (32u - 8u * max(PASS, 1u))) & 255u;
+        if (!chunk_has_digit(c, d)) {
+            for (var j = 0u; j < 8u; j++) {
+                atomicStore(&scratch[db + j], 0u);
+            }
+            return;
+        }
     }
     let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
@@ -163,6 +190,7 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             }
         }
     }
+    var bits = 0u;
     for (var j = 0u; j < 128u; j++) {
         let v = h[j];
         if (v != 0u) {
@@ -170,10 +198,16 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             let hi = v >> 16u;
             if (lo != 0u) {
                 atomicAdd(&scratch[l * STATE_STRIDE + 2u * j], lo);
+                bits |= 1u << ((2u * j) & 31u);
             }
             if (hi != 0u) {
                 atomicAdd(&scratch[l * STATE_STRIDE + 2u * j + 1u], hi);
+                bits |= 2u << ((2u * j) & 31u);
             }
+        }
+        if ((j & 15u) == 15u) {
+            atomicStore(&scratch[db + (j >> 4u)], bits);
+            bits = 0u;
         }
     }
 }
@@ -218,6 +252,12 @@ fn sel_tiecount(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let l = chunk_layer(c);
     let t = atomicLoad(&scratch[state_base(l)]);
+    // No element of the chunk matched T's first three digits with T's last one: no tie here.
+    // (With k = 0 the digit sets are stale, but then the mark pass selects nothing anyway.)
+    if (!chunk_has_digit(c, t & 255u)) {
+        atomicStore(&scratch[tie_index(c)], 0u);
+        return;
+    }
     let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     var cnt = 0u;
@@ -246,7 +286,8 @@ fn sel_tiescan(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // One invocation per chunk: select key > T, and key == T while fewer than k_rem ties precede.
-// The drop phase writes bit 0 of sel (overwriting it), the grow phase sets bit 1.
+// The drop phase writes bit 0 of sel (overwriting it), the grow phase sets bit 1 (and, with
+// APPLY, updates the element as mask_apply does, counting the chunk's new connections once).
 @compute @workgroup_size(64)
 fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = gid.x + gid.y * nwg.x * 64u;
@@ -257,6 +298,7 @@ fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let t = atomicLoad(&scratch[state_base(l)]);
     let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
     var rank = atomicLoad(&scratch[tie_index(c)]);
+    var new_here = 0u;
     let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     for (var i = start; i < end; i++) {
@@ -272,10 +314,36 @@ fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         }
         if (PHASE == 0u) {
             sel[i] = select(0u, 1u, take);
+        } else if (APPLY) {
+            let s = sel[i] | select(0u, 2u, take);
+            sel[i] = s;
+            if (apply_one(i, s, false)) {
+                new_here += 1u;
+            }
         } else if (take) {
             sel[i] = sel[i] | 2u;
         }
     }
+    if (new_here != 0u) {
+        atomicAdd(&scratch[new_count_index(l)], new_here);
+    }
+}
+
+// The update of element i with selection bits s (bit 0 kept, bit 1 grown; grown ignored when
+// drop_only): new mask = kept | grown; a new connection (grown, inactive before) starts at weight
+// 0 and momentum 0; everything outside the new mask is 0. Returns whether i is a new connection.
+fn apply_one(i: u32, s: u32, drop_only: bool) -> bool {
+    let kept = (s & 1u) != 0u;
+    let grown = (s & 2u) != 0u && !drop_only;
+    let was = mask[i] != 0.0;
+    let now = kept || grown;
+    let fresh = grown && !was;
+    if (!now || fresh) {
+        w[i] = 0.0;
+        mom[i] = 0.0;
+    }
+    mask[i] = select(0.0, 1.0, now);
+    return fresh;
 }
 
 // One invocation per element: new mask = kept | grown (kept only with DROP_ONLY); a new
@@ -287,24 +355,11 @@ fn mask_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (i >= p.total) {
         return;
     }
-    let s = sel[i];
-    let kept = (s & 1u) != 0u;
-    var grown = (s & 2u) != 0u;
-    if (DROP_ONLY) {
-        grown = false;
-    }
-    let was = mask[i] != 0.0;
-    let now = kept || grown;
-    if (!now || (grown && !was)) {
-        w[i] = 0.0;
-        mom[i] = 0.0;
-    }
-    if (grown && !was) {
+    if (apply_one(i, sel[i], DROP_ONLY)) {
         for (var l = 0u; l < p.n_layers; l++) {
             if (i >= layer_offset(l) && i < layer_offset(l) + layer_n(l)) {
                 atomicAdd(&scratch[new_count_index(l)], 1u);
             }
         }
     }
-    mask[i] = select(0.0, 1.0, now);
 }

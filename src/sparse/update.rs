@@ -15,6 +15,8 @@ pub const CHUNK: usize = 256;
 const LAYER_WORDS: usize = 8;
 const HEADER: usize = 4;
 const STATE_STRIDE: usize = 260;
+/// Words per chunk of the digit set a histogram pass leaves for the next one.
+const DIGIT_WORDS: usize = 8;
 
 /// How the grow phase scores candidate positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +97,6 @@ pub struct MaskUpdater {
     drop: Vec<Dispatch>,
     grow_score: Vec<Dispatch>,
     grow_random: Vec<Dispatch>,
-    apply: Dispatch,
     apply_drop_only: Dispatch,
     seed: u32,
 }
@@ -122,7 +123,7 @@ impl MaskUpdater {
         ] {
             check_len(t, total, what)?;
         }
-        Self::build(ctx, layers, [w, mask, mom, score], None, false, seed)
+        Self::build(ctx, layers, [w, mask, mom, score], None, false, true, seed)
     }
 
     /// The drop phase only, over the compressed values of sparse layers laid out back to back
@@ -139,7 +140,15 @@ impl MaskUpdater {
         // Bindings the drop phase never reads (one buffer each: wgpu forbids a buffer bound
         // both read-only and writable in one dispatch).
         let d = placeholders(ctx)?;
-        Self::build(ctx, layers, [vals, &d[0], &d[1], &d[2]], None, true, seed)
+        Self::build(
+            ctx,
+            layers,
+            [vals, &d[0], &d[1], &d[2]],
+            None,
+            true,
+            false,
+            seed,
+        )
     }
 
     /// The grow phase only, over a dense score of one layer at offset 0 of `score`, with the
@@ -162,6 +171,7 @@ impl MaskUpdater {
             [&d[0], &d[1], &d[2], score],
             Some(sel),
             false,
+            false,
             seed,
         )
     }
@@ -172,6 +182,7 @@ impl MaskUpdater {
         [w, mask, mom, score]: [&Tensor; 4],
         sel: Option<&Tensor>,
         all_eligible: bool,
+        apply: bool,
         seed: u32,
     ) -> Result<Self> {
         if layers.is_empty() {
@@ -191,7 +202,7 @@ impl MaskUpdater {
         let scratch = Tensor::zeros(
             ctx,
             "mask-update scratch",
-            layers.len() * (STATE_STRIDE + 1) + n_chunks,
+            layers.len() * (STATE_STRIDE + 1) + n_chunks * (1 + DIGIT_WORDS),
         )?;
         let sel = match sel {
             Some(t) => t.clone(),
@@ -213,7 +224,8 @@ impl MaskUpdater {
                     .with_override("PASS", f64::from(pass))
                     .with_override("GROW_SET", f64::from(u8::from(set)))
                     .with_override("DROP_ONLY", f64::from(u8::from(drop_only)))
-                    .with_override("ALL_ELIGIBLE", f64::from(u8::from(all_eligible)));
+                    .with_override("ALL_ELIGIBLE", f64::from(u8::from(all_eligible)))
+                    .with_override("APPLY", f64::from(u8::from(apply && phase == 1)));
                 Dispatch::build(ctx, &spec, bytemuck::bytes_of(&params), &bufs, wgs)
             };
         let phase_ops = |phase: u32, set: bool| -> Result<Vec<Dispatch>> {
@@ -274,7 +286,6 @@ impl MaskUpdater {
             drop: phase_ops(0, false)?,
             grow_score: phase_ops(1, false)?,
             grow_random: phase_ops(1, true)?,
-            apply: build("mask_apply", 0, 0, false, false, elems)?,
             apply_drop_only: build("mask_apply", 0, 0, false, true, elems)?,
             layers,
             chunk_map,
@@ -292,13 +303,7 @@ impl MaskUpdater {
 
     /// Number of dispatches one update encodes for `rule`.
     pub fn dispatch_count(&self, rule: GrowRule) -> usize {
-        self.drop.len()
-            + 1
-            + if rule == GrowRule::None {
-                0
-            } else {
-                self.grow_score.len()
-            }
+        self.dispatches(rule).len()
     }
 
     /// Writes the layer table for an update at `step` with per-layer `counts`.
@@ -344,19 +349,16 @@ impl MaskUpdater {
         Ok(())
     }
 
-    /// The dispatches of one update, in order (after [`MaskUpdater::prepare`]).
+    /// The dispatches of one update, in order (after [`MaskUpdater::prepare`]). With growth, the
+    /// grow phase's last pass applies the update to weights, mask and momentum; without
+    /// ([`GrowRule::None`]) a pass of its own applies the drop.
     pub fn dispatches(&self, rule: GrowRule) -> Vec<&Dispatch> {
         let mut v: Vec<&Dispatch> = self.drop.iter().collect();
         match rule {
             GrowRule::Score => v.extend(self.grow_score.iter()),
             GrowRule::Random => v.extend(self.grow_random.iter()),
-            GrowRule::None => {}
+            GrowRule::None => v.push(&self.apply_drop_only),
         }
-        v.push(if rule == GrowRule::None {
-            &self.apply_drop_only
-        } else {
-            &self.apply
-        });
         v
     }
 
@@ -367,7 +369,8 @@ impl MaskUpdater {
     }
 
     /// The grow phase alone (bit 1 of the selection marks the grown positions), after
-    /// [`MaskUpdater::prepare`]; `rule` must not be [`GrowRule::None`].
+    /// [`MaskUpdater::prepare`]; `rule` must not be [`GrowRule::None`]. On an updater built by
+    /// [`MaskUpdater::new`] its last pass also applies the update.
     pub fn grow_dispatches(&self, rule: GrowRule) -> Vec<&Dispatch> {
         match rule {
             GrowRule::Score => self.grow_score.iter().collect(),
