@@ -51,6 +51,9 @@ override DROP_ONLY: bool = false;
 override ALL_ELIGIBLE: bool = false;
 // Grow mark applies the update (masked models; see mask_apply).
 override APPLY: bool = false;
+// The first grow histogram pass also does the drop phase's mark (masked models: both phases walk
+// the same elements), saving a pass over the model.
+override FUSE_DROP: bool = false;
 
 const CHUNK: u32 = 256u;
 const LAYER_WORDS: u32 = 8u;
@@ -97,7 +100,10 @@ fn layer_chunk0(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 4u]; }
 fn layer_nchunks(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 5u]; }
 fn layer_id(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS + 6u]; }
 fn chunk_layer(c: u32) -> u32 { return table[HEADER + p.n_layers * LAYER_WORDS + c]; }
-fn state_base(l: u32) -> u32 { return l * STATE_STRIDE + 256u; }
+// The state words (prefix of T, k_rem) of phase `ph` of layer l: each phase has its own, so the
+// grow phase can still read the drop phase's result (FUSE_DROP).
+fn state_of(l: u32, ph: u32) -> u32 { return l * STATE_STRIDE + 256u + 2u * ph; }
+fn state_base(l: u32) -> u32 { return state_of(l, PHASE); }
 fn tie_index(c: u32) -> u32 { return p.n_layers * STATE_STRIDE + c; }
 fn new_count_index(l: u32) -> u32 { return p.n_layers * STATE_STRIDE + p.n_chunks + l; }
 fn digits_index(c: u32) -> u32 { return p.n_layers * (STATE_STRIDE + 1u) + p.n_chunks + 8u * c; }
@@ -163,6 +169,10 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let l = chunk_layer(c);
     let prefix = atomicLoad(&scratch[state_base(l)]);
     let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
+    if (FUSE_DROP && PHASE == 1u && PASS == 0u) {
+        hist_fused_drop_mark(c, l, k_rem);
+        return;
+    }
     if (k_rem == 0u) {
         return;
     }
@@ -190,9 +200,48 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             }
         }
     }
+    flush_hist(c, l, &h);
+}
+
+// sel_hist's first grow pass fused with the drop phase's mark (FUSE_DROP): walks chunk c of
+// layer l in index order, writes bit 0 of sel as sel_mark does in the drop phase, and counts the
+// first digit of the grow key of every element not kept (when the grow k_rem is not 0).
+fn hist_fused_drop_mark(c: u32, l: u32, k_rem: u32) {
+    let t_drop = atomicLoad(&scratch[state_of(l, 0u)]);
+    let k_drop = atomicLoad(&scratch[state_of(l, 0u) + 1u]);
+    var rank = atomicLoad(&scratch[tie_index(c)]);
+    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
+    var h: array<u32, 128>;
+    for (var i = start; i < end; i++) {
+        var kept = false;
+        if (k_drop > 0u && mask[i] != 0.0) {
+            let dkey = fkey(w[i]);
+            if (dkey > t_drop) {
+                kept = true;
+            } else if (dkey == t_drop) {
+                kept = rank < k_drop;
+                rank += 1u;
+            }
+        }
+        sel[i] = select(0u, 1u, kept);
+        if (!kept && k_rem != 0u) {
+            let bin = key_of(l, i) >> 24u;
+            h[bin >> 1u] += 1u << ((bin & 1u) * 16u);
+        }
+    }
+    if (k_rem != 0u) {
+        flush_hist(c, l, &h);
+    }
+}
+
+// Adds a chunk's private histogram (16-bit counts, two per word) to its layer's and stores the
+// chunk's set of non-empty bins.
+fn flush_hist(c: u32, l: u32, h: ptr<function, array<u32, 128>>) {
+    let db = digits_index(c);
     var bits = 0u;
     for (var j = 0u; j < 128u; j++) {
-        let v = h[j];
+        let v = (*h)[j];
         if (v != 0u) {
             let lo = v & 0xffffu;
             let hi = v >> 16u;
@@ -315,9 +364,8 @@ fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         if (PHASE == 0u) {
             sel[i] = select(0u, 1u, take);
         } else if (APPLY) {
-            let s = sel[i] | select(0u, 2u, take);
-            sel[i] = s;
-            if (apply_one(i, s, false)) {
+            // The selection is not written back: nothing reads it after an applied update.
+            if (apply_one(i, sel[i] | select(0u, 2u, take), false)) {
                 new_here += 1u;
             }
         } else if (take) {
@@ -342,7 +390,9 @@ fn apply_one(i: u32, s: u32, drop_only: bool) -> bool {
         w[i] = 0.0;
         mom[i] = 0.0;
     }
-    mask[i] = select(0.0, 1.0, now);
+    if (now != was) {
+        mask[i] = select(0.0, 1.0, now);
+    }
     return fresh;
 }
 

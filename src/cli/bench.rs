@@ -52,6 +52,10 @@ pub struct RepArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Time by the wall clock (submission to completion) even when the adapter has timestamp
+    /// queries, to compare with `rigl bench step`, which always does.
+    #[arg(long)]
+    wall: bool,
 }
 
 #[derive(Args, Debug)]
@@ -201,7 +205,7 @@ fn time_update(
     let mut timing = Timing::Wall;
     for _ in 0..rep.reps.max(1) {
         state.reset(ctx)?;
-        let (ms, t) = profile::time_ops(ctx, &ops, 0, 1, false)?;
+        let (ms, t) = profile::time_ops(ctx, &ops, 0, 1, rep.wall)?;
         times.push(ms);
         timing = t;
     }

@@ -95,6 +95,8 @@ pub struct MaskUpdater {
     scratch: Tensor,
     sel: Tensor,
     drop: Vec<Dispatch>,
+    /// The drop phase's mark when the grow phase does it (masked models), for drop-only updates.
+    drop_mark: Option<Dispatch>,
     grow_score: Vec<Dispatch>,
     grow_random: Vec<Dispatch>,
     apply_drop_only: Dispatch,
@@ -225,7 +227,8 @@ impl MaskUpdater {
                     .with_override("GROW_SET", f64::from(u8::from(set)))
                     .with_override("DROP_ONLY", f64::from(u8::from(drop_only)))
                     .with_override("ALL_ELIGIBLE", f64::from(u8::from(all_eligible)))
-                    .with_override("APPLY", f64::from(u8::from(apply && phase == 1)));
+                    .with_override("APPLY", f64::from(u8::from(apply && phase == 1)))
+                    .with_override("FUSE_DROP", f64::from(u8::from(apply && phase == 1)));
                 Dispatch::build(ctx, &spec, bytemuck::bytes_of(&params), &bufs, wgs)
             };
         let phase_ops = |phase: u32, set: bool| -> Result<Vec<Dispatch>> {
@@ -282,8 +285,12 @@ impl MaskUpdater {
             Ok(v)
         };
         let elems = (total as u64).div_ceil(256);
+        let mut drop = phase_ops(0, false)?;
+        // With `apply` the first grow pass does the drop phase's mark (FUSE_DROP).
+        let drop_mark = if apply { drop.pop() } else { None };
         Ok(MaskUpdater {
-            drop: phase_ops(0, false)?,
+            drop,
+            drop_mark,
             grow_score: phase_ops(1, false)?,
             grow_random: phase_ops(1, true)?,
             apply_drop_only: build("mask_apply", 0, 0, false, true, elems)?,
@@ -357,7 +364,10 @@ impl MaskUpdater {
         match rule {
             GrowRule::Score => v.extend(self.grow_score.iter()),
             GrowRule::Random => v.extend(self.grow_random.iter()),
-            GrowRule::None => v.push(&self.apply_drop_only),
+            GrowRule::None => {
+                v.extend(self.drop_mark.iter());
+                v.push(&self.apply_drop_only)
+            }
         }
         v
     }
@@ -365,7 +375,7 @@ impl MaskUpdater {
     /// The drop phase alone (radix select over |w| of the active elements; bit 0 of the
     /// selection marks the kept ones), after [`MaskUpdater::prepare`].
     pub fn drop_dispatches(&self) -> Vec<&Dispatch> {
-        self.drop.iter().collect()
+        self.drop.iter().chain(self.drop_mark.iter()).collect()
     }
 
     /// The grow phase alone (bit 1 of the selection marks the grown positions), after
