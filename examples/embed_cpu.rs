@@ -117,12 +117,11 @@ pub fn run(steps: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
                     .sum();
             }
         }
-        // rigl: the mask update at update steps (RigL then skips the optimizer).
+        // The optimizer step (skipped at RigL's update steps), then rigl's mask update.
         let mut model = [
             CpuLayer::new(&mut w1).with_grad(&g1).with_slot(&mut m1),
             CpuLayer::new(&mut w2).with_grad(&g2).with_slot(&mut m2),
         ];
-        let updated = sched.update(step, &mut model)?;
         if !sched.skips_optimizer(step) {
             for l in model.iter_mut() {
                 let g = l.grad.expect("gradient");
@@ -134,6 +133,7 @@ pub fn run(steps: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
             }
             sched.apply_masks(&mut model)?;
         }
+        let updated = sched.update(step, &mut model)?;
         if updated.is_some() || step + 1 == steps {
             for ((spec, mask), w) in layers.iter().zip(sched.masks()).zip([&w1, &w2]) {
                 let active = mask.iter().filter(|&&m| m == 1.0).count();

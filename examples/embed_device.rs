@@ -337,7 +337,6 @@ pub fn run(steps: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
                 pass.dispatch_workgroups(*n, 1, 1);
             }
         }
-        let updated = sched.update(step, &mut enc)?;
         if !sched.skips_optimizer(step) {
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -349,6 +348,8 @@ pub fn run(steps: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
             }
             sched.apply_masks(&mut enc);
         }
+        // After the optimizer step, as the official code orders them.
+        let updated = sched.update(step, &mut enc)?;
         queue.submit([enc.finish()]);
         let l = read_f32(&device, &queue, &loss);
         losses.push(l.iter().sum::<f32>() / l.len() as f32);

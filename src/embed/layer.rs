@@ -7,8 +7,8 @@
 //! forward   y = act((w ⊙ m)ᵀ x + b)               act = ReLU or identity
 //! backward  dy ⊙= relu'(y) (ReLU only, in place),  db = Σ_batch dy,
 //!           dW = x dyᵀ (dense: dL/d(m ⊙ w), what RigL grows by),  dx = (w ⊙ m) dy
-//! step      mask update at the schedule's update steps (RigL then skips the optimizer, SPEC
-//!           §4), else SGD with momentum on the active weights and on b
+//! step      SGD with momentum on the active weights and on b, then the mask update at the
+//!           schedule's update steps (RigL skips the SGD there, SPEC §4)
 //! ```
 //! The storage (masked dense today) is private, so it can change (to compressed rows) without
 //! changing this API.
@@ -328,9 +328,9 @@ impl SparseLinear {
         }
     }
 
-    /// Records the end of training step `step` into `enc`: the mask update when `step` is an
-    /// update step (followed by SGD except for RigL, which spends the batch on the update), SGD
-    /// otherwise. Submit `enc` before recording the next step.
+    /// Records the end of training step `step` into `enc`: SGD (except at a RigL update step,
+    /// which spends the batch on the update), then the mask update when `step` is an update
+    /// step, as the official code orders them. Submit `enc` before recording the next step.
     pub fn encode_step(
         &mut self,
         ctx: &GpuContext,
@@ -339,6 +339,9 @@ impl SparseLinear {
     ) -> Result<Option<MaskUpdateInfo>> {
         self.core.step = self.core.step.max(step + 1);
         let mut ops: Vec<&Dispatch> = Vec::new();
+        if !self.core.needs_dense_gradient(step) {
+            ops.extend(self.sgd.iter());
+        }
         let mut info = None;
         if let Some(up) = self
             .updater
@@ -349,9 +352,6 @@ impl SparseLinear {
             up.prepare(ctx, step as u32, &counts)?;
             ops.extend(up.dispatches(self.core.rule()));
             info = Some(Core::info(step, df, &counts));
-        }
-        if !self.core.needs_dense_gradient(step) {
-            ops.extend(self.sgd.iter());
         }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("sparse linear step"),

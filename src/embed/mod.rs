@@ -16,13 +16,15 @@
 //! state ([`SchedulerState`]: masks, step, seed and schedule) goes in and out as bytes or a
 //! safetensors file so the host's checkpoints stay complete.
 //!
-//! A host step, for RigL:
+//! A host step:
 //! ```text
 //! forward + backward (host)          -> dense gradient when needs_dense_gradient(step)
-//! if is_update_step(step): update(step, encoder)      (RigL spends this batch on the update:
-//!                                                       skips_optimizer(step) is true)
-//! else: optimizer step (host), then apply_masks(encoder)
+//! unless skips_optimizer(step): optimizer step (host), then apply_masks(encoder)
+//!                                    (RigL spends the batch of an update step on the update)
+//! update(step, encoder)              -> the mask update when is_update_step(step), else nothing
 //! ```
+//! The optimizer step comes before the update, as in the official code: SET's drop then ranks
+//! the stepped weights and its new connections start the next step at 0.
 //!
 //! # Examples
 //!
@@ -52,11 +54,11 @@
 //! for step in 0..total_steps {
 //!     let mut enc = device.create_command_encoder(&Default::default());
 //!     // ... your forward and backward; a dense gradient is needed when sched.needs_dense_gradient(step)
-//!     sched.update(step, &mut enc)?;            // drop/grow at update steps, zeroes new weights and slots
 //!     if !sched.skips_optimizer(step) {         // RigL spends an update step's batch on the update
 //!         // ... your optimizer step
 //!         sched.apply_masks(&mut enc);          // weights and slots outside the masks := 0
 //!     }
+//!     sched.update(step, &mut enc)?;            // drop/grow at update steps, zeroes new weights and slots
 //!     queue.submit([enc.finish()]);
 //! }
 //! std::fs::write("sched.safetensors", sched.state()?.to_bytes()?)?; // into your checkpoint
@@ -75,11 +77,11 @@
 //! for step in 0..total_steps {
 //!     // ... your forward and backward into `grad`
 //!     let mut layers = [CpuLayer::new(&mut w).with_grad(&grad).with_slot(&mut momentum)];
-//!     sched.update(step, &mut layers)?;
 //!     if !sched.skips_optimizer(step) {
 //!         // ... your optimizer step on w and momentum
 //!         sched.apply_masks(&mut layers)?;
 //!     }
+//!     sched.update(step, &mut layers)?;
 //! }
 //! let state = rigl::embed::SchedulerState::from_bytes(&sched.state().to_bytes()?)?; // or .save(path)
 //! sched.restore(&state)?;

@@ -96,7 +96,6 @@ pub struct SparseMlp {
     grows: Vec<MaskUpdater>,
     dense_grad: Vec<Dispatch>,
     rebuild: Vec<(Vec<Dispatch>, Vec<Dispatch>)>,
-    regrad: Vec<Dispatch>,
     total_slots: usize,
     total_b: usize,
     pub(crate) memory: MemoryReport,
@@ -533,20 +532,7 @@ impl SparseMlp {
         let mut grows = Vec::new();
         let mut dense_grad = Vec::new();
         let mut rebuild = Vec::new();
-        let mut regrad = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
-            if dense[l] {
-                regrad.extend(dense_wgrad(l, ly)?);
-            } else {
-                regrad.push(spmm::sddmm(
-                    ctx,
-                    ly.shape,
-                    &iv(ly)?,
-                    input_tex(l),
-                    &grad_tex[l],
-                    &lv(&grad, ly, "gradient")?,
-                )?);
-            }
             let n = ly.shape.in_dim * ly.shape.out_dim;
             let g = g_scratch.slice(ctx, 0, n, &format!("{} dense gradient", ly.name))?;
             grows.push(MaskUpdater::for_dense_grow(
@@ -637,7 +623,6 @@ impl SparseMlp {
             grows,
             dense_grad,
             rebuild,
-            regrad,
             total_slots,
             total_b,
             memory,
@@ -824,10 +809,9 @@ impl SparseMlp {
 
     /// The dispatches of one mask update (after a backward pass on the update's batch, which the
     /// RigL grow score needs): drop over all layers, then per layer the dense gradient (RigL),
-    /// the grow selection and the index rebuild; last, the gradients of the new slots from the
-    /// same batch (what the masked path's dense gradient holds at the new mask, so an optimizer
-    /// step after the update, as SET takes, moves the same weights). `rule` is `Score` (RigL) or
-    /// `Random` (SET).
+    /// the grow selection and the index rebuild. `rule` is `Score` (RigL) or `Random` (SET).
+    /// No optimizer step may follow on the same batch (the slot gradients are those of the old
+    /// index): SET takes its step before the update, as the official code does.
     pub fn update_ops(&self, rule: GrowRule) -> Result<Vec<&Dispatch>> {
         if rule == GrowRule::None {
             return Err(RiglError::invalid(
@@ -846,7 +830,6 @@ impl SparseMlp {
             v.extend(self.grows[l].grow_dispatches(rule));
             v.extend(self.rebuild[l].1.iter());
         }
-        v.extend(self.regrad.iter());
         v.extend(self.meta_ops.iter());
         Ok(v)
     }

@@ -493,6 +493,7 @@ pub fn train_with(
         }
         let mut is_update = false;
         let mut skip_optimizer = skipped;
+        let mut update_ops = Vec::new();
         if let (Net::Masked(m), Method::Snfs, false) = (&net, cfg.method, skipped) {
             ops.push(m.ema_op());
         }
@@ -533,12 +534,12 @@ pub fn train_with(
                 match (&net, &updater) {
                     (Net::Masked(m), Some(up)) => {
                         up.prepare(ctx, step as u32, &counts)?;
-                        ops.extend(up.dispatches(rule));
-                        ops.push(m.ever_op());
+                        update_ops.extend(up.dispatches(rule));
+                        update_ops.push(m.ever_op());
                     }
                     (Net::Sparse(sp), _) => {
                         sp.prepare_update(ctx, step as u32, &counts)?;
-                        ops.extend(sp.update_ops(rule)?);
+                        update_ops.extend(sp.update_ops(rule)?);
                     }
                     (Net::Masked(_), None) => {
                         return Err(RiglError::invalid("mask update without an updater"))
@@ -554,9 +555,12 @@ pub fn train_with(
                 skip_optimizer = cfg.method == Method::Rigl;
             }
         }
+        // As the official code: the optimizer step (SET, SNFS, prune) comes before the mask
+        // update, which then drops by the stepped weights and leaves new connections at 0.
         if !skip_optimizer {
             ops.extend(model.sgd_ops());
         }
+        ops.extend(update_ops);
         // FLOPs of this step (SPEC §6), counted with the masks in force.
         let (fs, fd) = (f_sparse(&active), f_dense);
         train_flops += cfg.batch as f64
