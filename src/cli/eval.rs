@@ -112,6 +112,14 @@ pub fn run(args: EvalArgs) -> CliResult {
     )?;
     model.load(&ctx, &file.weights, &file.masks, &file.biases)?;
     let (loss, acc) = rigl::train::evaluate(&ctx, &model, &data.test)?;
+    let dead = rigl::cpu::mlp::dead_units(
+        &file.sizes,
+        &file.weights,
+        &file.masks,
+        &file.biases,
+        &data.test.images,
+        data.test.n,
+    );
     let active: usize = file.masks.iter().map(|m| count_active(m)).sum();
     let total: usize = file.masks.iter().map(Vec::len).sum();
     if args.json {
@@ -121,16 +129,24 @@ pub fn run(args: EvalArgs) -> CliResult {
                 "checkpoint": path.display().to_string(),
                 "test_accuracy": acc, "test_loss": loss, "samples": data.test.n,
                 "density": active as f64 / total as f64, "sizes": file.sizes,
+                "dead_units": dead,
             })
         );
     } else {
+        let dead: Vec<String> = dead
+            .iter()
+            .zip(&file.sizes[1..])
+            .map(|(d, w)| format!("{d}/{w}"))
+            .collect();
         println!(
-            "{}: test accuracy {:.2}% (loss {:.4}) on {} samples; density {:.4}",
+            "{}: test accuracy {:.2}% (loss {:.4}) on {} samples; density {:.4}; dead hidden \
+             units (0 on every sample) {}",
             path.display(),
             100.0 * acc,
             loss,
             data.test.n,
-            active as f64 / total as f64
+            active as f64 / total as f64,
+            dead.join(", ")
         );
     }
     Ok(())

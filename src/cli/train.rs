@@ -397,19 +397,21 @@ pub fn print_summary(s: &TrainSummary) {
         human_bytes(m.update_scratch_bytes)
     );
     println!(
-        "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10} {:>11}",
-        "layer", "shape", "target", "actual", "active", "total", "GPU bytes"
+        "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10} {:>11} {:>10}",
+        "layer", "shape", "target", "actual", "active", "total", "GPU bytes", "dead units"
     );
     for (l, (_, bytes)) in s.layers.iter().zip(&m.layers) {
         println!(
-            "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10} {:>11}",
+            "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10} {:>11} {:>10}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.sparsity,
             l.actual_sparsity,
             l.active,
             l.total,
-            human_bytes(*bytes)
+            human_bytes(*bytes),
+            l.dead_units
+                .map_or("-".to_string(), |d| format!("{d}/{}", l.shape[1]))
         );
     }
     if let Some(d) = &s.run_dir {

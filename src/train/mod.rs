@@ -74,6 +74,10 @@ pub struct LayerReport {
     pub active: usize,
     /// Weights of the dense layer.
     pub total: usize,
+    /// Hidden layers: units whose ReLU output is 0 on every test sample with the final model
+    /// (dead for good: every weight in and out of them has a zero gradient). `None` for the
+    /// output layer.
+    pub dead_units: Option<usize>,
 }
 
 /// What a run reports at the end (`summary.json`, `--json`).
@@ -757,16 +761,26 @@ pub fn train_with(
         Net::Sparse(sp) => sp.ever_active(ctx)?.iter().sum(),
     };
     let total: usize = totals.iter().sum();
+    let dead = crate::cpu::mlp::dead_units(
+        &sizes,
+        &model.read_weights(ctx)?,
+        &model.read_masks(ctx)?,
+        &model.read_biases(ctx)?,
+        &test.images,
+        test.n,
+    );
     let layers: Vec<LayerReport> = plan
         .iter()
         .zip(&final_active)
-        .map(|(p, &a)| LayerReport {
+        .enumerate()
+        .map(|(l, (p, &a))| LayerReport {
             name: p.name.clone(),
             shape: p.shape.clone(),
             sparsity: p.sparsity,
             actual_sparsity: 1.0 - a as f64 / p.total as f64,
             active: a,
             total: p.total,
+            dead_units: dead.get(l).copied(),
         })
         .collect();
     let density = final_active.iter().sum::<usize>() as f64 / total as f64;
