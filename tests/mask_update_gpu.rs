@@ -292,3 +292,86 @@ fn bad_counts_are_errors() {
         .to_string();
     assert!(err.contains("'short' has 5 elements"), "{err}");
 }
+
+/// One updater reused across a chain of updates (as in training), with new scores and weights in
+/// between and drop fractions of 0 (nothing selected: digit sets left from an earlier update
+/// must not leak into a later one), against the CPU twin applied to the same chain.
+#[test]
+fn one_updater_over_a_chain_of_updates_matches_cpu() {
+    let ctx = ctx();
+    let shapes = [
+        (300usize, 0.3f32, true),
+        (784 * 40, 0.1, false),
+        (1000, 0.05, true),
+    ];
+    let mut layers: Vec<Layer> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, d, t))| random_layer(n, d, 500 + 10 * i as u32, t))
+        .collect();
+    let mut place = Vec::new();
+    let mut off = 0;
+    for (i, l) in layers.iter().enumerate() {
+        place.push(LayerPlacement {
+            name: format!("l{i}"),
+            offset: off,
+            n: l.w.len(),
+            id: i as u32,
+        });
+        off += l.w.len().div_ceil(64) * 64;
+    }
+    let flat = |layers: &[Layer], f: &dyn Fn(&Layer) -> &Vec<f32>| {
+        let mut v = vec![0.0f32; off];
+        for (l, p) in layers.iter().zip(&place) {
+            v[p.offset..p.offset + p.n].copy_from_slice(f(l));
+        }
+        v
+    };
+    let tw = Tensor::from_f32(ctx, "w", &flat(&layers, &|l| &l.w)).unwrap();
+    let tm = Tensor::from_f32(ctx, "m", &flat(&layers, &|l| &l.m)).unwrap();
+    let tk = Tensor::from_f32(ctx, "mask", &flat(&layers, &|l| &l.mask)).unwrap();
+    let ts = Tensor::from_f32(ctx, "score", &flat(&layers, &|l| &l.score)).unwrap();
+    let up = MaskUpdater::new(ctx, place.clone(), &tw, &tk, &tm, &ts, 9).unwrap();
+    let chain = [
+        (GrowRule::Score, 0.3f32),
+        (GrowRule::Score, 0.0),
+        (GrowRule::Random, 0.2),
+        (GrowRule::Score, 0.05),
+        (GrowRule::None, 0.0),
+        (GrowRule::Random, 0.0),
+        (GrowRule::Score, 1.0),
+        (GrowRule::None, 0.25),
+        (GrowRule::Score, 0.3),
+    ];
+    for (u, &(rule, df)) in chain.iter().enumerate() {
+        let step = 100 * u as u32;
+        // New weights on the active positions and new scores everywhere, as training makes.
+        for (i, l) in layers.iter_mut().enumerate() {
+            let fresh = random_layer(l.w.len(), 0.5, 900 + 31 * u as u32 + i as u32, i != 1);
+            for j in 0..l.w.len() {
+                l.w[j] = fresh.w[j].abs().max(0.25) * l.mask[j];
+            }
+            l.score = fresh.score;
+        }
+        tw.write_f32(ctx, &flat(&layers, &|l| &l.w)).unwrap();
+        ts.write_f32(ctx, &flat(&layers, &|l| &l.score)).unwrap();
+        let cnts: Vec<LayerCounts> = layers.iter().map(|l| counts(l, rule, df)).collect();
+        up.run(ctx, step, &cnts, rule).unwrap();
+        let (w, m, k) = (
+            tw.read_f32(ctx).unwrap(),
+            tm.read_f32(ctx).unwrap(),
+            tk.read_f32(ctx).unwrap(),
+        );
+        for (i, p) in place.iter().enumerate() {
+            let want = cpu_update(&layers[i], rule, df, 9, step, i as u32);
+            let r = p.offset..p.offset + p.n;
+            let got = (w[r.clone()].to_vec(), m[r.clone()].to_vec(), k[r].to_vec());
+            assert_same(
+                &format!("update {u} ({rule:?}, df={df}) layer {i}"),
+                &got,
+                &want,
+            );
+            layers[i] = want;
+        }
+    }
+}
