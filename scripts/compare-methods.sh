@@ -24,19 +24,26 @@ for seed in 0 1 2; do
     done
 done
 "$rigl" report --out "$out/report.svg" "${runs[@]}" > "$out/report.md"
-python3 - "$out" <<'PY'
-import json, sys, glob, statistics, collections
+RIGL_BIN="$rigl" python3 - "$out" <<'PY'
+import json, os, sys, glob, statistics, subprocess, collections
 out = sys.argv[1]
 acc = collections.defaultdict(list)
 for f in glob.glob(f"{out}/*/summary.json"):
     s = json.load(open(f))
     name = f.split("/")[-2].rsplit("-seed", 1)[0]
-    acc[name].append((100 * s["test_accuracy"], s["train_flops_vs_dense"], s["samples_per_sec"]))
-print("| method | sparsity | test accuracy (mean ± sd, 3 seeds) | train FLOPs | samples/s |")
-print("|---|---|---|---|---|")
+    dead = [l["dead_units"] for l in s["layers"] if l.get("dead_units") is not None]
+    if not dead and len(s["layers"]) > 1:
+        # Runs from before the summary counted them: rigl eval does.
+        e = subprocess.run([os.environ["RIGL_BIN"], "eval", "--checkpoint", os.path.dirname(f), "--json"],
+                           capture_output=True, text=True, check=True)
+        dead = json.loads(e.stdout)["dead_units"]
+    acc[name].append((100 * s["test_accuracy"], s["train_flops_vs_dense"], s["samples_per_sec"], dead))
+print("| method | sparsity | test accuracy (mean ± sd, 3 seeds) | train FLOPs | samples/s | dead hidden units (mean) |")
+print("|---|---|---|---|---|---|")
 for name in sorted(acc):
     a = [x[0] for x in acc[name]]
     m, s = name.rsplit("-", 1)
+    dead = " / ".join(f"{statistics.mean(x[3][l] for x in acc[name]):.0f}" for l in range(len(acc[name][0][3])))
     print(f"| {m} | {s if m != 'dense' else '0'} | {statistics.mean(a):.2f} ± {statistics.stdev(a) if len(a) > 1 else 0:.2f} (n={len(a)}) "
-          f"| {statistics.mean(x[1] for x in acc[name]):.3f}x | {statistics.mean(x[2] for x in acc[name]):.0f} |")
+          f"| {statistics.mean(x[1] for x in acc[name]):.3f}x | {statistics.mean(x[2] for x in acc[name]):.0f} | {dead} |")
 PY

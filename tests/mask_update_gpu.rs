@@ -375,3 +375,128 @@ fn one_updater_over_a_chain_of_updates_matches_cpu() {
         }
     }
 }
+
+/// The exact top-k of `keys` among the eligible positions, ties to the lower index (reference).
+fn top_k(score: &[f32], eligible: &[bool], k: usize) -> Vec<bool> {
+    let key = |x: f32| {
+        let b = x.to_bits() & 0x7fff_ffff;
+        if b > 0x7f80_0000 {
+            0
+        } else {
+            b + 1
+        }
+    };
+    let mut idx: Vec<usize> = (0..score.len()).filter(|&i| eligible[i]).collect();
+    idx.sort_by(|&a, &b| key(score[b]).cmp(&key(score[a])).then(a.cmp(&b)));
+    let mut out = vec![false; score.len()];
+    for &i in idx.iter().take(k) {
+        out[i] = true;
+    }
+    out
+}
+
+/// The phases the compressed model uses on their own: the grow phase over a dense score with
+/// the caller's selection (bit 0 = not eligible), run repeatedly with new scores on one updater,
+/// and the drop phase over compressed values (every element eligible).
+#[test]
+fn grow_and_drop_phases_alone_match_the_reference() {
+    let ctx = ctx();
+    let n = 784 * 300;
+    let score_t = Tensor::zeros(ctx, "score", n).unwrap();
+    let sel_t = Tensor::zeros(ctx, "sel", n).unwrap();
+    let place = LayerPlacement {
+        name: "fc1".into(),
+        offset: 0,
+        n,
+        id: 0,
+    };
+    let grow = MaskUpdater::for_dense_grow(ctx, place.clone(), &score_t, &sel_t, 3).unwrap();
+    for round in 0..6u32 {
+        let ties = round % 2 == 1;
+        let l = random_layer(n, 0.02, 40 + round, ties);
+        let kept: Vec<bool> = l.mask.iter().map(|&m| m == 1.0).collect();
+        let k = [7000usize, 1, 0, 2000, 50_000, 0][round as usize];
+        score_t.write_f32(ctx, &l.score).unwrap();
+        // Selection words: bit 0 for the kept positions (written as the f32 of those bits).
+        let sel: Vec<f32> = kept.iter().map(|&k| f32::from_bits(u32::from(k))).collect();
+        sel_t.write_f32(ctx, &sel).unwrap();
+        grow.prepare(
+            ctx,
+            round,
+            &[LayerCounts {
+                k_keep: 0,
+                k_grow: k,
+            }],
+        )
+        .unwrap();
+        rigl::gpu::ops::run(ctx, "grow", &grow.grow_dispatches(GrowRule::Score)).unwrap();
+        let got: Vec<bool> = sel_t
+            .read_u32(ctx)
+            .unwrap()
+            .iter()
+            .map(|s| s & 2 != 0)
+            .collect();
+        let eligible: Vec<bool> = kept.iter().map(|k| !k).collect();
+        let want = top_k(&l.score, &eligible, k);
+        let wrong = (0..n).filter(|&i| got[i] != want[i]).count();
+        assert_eq!(
+            wrong, 0,
+            "grow round {round} (k = {k}, ties {ties}): {wrong} positions differ"
+        );
+    }
+    // Drop over compressed values of two layers back to back.
+    let sizes = [23_000usize, 3000];
+    let vals: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| random_layer(m, 1.0, 70 + i as u32, i == 1).w)
+        .collect();
+    let flat: Vec<f32> = vals.concat();
+    let vt = Tensor::from_f32(ctx, "vals", &flat).unwrap();
+    let layers = vec![
+        LayerPlacement {
+            name: "a".into(),
+            offset: 0,
+            n: sizes[0],
+            id: 0,
+        },
+        LayerPlacement {
+            name: "b".into(),
+            offset: sizes[0],
+            n: sizes[1],
+            id: 1,
+        },
+    ];
+    let drop = MaskUpdater::for_compressed_drop(ctx, layers, &vt, 5).unwrap();
+    for keep in [[16_100usize, 2100], [0, 3000], [23_000, 1]] {
+        drop.prepare(
+            ctx,
+            0,
+            &[
+                LayerCounts {
+                    k_keep: keep[0],
+                    k_grow: 0,
+                },
+                LayerCounts {
+                    k_keep: keep[1],
+                    k_grow: 0,
+                },
+            ],
+        )
+        .unwrap();
+        rigl::gpu::ops::run(ctx, "drop", &drop.drop_dispatches()).unwrap();
+        let got = drop.selection().read_u32(ctx).unwrap();
+        for (l, v) in vals.iter().enumerate() {
+            let want = top_k(v, &vec![true; v.len()], keep[l]);
+            let off = if l == 0 { 0 } else { sizes[0] };
+            let wrong = (0..v.len())
+                .filter(|&i| (got[off + i] & 1 != 0) != want[i])
+                .count();
+            assert_eq!(
+                wrong, 0,
+                "drop layer {l} keeping {}: {wrong} differ",
+                keep[l]
+            );
+        }
+    }
+}
