@@ -230,7 +230,7 @@ pub struct StepBenchArgs {
     /// Timed repetitions (median reported).
     #[arg(long, default_value_t = 10)]
     reps: usize,
-    /// Also time every dispatch of the training step on its own.
+    /// Also time every dispatch of the training step, and of the mask update, on its own.
     #[arg(long)]
     profile: bool,
     /// Print one JSON object.
@@ -301,6 +301,12 @@ pub fn step(args: StepBenchArgs) -> CliResult {
         );
         for (name, ms) in &r.profile {
             println!("  {ms:9.3} ms  {name}");
+        }
+        if !r.update_profile.is_empty() {
+            println!("update step, after forward and backward:");
+            for (name, ms) in &r.update_profile {
+                println!("  {ms:9.3} ms  {name}");
+            }
         }
     }
     Ok(())

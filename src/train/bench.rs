@@ -47,6 +47,10 @@ pub struct StepBench {
     pub adapter: String,
     /// Per dispatch of a training step (name, median ms), when asked for.
     pub profile: Vec<(String, f64)>,
+    /// Per dispatch of the update step after its forward and backward (name, median ms), when
+    /// asked for. Each is timed alone, repeated on the state the update left, so the figures show
+    /// where the time goes rather than add up exactly.
+    pub update_profile: Vec<(String, f64)>,
 }
 
 /// The model of a [`TrainConfig`] on random data, built once, running training steps on demand
@@ -156,6 +160,7 @@ pub fn bench_step(
         .iter()
         .map(|m| crate::sparse::init::count_active(m))
         .collect();
+    let mut update_profile = Vec::new();
     let update_step_ms = match *rule {
         None => None,
         Some(rule) => {
@@ -170,6 +175,11 @@ pub fn bench_step(
                 })
                 .collect();
             let mut ops = fwd_bwd.clone();
+            // As training orders them: the optimizer step (not RigL's) before the update.
+            if cfg.method != Method::Rigl {
+                ops.extend(model.sgd_ops());
+            }
+            let first_update_op = ops.len();
             match (net, updater) {
                 (Net::Masked(m), Some(up)) => {
                     up.prepare(ctx, 0, &counts)?;
@@ -184,10 +194,14 @@ pub fn bench_step(
                     return Err(RiglError::invalid("mask update without an updater"))
                 }
             }
-            if cfg.method != Method::Rigl {
-                ops.extend(model.sgd_ops());
+            let ms = profile::time_ops(ctx, &ops, warmup, reps, true)?.0;
+            if per_dispatch {
+                for op in &ops[first_update_op..] {
+                    let (t, _) = profile::time_ops(ctx, &[*op], warmup.min(1), reps, true)?;
+                    update_profile.push((op.name.clone(), t));
+                }
             }
-            Some(profile::time_ops(ctx, &ops, warmup, reps, true)?.0)
+            Some(ms)
         }
     };
     let b = cfg.batch;
@@ -213,5 +227,6 @@ pub fn bench_step(
         reps: reps.max(1),
         adapter: ctx.info.name.clone(),
         profile: per_op,
+        update_profile,
     })
 }
