@@ -85,12 +85,13 @@ fn fmix32(x: u32) -> u32 {
     return h;
 }
 
-// SET's random grow score; must equal cpu::mask_update::set_score bit for bit.
-fn set_score(seed: u32, step: u32, layer: u32, index: u32) -> u32 {
+// SET's random grow score is fmix32(set_prefix(seed, step, layer) ^ index); it must equal
+// cpu::mask_update::set_score bit for bit. The prefix is the same for a whole layer, so the
+// kernels compute it once per chunk (layer_key).
+fn set_prefix(seed: u32, step: u32, layer: u32) -> u32 {
     var h = fmix32(seed ^ 0x9e3779b9u);
     h = fmix32(h ^ step);
-    h = fmix32(h ^ layer);
-    return fmix32(h ^ index);
+    return fmix32(h ^ layer);
 }
 
 fn layer_offset(l: u32) -> u32 { return table[HEADER + l * LAYER_WORDS]; }
@@ -113,12 +114,26 @@ fn chunk_has_digit(c: u32, d: u32) -> bool {
     return (atomicLoad(&scratch[digits_index(c) + (d >> 5u)]) & (1u << (d & 31u))) != 0u;
 }
 
-fn key_of(l: u32, i: u32) -> u32 {
+// What key_of needs of a layer, read once per chunk rather than per element.
+struct LayerKey {
+    set_prefix: u32,
+    offset: u32,
+}
+
+fn layer_key(l: u32) -> LayerKey {
+    var k = LayerKey(0u, layer_offset(l));
+    if (GROW_SET && PHASE == 1u) {
+        k.set_prefix = set_prefix(table[0], table[1], layer_id(l));
+    }
+    return k;
+}
+
+fn key_of(lk: LayerKey, i: u32) -> u32 {
     if (PHASE == 0u) {
         return fkey(w[i]);
     }
     if (GROW_SET) {
-        return set_score(table[0], table[1], layer_id(l), i - layer_offset(l));
+        return fmix32(lk.set_prefix ^ (i - lk.offset));
     }
     return fkey(score[i]);
 }
@@ -187,13 +202,14 @@ fn sel_hist(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             return;
         }
     }
-    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let lk = layer_key(l);
+    let start = lk.offset + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     let shift = 24u - 8u * PASS;
     var h: array<u32, 128>;
     for (var i = start; i < end; i++) {
         if (eligible(i)) {
-            let key = key_of(l, i);
+            let key = key_of(lk, i);
             if (matches_prefix(key, prefix)) {
                 let bin = (key >> shift) & 255u;
                 h[bin >> 1u] += 1u << ((bin & 1u) * 16u);
@@ -210,7 +226,8 @@ fn hist_fused_drop_mark(c: u32, l: u32, k_rem: u32) {
     let t_drop = atomicLoad(&scratch[state_of(l, 0u)]);
     let k_drop = atomicLoad(&scratch[state_of(l, 0u) + 1u]);
     var rank = atomicLoad(&scratch[tie_index(c)]);
-    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let lk = layer_key(l);
+    let start = lk.offset + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     var h: array<u32, 128>;
     for (var i = start; i < end; i++) {
@@ -226,7 +243,7 @@ fn hist_fused_drop_mark(c: u32, l: u32, k_rem: u32) {
         }
         sel[i] = select(0u, 1u, kept);
         if (!kept && k_rem != 0u) {
-            let bin = key_of(l, i) >> 24u;
+            let bin = key_of(lk, i) >> 24u;
             h[bin >> 1u] += 1u << ((bin & 1u) * 16u);
         }
     }
@@ -307,11 +324,12 @@ fn sel_tiecount(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         atomicStore(&scratch[tie_index(c)], 0u);
         return;
     }
-    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let lk = layer_key(l);
+    let start = lk.offset + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     var cnt = 0u;
     for (var i = start; i < end; i++) {
-        if (eligible(i) && key_of(l, i) == t) {
+        if (eligible(i) && key_of(lk, i) == t) {
             cnt += 1u;
         }
     }
@@ -348,12 +366,13 @@ fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let k_rem = atomicLoad(&scratch[state_base(l) + 1u]);
     var rank = atomicLoad(&scratch[tie_index(c)]);
     var new_here = 0u;
-    let start = layer_offset(l) + (c - layer_chunk0(l)) * CHUNK;
+    let lk = layer_key(l);
+    let start = lk.offset + (c - layer_chunk0(l)) * CHUNK;
     let end = min(start + CHUNK, layer_offset(l) + layer_n(l));
     for (var i = start; i < end; i++) {
         var take = false;
         if (k_rem > 0u && eligible(i)) {
-            let key = key_of(l, i);
+            let key = key_of(lk, i);
             if (key > t) {
                 take = true;
             } else if (key == t) {
