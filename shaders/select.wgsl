@@ -233,13 +233,7 @@ fn hist_fused_drop_mark(c: u32, l: u32, k_rem: u32) {
     for (var i = start; i < end; i++) {
         var kept = false;
         if (k_drop > 0u && mask[i] != 0.0) {
-            let dkey = fkey(w[i]);
-            if (dkey > t_drop) {
-                kept = true;
-            } else if (dkey == t_drop) {
-                kept = rank < k_drop;
-                rank += 1u;
-            }
+            kept = takes(fkey(w[i]), t_drop, k_drop, &rank);
         }
         sel[i] = select(0u, 1u, kept);
         if (!kept && k_rem != 0u) {
@@ -352,6 +346,20 @@ fn sel_tiescan(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// The selection rule of an eligible element, walked in index order: key > T is taken, key == T
+// while fewer than k_rem ties precede it (`rank` counts the ties walked so far).
+fn takes(key: u32, t: u32, k_rem: u32, rank: ptr<function, u32>) -> bool {
+    if (key > t) {
+        return true;
+    }
+    if (key == t) {
+        let r = *rank;
+        *rank = r + 1u;
+        return r < k_rem;
+    }
+    return false;
+}
+
 // One invocation per chunk: select key > T, and key == T while fewer than k_rem ties precede.
 // The drop phase writes bit 0 of sel (overwriting it), the grow phase sets bit 1 (and, with
 // APPLY, updates the element as mask_apply does, counting the chunk's new connections once).
@@ -372,13 +380,7 @@ fn sel_mark(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var i = start; i < end; i++) {
         var take = false;
         if (k_rem > 0u && eligible(i)) {
-            let key = key_of(lk, i);
-            if (key > t) {
-                take = true;
-            } else if (key == t) {
-                take = rank < k_rem;
-                rank += 1u;
-            }
+            take = takes(key_of(lk, i), t, k_rem, &rank);
         }
         if (PHASE == 0u) {
             sel[i] = select(0u, 1u, take);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{ctx, data};
-use rigl::cpu::mask_update::{drop_count, prune_update, rigl_update, set_update};
+use rigl::cpu::mask_update::{drop_count, prune_update, rigl_update, set_update, top_k_indices};
 use rigl::gpu::Tensor;
 use rigl::sparse::update::{GrowRule, LayerCounts, LayerPlacement, MaskUpdater};
 
@@ -26,16 +26,8 @@ fn active(mask: &[f32]) -> usize {
     mask.iter().filter(|&&v| v == 1.0).count()
 }
 
-/// Runs one GPU update over all `layers` (placed at 64-aligned offsets) and returns the new
-/// (weights, momentum, mask) per layer.
-fn gpu_update(
-    layers: &[Layer],
-    rule: GrowRule,
-    counts: &[LayerCounts],
-    seed: u32,
-    step: u32,
-) -> Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let ctx = ctx();
+/// The layers placed back to back at 64-aligned offsets, and the flat length.
+fn placements(layers: &[Layer]) -> (Vec<LayerPlacement>, usize) {
     let mut place = Vec::new();
     let mut off = 0;
     for (i, l) in layers.iter().enumerate() {
@@ -47,14 +39,35 @@ fn gpu_update(
         });
         off += l.w.len().div_ceil(64) * 64;
     }
-    let total = off.max(1);
-    let flat = |f: &dyn Fn(&Layer) -> &Vec<f32>| {
-        let mut v = vec![0.0f32; total];
-        for (l, p) in layers.iter().zip(&place) {
-            v[p.offset..p.offset + p.n].copy_from_slice(f(l));
-        }
-        v
-    };
+    (place, off.max(1))
+}
+
+/// One field of every layer in a flat buffer laid out by `place`.
+fn flatten(
+    layers: &[Layer],
+    place: &[LayerPlacement],
+    total: usize,
+    f: &dyn Fn(&Layer) -> &Vec<f32>,
+) -> Vec<f32> {
+    let mut v = vec![0.0f32; total];
+    for (l, p) in layers.iter().zip(place) {
+        v[p.offset..p.offset + p.n].copy_from_slice(f(l));
+    }
+    v
+}
+
+/// Runs one GPU update over all `layers` (placed at 64-aligned offsets) and returns the new
+/// (weights, momentum, mask) per layer.
+fn gpu_update(
+    layers: &[Layer],
+    rule: GrowRule,
+    counts: &[LayerCounts],
+    seed: u32,
+    step: u32,
+) -> Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let ctx = ctx();
+    let (place, total) = placements(layers);
+    let flat = |f: &dyn Fn(&Layer) -> &Vec<f32>| flatten(layers, &place, total, f);
     let tw = Tensor::from_f32(ctx, "w", &flat(&|l| &l.w)).unwrap();
     let tm = Tensor::from_f32(ctx, "m", &flat(&|l| &l.m)).unwrap();
     let tk = Tensor::from_f32(ctx, "mask", &flat(&|l| &l.mask)).unwrap();
@@ -309,24 +322,9 @@ fn one_updater_over_a_chain_of_updates_matches_cpu() {
         .enumerate()
         .map(|(i, &(n, d, t))| random_layer(n, d, 500 + 10 * i as u32, t))
         .collect();
-    let mut place = Vec::new();
-    let mut off = 0;
-    for (i, l) in layers.iter().enumerate() {
-        place.push(LayerPlacement {
-            name: format!("l{i}"),
-            offset: off,
-            n: l.w.len(),
-            id: i as u32,
-        });
-        off += l.w.len().div_ceil(64) * 64;
-    }
-    let flat = |layers: &[Layer], f: &dyn Fn(&Layer) -> &Vec<f32>| {
-        let mut v = vec![0.0f32; off];
-        for (l, p) in layers.iter().zip(&place) {
-            v[p.offset..p.offset + p.n].copy_from_slice(f(l));
-        }
-        v
-    };
+    let (place, total) = placements(&layers);
+    let flat =
+        |layers: &[Layer], f: &dyn Fn(&Layer) -> &Vec<f32>| flatten(layers, &place, total, f);
     let tw = Tensor::from_f32(ctx, "w", &flat(&layers, &|l| &l.w)).unwrap();
     let tm = Tensor::from_f32(ctx, "m", &flat(&layers, &|l| &l.m)).unwrap();
     let tk = Tensor::from_f32(ctx, "mask", &flat(&layers, &|l| &l.mask)).unwrap();
@@ -376,21 +374,14 @@ fn one_updater_over_a_chain_of_updates_matches_cpu() {
     }
 }
 
-/// The exact top-k of `keys` among the eligible positions, ties to the lower index (reference).
+/// The exact top-k of |score| among the eligible positions, ties to the lower index, by the CPU
+/// twin's ranking (`top_k_indices` over the eligible positions' |score|, in index order).
 fn top_k(score: &[f32], eligible: &[bool], k: usize) -> Vec<bool> {
-    let key = |x: f32| {
-        let b = x.to_bits() & 0x7fff_ffff;
-        if b > 0x7f80_0000 {
-            0
-        } else {
-            b + 1
-        }
-    };
-    let mut idx: Vec<usize> = (0..score.len()).filter(|&i| eligible[i]).collect();
-    idx.sort_by(|&a, &b| key(score[b]).cmp(&key(score[a])).then(a.cmp(&b)));
+    let cand: Vec<usize> = (0..score.len()).filter(|&i| eligible[i]).collect();
+    let abs: Vec<f32> = cand.iter().map(|&i| score[i].abs()).collect();
     let mut out = vec![false; score.len()];
-    for &i in idx.iter().take(k) {
-        out[i] = true;
+    for j in top_k_indices(&abs, k) {
+        out[cand[j]] = true;
     }
     out
 }
