@@ -180,20 +180,14 @@ pub fn bench_step(
                 ops.extend(model.sgd_ops());
             }
             let first_update_op = ops.len();
-            match (net, updater) {
-                (Net::Masked(m), Some(up)) => {
-                    up.prepare(ctx, 0, &counts)?;
-                    ops.extend(up.dispatches(rule));
-                    ops.push(m.ever_op());
-                }
-                (Net::Sparse(sp), _) => {
-                    sp.prepare_update(ctx, 0, &counts)?;
-                    ops.extend(sp.update_ops(rule)?);
-                }
-                (Net::Masked(_), None) => {
-                    return Err(RiglError::invalid("mask update without an updater"))
-                }
-            }
+            ops.extend(super::net::update_ops(
+                ctx,
+                net,
+                updater.as_ref(),
+                0,
+                &counts,
+                rule,
+            )?);
             let ms = profile::time_ops(ctx, &ops, warmup, reps, true)?.0;
             if per_dispatch {
                 for op in &ops[first_update_op..] {

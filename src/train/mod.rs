@@ -535,20 +535,8 @@ pub fn train_with(
                 _ => None,
             };
             if let Some(counts) = counts {
-                match (&net, &updater) {
-                    (Net::Masked(m), Some(up)) => {
-                        up.prepare(ctx, step as u32, &counts)?;
-                        update_ops.extend(up.dispatches(rule));
-                        update_ops.push(m.ever_op());
-                    }
-                    (Net::Sparse(sp), _) => {
-                        sp.prepare_update(ctx, step as u32, &counts)?;
-                        update_ops.extend(sp.update_ops(rule)?);
-                    }
-                    (Net::Masked(_), None) => {
-                        return Err(RiglError::invalid("mask update without an updater"))
-                    }
-                }
+                update_ops =
+                    net::update_ops(ctx, &net, updater.as_ref(), step as u32, &counts, rule)?;
                 for (a, c) in active.iter_mut().zip(&counts) {
                     *a = c.k_keep + c.k_grow;
                 }

@@ -1,13 +1,13 @@
 //! Building the model of a run: initial weights and masks, the kernel choice, the network on the
 //! GPU and its mask updater. Shared by the trainer and `rigl bench step`.
 
-use crate::error::Result;
-use crate::gpu::ops::SgdConfig;
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision, KernelChoice};
 use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
 use crate::sparse::init::{count_active, init_layer, WeightInit};
-use crate::sparse::update::{GrowRule, MaskUpdater};
+use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
 use crate::sparse::{LayerSparsity, Method};
 
 use super::TrainConfig;
@@ -24,6 +24,32 @@ impl Net {
             Net::Masked(m) => m.as_ref(),
             Net::Sparse(s) => s.as_ref(),
         }
+    }
+}
+
+/// Writes the per-layer counts of a mask update at `step` and returns its dispatches: the masked
+/// model's updater followed by its ever-active record, or the compressed model's own update. The
+/// trainer and `rigl bench step` build update steps with it.
+pub(crate) fn update_ops<'a>(
+    ctx: &GpuContext,
+    net: &'a Net,
+    updater: Option<&'a MaskUpdater>,
+    step: u32,
+    counts: &[LayerCounts],
+    rule: GrowRule,
+) -> Result<Vec<&'a Dispatch>> {
+    match (net, updater) {
+        (Net::Masked(m), Some(up)) => {
+            up.prepare(ctx, step, counts)?;
+            let mut v = up.dispatches(rule);
+            v.push(m.ever_op());
+            Ok(v)
+        }
+        (Net::Sparse(sp), _) => {
+            sp.prepare_update(ctx, step, counts)?;
+            sp.update_ops(rule)
+        }
+        (Net::Masked(_), None) => Err(RiglError::invalid("mask update without an updater")),
     }
 }
 
