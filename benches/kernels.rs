@@ -17,7 +17,13 @@ fn matmul(c: &mut Criterion) {
     for s in [256usize, 1024] {
         let shape = GemmShape::nn(s, s, s);
         let variant = match gemm::choose_variant(&ctx) {
-            Ok(v) => v.resolve(&ctx, &shape),
+            Ok(v) => match gemm::pick(&ctx, v, &shape) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("skipping: {e}");
+                    return;
+                }
+            },
             Err(e) => {
                 eprintln!("skipping: {e}");
                 return;

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::dense as cpu;
 use rigl::gpu::ops::{self, SgdConfig};
-use rigl::gpu::{GemmOp, GemmShape, GemmVariant, Tensor};
+use rigl::gpu::{gemm, GemmOp, GemmShape, GemmVariant, Tensor};
 
 fn check_gemm(variant: GemmVariant, shape: GemmShape, masked: bool, accumulate: bool) {
     let ctx = ctx();
@@ -158,6 +158,107 @@ fn gemm_resolve_always_supports() {
             assert!(v.resolve(ctx, &s).supports(ctx, &s));
         }
     }
+}
+
+#[test]
+fn gemm_texture_falls_back_past_the_texture_limit_and_runs_tall_products() {
+    let ctx = ctx();
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    // op(A) would be a texture of max + 4 rows: too tall, so `texture` resolves to `subgroup`
+    // where subgroups exist, and still computes the product.
+    let tall = GemmShape::nn(max + 4, 4, 4);
+    assert!(!GemmVariant::Texture.supports(ctx, &tall));
+    let v = GemmVariant::Texture.resolve(ctx, &tall);
+    assert!(v.supports(ctx, &tall));
+    if GemmVariant::Subgroup.supports(ctx, &tall) {
+        assert_eq!(v, GemmVariant::Subgroup);
+    }
+    check_gemm(v, tall, false, false);
+    // At the limit it runs from textures: many row tiles, the last one partial, and every
+    // layout the trainer uses, masked and not.
+    if GemmVariant::Texture.supports(ctx, &GemmShape::nn(4, 4, 4)) {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+            let s = GemmShape {
+                m: 1028,
+                n: 264,
+                k: 12,
+                trans_a,
+                trans_b,
+            };
+            assert!(GemmVariant::Texture.supports(ctx, &s));
+            check_gemm(GemmVariant::Texture, s, trans_a, false);
+        }
+    }
+}
+
+/// `gemm::pick` chooses between `subgroup` and `texture` per shape by timing, which is only
+/// safe because the two give the same bits: check that on the trainer's layouts, masked or not.
+#[test]
+fn gemm_subgroup_and_texture_agree_bit_for_bit_and_pick_is_stable() {
+    let ctx = ctx();
+    let pair = [GemmVariant::Subgroup, GemmVariant::Texture];
+    let mut compared = 0;
+    for (m, n, k) in [
+        (300, 100, 784),
+        (784, 100, 300),
+        (100, 1000, 300),
+        (40, 36, 44),
+    ] {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+            let shape = GemmShape {
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+            };
+            if !pair.iter().all(|v| v.supports(ctx, &shape)) {
+                continue;
+            }
+            let a = Tensor::from_f32(ctx, "a", &data(m * k, 5 + m as u32)).unwrap();
+            let b = Tensor::from_f32(ctx, "b", &data(k * n, 6 + n as u32)).unwrap();
+            let mk = Tensor::from_f32(ctx, "mask", &mask(m * k, 0.2, 7)).unwrap();
+            let run = |v: GemmVariant| {
+                let c = Tensor::zeros(ctx, "c", m * n).unwrap();
+                let op = GemmOp::new(ctx, shape, v, &a, &b, &c, Some(&mk), false).unwrap();
+                ops::run(ctx, "pair", &[&op.dispatch]).unwrap();
+                c.read_f32(ctx).unwrap()
+            };
+            let (x, y) = (run(pair[0]), run(pair[1]));
+            let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "{m}x{n}x{k} ta={trans_a} tb={trans_b}: results differ"
+            );
+            compared += 1;
+            if std::env::var_os(gemm::GEMM_ENV).is_some() {
+                continue; // a forced variant is only resolved
+            }
+            let picked = gemm::pick(ctx, GemmVariant::Texture, &shape).unwrap();
+            assert!(pair.contains(&picked) && picked.supports(ctx, &shape));
+            assert_eq!(
+                gemm::pick(ctx, GemmVariant::Subgroup, &shape).unwrap(),
+                picked
+            );
+        }
+    }
+    if pair
+        .iter()
+        .all(|v| v.supports(ctx, &GemmShape::nn(4, 4, 4)))
+    {
+        assert!(compared >= 8, "only {compared} layouts compared");
+    }
+    if std::env::var_os(gemm::GEMM_ENV).is_some() {
+        return;
+    }
+    // Outside the pair, pick only resolves.
+    let odd = GemmShape::nn(37, 53, 29);
+    assert_eq!(
+        gemm::pick(ctx, GemmVariant::RowBlock, &odd).unwrap(),
+        GemmVariant::RowBlock
+    );
+    let p = gemm::pick(ctx, GemmVariant::Texture, &odd).unwrap();
+    assert!(p.supports(ctx, &odd));
 }
 
 #[test]

@@ -1,18 +1,24 @@
-"""Regenerates the unrolled body of shaders/gemm_sg.wgsl for ROWS rows per invocation (a multiple
-of 8), keeping the file's header (bindings, helpers) as it is.
+"""Regenerates the unrolled body of shaders/gemm_sg.wgsl (buffers) or shaders/gemm_tex.wgsl
+(textures) for ROWS rows per invocation (a multiple of 8), keeping the file's header (bindings,
+helpers) as it is.
 
     python3 tools/gen_gemm_sg.py ROWS shaders/gemm_sg.wgsl
+    python3 tools/gen_gemm_sg.py ROWS shaders/gemm_tex.wgsl texture
 
-The engine's tile table (GemmVariant::Subgroup in src/gpu/gemm.rs) must say the same row count.
+The engine's tile table (GemmVariant::Subgroup and GemmVariant::Texture in src/gpu/gemm.rs) must
+say the same row count.
 """
 import sys, re
 rows = int(sys.argv[1])
+texture = len(sys.argv) > 3 and sys.argv[3] == 'texture'
 src = open(sys.argv[2]).read()
-head = src[:src.index('@compute @workgroup_size(64)')]
+head = src[:src.index('@compute @workgroup_size(64)')] if '@compute' in src else src
+if texture:
+    head = head.replace('owns 32 rows x 4', f'owns {rows} rows x 4').replace('covers 32 rows', f'covers {rows} rows')
 head = head.replace('covers 8 rows x 256 columns; each invocation owns 8 rows x 4', f'covers {rows} rows x 256 columns; each invocation owns {rows} rows x 4')
 G = rows // 8
 L = ['''@compute @workgroup_size(64)
-fn gemm_subgroup(
+fn ENTRY(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
@@ -34,21 +40,33 @@ fn gemm_subgroup(
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
     // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
     let l8 = lane % 8u;
-'''.replace('RB_ROWS', f'{rows}u')]
+'''.replace('RB_ROWS', f'{rows}u').replace('ENTRY', 'gemm_texture' if texture else 'gemm_subgroup')]
+if texture:
+    L[0] = L[0].replace('''    let m4 = p.m / 4u;
+''', '').replace('''    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
+    // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
+''', '''    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
+''')
 for g in range(G):
     L.append(f'    let arow{g} = min(row0 + {8*g}u + l8, p.m - 1u);')
-    L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
+    if not texture:
+        L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
 for i in range(rows):
     L.append(f'    var acc{i} = vec4<f32>(0.0);')
 L.append('    for (var kq = 0u; kq < k4; kq++) {')
-for g in range(G):
+for g in range(G if texture else 0):
+    L.append(f'        let mine{g} = textureLoad(at, vec2<u32>(kq, arow{g}));')
+for j in range(4 if texture else 0):
+    L.append(f'        let b{j} = textureLoad(bt, vec2<u32>(cc, 4u * kq + {j}u));')
+for g in range(0 if texture else G):
     L.append(f'''        var mine{g}: vec4<f32>;
         if (TRANS_A) {{
             mine{g} = load_a4((4u * kq + l8 % 4u) * m4 + arow4_{g});
         }} else {{
             mine{g} = load_a4(arow{g} * k4 + kq);
         }}''')
-L.append('''        var b0: vec4<f32>;
+if not texture:
+    L.append('''        var b0: vec4<f32>;
         var b1: vec4<f32>;
         var b2: vec4<f32>;
         var b3: vec4<f32>;
@@ -70,15 +88,20 @@ L.append('''        var b0: vec4<f32>;
 for g in range(G):
     for l in range(8):
         L.append(f'        let s{8*g+l} = subgroupBroadcast(mine{g}, {l}u);')
-L.append('        if (TRANS_A) {')
-for i in range(rows):
-    g = i // 4; comp = 'xyzw'[i % 4]
-    ks = [f's{j + 4*g}.{comp}' for j in range(4)]
-    L.append(f'            acc{i} = madd(acc{i}, vec4<f32>({", ".join(ks)}), b0, b1, b2, b3);')
-L.append('        } else {')
-for i in range(rows):
-    L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
-L.append('        }\n    }\n    if (col4 < n4) {')
+if texture:
+    for i in range(rows):
+        L.append(f'        acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
+    L.append('    }\n    if (col4 < n4) {')
+else:
+    L.append('        if (TRANS_A) {')
+    for i in range(rows):
+        g = i // 4; comp = 'xyzw'[i % 4]
+        ks = [f's{j + 4*g}.{comp}' for j in range(4)]
+        L.append(f'            acc{i} = madd(acc{i}, vec4<f32>({", ".join(ks)}), b0, b1, b2, b3);')
+    L.append('        } else {')
+    for i in range(rows):
+        L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
+    L.append('        }\n    }\n    if (col4 < n4) {')
 for i in range(rows):
     L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
 L.append('    }\n}\n')

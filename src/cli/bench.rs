@@ -121,7 +121,8 @@ pub struct MatmulArgs {
     /// Inner dimension.
     #[arg(long, default_value_t = 1024)]
     k: usize,
-    /// Variant (rowblock or tiled); default: the one chosen for this adapter.
+    /// Variant (rowblock, tiled, vec4, subgroup or texture); default: the one training would
+    /// use for this shape on this adapter.
     #[arg(long)]
     variant: Option<String>,
     /// Transposed A (stored [K,M]).
@@ -400,16 +401,17 @@ fn matmul(args: MatmulArgs) -> CliResult {
         return Err(CliError::usage("--m, --n and --k must be at least 1"));
     }
     let ctx = GpuContext::new()?;
-    let variant = match &args.variant {
-        Some(v) => GemmVariant::parse(v)?,
-        None => gemm::choose_variant(&ctx)?,
-    };
     let shape = GemmShape {
         m: args.m,
         n: args.n,
         k: args.k,
         trans_a: args.trans_a,
         trans_b: args.trans_b,
+    };
+    // Without --variant: what training would run this shape with.
+    let variant = match &args.variant {
+        Some(v) => GemmVariant::parse(v)?,
+        None => gemm::pick(&ctx, gemm::choose_variant(&ctx)?, &shape)?,
     };
     let fill = |len: usize, seed: u32| -> Vec<f32> {
         (0..len)

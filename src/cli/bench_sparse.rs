@@ -133,7 +133,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
                 trans_a: true,
                 trans_b: false,
             };
-            let v = variant.resolve(&ctx, &shape);
+            let v = gemm::pick(&ctx, variant, &shape)?;
             (
                 spmm::spmm(&ctx, s, &idx_t, &fmeta, &xt, &y, true)?,
                 GemmOp::new(&ctx, shape, v, &w, &x, &y, Some(&mask), false)?,
@@ -148,7 +148,7 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
                 trans_a: false,
                 trans_b: true,
             };
-            let v = variant.resolve(&ctx, &shape);
+            let v = gemm::pick(&ctx, variant, &shape)?;
             (
                 spmm::sddmm(&ctx, s, &idx_t, &xt, &dt, &g)?,
                 GemmOp::new(&ctx, shape, v, &x, &d, &gd, None, false)?,

@@ -218,7 +218,7 @@ impl SparseLinear {
         let bmom = Tensor::zeros(ctx, &format!("{name} bias momentum"), fout)?;
         let bgrad = Tensor::zeros(ctx, &format!("{name} bias gradient"), fout)?;
         let gemm = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
-            let v = cfg.gemm.resolve(ctx, &shape);
+            let v = crate::gpu::gemm::pick(ctx, cfg.gemm, &shape)?;
             GemmOp::new(ctx, shape, v, a, bm, c, m, false).map(|g| g.dispatch)
         };
         let fwd_shape = GemmShape {

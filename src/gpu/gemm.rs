@@ -1,17 +1,20 @@
-//! Dense GEMM `C = op(A)·op(B)` (optionally masked on A, optionally accumulating), with two
+//! Dense GEMM `C = op(A)·op(B)` (optionally masked on A, optionally accumulating), with several
 //! variants chosen per adapter by timing them once.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::Dispatch;
+use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::profile::time_ops;
 use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 
-/// Environment variable that forces a GEMM variant (`rowblock` or `tiled`).
+/// Environment variable that forces a GEMM variant (`rowblock`, `tiled`, `vec4`, `subgroup` or
+/// `texture`).
 pub const GEMM_ENV: &str = "RIGL_GEMM";
 
 /// GEMM implementation.
@@ -27,15 +30,21 @@ pub enum GemmVariant {
     /// 8×4 blocks per invocation, rows of A shared through subgroup broadcasts; needs subgroups
     /// of at least 8 and n, k multiples of 4 (m too when A is transposed).
     Subgroup,
+    /// [`GemmVariant::Subgroup`] reading its operands from `rgba32float` storage textures, into
+    /// which a pack kernel first copies them (transposed and masked as the shape asks): a
+    /// storage-texture load is one vector gather on lavapipe. Same requirements, plus textures
+    /// of k/4 × m and n/4 × k texels within the device's limit.
+    Texture,
 }
 
 impl GemmVariant {
     /// All variants.
-    pub const ALL: [GemmVariant; 4] = [
+    pub const ALL: [GemmVariant; 5] = [
         GemmVariant::RowBlock,
         GemmVariant::Tiled,
         GemmVariant::Vec4,
         GemmVariant::Subgroup,
+        GemmVariant::Texture,
     ];
 
     /// Name used on the command line and in reports.
@@ -45,6 +54,7 @@ impl GemmVariant {
             GemmVariant::Tiled => "tiled",
             GemmVariant::Vec4 => "vec4",
             GemmVariant::Subgroup => "subgroup",
+            GemmVariant::Texture => "texture",
         }
     }
 
@@ -55,8 +65,10 @@ impl GemmVariant {
             "tiled" => Ok(GemmVariant::Tiled),
             "vec4" => Ok(GemmVariant::Vec4),
             "subgroup" => Ok(GemmVariant::Subgroup),
+            "texture" => Ok(GemmVariant::Texture),
             other => Err(RiglError::invalid(format!(
-                "unknown GEMM variant '{other}' (expected rowblock, tiled, vec4 or subgroup)"
+                "unknown GEMM variant '{other}' (expected rowblock, tiled, vec4, subgroup or \
+                 texture)"
             ))),
         }
     }
@@ -67,6 +79,7 @@ impl GemmVariant {
             GemmVariant::Tiled => "gemm_tiled",
             GemmVariant::Vec4 => "gemm_vec4",
             GemmVariant::Subgroup => "gemm_subgroup",
+            GemmVariant::Texture => "gemm_texture",
         }
     }
 
@@ -86,14 +99,23 @@ impl GemmVariant {
                     && k4
                     && (m4 || !shape.trans_a)
             }
+            GemmVariant::Texture => {
+                let max = ctx.limits.max_texture_dimension_2d as usize;
+                GemmVariant::Subgroup.supports(ctx, shape)
+                    && shape.m.max(shape.k).max(shape.n / 4) <= max
+            }
         }
     }
 
     /// This variant if it supports `shape`, else the best general one for this device
-    /// (`vec4` where the shape allows, then `tiled` on GPUs, `rowblock` on CPU adapters).
+    /// (`subgroup` for a `texture` choice whose textures would be too large, `vec4` where the
+    /// shape allows, then `tiled` on GPUs, `rowblock` on CPU adapters).
     pub fn resolve(self, ctx: &GpuContext, shape: &GemmShape) -> GemmVariant {
         if self.supports(ctx, shape) {
             return self;
+        }
+        if self == GemmVariant::Texture && GemmVariant::Subgroup.supports(ctx, shape) {
+            return GemmVariant::Subgroup;
         }
         if GemmVariant::Vec4.supports(ctx, shape) {
             return GemmVariant::Vec4;
@@ -111,13 +133,13 @@ impl GemmVariant {
             GemmVariant::RowBlock => (8, 128),
             GemmVariant::Tiled => (64, 64),
             GemmVariant::Vec4 => (16, 64),
-            GemmVariant::Subgroup => (32, 256),
+            GemmVariant::Subgroup | GemmVariant::Texture => (32, 256),
         }
     }
 }
 
 /// Shape and transposition of a product `C[m,n] = op(A)·op(B)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmShape {
     /// Rows of C.
     pub m: usize,
@@ -236,25 +258,47 @@ impl GemmOp {
             _pad: [0; 3],
         };
         let flag = |b: bool| f64::from(u8::from(b));
-        let shader = match variant {
-            GemmVariant::Vec4 => "gemm4",
-            GemmVariant::Subgroup => "gemm_sg",
-            _ => "gemm",
-        };
-        let spec = KernelSpec::new(shader, variant.entry(), B)
-            .with_override("TRANS_A", flag(shape.trans_a))
-            .with_override("TRANS_B", flag(shape.trans_b))
-            .with_override("MASK_A", flag(mask.is_some()))
-            .with_override("ACCUMULATE", flag(accumulate));
-        let mask_t = mask.unwrap_or(a);
         let bytes = 4.0 * (m * k + k * n + m * n) as f64;
-        let dispatch = Dispatch::build(
-            ctx,
-            &spec,
-            bytemuck::bytes_of(&params),
-            &[a, b, c, mask_t],
-            tiles_total as u64,
-        )?
+        let dispatch = if variant == GemmVariant::Texture {
+            // op(A) [m,k] and op(B) [k,n] as textures of 4 columns per texel.
+            let at = Texture::new(ctx, &format!("{} as texture", a.label), m, k)?;
+            let bt = Texture::new(ctx, &format!("{} as texture", b.label), k, n)?;
+            let (ar, ac) = if shape.trans_a { (k, m) } else { (m, k) };
+            let (br, bc) = if shape.trans_b { (n, k) } else { (k, n) };
+            let before = vec![
+                pack(ctx, a, mask, ar, ac, shape.trans_a, &at)?,
+                pack(ctx, b, None, br, bc, shape.trans_b, &bt)?,
+            ];
+            let spec = KernelSpec::new("gemm_tex", variant.entry(), TEX_BINDINGS)
+                .with_override("ACCUMULATE", flag(accumulate));
+            Dispatch::build_res(
+                ctx,
+                &spec,
+                bytemuck::bytes_of(&params),
+                &[Res::Tex(&at), Res::Tex(&bt), Res::Buf(c)],
+                tiles_total as u64,
+            )?
+            .with_before(before)
+        } else {
+            let shader = match variant {
+                GemmVariant::Vec4 => "gemm4",
+                GemmVariant::Subgroup => "gemm_sg",
+                _ => "gemm",
+            };
+            let spec = KernelSpec::new(shader, variant.entry(), B)
+                .with_override("TRANS_A", flag(shape.trans_a))
+                .with_override("TRANS_B", flag(shape.trans_b))
+                .with_override("MASK_A", flag(mask.is_some()))
+                .with_override("ACCUMULATE", flag(accumulate));
+            let mask_t = mask.unwrap_or(a);
+            Dispatch::build(
+                ctx,
+                &spec,
+                bytemuck::bytes_of(&params),
+                &[a, b, c, mask_t],
+                tiles_total as u64,
+            )?
+        }
         .with_cost(shape.flops(), bytes);
         Ok(GemmOp {
             dispatch,
@@ -264,25 +308,125 @@ impl GemmOp {
     }
 }
 
-/// Per-context cache of the chosen variant.
-pub(crate) type TuneCache = Mutex<Option<GemmVariant>>;
+const TEX_BINDINGS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::TexRead,
+    Binding::TexRead,
+    Binding::ReadWrite,
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PackParams {
+    rows: u32,
+    cols: u32,
+    blocks_x: u32,
+    _pad: u32,
+}
+
+/// The launch that writes op(`src` ⊙ `mask`) into `dst` (`shaders/gemm_pack.wgsl`); `src` is
+/// stored `[rows, cols]`, and op transposes it when `transpose`.
+fn pack(
+    ctx: &GpuContext,
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    dst: &Texture,
+) -> Result<Dispatch> {
+    const PACK: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::TexWrite,
+    ];
+    let spec = KernelSpec::new("gemm_pack", "gemm_pack", PACK)
+        .with_override("TRANSPOSE", f64::from(u8::from(transpose)))
+        .with_override("MASK", f64::from(u8::from(mask.is_some())));
+    // Work items: (cols/4) x rows texels, or (cols/4) x (rows/4) blocks of 4x4 when
+    // transposing; 64 per workgroup along x.
+    let blocks_x = (cols / 4).div_ceil(64);
+    let item_rows = if transpose { rows / 4 } else { rows };
+    let params = PackParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        blocks_x: blocks_x as u32,
+        _pad: 0,
+    };
+    let bytes = 4.0 * (rows * cols * (1 + usize::from(mask.is_some())) * 2) as f64;
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(src), Res::Buf(mask.unwrap_or(src)), Res::Tex(dst)],
+        (blocks_x * item_rows) as u64,
+    )?
+    .with_cost(0.0, bytes))
+}
+
+/// Per-context cache of the chosen variant, and of the per-shape picks of [`pick`].
+#[derive(Debug, Default)]
+pub(crate) struct TuneCache {
+    chosen: Mutex<Option<GemmVariant>>,
+    shapes: Mutex<HashMap<GemmShape, GemmVariant>>,
+}
+
+fn forced() -> Option<String> {
+    std::env::var(GEMM_ENV).ok().filter(|v| !v.is_empty())
+}
 
 /// The GEMM variant for this adapter: `$RIGL_GEMM` if set, else the faster of the variants on a
 /// 512×512×512 product, timed once and cached for the life of the context.
 pub fn choose_variant(ctx: &GpuContext) -> Result<GemmVariant> {
-    if let Ok(v) = std::env::var(GEMM_ENV) {
-        if !v.is_empty() {
-            return GemmVariant::parse(&v);
-        }
+    if let Some(v) = forced() {
+        return GemmVariant::parse(&v);
     }
-    if let Some(v) = ctx.registry.tuned_gemm.lock().ok().and_then(|g| *g) {
+    let cache = &ctx.registry.tuned_gemm;
+    if let Some(v) = cache.chosen.lock().ok().and_then(|g| *g) {
         return Ok(v);
     }
     let v = autotune(ctx, 512)?;
-    if let Ok(mut g) = ctx.registry.tuned_gemm.lock() {
+    if let Ok(mut g) = cache.chosen.lock() {
         *g = Some(v);
     }
     Ok(v)
+}
+
+/// The variant to run `shape` with, given the model's variant `preferred`: `preferred` resolved
+/// for the shape ([`GemmVariant::resolve`]), except that between `subgroup` and `texture` the
+/// faster on this very shape is taken, timed once per shape and context. The two run the same
+/// kernel (the same multiply-adds in the same order; `texture` only loads its operands from
+/// textures it packs first), so their results are bit-identical and the pick cannot change a
+/// run; which is faster depends on the shape, as the packing costs most on small products.
+/// With `$RIGL_GEMM` set, `preferred` is only resolved.
+pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Result<GemmVariant> {
+    let v = preferred.resolve(ctx, shape);
+    let pair = [GemmVariant::Subgroup, GemmVariant::Texture];
+    if forced().is_some() || !pair.contains(&v) || !pair.iter().all(|p| p.supports(ctx, shape)) {
+        return Ok(v);
+    }
+    let cache = &ctx.registry.tuned_gemm.shapes;
+    if let Some(&p) = cache.lock().ok().as_ref().and_then(|c| c.get(shape)) {
+        return Ok(p);
+    }
+    let GemmShape { m, n, k, .. } = *shape;
+    let a = Tensor::from_f32(ctx, "tune A", &vec![0.5; m * k])?;
+    let b = Tensor::from_f32(ctx, "tune B", &vec![0.25; k * n])?;
+    let c = Tensor::zeros(ctx, "tune C", m * n)?;
+    let mut best = (f64::INFINITY, v);
+    for p in pair {
+        let op = GemmOp::new(ctx, *shape, p, &a, &b, &c, None, false)?;
+        let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, true)?;
+        log::info!("gemm {m}x{n}x{k} {}: {ms:.3} ms", p.as_str());
+        if ms < best.0 {
+            best = (ms, p);
+        }
+    }
+    if let Ok(mut c) = cache.lock() {
+        c.insert(*shape, best.1);
+    }
+    Ok(best.1)
 }
 
 /// Times every variant on an `s`×`s`×`s` product and returns the fastest.

@@ -11,6 +11,11 @@ use crate::gpu::registry::{Binding, Kernel, KernelSpec};
 use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 
+/// Set once this process has built a dispatch that binds a storage texture: lavapipe's timestamps
+/// go wrong from then on (see [`crate::gpu::profile::time_ops`]).
+pub(crate) static TEXTURES_BUILT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// One ready-to-encode kernel launch.
 #[derive(Debug)]
 pub struct Dispatch {
@@ -24,8 +29,10 @@ pub struct Dispatch {
     pub flops: f64,
     /// Bytes moved per launch, at least once each (for GB/s).
     pub bytes: f64,
-    /// Whether the kernel binds a texture.
+    /// Whether the kernel (or one of its `before` launches) binds a texture.
     pub uses_textures: bool,
+    /// Launches encoded just before this one, as part of it (e.g. packing a GEMM's operands).
+    before: Vec<Dispatch>,
 }
 
 /// A resource bound to a kernel: a storage buffer (view) or a storage texture.
@@ -107,6 +114,15 @@ impl Dispatch {
             entries: &entries,
         });
         let dims = dispatch_dims(ctx, workgroups, &spec.name())?;
+        let uses_textures = spec.bindings.iter().any(|b| {
+            matches!(
+                b,
+                Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
+            )
+        });
+        if uses_textures {
+            TEXTURES_BUILT.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Dispatch {
             name: spec.name(),
             kernel,
@@ -115,17 +131,16 @@ impl Dispatch {
             dims,
             flops: 0.0,
             bytes: 0.0,
-            uses_textures: spec.bindings.iter().any(|b| {
-                matches!(
-                    b,
-                    Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
-                )
-            }),
+            before: Vec::new(),
+            uses_textures,
         })
     }
 
-    /// Records the launch into a compute pass.
+    /// Records the launch (after its `before` launches) into a compute pass.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for b in &self.before {
+            b.encode(pass);
+        }
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.dims.0, self.dims.1, 1);
@@ -134,6 +149,18 @@ impl Dispatch {
     /// Overwrites the parameter block (e.g. a new learning rate); takes effect at the next submit.
     pub fn write_params(&self, ctx: &GpuContext, params: &[u8]) {
         ctx.queue.write_buffer(&self.params, 0, params);
+    }
+
+    /// Makes `before` part of this dispatch: they are encoded, in order, just before it
+    /// (wgpu orders the writes of one launch before the reads of the next).
+    /// Its name in profiles says so (`gemm_tex.wgsl:gemm_texture (+2 before)`).
+    pub fn with_before(mut self, before: Vec<Dispatch>) -> Self {
+        self.uses_textures |= before.iter().any(|b| b.uses_textures);
+        if !before.is_empty() {
+            self.name = format!("{} (+{} before)", self.name, before.len());
+        }
+        self.before = before;
+        self
     }
 
     /// Sets the FLOP and byte counts used by profiles.

@@ -54,10 +54,12 @@ pub fn time_ops(
     let reps = reps.max(1);
     // Lavapipe's pass timestamps come back far too short around dispatches that read storage
     // textures (a 300x784 SpMM timed at 0.05 ms against 4.3 ms by the wall clock), and for
-    // other passes too once a process has run such kernels, so passes with textures are timed
-    // by the wall clock (which includes the submission); the engine's own choices (GEMM
-    // autotune, kernel choice, `rigl bench step`) always use the wall clock.
-    let textures = ops.iter().any(|o| o.uses_textures);
+    // other passes too once a process has run such kernels, so passes with textures, and every
+    // pass once the process has built a texture kernel, are timed by the wall clock (which
+    // includes the submission); the engine's own choices (GEMM autotune, kernel choice, `rigl
+    // bench step`) always use the wall clock.
+    let textures = ops.iter().any(|o| o.uses_textures)
+        || crate::gpu::ops::TEXTURES_BUILT.load(std::sync::atomic::Ordering::Relaxed);
     let use_ts = ctx.has_timestamps() && !force_wall && !textures;
     let mut times = Vec::with_capacity(reps);
     if use_ts {

@@ -129,7 +129,7 @@ impl KernelRegistry {
         KernelRegistry {
             kernels: Mutex::new(HashMap::new()),
             lost,
-            tuned_gemm: Mutex::new(None),
+            tuned_gemm: Default::default(),
         }
     }
 

@@ -7,6 +7,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("gemm4", include_str!("../../shaders/gemm4.wgsl")),
     ("gemm_sg", include_str!("../../shaders/gemm_sg.wgsl")),
+    ("gemm_tex", include_str!("../../shaders/gemm_tex.wgsl")),
+    ("gemm_pack", include_str!("../../shaders/gemm_pack.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("xent", include_str!("../../shaders/xent.wgsl")),
@@ -26,6 +28,19 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("sparse_act", include_str!("../../shaders/sparse_act.wgsl")),
 ];
+
+/// A fingerprint of every shader source (64-bit FNV-1a, hex): caches of kernel timings key on
+/// it, so a build with changed kernels measures again instead of trusting old timings.
+pub fn fingerprint() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (stem, src) in SHADERS {
+        for byte in stem.bytes().chain(src.bytes()) {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
 
 /// The source of shader `stem`, if it exists.
 pub fn source(stem: &str) -> Option<&'static str> {

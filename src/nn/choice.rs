@@ -118,8 +118,11 @@ fn save_disk(map: &BTreeMap<String, (f64, f64)>) {
 
 /// Times one layer's training products on both paths (ms): (sparse, masked).
 pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64, f64)> {
+    let variant = gemm::choose_variant(ctx)?;
+    // The kernels' sources and the GEMM variant are part of the key: timings taken with other
+    // kernels say nothing about these.
     let key = format!(
-        "{}|{}|{:?}|{}x{}|nnz {}|batch {}|{}",
+        "{}|{}|{:?}|{}x{}|nnz {}|batch {}|{}|gemm {}|kernels {}",
         ctx.info.name,
         ctx.info.driver_info,
         ctx.info.backend,
@@ -127,7 +130,9 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
         s.out_dim,
         s.nnz,
         s.batch,
-        if first { "first" } else { "inner" }
+        if first { "first" } else { "inner" },
+        variant.as_str(),
+        crate::gpu::shaders::fingerprint()
     );
     let mut memo = MEMO
         .lock()
@@ -174,10 +179,18 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     if !first {
         sparse_ops.push(spmm::spmm(ctx, s, &idx_t, &bmeta, &dt, &dx, false)?);
     }
-    let variant = gemm::choose_variant(ctx)?;
     let op = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
-        GemmOp::new(ctx, shape, variant.resolve(ctx, &shape), a, bm, c, m, false)
-            .map(|g| g.dispatch)
+        GemmOp::new(
+            ctx,
+            shape,
+            crate::gpu::gemm::pick(ctx, variant, &shape)?,
+            a,
+            bm,
+            c,
+            m,
+            false,
+        )
+        .map(|g| g.dispatch)
     };
     let mut masked_ops = vec![
         op(

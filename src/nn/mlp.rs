@@ -159,7 +159,7 @@ impl Mlp {
             )
         };
         let gemm = |shape: GemmShape, a: &Tensor, bm: &Tensor, c: &Tensor, m: Option<&Tensor>| {
-            let v = cfg.gemm.resolve(ctx, &shape);
+            let v = crate::gpu::gemm::pick(ctx, cfg.gemm, &shape)?;
             GemmOp::new(ctx, shape, v, a, bm, c, m, false).map(|g| g.dispatch)
         };
         let mut fwd = Vec::new();

@@ -336,7 +336,7 @@ impl SparseMlp {
             GemmOp::new(
                 ctx,
                 shape,
-                cfg.gemm.resolve(ctx, &shape),
+                crate::gpu::gemm::pick(ctx, cfg.gemm, &shape)?,
                 a,
                 bm,
                 c,
@@ -554,7 +554,7 @@ impl SparseMlp {
                 trans_a: false,
                 trans_b: true,
             };
-            let v = variant.resolve(ctx, &shape);
+            let v = crate::gpu::gemm::pick(ctx, variant, &shape)?;
             let input = if l == 0 { &x } else { &acts[l - 1] };
             dense_grad
                 .push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);

@@ -1,0 +1,217 @@
+// Dense GEMM from storage textures, for adapters with subgroups of at least 8 invocations:
+// C[M,N] (+)= op(A) · op(B) with op(A) [M,K] and op(B) [K,N] packed into rgba32float textures by
+// gemm_pack.wgsl (which does the transposes and A's mask); N and K multiples of 4.
+// This is the kernel of gemm_sg.wgsl with its operands read from textures: on lavapipe a
+// storage-texture load is one vector gather, where a storage-buffer load at a different address
+// per lane is a loop over the lanes with a bounds check each.
+//
+// Bindings (group 0):
+//   0 uniform Params { m, n, k, tiles_n, tiles_total }
+//   1 texture read  at : op(A), k/4 x m texels
+//   2 texture read  bt : op(B), n/4 x k texels
+//   3 storage rw    c  : [M,N]
+// A workgroup of 64 invocations covers 32 rows x 256 columns; each invocation owns 32 rows x 4
+// columns, loading 1 texel of A per 8 rows (handed to the other lanes by subgroupBroadcast) and
+// 4 texels of B per 4 steps of k.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_n: u32,
+    tiles_total: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override ACCUMULATE: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var at: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(2) var bt: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+
+fn store_c4(row: u32, col4: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    let idx = row * (p.n / 4u) + col4;
+    if (ACCUMULATE) {
+        c[idx] = c[idx] + v;
+    } else {
+        c[idx] = v;
+    }
+}
+
+fn madd(acc: vec4<f32>, av: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(av.x), b0, fma(vec4<f32>(av.y), b1, fma(vec4<f32>(av.z), b2, fma(vec4<f32>(av.w), b3, acc))));
+}
+
+@compute @workgroup_size(64)
+fn gemm_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= p.tiles_total) {
+        return;
+    }
+    // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
+    // they stream stays in cache.
+    let tiles_m = p.tiles_total / p.tiles_n;
+    let row0 = (tile % tiles_m) * 32u;
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    let col4 = (tile / tiles_m) * 64u + lidx;
+    let cc = min(col4, n4 - 1u);
+    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
+    let l8 = lane % 8u;
+
+    let arow0 = min(row0 + 0u + l8, p.m - 1u);
+    let arow1 = min(row0 + 8u + l8, p.m - 1u);
+    let arow2 = min(row0 + 16u + l8, p.m - 1u);
+    let arow3 = min(row0 + 24u + l8, p.m - 1u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    var acc8 = vec4<f32>(0.0);
+    var acc9 = vec4<f32>(0.0);
+    var acc10 = vec4<f32>(0.0);
+    var acc11 = vec4<f32>(0.0);
+    var acc12 = vec4<f32>(0.0);
+    var acc13 = vec4<f32>(0.0);
+    var acc14 = vec4<f32>(0.0);
+    var acc15 = vec4<f32>(0.0);
+    var acc16 = vec4<f32>(0.0);
+    var acc17 = vec4<f32>(0.0);
+    var acc18 = vec4<f32>(0.0);
+    var acc19 = vec4<f32>(0.0);
+    var acc20 = vec4<f32>(0.0);
+    var acc21 = vec4<f32>(0.0);
+    var acc22 = vec4<f32>(0.0);
+    var acc23 = vec4<f32>(0.0);
+    var acc24 = vec4<f32>(0.0);
+    var acc25 = vec4<f32>(0.0);
+    var acc26 = vec4<f32>(0.0);
+    var acc27 = vec4<f32>(0.0);
+    var acc28 = vec4<f32>(0.0);
+    var acc29 = vec4<f32>(0.0);
+    var acc30 = vec4<f32>(0.0);
+    var acc31 = vec4<f32>(0.0);
+    for (var kq = 0u; kq < k4; kq++) {
+        let mine0 = textureLoad(at, vec2<u32>(kq, arow0));
+        let mine1 = textureLoad(at, vec2<u32>(kq, arow1));
+        let mine2 = textureLoad(at, vec2<u32>(kq, arow2));
+        let mine3 = textureLoad(at, vec2<u32>(kq, arow3));
+        let b0 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 0u));
+        let b1 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 1u));
+        let b2 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 2u));
+        let b3 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 3u));
+        let s0 = subgroupBroadcast(mine0, 0u);
+        let s1 = subgroupBroadcast(mine0, 1u);
+        let s2 = subgroupBroadcast(mine0, 2u);
+        let s3 = subgroupBroadcast(mine0, 3u);
+        let s4 = subgroupBroadcast(mine0, 4u);
+        let s5 = subgroupBroadcast(mine0, 5u);
+        let s6 = subgroupBroadcast(mine0, 6u);
+        let s7 = subgroupBroadcast(mine0, 7u);
+        let s8 = subgroupBroadcast(mine1, 0u);
+        let s9 = subgroupBroadcast(mine1, 1u);
+        let s10 = subgroupBroadcast(mine1, 2u);
+        let s11 = subgroupBroadcast(mine1, 3u);
+        let s12 = subgroupBroadcast(mine1, 4u);
+        let s13 = subgroupBroadcast(mine1, 5u);
+        let s14 = subgroupBroadcast(mine1, 6u);
+        let s15 = subgroupBroadcast(mine1, 7u);
+        let s16 = subgroupBroadcast(mine2, 0u);
+        let s17 = subgroupBroadcast(mine2, 1u);
+        let s18 = subgroupBroadcast(mine2, 2u);
+        let s19 = subgroupBroadcast(mine2, 3u);
+        let s20 = subgroupBroadcast(mine2, 4u);
+        let s21 = subgroupBroadcast(mine2, 5u);
+        let s22 = subgroupBroadcast(mine2, 6u);
+        let s23 = subgroupBroadcast(mine2, 7u);
+        let s24 = subgroupBroadcast(mine3, 0u);
+        let s25 = subgroupBroadcast(mine3, 1u);
+        let s26 = subgroupBroadcast(mine3, 2u);
+        let s27 = subgroupBroadcast(mine3, 3u);
+        let s28 = subgroupBroadcast(mine3, 4u);
+        let s29 = subgroupBroadcast(mine3, 5u);
+        let s30 = subgroupBroadcast(mine3, 6u);
+        let s31 = subgroupBroadcast(mine3, 7u);
+        acc0 = madd(acc0, s0, b0, b1, b2, b3);
+        acc1 = madd(acc1, s1, b0, b1, b2, b3);
+        acc2 = madd(acc2, s2, b0, b1, b2, b3);
+        acc3 = madd(acc3, s3, b0, b1, b2, b3);
+        acc4 = madd(acc4, s4, b0, b1, b2, b3);
+        acc5 = madd(acc5, s5, b0, b1, b2, b3);
+        acc6 = madd(acc6, s6, b0, b1, b2, b3);
+        acc7 = madd(acc7, s7, b0, b1, b2, b3);
+        acc8 = madd(acc8, s8, b0, b1, b2, b3);
+        acc9 = madd(acc9, s9, b0, b1, b2, b3);
+        acc10 = madd(acc10, s10, b0, b1, b2, b3);
+        acc11 = madd(acc11, s11, b0, b1, b2, b3);
+        acc12 = madd(acc12, s12, b0, b1, b2, b3);
+        acc13 = madd(acc13, s13, b0, b1, b2, b3);
+        acc14 = madd(acc14, s14, b0, b1, b2, b3);
+        acc15 = madd(acc15, s15, b0, b1, b2, b3);
+        acc16 = madd(acc16, s16, b0, b1, b2, b3);
+        acc17 = madd(acc17, s17, b0, b1, b2, b3);
+        acc18 = madd(acc18, s18, b0, b1, b2, b3);
+        acc19 = madd(acc19, s19, b0, b1, b2, b3);
+        acc20 = madd(acc20, s20, b0, b1, b2, b3);
+        acc21 = madd(acc21, s21, b0, b1, b2, b3);
+        acc22 = madd(acc22, s22, b0, b1, b2, b3);
+        acc23 = madd(acc23, s23, b0, b1, b2, b3);
+        acc24 = madd(acc24, s24, b0, b1, b2, b3);
+        acc25 = madd(acc25, s25, b0, b1, b2, b3);
+        acc26 = madd(acc26, s26, b0, b1, b2, b3);
+        acc27 = madd(acc27, s27, b0, b1, b2, b3);
+        acc28 = madd(acc28, s28, b0, b1, b2, b3);
+        acc29 = madd(acc29, s29, b0, b1, b2, b3);
+        acc30 = madd(acc30, s30, b0, b1, b2, b3);
+        acc31 = madd(acc31, s31, b0, b1, b2, b3);
+    }
+    if (col4 < n4) {
+        store_c4(row0 + 0u, col4, acc0);
+        store_c4(row0 + 1u, col4, acc1);
+        store_c4(row0 + 2u, col4, acc2);
+        store_c4(row0 + 3u, col4, acc3);
+        store_c4(row0 + 4u, col4, acc4);
+        store_c4(row0 + 5u, col4, acc5);
+        store_c4(row0 + 6u, col4, acc6);
+        store_c4(row0 + 7u, col4, acc7);
+        store_c4(row0 + 8u, col4, acc8);
+        store_c4(row0 + 9u, col4, acc9);
+        store_c4(row0 + 10u, col4, acc10);
+        store_c4(row0 + 11u, col4, acc11);
+        store_c4(row0 + 12u, col4, acc12);
+        store_c4(row0 + 13u, col4, acc13);
+        store_c4(row0 + 14u, col4, acc14);
+        store_c4(row0 + 15u, col4, acc15);
+        store_c4(row0 + 16u, col4, acc16);
+        store_c4(row0 + 17u, col4, acc17);
+        store_c4(row0 + 18u, col4, acc18);
+        store_c4(row0 + 19u, col4, acc19);
+        store_c4(row0 + 20u, col4, acc20);
+        store_c4(row0 + 21u, col4, acc21);
+        store_c4(row0 + 22u, col4, acc22);
+        store_c4(row0 + 23u, col4, acc23);
+        store_c4(row0 + 24u, col4, acc24);
+        store_c4(row0 + 25u, col4, acc25);
+        store_c4(row0 + 26u, col4, acc26);
+        store_c4(row0 + 27u, col4, acc27);
+        store_c4(row0 + 28u, col4, acc28);
+        store_c4(row0 + 29u, col4, acc29);
+        store_c4(row0 + 30u, col4, acc30);
+        store_c4(row0 + 31u, col4, acc31);
+    }
+}
