@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-10}
+if ! python3 -c 'import numpy' 2>/dev/null; then
+    echo "gemm-table.sh needs numpy for the yardstick (apt-get install python3-numpy)" >&2
+    exit 1
+fi
 cargo build --release -q
 BIN=target/release/rigl
 numpy() {
