@@ -4,7 +4,7 @@
 // Needs cols a multiple of 4 (rows too when TRANSPOSE).
 //
 // Bindings (group 0):
-//   0 uniform PackParams { rows, cols } of the stored matrix
+//   0 uniform PackParams { rows, cols } of the stored matrix, blocks_x (see below)
 //   1 storage read  src  : [rows, cols]
 //   2 storage read  mask : layout of src; used only when MASK
 //   3 texture write dst  : cols/4 x rows texels, or rows/4 x cols when TRANSPOSE

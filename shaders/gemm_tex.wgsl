@@ -2,8 +2,9 @@
 // C[M,N] (+)= op(A) · op(B) with op(A) [M,K] and op(B) [K,N] packed into rgba32float textures by
 // gemm_pack.wgsl (which does the transposes and A's mask); N and K multiples of 4.
 // This is the kernel of gemm_sg.wgsl with its operands read from textures: on lavapipe a
-// storage-texture load is one vector gather, where a storage-buffer load at a different address
-// per lane is a loop over the lanes with a bounds check each.
+// storage-texture load is a branch-free gather (lane by lane in its machine code), where a
+// storage-buffer load at a different address per lane is a loop over the lanes with a bounds
+// check each.
 //
 // Bindings (group 0):
 //   0 uniform Params { m, n, k, tiles_n, tiles_total }

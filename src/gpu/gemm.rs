@@ -32,7 +32,7 @@ pub enum GemmVariant {
     Subgroup,
     /// [`GemmVariant::Subgroup`] reading its operands from `rgba32float` storage textures, into
     /// which a pack kernel first copies them (transposed and masked as the shape asks): a
-    /// storage-texture load is one vector gather on lavapipe. Same requirements, plus textures
+    /// storage-texture load is a branch-free gather on lavapipe. Same requirements, plus textures
     /// of k/4 × m and n/4 × k texels within the device's limit.
     Texture,
 }
