@@ -30,7 +30,7 @@
 // vec4; the metadata of 8 nonzeros is loaded once per subgroup (lane t loads nonzero t) and handed
 // to all lanes with subgroupBroadcast. X comes from a storage texture: on lavapipe a storage-buffer
 // load at a different address per lane is a loop over the lanes with a bounds check per
-// component, a texture load one vector gather (3x faster SpMM measured). Needs subgroups of at
+// component, a texture load a branch-free gather (3x faster SpMM measured). Needs subgroups of at
 // least 8 invocations.
 
 struct Params {

@@ -1,7 +1,7 @@
 //! Activation textures: a feature-major activation `[rows, batch]` also held as a 2-D
 //! `rgba32float` storage texture of `batch / 4` texels by `rows` (texel (b4, f) = samples
 //! 4·b4 .. 4·b4 + 3 of feature f). The sparse products read their gathered operand from it: a
-//! storage-texture load is a vector gather on lavapipe, where a storage-buffer load at a different
+//! storage-texture load is a branch-free gather on lavapipe, where a storage-buffer load at a different
 //! address per lane is a loop over the lanes (3x faster SpMM measured, see README).
 
 use crate::error::{Result, RiglError};
