@@ -29,6 +29,29 @@ fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
+/// The dense weight gradient of layer `ly` over a batch of `b`: `g[in, out] = input · doutᵀ`
+/// (feature-major `input [in, b]` and `dout [out, b]`), the product both the dense-GEMM layers'
+/// backward pass and RigL's grow phase need.
+fn dense_wgrad_op(
+    ctx: &GpuContext,
+    variant: crate::gpu::GemmVariant,
+    ly: &SparseLayer,
+    b: usize,
+    input: &Tensor,
+    dout: &Tensor,
+    g: &Tensor,
+) -> Result<Dispatch> {
+    let shape = GemmShape {
+        m: ly.shape.in_dim,
+        n: ly.shape.out_dim,
+        k: b,
+        trans_a: false,
+        trans_b: true,
+    };
+    let v = crate::gpu::gemm::pick(ctx, variant, &shape)?;
+    Ok(GemmOp::new(ctx, shape, v, input, dout, g, None, false)?.dispatch)
+}
+
 /// Where one compressed layer lives in the model's flat buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SparseLayer {
@@ -363,16 +386,9 @@ impl SparseMlp {
         // into the slots.
         let dense_wgrad = |l: usize, ly: &SparseLayer| -> Result<Vec<Dispatch>> {
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            let shape = GemmShape {
-                m: ly.shape.in_dim,
-                n: ly.shape.out_dim,
-                k: b,
-                trans_a: false,
-                trans_b: true,
-            };
             let g = gview(ly)?;
             Ok(vec![
-                gemm(shape, input, &dacts[l], &g)?,
+                dense_wgrad_op(ctx, cfg.gemm, ly, b, input, &dacts[l], &g)?,
                 spmm::slots(
                     ctx,
                     SlotOp::Gather,
@@ -547,17 +563,8 @@ impl SparseMlp {
                 &gsel,
                 seed,
             )?);
-            let shape = GemmShape {
-                m: ly.shape.in_dim,
-                n: ly.shape.out_dim,
-                k: b,
-                trans_a: false,
-                trans_b: true,
-            };
-            let v = crate::gpu::gemm::pick(ctx, variant, &shape)?;
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            dense_grad
-                .push(GemmOp::new(ctx, shape, v, input, &dacts[l], &g, None, false)?.dispatch);
+            dense_grad.push(dense_wgrad_op(ctx, variant, ly, b, input, &dacts[l], &g)?);
             let dropsel = drop.selection().slice(
                 ctx,
                 ly.slot_offset,
