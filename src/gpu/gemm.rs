@@ -410,23 +410,38 @@ pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Resu
     if let Some(&p) = cache.lock().ok().as_ref().and_then(|c| c.get(shape)) {
         return Ok(p);
     }
+    let best = fastest(&time_variants(ctx, shape, &pair)?).map_or(v, |t| t.1);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(*shape, best);
+    }
+    Ok(best)
+}
+
+/// Wall-clock milliseconds of each of `variants` on `shape` (scratch operands, one warm-up,
+/// median of 3). Wall clock: lavapipe's timestamps go wrong once a process has run
+/// texture-reading kernels (see gpu::profile), and a choice must not depend on what ran before.
+fn time_variants(
+    ctx: &GpuContext,
+    shape: &GemmShape,
+    variants: &[GemmVariant],
+) -> Result<Vec<(f64, GemmVariant)>> {
     let GemmShape { m, n, k, .. } = *shape;
     let a = Tensor::from_f32(ctx, "tune A", &vec![0.5; m * k])?;
     let b = Tensor::from_f32(ctx, "tune B", &vec![0.25; k * n])?;
     let c = Tensor::zeros(ctx, "tune C", m * n)?;
-    let mut best = (f64::INFINITY, v);
-    for p in pair {
-        let op = GemmOp::new(ctx, *shape, p, &a, &b, &c, None, false)?;
+    let mut times = Vec::with_capacity(variants.len());
+    for &v in variants {
+        let op = GemmOp::new(ctx, *shape, v, &a, &b, &c, None, false)?;
         let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, true)?;
-        log::info!("gemm {m}x{n}x{k} {}: {ms:.3} ms", p.as_str());
-        if ms < best.0 {
-            best = (ms, p);
-        }
+        log::info!("gemm {m}x{n}x{k} {}: {ms:.3} ms", v.as_str());
+        times.push((ms, v));
     }
-    if let Ok(mut c) = cache.lock() {
-        c.insert(*shape, best.1);
-    }
-    Ok(best.1)
+    Ok(times)
+}
+
+/// The entry with the smallest time.
+fn fastest(times: &[(f64, GemmVariant)]) -> Option<(f64, GemmVariant)> {
+    times.iter().copied().min_by(|x, y| x.0.total_cmp(&y.0))
 }
 
 /// Times the variants on an `s`×`s`×`s` product and returns the fastest. A first round at a
@@ -437,30 +452,21 @@ pub fn autotune(ctx: &GpuContext, s: usize) -> Result<GemmVariant> {
         .into_iter()
         .filter(|v| v.supports(ctx, &GemmShape::nn(s, s, s)))
         .collect();
-    let mut best = (f64::INFINITY, GemmVariant::RowBlock);
+    let mut best = GemmVariant::RowBlock;
     for size in [(s / 4).max(1), s] {
         let shape = GemmShape::nn(size, size, size);
-        let a = Tensor::from_f32(ctx, "tune A", &vec![0.5; size * size])?;
-        let b = Tensor::from_f32(ctx, "tune B", &vec![0.25; size * size])?;
-        let c = Tensor::zeros(ctx, "tune C", size * size)?;
-        let mut times = Vec::new();
-        for v in candidates
+        let runnable: Vec<GemmVariant> = candidates
             .iter()
             .copied()
             .filter(|v| v.supports(ctx, &shape))
-        {
-            let op = GemmOp::new(ctx, shape, v, &a, &b, &c, None, false)?;
-            // Wall clock: lavapipe's timestamps go wrong once a process has run texture-reading
-            // kernels (see gpu::profile), and the choice must not depend on what ran before.
-            let (ms, _) = time_ops(ctx, &[&op.dispatch], 1, 3, true)?;
-            log::info!("autotune gemm {} at {size}: {ms:.3} ms", v.as_str());
-            times.push((ms, v));
-        }
-        if let Some(&t) = times.iter().min_by(|x, y| x.0.total_cmp(&y.0)) {
-            best = t;
-        }
+            .collect();
+        let times = time_variants(ctx, &shape, &runnable)?;
+        let Some((best_ms, v)) = fastest(&times) else {
+            continue;
+        };
+        best = v;
         // A variant that could not run the small size stays in.
-        candidates.retain(|v| times.iter().all(|t| t.1 != *v || t.0 <= 4.0 * best.0));
+        candidates.retain(|v| times.iter().all(|t| t.1 != *v || t.0 <= 4.0 * best_ms));
     }
-    Ok(best.1)
+    Ok(best)
 }
