@@ -16,14 +16,8 @@ fn matmul(c: &mut Criterion) {
     group.sample_size(10);
     for s in [256usize, 1024] {
         let shape = GemmShape::nn(s, s, s);
-        let variant = match gemm::choose_variant(&ctx) {
-            Ok(v) => match gemm::pick(&ctx, v, &shape) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("skipping: {e}");
-                    return;
-                }
-            },
+        let variant = match gemm::choose_variant(&ctx).and_then(|v| gemm::pick(&ctx, v, &shape)) {
+            Ok(v) => v,
             Err(e) => {
                 eprintln!("skipping: {e}");
                 return;
