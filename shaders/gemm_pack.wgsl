@@ -19,6 +19,9 @@ struct PackParams {
 
 override TRANSPOSE: bool = false;
 override MASK: bool = false;
+// Rows of work items per invocation (PACK_ITEM_ROWS in src/gpu/gemm.rs): fewer, longer
+// workgroups, which lavapipe starts at a cost each.
+const ITEM_ROWS: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> pp: PackParams;
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
@@ -33,9 +36,10 @@ fn load_src(idx: u32) -> vec4<f32> {
 }
 
 // Work item (x, y): texel x of row y (no transpose), or the 4x4 block at rows 4y..4y+3 and
-// columns 4x..4x+3 of the stored matrix, written as 4 texels of the transpose. The item's row
-// comes from the workgroup index (one scalar division per workgroup, none per invocation:
-// a vector division is a loop over the lanes on CPU drivers).
+// columns 4x..4x+3 of the stored matrix, written as 4 texels of the transpose. An invocation
+// does the items (x, y0) .. (x, y0 + ITEM_ROWS - 1). Its rows come from the workgroup index
+// (one scalar division per workgroup, none per invocation: a vector division is a loop over the
+// lanes on CPU drivers).
 @compute @workgroup_size(64)
 fn gemm_pack(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -43,28 +47,25 @@ fn gemm_pack(
     @builtin(local_invocation_index) lidx: u32,
 ) {
     let wg = wid.x + wid.y * nwg.x;
-    let y = wg / pp.blocks_x;
+    let y0 = (wg / pp.blocks_x) * ITEM_ROWS;
     let x = (wg % pp.blocks_x) * 64u + lidx;
     let c4 = pp.cols / 4u;
     if (x >= c4) {
         return;
     }
-    if (TRANSPOSE) {
-        if (y >= pp.rows / 4u) {
-            return;
+    let y_end = min(y0 + ITEM_ROWS, select(pp.rows, pp.rows / 4u, TRANSPOSE));
+    for (var y = y0; y < y_end; y++) {
+        if (TRANSPOSE) {
+            let v0 = load_src((4u * y + 0u) * c4 + x);
+            let v1 = load_src((4u * y + 1u) * c4 + x);
+            let v2 = load_src((4u * y + 2u) * c4 + x);
+            let v3 = load_src((4u * y + 3u) * c4 + x);
+            textureStore(dst, vec2<u32>(y, 4u * x + 0u), vec4<f32>(v0.x, v1.x, v2.x, v3.x));
+            textureStore(dst, vec2<u32>(y, 4u * x + 1u), vec4<f32>(v0.y, v1.y, v2.y, v3.y));
+            textureStore(dst, vec2<u32>(y, 4u * x + 2u), vec4<f32>(v0.z, v1.z, v2.z, v3.z));
+            textureStore(dst, vec2<u32>(y, 4u * x + 3u), vec4<f32>(v0.w, v1.w, v2.w, v3.w));
+        } else {
+            textureStore(dst, vec2<u32>(x, y), load_src(y * c4 + x));
         }
-        let v0 = load_src((4u * y + 0u) * c4 + x);
-        let v1 = load_src((4u * y + 1u) * c4 + x);
-        let v2 = load_src((4u * y + 2u) * c4 + x);
-        let v3 = load_src((4u * y + 3u) * c4 + x);
-        textureStore(dst, vec2<u32>(y, 4u * x + 0u), vec4<f32>(v0.x, v1.x, v2.x, v3.x));
-        textureStore(dst, vec2<u32>(y, 4u * x + 1u), vec4<f32>(v0.y, v1.y, v2.y, v3.y));
-        textureStore(dst, vec2<u32>(y, 4u * x + 2u), vec4<f32>(v0.z, v1.z, v2.z, v3.z));
-        textureStore(dst, vec2<u32>(y, 4u * x + 3u), vec4<f32>(v0.w, v1.w, v2.w, v3.w));
-    } else {
-        if (y >= pp.rows) {
-            return;
-        }
-        textureStore(dst, vec2<u32>(x, y), load_src(y * c4 + x));
     }
 }

@@ -324,6 +324,9 @@ struct PackParams {
     _pad: u32,
 }
 
+/// Rows of pack work items per invocation (`ITEM_ROWS` in `shaders/gemm_pack.wgsl`).
+const PACK_ITEM_ROWS: usize = 8;
+
 /// The launch that writes op(`src` ⊙ `mask`) into `dst` (`shaders/gemm_pack.wgsl`); `src` is
 /// stored `[rows, cols]`, and op transposes it when `transpose`.
 fn pack(
@@ -345,9 +348,9 @@ fn pack(
         .with_override("TRANSPOSE", f64::from(u8::from(transpose)))
         .with_override("MASK", f64::from(u8::from(mask.is_some())));
     // Work items: (cols/4) x rows texels, or (cols/4) x (rows/4) blocks of 4x4 when
-    // transposing; 64 per workgroup along x.
+    // transposing; 64 per workgroup along x, PACK_ITEM_ROWS per invocation along y.
     let blocks_x = (cols / 4).div_ceil(64);
-    let item_rows = if transpose { rows / 4 } else { rows };
+    let item_rows = (if transpose { rows / 4 } else { rows }).div_ceil(PACK_ITEM_ROWS);
     let params = PackParams {
         rows: rows as u32,
         cols: cols as u32,
