@@ -102,7 +102,8 @@ impl GemmVariant {
             GemmVariant::Texture => {
                 let max = ctx.limits.max_texture_dimension_2d as usize;
                 GemmVariant::Subgroup.supports(ctx, shape)
-                    && shape.m.max(shape.k).max(shape.n / 4) <= max
+                    && shape.m.max(shape.k) <= max
+                    && tex_cols(shape.k.max(shape.n)) / 4 <= max
             }
         }
     }
@@ -260,9 +261,10 @@ impl GemmOp {
         let flag = |b: bool| f64::from(u8::from(b));
         let bytes = 4.0 * (m * k + k * n + m * n) as f64;
         let dispatch = if variant == GemmVariant::Texture {
-            // op(A) [m,k] and op(B) [k,n] as textures of 4 columns per texel.
-            let at = Texture::new(ctx, &format!("{} as texture", a.label), m, k)?;
-            let bt = Texture::new(ctx, &format!("{} as texture", b.label), k, n)?;
+            // op(A) [m,k] and op(B) [k,n] as textures of 4 columns per texel, rows padded
+            // (`tex_cols`).
+            let at = Texture::new(ctx, &format!("{} as texture", a.label), m, tex_cols(k))?;
+            let bt = Texture::new(ctx, &format!("{} as texture", b.label), k, tex_cols(n))?;
             let (ar, ac) = if shape.trans_a { (k, m) } else { (m, k) };
             let (br, bc) = if shape.trans_b { (n, k) } else { (k, n) };
             let before = vec![
@@ -306,6 +308,17 @@ impl GemmOp {
             variant,
         })
     }
+}
+
+/// Columns of a `texture` GEMM's operand texture holding rows of `cols` values: enough texels,
+/// rounded up to whole 64-byte lines, and to an odd number of them. llvmpipe lays a texture out
+/// row after row (each padded to 4 texels, one cache line), so at k = 1024 the rows of A were
+/// 64 lines (4 KB) apart and the 32 rows an invocation reads all fell in one set of the L1 data
+/// cache, which holds 12: every load missed. An odd number of lines per row puts any 64
+/// consecutive rows in 64 different sets. The 1024³ product went from 32.0-32.8 ms to about 31.
+fn tex_cols(cols: usize) -> usize {
+    let lines = cols.div_ceil(16);
+    16 * (lines | 1)
 }
 
 const TEX_BINDINGS: &[Binding] = &[
@@ -472,4 +485,22 @@ pub fn autotune(ctx: &GpuContext, s: usize) -> Result<GemmVariant> {
         candidates.retain(|v| times.iter().all(|t| t.1 != *v || t.0 <= 4.0 * best_ms));
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tex_cols;
+
+    #[test]
+    fn texture_rows_are_an_odd_number_of_lines_holding_every_column() {
+        for cols in [1, 4, 16, 17, 100, 300, 784, 1000, 1024, 4096] {
+            let t = tex_cols(cols);
+            assert!(t >= cols, "{cols} -> {t}");
+            assert_eq!(t % 16, 0, "{cols} -> {t}");
+            assert_eq!((t / 16) % 2, 1, "{cols} -> {t}");
+            assert!(t < cols + 32, "{cols} -> {t}: more than a line of padding");
+        }
+        assert_eq!(tex_cols(1024), 1040);
+        assert_eq!(tex_cols(1000), 1008);
+    }
 }
