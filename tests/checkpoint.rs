@@ -87,13 +87,19 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// summary.json without its timing fields and run directory.
+/// summary.json without its timing fields, run directory and `gpu_memory.held_bytes` (what the
+/// whole context holds: here every test of this binary shares one).
 fn summary(dir: &Path) -> serde_json::Value {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     for k in ["samples_per_sec", "seconds", "run_dir"] {
         v.as_object_mut().unwrap().remove(k);
     }
+    let held = v["gpu_memory"]
+        .as_object_mut()
+        .unwrap()
+        .remove("held_bytes");
+    assert!(held.and_then(|h| h.as_u64()).is_some_and(|h| h > 0));
     v
 }
 

@@ -388,13 +388,15 @@ pub fn print_summary(s: &TrainSummary) {
     let m = &s.gpu_memory;
     println!(
         "kernels {} ({}); GPU memory of weights, gradients, momentum and masks/indexes {} \
-         ({:.3}x the dense model's {}), plus {} of update scratch",
+         ({:.3}x the dense model's {}), plus {} of update scratch; all buffers and textures \
+         held (with activations and GEMM operand copies): {}",
         s.kernels.kernels,
         s.kernels.reason,
         human_bytes(m.model_bytes),
         m.ratio_vs_dense,
         human_bytes(m.dense_bytes),
-        human_bytes(m.update_scratch_bytes)
+        human_bytes(m.update_scratch_bytes),
+        human_bytes(m.held_bytes)
     );
     println!(
         "{:<6} {:>12} {:>8} {:>8} {:>10} {:>10} {:>11} {:>10}",

@@ -1,6 +1,9 @@
 //! Storage buffers with their element count, upload and read-back.
 
 use crate::error::{Result, RiglError};
+use std::sync::Arc;
+
+use crate::gpu::context::Held;
 use crate::gpu::GpuContext;
 
 /// A GPU storage buffer of 32-bit elements (f32 or u32).
@@ -14,6 +17,8 @@ pub struct Tensor {
     pub len: usize,
     /// Name used in errors.
     pub label: String,
+    /// This buffer's share of [`GpuContext::gpu_bytes_held`] (none for a host's buffer).
+    pub(crate) held: Option<Arc<Held>>,
 }
 
 fn usage() -> wgpu::BufferUsages {
@@ -37,6 +42,7 @@ impl Tensor {
             offset: 0,
             len,
             label: label.to_string(),
+            held: Some(ctx.hold(bytes)),
         })
     }
 
@@ -106,6 +112,7 @@ impl Tensor {
             offset,
             len,
             label: label.to_string(),
+            held: None,
         })
     }
 
@@ -149,6 +156,7 @@ impl Tensor {
             offset,
             len,
             label: label.to_string(),
+            held: self.held.clone(),
         })
     }
 
@@ -168,6 +176,7 @@ impl Tensor {
             offset: self.offset + (start * 4) as u64,
             len,
             label: self.label.clone(),
+            held: self.held.clone(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! Adapter choice, device creation with the adapter's real limits, and the embedding constructor.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Result, RiglError};
@@ -35,6 +36,22 @@ pub struct GpuContext {
     /// Whether rigl created the device (false when embedded on a host's device).
     pub owned: bool,
     pub(crate) registry: Arc<KernelRegistry>,
+    held: Arc<AtomicU64>,
+}
+
+/// One allocation's share of [`GpuContext::gpu_bytes_held`]: counted when the buffer or texture
+/// is made, given back when the last handle on it (a tensor, a texture, or a dispatch binding
+/// it) is dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    bytes: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -195,7 +212,25 @@ impl GpuContext {
             limits,
             owned,
             registry,
+            held: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Bytes of the buffers and textures rigl holds on this device now (weights, activations,
+    /// scratch, GEMM operand copies, parameter blocks), for every model built on this context.
+    /// Read-back staging buffers, which live only during a read, are not counted; neither is
+    /// what the driver allocates for itself (pipelines, command buffers).
+    pub fn gpu_bytes_held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` as held until the returned handle's last clone is dropped.
+    pub(crate) fn hold(&self, bytes: u64) -> Arc<Held> {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        Arc::new(Held {
+            bytes,
+            counter: self.held.clone(),
+        })
     }
 
     /// True when the adapter is a software rasteriser on the CPU (such as lavapipe).

@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
 use crate::gpu::buffer::dispatch_dims;
+use crate::gpu::context::Held;
 use crate::gpu::registry::{Binding, Kernel, KernelSpec};
 use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
@@ -33,6 +34,9 @@ pub struct Dispatch {
     pub uses_textures: bool,
     /// Launches encoded just before this one, as part of it (e.g. packing a GEMM's operands).
     before: Vec<Dispatch>,
+    /// The shares of [`GpuContext::gpu_bytes_held`] of the parameter block and of everything
+    /// bound: a dispatch keeps what it binds alive, so it keeps it counted.
+    _held: Vec<Arc<Held>>,
 }
 
 /// A resource bound to a kernel: a storage buffer (view) or a storage texture.
@@ -82,6 +86,13 @@ impl Dispatch {
             mapped_at_creation: false,
         });
         ctx.queue.write_buffer(&params_buf, 0, params);
+        let mut held = vec![ctx.hold(params_buf.size())];
+        for t in tensors {
+            match t {
+                Res::Buf(b) => held.extend(b.held.clone()),
+                Res::Tex(x) => held.push(x.held.clone()),
+            }
+        }
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: params_buf.as_entire_binding(),
@@ -133,6 +144,7 @@ impl Dispatch {
             bytes: 0.0,
             before: Vec::new(),
             uses_textures,
+            _held: held,
         })
     }
 

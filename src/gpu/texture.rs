@@ -4,7 +4,10 @@
 //! storage-texture load is a branch-free gather on lavapipe, where a storage-buffer load at a different
 //! address per lane is a loop over the lanes (3x faster SpMM measured, see README).
 
+use std::sync::Arc;
+
 use crate::error::{Result, RiglError};
+use crate::gpu::context::Held;
 use crate::gpu::GpuContext;
 
 /// A `[rows, batch]` activation as an `rgba32float` storage texture.
@@ -20,6 +23,8 @@ pub struct Texture {
     pub batch: usize,
     /// Name for errors.
     pub label: String,
+    /// This texture's share of [`GpuContext::gpu_bytes_held`].
+    pub(crate) held: Arc<Held>,
 }
 
 impl Texture {
@@ -62,6 +67,8 @@ impl Texture {
             rows,
             batch,
             label: label.to_string(),
+            // 16 bytes a texel.
+            held: ctx.hold(4 * (rows * batch) as u64),
         })
     }
 }
@@ -140,6 +147,8 @@ pub fn meta_texture(ctx: &GpuContext, label: &str, n: usize) -> Result<Texture> 
         rows,
         batch: 4 * META_WIDTH,
         label: label.to_string(),
+        // 8 bytes a texel.
+        held: ctx.hold(8 * (META_WIDTH * rows) as u64),
     })
 }
 

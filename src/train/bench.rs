@@ -216,7 +216,7 @@ pub fn bench_step(
         update_step_ms,
         samples_per_sec: b as f64 / (step_ms / 1e3),
         step_dispatches: step.len(),
-        gpu_memory: GpuMemory::new(model.memory(), runner.total_weights),
+        gpu_memory: GpuMemory::new(ctx, model.memory(), runner.total_weights),
         timing: timing.as_str(),
         reps: reps.max(1),
         adapter: ctx.info.name.clone(),

@@ -137,10 +137,14 @@ pub struct GpuMemory {
     pub update_scratch_bytes: u64,
     /// Per layer: (name, bytes).
     pub layers: Vec<(String, u64)>,
+    /// Every buffer and texture rigl held on the device when this was measured: the above plus
+    /// biases, activations, the GEMMs' packed operand copies, parameter blocks and scratch
+    /// ([`GpuContext::gpu_bytes_held`]).
+    pub held_bytes: u64,
 }
 
 impl GpuMemory {
-    pub(crate) fn new(m: MemoryReport, total_weights: usize) -> Self {
+    pub(crate) fn new(ctx: &GpuContext, m: MemoryReport, total_weights: usize) -> Self {
         let dense_bytes = 12 * total_weights as u64;
         GpuMemory {
             model_bytes: m.weights_grads_momentum,
@@ -148,6 +152,7 @@ impl GpuMemory {
             ratio_vs_dense: m.weights_grads_momentum as f64 / dense_bytes.max(1) as f64,
             update_scratch_bytes: m.update_scratch,
             layers: m.layers,
+            held_bytes: ctx.gpu_bytes_held(),
         }
     }
 }
@@ -794,7 +799,7 @@ pub fn train_with(
             kernels: model.kernels(),
             ..decision
         },
-        gpu_memory: GpuMemory::new(model.memory(), total),
+        gpu_memory: GpuMemory::new(ctx, model.memory(), total),
     };
     if let Some(dir) = run_dir {
         model_file::save(ctx, model, cfg, &dir.join("model.safetensors"))?;
