@@ -26,6 +26,10 @@
 //! The optimizer step comes before the update, as in the official code: SET's drop then ranks
 //! the stepped weights and its new connections start the next step at 0.
 //!
+//! What rigl itself allocates on the host's device (its masks, scratch, parameter blocks, a
+//! layer's buffers, the packed operand copies of its GEMMs; not the host's buffers it was handed)
+//! is [`crate::gpu::GpuContext::gpu_bytes_held`] at any moment.
+//!
 //! # Examples
 //!
 //! These are the README's snippets ("Use rigl in your trainer"), compiled here.
