@@ -1,8 +1,8 @@
 //! Storage buffers with their element count, upload and read-back.
 
-use crate::error::{Result, RiglError};
 use std::sync::Arc;
 
+use crate::error::{Result, RiglError};
 use crate::gpu::context::Held;
 use crate::gpu::GpuContext;
 

@@ -315,7 +315,7 @@ impl GemmOp {
 /// row after row (each padded to 4 texels, one cache line), so at k = 1024 the rows of A were
 /// 64 lines (4 KB) apart and the 32 rows an invocation reads all fell in one set of the L1 data
 /// cache, which holds 12: every load missed. An odd number of lines per row puts any 64
-/// consecutive rows in 64 different sets. The 1024³ product went from 32.0-32.8 ms to about 31.
+/// consecutive rows in 64 different sets. The 1024³ product went from 32.7-33.0 ms to 31.1-31.3.
 fn tex_cols(cols: usize) -> usize {
     let lines = cols.div_ceil(16);
     16 * (lines | 1)
