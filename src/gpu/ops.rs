@@ -98,10 +98,7 @@ impl Dispatch {
             resource: params_buf.as_entire_binding(),
         }];
         for (i, (t, kind)) in tensors.iter().zip(&spec.bindings[1..]).enumerate() {
-            let is_tex = matches!(
-                kind,
-                Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
-            );
+            let is_tex = kind.is_texture();
             let resource = match (t, is_tex) {
                 (Res::Buf(b), false) => b.binding(),
                 (Res::Tex(x), true) => wgpu::BindingResource::TextureView(&x.view),
@@ -125,12 +122,7 @@ impl Dispatch {
             entries: &entries,
         });
         let dims = dispatch_dims(ctx, workgroups, &spec.name())?;
-        let uses_textures = spec.bindings.iter().any(|b| {
-            matches!(
-                b,
-                Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
-            )
-        });
+        let uses_textures = spec.bindings.iter().any(|b| b.is_texture());
         if uses_textures {
             TEXTURES_BUILT.store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -26,6 +26,16 @@ pub enum Binding {
     MetaWrite,
 }
 
+impl Binding {
+    /// Whether this binding is a storage texture (activations or sparse metadata).
+    pub fn is_texture(self) -> bool {
+        matches!(
+            self,
+            Binding::TexRead | Binding::TexWrite | Binding::MetaRead | Binding::MetaWrite
+        )
+    }
+}
+
 /// A kernel: a shader file (by name), an entry point, the bindings of group 0 in order, and the
 /// `const` substitutions / pipeline-overridable constants that specialise it.
 #[derive(Clone, Debug, PartialEq)]
