@@ -261,6 +261,135 @@ fn gemm_subgroup_and_texture_agree_bit_for_bit_and_pick_is_stable() {
     assert!(p.supports(ctx, &odd));
 }
 
+/// Encodes `op` the way a caller holding only a compute pass does (every operand packed by a
+/// kernel), submits and waits.
+fn run_in_one_pass(op: &rigl::gpu::ops::Dispatch) {
+    let ctx = ctx();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        op.encode(&mut pass);
+    }
+    ctx.submit_and_wait("one pass", [enc.finish()]).unwrap();
+}
+
+/// Where an operand of a `texture` GEMM is only moved into its texture (no transpose, no
+/// mask, rows of a multiple of 64 floats), `ops::run` copies it instead of packing it: the copy
+/// must give exactly the packed product, from views that do not start at the buffer's start,
+/// and see what an earlier launch of the same submission wrote.
+#[test]
+fn gemm_texture_copies_its_plain_operands_and_matches_the_packs() {
+    let ctx = ctx();
+    if !GemmVariant::Texture.supports(ctx, &GemmShape::nn(4, 4, 4)) {
+        return;
+    }
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+    // (m, n, k, trans_a, masked, copies): A copies when k % 64 == 0 and op(A) is A unmasked;
+    // B when n % 64 == 0.
+    for (m, n, k, trans_a, masked, copies) in [
+        (37, 64, 128, false, false, 2),
+        (1, 64, 64, false, false, 2),
+        (40, 64, 100, false, false, 1),
+        (40, 100, 64, false, false, 1),
+        (36, 128, 64, true, false, 1),
+        (37, 128, 64, false, true, 1),
+        (40, 36, 44, false, false, 0),
+    ] {
+        let shape = GemmShape {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b: false,
+        };
+        let what = format!("{m}x{n}x{k} ta={trans_a} masked={masked}");
+        let a = data(m * k, 11 + m as u32);
+        let b = data(k * n, 12 + n as u32);
+        let mk = mask(m * k, 0.4, 13);
+        // Each operand a view `align` elements into a larger buffer.
+        let view = |x: &[f32], label: &str| {
+            let mut v = vec![7.0; align];
+            v.extend_from_slice(x);
+            let t = Tensor::from_f32(ctx, label, &v).unwrap();
+            t.slice(ctx, align, x.len(), label).unwrap()
+        };
+        let (ta, tb, tm) = (view(&a, "a"), view(&b, "b"), view(&mk, "mask"));
+        let mut want = vec![0.0; m * n];
+        cpu::gemm(shape, &a, &b, &mut want, masked.then_some(&mk[..]), false);
+        let mut results = Vec::new();
+        for one_pass in [false, true] {
+            let c = Tensor::zeros(ctx, "c", m * n).unwrap();
+            let op = GemmOp::new(
+                ctx,
+                shape,
+                GemmVariant::Texture,
+                &ta,
+                &tb,
+                &c,
+                masked.then_some(&tm),
+                false,
+            )
+            .unwrap();
+            assert_eq!(op.dispatch.has_copies(), copies > 0, "{what}");
+            let name = &op.dispatch.name;
+            assert_eq!(
+                name.contains(&format!("{copies} as copies")),
+                copies > 0,
+                "{what}: {name}"
+            );
+            if one_pass {
+                run_in_one_pass(&op.dispatch);
+            } else {
+                ops::run(ctx, "copies", &[&op.dispatch]).unwrap();
+            }
+            let got = c.read_f32(ctx).unwrap();
+            assert_close(&what, &got, &want, 1e-4 * (k as f32).sqrt(), 1e-4);
+            results.push(got);
+        }
+        let same = results[0]
+            .iter()
+            .zip(&results[1])
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{what}: copied and packed operands give other bits");
+    }
+
+    // A product whose A is written by the launch before it, in the same submission: the copy
+    // must come after that launch, not at the start of the command buffer.
+    let (m, n, k, j) = (20, 64, 64, 12);
+    let x = data(m * j, 21);
+    let w = data(j * k, 22);
+    let b = data(k * n, 23);
+    let (tx, tw, tb) = (
+        Tensor::from_f32(ctx, "x", &x).unwrap(),
+        Tensor::from_f32(ctx, "w", &w).unwrap(),
+        Tensor::from_f32(ctx, "b", &b).unwrap(),
+    );
+    let h = Tensor::from_f32(ctx, "h", &vec![-3.0; m * k]).unwrap();
+    let out = Tensor::zeros(ctx, "out", m * n).unwrap();
+    let first = GemmShape::nn(m, k, j);
+    let second = GemmShape::nn(m, n, k);
+    let op1 = GemmOp::new(ctx, first, GemmVariant::RowBlock, &tx, &tw, &h, None, false).unwrap();
+    let op2 = GemmOp::new(
+        ctx,
+        second,
+        GemmVariant::Texture,
+        &h,
+        &tb,
+        &out,
+        None,
+        false,
+    )
+    .unwrap();
+    assert!(op2.dispatch.has_copies());
+    ops::run(ctx, "chain", &[&op1.dispatch, &op2.dispatch]).unwrap();
+    let mut hw = vec![0.0; m * k];
+    cpu::gemm(first, &x, &w, &mut hw, None, false);
+    let mut want = vec![0.0; m * n];
+    cpu::gemm(second, &hw, &b, &mut want, None, false);
+    let got = out.read_f32(ctx).unwrap();
+    assert_close("chained product", &got, &want, 1e-3, 1e-4);
+}
+
 #[test]
 fn gemm_rejects_short_buffers() {
     let ctx = ctx();

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::{Dispatch, Res};
+use crate::gpu::ops::{Dispatch, Res, TexCopy};
 use crate::gpu::profile::time_ops;
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::Texture;
@@ -268,8 +268,14 @@ impl GemmOp {
             let (ar, ac) = if shape.trans_a { (k, m) } else { (m, k) };
             let (br, bc) = if shape.trans_b { (n, k) } else { (k, n) };
             let before = vec![
-                pack(ctx, a, mask, ar, ac, shape.trans_a, &at)?,
-                pack(ctx, b, None, br, bc, shape.trans_b, &bt)?,
+                (
+                    pack(ctx, a, mask, ar, ac, shape.trans_a, &at)?,
+                    plain_copy(a, mask.is_some() || shape.trans_a, ar, ac, &at),
+                ),
+                (
+                    pack(ctx, b, None, br, bc, shape.trans_b, &bt)?,
+                    plain_copy(b, shape.trans_b, br, bc, &bt),
+                ),
             ];
             let spec = KernelSpec::new("gemm_tex", variant.entry(), TEX_BINDINGS)
                 .with_override("ACCUMULATE", flag(accumulate));
@@ -280,7 +286,7 @@ impl GemmOp {
                 &[Res::Tex(&at), Res::Tex(&bt), Res::Buf(c)],
                 tiles_total as u64,
             )?
-            .with_before(before)
+            .with_before_or_copy(before)
         } else {
             let shader = match variant {
                 GemmVariant::Vec4 => "gemm4",
@@ -379,6 +385,34 @@ fn pack(
         (blocks_x * item_rows) as u64,
     )?
     .with_cost(0.0, bytes))
+}
+
+/// The copy that can stand in for packing `src` (stored `[rows, cols]`) into `dst`: when
+/// the pack only moves rows (`reshaped` false: no transpose, no mask), a row is a whole
+/// number of 256-byte copy rows (cols a multiple of 64), the view starts on a texel and the
+/// buffer can be copied from. lavapipe copies at memory speed, where the pack kernel's texture
+/// stores are a loop over the lanes: at 1024³ the two packs took 5.9 ms, the two copies 0.8.
+fn plain_copy(
+    src: &Tensor,
+    reshaped: bool,
+    rows: usize,
+    cols: usize,
+    dst: &Texture,
+) -> Option<TexCopy> {
+    let bytes_per_row = 4 * cols;
+    let ok = !reshaped
+        && bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
+        && src.offset.is_multiple_of(16)
+        && src.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+        && dst.texture.usage().contains(wgpu::TextureUsages::COPY_DST);
+    ok.then(|| TexCopy {
+        buffer: src.buffer.clone(),
+        offset: src.offset,
+        bytes_per_row: bytes_per_row as u32,
+        texture: dst.texture.clone(),
+        width: (cols / 4) as u32,
+        rows: rows as u32,
+    })
 }
 
 /// Per-context cache of the chosen variant, and of the per-shape picks of [`pick`].

@@ -32,11 +32,54 @@ pub struct Dispatch {
     pub bytes: f64,
     /// Whether the kernel (or one of its `before` launches) binds a texture.
     pub uses_textures: bool,
-    /// Launches encoded just before this one, as part of it (e.g. packing a GEMM's operands).
-    before: Vec<Dispatch>,
+    /// Launches encoded just before this one, as part of it (e.g. packing a GEMM's operands),
+    /// each with the copy that can stand in for it where the caller owns the command encoder.
+    before: Vec<(Dispatch, Option<TexCopy>)>,
     /// The shares of [`GpuContext::gpu_bytes_held`] of the parameter block and of everything
     /// bound: a dispatch keeps what it binds alive, so it keeps it counted.
     _held: Vec<Arc<Held>>,
+}
+
+/// A buffer-to-texture copy that writes what a `before` launch writes (rows of a matrix into
+/// the texels of a GEMM operand texture). It runs outside compute passes, so only
+/// [`encode_ops`] uses it; [`Dispatch::encode`] runs the launch it stands in for.
+#[derive(Debug)]
+pub(crate) struct TexCopy {
+    /// Source buffer, byte offset of its first row and bytes from one row to the next
+    /// (a multiple of 256).
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub bytes_per_row: u32,
+    /// Destination texture, and the texels copied: `width` by `rows` from the origin.
+    pub texture: wgpu::Texture,
+    pub width: u32,
+    pub rows: u32,
+}
+
+impl TexCopy {
+    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        enc.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: &self.buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: self.offset,
+                    bytes_per_row: Some(self.bytes_per_row),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: self.width,
+                height: self.rows,
+                depth_or_array_layers: 1,
+            },
+        );
+    }
 }
 
 /// A resource bound to a kernel: a storage buffer (view) or a storage texture.
@@ -142,12 +185,32 @@ impl Dispatch {
 
     /// Records the launch (after its `before` launches) into a compute pass.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for b in &self.before {
+        for (b, _) in &self.before {
             b.encode(pass);
         }
+        self.encode_self(pass);
+    }
+
+    fn encode_self(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.dims.0, self.dims.1, 1);
+    }
+
+    /// Whether some `before` launch has a copy standing in for it (see [`encode_ops`]).
+    pub fn has_copies(&self) -> bool {
+        self.before.iter().any(|(_, c)| c.is_some())
+    }
+
+    /// The `before` launches with no copy standing in for them, then the launch itself: what
+    /// [`encode_ops`] records into a pass after the copies.
+    fn encode_after_copies(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for (b, c) in &self.before {
+            if c.is_none() {
+                b.encode(pass);
+            }
+        }
+        self.encode_self(pass);
     }
 
     /// Overwrites the parameter block (e.g. a new learning rate); takes effect at the next submit.
@@ -158,10 +221,25 @@ impl Dispatch {
     /// Makes `before` part of this dispatch: they are encoded, in order, just before it
     /// (wgpu orders the writes of one launch before the reads of the next).
     /// Its name in profiles says so (`gemm_tex.wgsl:gemm_texture (+2 before)`).
-    pub fn with_before(mut self, before: Vec<Dispatch>) -> Self {
-        self.uses_textures |= before.iter().any(|b| b.uses_textures);
+    pub fn with_before(self, before: Vec<Dispatch>) -> Self {
+        self.with_before_or_copy(before.into_iter().map(|b| (b, None)).collect())
+    }
+
+    /// [`Dispatch::with_before`], where a launch may have a copy that [`encode_ops`] runs
+    /// instead (outside the pass).
+    pub(crate) fn with_before_or_copy(mut self, before: Vec<(Dispatch, Option<TexCopy>)>) -> Self {
+        self.uses_textures |= before.iter().any(|(b, _)| b.uses_textures);
         if !before.is_empty() {
-            self.name = format!("{} (+{} before)", self.name, before.len());
+            let copies = before.iter().filter(|(_, c)| c.is_some()).count();
+            self.name = if copies == 0 {
+                format!("{} (+{} before)", self.name, before.len())
+            } else {
+                format!(
+                    "{} (+{} before, {copies} as copies)",
+                    self.name,
+                    before.len()
+                )
+            };
         }
         self.before = before;
         self
@@ -175,20 +253,38 @@ impl Dispatch {
     }
 }
 
-/// Encodes `ops` in order into one compute pass, submits and waits for that submission.
+/// Records `ops` in order into `enc`: into one compute pass, except that a dispatch with copies
+/// (a `texture` GEMM whose operands can be copied rather than packed) ends the pass, has its
+/// copies recorded, and starts the next one. The results are those of recording every op with
+/// [`Dispatch::encode`] into one pass: a copy writes exactly what the launch it replaces writes.
+pub fn encode_ops(enc: &mut wgpu::CommandEncoder, label: &str, ops: &[&Dispatch]) {
+    let mut i = 0;
+    while i < ops.len() {
+        for c in ops[i].before.iter().filter_map(|(_, c)| c.as_ref()) {
+            c.encode(enc);
+        }
+        let end = ops[i + 1..]
+            .iter()
+            .position(|op| op.has_copies())
+            .map_or(ops.len(), |j| i + 1 + j);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        ops[i].encode_after_copies(&mut pass);
+        for op in &ops[i + 1..end] {
+            op.encode(&mut pass);
+        }
+        i = end;
+    }
+}
+
+/// Records `ops` with [`encode_ops`], submits and waits for that submission.
 pub fn run(ctx: &GpuContext, what: &str, ops: &[&Dispatch]) -> Result<()> {
     let mut enc = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(what),
-            timestamp_writes: None,
-        });
-        for op in ops {
-            op.encode(&mut pass);
-        }
-    }
+    encode_ops(&mut enc, what, ops);
     ctx.submit_and_wait(what, [enc.finish()])
 }
 

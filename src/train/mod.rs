@@ -575,15 +575,7 @@ pub fn train_with(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("train step"),
-                timestamp_writes: None,
-            });
-            for op in &ops {
-                op.encode(&mut pass);
-            }
-        }
+        crate::gpu::ops::encode_ops(&mut enc, "train step", &ops);
         let idx = ctx.queue.submit([enc.finish()]);
         let validation = pollster::block_on(validation_scope.pop());
         let oom = pollster::block_on(oom_scope.pop());
