@@ -31,9 +31,10 @@ pub enum GemmVariant {
     /// of at least 8 and n, k multiples of 4 (m too when A is transposed).
     Subgroup,
     /// [`GemmVariant::Subgroup`] reading its operands from `rgba32float` storage textures, into
-    /// which a pack kernel first copies them (transposed and masked as the shape asks): a
-    /// storage-texture load is a branch-free gather on lavapipe. Same requirements, plus textures
-    /// of k/4 × m and n/4 × k texels within the device's limit.
+    /// which a pack kernel first copies them (transposed and masked as the shape asks), or a
+    /// buffer-to-texture copy where the pack would only move rows and the caller records through
+    /// [`crate::gpu::ops::encode_ops`]: a storage-texture load is a branch-free gather on lavapipe.
+    /// Same requirements, plus textures of k/4 × m and n/4 × k texels within the device's limit.
     Texture,
 }
 
