@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-10}
 if ! python3 -c 'import numpy' 2>/dev/null; then
-    echo "gemm-table.sh needs numpy for the yardstick (apt-get install python3-numpy)" >&2
+    echo "gemm-table.sh needs numpy with an optimised BLAS for the yardstick (pip install numpy, which bundles OpenBLAS)" >&2
     exit 1
 fi
 cargo build --release -q
@@ -54,6 +54,10 @@ python3 - "$before" "$after" "$best" "$used" <<'PY'
 import sys
 before, after, best, chosen = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 print()
+if min(before, after) < 50:
+    # Debian's python3-numpy on the reference BLAS (libblas3) does about 5 GFLOP/s here.
+    print(f"warning: numpy did {min(before, after):.1f} GFLOP/s: it is not using an optimised "
+          "BLAS, so this is no yardstick (pip install numpy)", file=sys.stderr)
 print(f"numpy float32 a @ b at 1024^3: {before:.1f} GFLOP/s before, {after:.1f} after; "
       f"rigl {chosen} at 1024^3 (measured again after): {best:.1f} GFLOP/s = "
       f"{best / max(before, after):.3f}x-{best / min(before, after):.3f}x numpy")
