@@ -401,6 +401,18 @@ fn matmul(args: MatmulArgs) -> CliResult {
         return Err(CliError::usage("--m, --n and --k must be at least 1"));
     }
     let ctx = GpuContext::new()?;
+    // The operands must fit the device before they are made on the host (or timed by `pick`).
+    for (name, rows, cols) in [
+        ("A", args.m, args.k),
+        ("B", args.k, args.n),
+        ("C", args.m, args.n),
+    ] {
+        let bytes = (rows as u64)
+            .checked_mul(cols as u64)
+            .and_then(|e| e.checked_mul(4))
+            .unwrap_or(u64::MAX);
+        ctx.check_storage_size(&format!("matmul operand {name} ({rows}x{cols})"), bytes)?;
+    }
     let shape = GemmShape {
         m: args.m,
         n: args.n,

@@ -29,7 +29,8 @@ impl Tensor {
     /// A zero-filled buffer of `len` elements. A zero-length tensor still gets 4 bytes so it can
     /// be bound.
     pub fn zeros(ctx: &GpuContext, label: &str, len: usize) -> Result<Self> {
-        let bytes = (len.max(1) * 4) as u64;
+        // Saturating: a length whose byte count overflows is reported as too large.
+        let bytes = (len.max(1) as u64).saturating_mul(4);
         ctx.check_storage_size(label, bytes)?;
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -52,6 +53,17 @@ impl Tensor {
         if !data.is_empty() {
             ctx.queue
                 .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// A buffer of `len` elements all equal to `value`; the size is checked against the device
+    /// before any host memory is taken for the data.
+    pub fn filled(ctx: &GpuContext, label: &str, len: usize, value: f32) -> Result<Self> {
+        let t = Self::zeros(ctx, label, len)?;
+        if len > 0 && value != 0.0 {
+            ctx.queue
+                .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(&vec![value; len]));
         }
         Ok(t)
     }

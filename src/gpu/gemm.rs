@@ -477,8 +477,8 @@ fn time_variants(
     variants: &[GemmVariant],
 ) -> Result<Vec<(f64, GemmVariant)>> {
     let GemmShape { m, n, k, .. } = *shape;
-    let a = Tensor::from_f32(ctx, "tune A", &vec![0.5; m * k])?;
-    let b = Tensor::from_f32(ctx, "tune B", &vec![0.25; k * n])?;
+    let a = Tensor::filled(ctx, "tune A", m * k, 0.5)?;
+    let b = Tensor::filled(ctx, "tune B", k * n, 0.25)?;
     let c = Tensor::zeros(ctx, "tune C", m * n)?;
     let mut times = Vec::with_capacity(variants.len());
     for &v in variants {

@@ -75,6 +75,48 @@ pub(crate) struct Built {
     pub masks: Vec<Vec<f32>>,
 }
 
+/// Checks, before anything is allocated on the host, that every layer fits the device's
+/// storage-binding limit: its dense weight matrix (the masked path holds it, the compressed path
+/// materialises the dense gradient of that size at update steps) and the batch's activations.
+/// A model too large must be a [`RiglError::TooLarge`] naming the layer, not a failed host
+/// allocation of the initial weights.
+fn check_fits(
+    ctx: &GpuContext,
+    batch: usize,
+    sizes: &[usize],
+    plan: &[LayerSparsity],
+) -> Result<()> {
+    let bytes = |a: usize, b: usize| {
+        (a as u64)
+            .checked_mul(b as u64)
+            .and_then(|n| n.checked_mul(4))
+            .unwrap_or(u64::MAX)
+    };
+    for p in plan {
+        let elems = p
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let what = format!("layer {} ({}) weights", p.name, shape_text(&p.shape));
+        ctx.check_storage_size(&what, elems.map_or(u64::MAX, |e| bytes(e, 1)))?;
+    }
+    if let Some(&width) = sizes.iter().max() {
+        ctx.check_storage_size(
+            &format!("activations of a batch of {batch} at width {width}"),
+            bytes(batch, width),
+        )?;
+    }
+    Ok(())
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
 /// Initial weights and masks with exact active counts (prune and dense start dense), the kernel
 /// choice, and the model loaded on the GPU.
 #[allow(clippy::too_many_arguments)]
@@ -88,6 +130,7 @@ pub(crate) fn build(
     gemm_variant: GemmVariant,
     resumed_layers: Option<&[choice::LayerTiming]>,
 ) -> Result<Built> {
+    check_fits(ctx, cfg.batch, sizes, plan)?;
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
     let mut weights = Vec::new();
     let mut masks = Vec::new();
