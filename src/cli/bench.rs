@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use rigl::cpu::mask_update::drop_count;
+use rigl::gpu::buffer::f32_bytes;
 use rigl::gpu::profile::Timing;
 use rigl::gpu::{gemm, ops, profile, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
 use rigl::sparse::init::{dense_weights, init_layer, rng_for, WeightInit};
@@ -407,11 +408,10 @@ fn matmul(args: MatmulArgs) -> CliResult {
         ("B", args.k, args.n),
         ("C", args.m, args.n),
     ] {
-        let bytes = (rows as u64)
-            .checked_mul(cols as u64)
-            .and_then(|e| e.checked_mul(4))
-            .unwrap_or(u64::MAX);
-        ctx.check_storage_size(&format!("matmul operand {name} ({rows}x{cols})"), bytes)?;
+        ctx.check_storage_size(
+            &format!("matmul operand {name} ({rows}x{cols})"),
+            f32_bytes(&[rows, cols]),
+        )?;
     }
     let shape = GemmShape {
         m: args.m,

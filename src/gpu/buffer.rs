@@ -25,12 +25,20 @@ fn usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
 }
 
+/// Bytes of an f32 array of dimensions `dims`, saturating at `u64::MAX`: a size whose byte
+/// count overflows is then reported as too large by [`GpuContext::check_storage_size`] instead
+/// of wrapping into a small one.
+pub fn f32_bytes(dims: &[usize]) -> u64 {
+    dims.iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX)
+}
+
 impl Tensor {
     /// A zero-filled buffer of `len` elements. A zero-length tensor still gets 4 bytes so it can
     /// be bound.
     pub fn zeros(ctx: &GpuContext, label: &str, len: usize) -> Result<Self> {
-        // Saturating: a length whose byte count overflows is reported as too large.
-        let bytes = (len.max(1) as u64).saturating_mul(4);
+        let bytes = f32_bytes(&[len.max(1)]);
         ctx.check_storage_size(label, bytes)?;
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -281,4 +289,20 @@ pub fn dispatch_dims(ctx: &GpuContext, workgroups: u64, what: &str) -> Result<(u
         });
     }
     Ok((max as u32, y as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32_bytes;
+
+    #[test]
+    fn f32_bytes_multiplies_and_saturates_instead_of_wrapping() {
+        assert_eq!(f32_bytes(&[784, 300]), 784 * 300 * 4);
+        assert_eq!(f32_bytes(&[7]), 28);
+        assert_eq!(f32_bytes(&[]), 4);
+        assert_eq!(f32_bytes(&[3, 0]), 0);
+        // 2^32 * 2^32 * 4 wraps to 0 in u64 arithmetic; it must read as too large.
+        assert_eq!(f32_bytes(&[1 << 32, 1 << 32]), u64::MAX);
+        assert_eq!(f32_bytes(&[usize::MAX, 2]), u64::MAX);
+    }
 }

@@ -2,6 +2,7 @@
 //! GPU and its mask updater. Shared by the trainer and `rigl bench step`.
 
 use crate::error::{Result, RiglError};
+use crate::gpu::buffer::f32_bytes;
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision, KernelChoice};
@@ -86,24 +87,14 @@ fn check_fits(
     sizes: &[usize],
     plan: &[LayerSparsity],
 ) -> Result<()> {
-    let bytes = |a: usize, b: usize| {
-        (a as u64)
-            .checked_mul(b as u64)
-            .and_then(|n| n.checked_mul(4))
-            .unwrap_or(u64::MAX)
-    };
     for p in plan {
-        let elems = p
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let what = format!("layer {} ({}) weights", p.name, shape_text(&p.shape));
-        ctx.check_storage_size(&what, elems.map_or(u64::MAX, |e| bytes(e, 1)))?;
+        ctx.check_storage_size(&what, f32_bytes(&p.shape))?;
     }
     if let Some(&width) = sizes.iter().max() {
         ctx.check_storage_size(
             &format!("activations of a batch of {batch} at width {width}"),
-            bytes(batch, width),
+            f32_bytes(&[batch, width]),
         )?;
     }
     Ok(())
