@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-10}
+ROUNDS=${ROUNDS:-3}
+[ "$ROUNDS" -ge 1 ] 2>/dev/null || { echo "gemm-table.sh: ROUNDS must be a whole number of at least 1" >&2; exit 2; }
 if ! python3 -c 'import numpy' 2>/dev/null; then
     echo "gemm-table.sh needs numpy with an optimised BLAS for the yardstick (pip install numpy, which bundles OpenBLAS)" >&2
     exit 1
@@ -58,7 +60,6 @@ done
 # engine runs that shape with) in alternation, ROUNDS times each. The host's speed drifts (other
 # tenants of a shared machine), so each side is taken at its best median, as sparse-table.sh
 # does, and the ratio is best against best; every round is printed too.
-ROUNDS=${ROUNDS:-3}
 rounds=()
 for _ in $(seq "$ROUNDS"); do
     np=$(numpy)
