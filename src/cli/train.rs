@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rigl::data::{DataSource, IdxFiles, SyntheticSpec};
 use rigl::gpu::GpuContext;
+use rigl::sparse::plan::shape_text;
 use rigl::sparse::{Distribution, DropSchedule, Method};
 use rigl::train::checkpoint;
 use rigl::train::{
@@ -406,7 +407,7 @@ pub fn print_summary(s: &TrainSummary) {
         println!(
             "{:<6} {:>12} {:>8.4} {:>8.4} {:>10} {:>10} {:>11} {:>10}",
             l.name,
-            format!("{}x{}", l.shape[0], l.shape[1]),
+            shape_text(&l.shape),
             l.sparsity,
             l.actual_sparsity,
             l.active,

@@ -12,6 +12,15 @@ use crate::sparse::flops::{
 };
 use crate::sparse::schedule::PruneSchedule;
 
+/// A layer's dimensions as the tables and errors print them: `784x300`.
+pub fn shape_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
 /// Kind of a weight layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LayerKind {
@@ -257,12 +266,6 @@ impl Plan {
 
     /// A table for the terminal: one row per layer, then totals and FLOPs ratios.
     pub fn to_text(&self) -> String {
-        let shape_str = |s: &[usize]| {
-            s.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("x")
-        };
         let name_w = self
             .layers
             .iter()
@@ -273,7 +276,7 @@ impl Plan {
         let shape_w = self
             .layers
             .iter()
-            .map(|l| shape_str(&l.shape).len())
+            .map(|l| shape_text(&l.shape).len())
             .chain([5])
             .max()
             .unwrap_or(5);
@@ -293,7 +296,7 @@ impl Plan {
                 t,
                 "{:<name_w$}  {:<shape_w$}  {:>8.4}  {:>12}  {:>12}",
                 l.name,
-                shape_str(&l.shape),
+                shape_text(&l.shape),
                 l.sparsity,
                 l.active,
                 l.total

@@ -8,6 +8,7 @@ use crate::gpu::{GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision, KernelChoice};
 use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
 use crate::sparse::init::{count_active, init_layer, WeightInit};
+use crate::sparse::plan::shape_text;
 use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
 use crate::sparse::{LayerSparsity, Method};
 
@@ -98,14 +99,6 @@ fn check_fits(
         )?;
     }
     Ok(())
-}
-
-fn shape_text(shape: &[usize]) -> String {
-    shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x")
 }
 
 /// Initial weights and masks with exact active counts (prune and dense start dense), the kernel
