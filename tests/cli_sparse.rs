@@ -13,7 +13,7 @@ use rigl::RiglError;
 
 const REFERENCE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/rigl_update_cases.json"
+    "/tests/fixtures/rigl_update_cases.json"
 );
 
 /// Runs the binary with `args`.
@@ -265,7 +265,8 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(REFERENCE).expect("shared/reference is beside the checkout");
+    let text = std::fs::read_to_string(REFERENCE)
+        .expect("tests/fixtures/rigl_update_cases.json is in the repository");
     let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let f32s = |v: &serde_json::Value| -> Vec<f32> {
         v.as_array()

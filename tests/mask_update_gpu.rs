@@ -10,7 +10,7 @@ use rigl::sparse::update::{GrowRule, LayerCounts, LayerPlacement, MaskUpdater};
 
 const REFERENCE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/rigl_update_cases.json"
+    "/tests/fixtures/rigl_update_cases.json"
 );
 
 /// One layer's state for a test.
@@ -163,7 +163,8 @@ fn assert_same(what: &str, got: &(Vec<f32>, Vec<f32>, Vec<f32>), want: &Layer) {
 
 #[test]
 fn reference_cases_match_exactly() {
-    let text = std::fs::read_to_string(REFERENCE).expect("shared/reference is beside the checkout");
+    let text = std::fs::read_to_string(REFERENCE)
+        .expect("tests/fixtures/rigl_update_cases.json is in the repository");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = json["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 30);

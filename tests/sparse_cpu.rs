@@ -26,11 +26,11 @@ use serde_json::Value;
 
 const CASES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/rigl_update_cases.json"
+    "/tests/fixtures/rigl_update_cases.json"
 );
 const ERK: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/erk_wrn22_2.json"
+    "/tests/fixtures/erk_wrn22_2.json"
 );
 
 fn load(path: &str) -> Value {
