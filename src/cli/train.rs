@@ -104,9 +104,12 @@ pub struct TrainArgs {
     /// Epochs (default 10).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Peak learning rate (default 0.2).
+    /// Peak learning rate (default 0.1).
     #[arg(long)]
     lr: Option<f32>,
+    /// Weight initialiser: glorot_uniform (default, as the official MNIST setting) or he_normal.
+    #[arg(long, value_name = "he_normal|glorot_uniform")]
+    init: Option<String>,
     /// constant, step or cosine (default).
     #[arg(long)]
     lr_schedule: Option<String>,
@@ -220,6 +223,9 @@ impl TrainArgs {
         }
         if let Some(d) = &self.drop_schedule {
             c.drop_schedule = DropSchedule::parse(d)?;
+        }
+        if let Some(i) = &self.init {
+            c.init = rigl::sparse::init::WeightInit::parse(i)?;
         }
         if let Some(s) = &self.lr_schedule {
             c.lr_schedule = LrSchedule::parse(s)?;

@@ -14,7 +14,8 @@ use crate::error::{Result, RiglError};
 /// `[kh, kw, cin, cout]`). Fans are those of the DENSE layer, as Keras defines them:
 /// `receptive = prod(shape[..len-2])`, `fan_in = receptive * shape[len-2]`,
 /// `fan_out = receptive * shape[len-1]` (not the sparse layer's fan-in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WeightInit {
     /// He normal: `N(0, 2 / fan_in)` (untruncated; Box–Muller over the ChaCha8 stream).
     #[default]

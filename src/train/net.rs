@@ -7,7 +7,7 @@ use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision, KernelChoice};
 use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
-use crate::sparse::init::{count_active, init_layer, WeightInit};
+use crate::sparse::init::{count_active, init_layer};
 use crate::sparse::plan::shape_text;
 use crate::sparse::update::{GrowRule, LayerCounts, MaskUpdater};
 use crate::sparse::{LayerSparsity, Method};
@@ -126,7 +126,7 @@ pub(crate) fn build(
             l as u64,
             &p.shape,
             active,
-            WeightInit::GlorotUniform,
+            cfg.init,
         )?;
         weights.push(init.weights);
         masks.push(init.mask);
