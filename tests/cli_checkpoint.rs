@@ -91,11 +91,15 @@ fn killed_mid_write_resumes_from_the_previous_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     // The child stalls half-way through writing the checkpoint of step 12; kill -9 it there.
+    // It replays the full run's kernel choices, so both sum in the same order whatever the
+    // tuning cache holds (the resume then keeps the checkpoint's).
     let run = root.path().join("killed");
     let mut child = rigl()
         .args(SMALL)
         .args(["--epochs", "1", "--checkpoint-every", "4"])
-        .args(["--test-stall-checkpoint-write", "12", "--out"])
+        .args(["--test-stall-checkpoint-write", "12", "--kernels-from"])
+        .arg(&full)
+        .arg("--out")
         .arg(&run)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -263,6 +267,7 @@ fn resume_refuses_another_shape_or_method_and_falls_back_past_a_damaged_checkpoi
     let o = train(&["--epochs", "1"], &full);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = root.path().join("run");
+    let full_dir = full.to_string_lossy().into_owned();
     let o = train(
         &[
             "--epochs",
@@ -271,6 +276,8 @@ fn resume_refuses_another_shape_or_method_and_falls_back_past_a_damaged_checkpoi
             "5",
             "--stop-after-steps",
             "13",
+            "--kernels-from",
+            &full_dir,
         ],
         &run,
     );

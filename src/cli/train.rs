@@ -12,6 +12,7 @@ use rigl::gpu::GpuContext;
 use rigl::sparse::plan::shape_text;
 use rigl::sparse::{Distribution, DropSchedule, Method};
 use rigl::train::checkpoint;
+use rigl::train::kernels::KernelRecord;
 use rigl::train::{
     self, LrSchedule, MetricsLine, NanPolicy, Progress, RunEnd, RunOptions, TrainConfig,
     TrainSummary,
@@ -133,6 +134,12 @@ pub struct TrainArgs {
     /// storage with a mask, the reference path). Sparse runs static, set and rigl.
     #[arg(long)]
     kernels: Option<String>,
+    /// Replay the kernel choices of another run (its RUN_DIR/kernels.json, or that file): the
+    /// GEMM variant, the per-shape picks and the sparse-or-masked path of every layer, so this
+    /// run sums in the same order as that one. Without it, the on-disk tuning cache decides,
+    /// the same for every run on this machine.
+    #[arg(long, value_name = "RUN_DIR_OR_FILE", conflicts_with_all = ["kernels", "resume"])]
+    kernels_from: Option<PathBuf>,
     /// Steps between logged metrics (default 100).
     #[arg(long)]
     log_every: Option<u64>,
@@ -488,12 +495,21 @@ pub fn run(args: TrainArgs) -> CliResult {
             eprintln!("rigl: warning: resuming with a changed setting, {d}: the run will differ from one never stopped");
         }
     }
+    let kernels_from = match &args.kernels_from {
+        Some(p) => Some(KernelRecord::read(p).map_err(CliError::usage)?),
+        None => None,
+    };
     let ctx = GpuContext::new()?;
     if ctx.is_software() && !args.json {
         eprintln!(
             "note: running on the software adapter '{}' (no GPU driver found or chosen)",
             ctx.info.name
         );
+    }
+    if let Some((record, file)) = &kernels_from {
+        if let Some(w) = record.mismatch(&ctx) {
+            eprintln!("rigl: warning: {}: {w}", file.display());
+        }
     }
     let out = match (&args.out, &resume) {
         (Some(o), _) => o.clone(),
@@ -545,6 +561,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         stop: Some(install_stop_handler()?),
         stop_after_steps: args.stop_after_steps,
         stall_checkpoint_write: args.test_stall_checkpoint_write,
+        kernels_from: kernels_from.map(|(r, _)| r),
     };
     let mut progress = CliProgress::new(args.json);
     let end = train::train_with(

@@ -11,6 +11,7 @@ use crate::gpu::ops::{Dispatch, Res, TexCopy};
 use crate::gpu::profile::time_ops;
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::Texture;
+use crate::gpu::tuning;
 use crate::gpu::{GpuContext, Tensor};
 
 /// Environment variable that forces a GEMM variant (`rowblock`, `tiled`, `vec4`, `subgroup` or
@@ -18,7 +19,7 @@ use crate::gpu::{GpuContext, Tensor};
 pub const GEMM_ENV: &str = "RIGL_GEMM";
 
 /// GEMM implementation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GemmVariant {
     /// No workgroup memory; A rows broadcast across the workgroup (fast on software rasterisers).
@@ -141,7 +142,7 @@ impl GemmVariant {
 }
 
 /// Shape and transposition of a product `C[m,n] = op(A)·op(B)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GemmShape {
     /// Rows of C.
     pub m: usize,
@@ -416,7 +417,8 @@ fn plain_copy(
     })
 }
 
-/// Per-context cache of the chosen variant, and of the per-shape picks of [`pick`].
+/// Per-context record of the chosen variant and of the per-shape picks of [`pick`]: what this
+/// context has used (a run writes it to its `kernels.json`), or what [`pin`] fixed.
 #[derive(Debug, Default)]
 pub(crate) struct TuneCache {
     chosen: Mutex<Option<GemmVariant>>,
@@ -427,8 +429,9 @@ fn forced() -> Option<String> {
     std::env::var(GEMM_ENV).ok().filter(|v| !v.is_empty())
 }
 
-/// The GEMM variant for this adapter: `$RIGL_GEMM` if set, else the faster of the variants on a
-/// 512×512×512 product, timed once and cached for the life of the context.
+/// The GEMM variant for this adapter: `$RIGL_GEMM` if set, else the one [`pin`]ned on this
+/// context, else the faster of the variants on a 512×512×512 product, timed once per adapter,
+/// driver and kernel sources and kept in the on-disk tuning cache ([`crate::gpu::tuning`]).
 pub fn choose_variant(ctx: &GpuContext) -> Result<GemmVariant> {
     if let Some(v) = forced() {
         return GemmVariant::parse(&v);
@@ -437,7 +440,8 @@ pub fn choose_variant(ctx: &GpuContext) -> Result<GemmVariant> {
     if let Some(v) = cache.chosen.lock().ok().and_then(|g| *g) {
         return Ok(v);
     }
-    let v = autotune(ctx, 512)?;
+    let key = format!("gemm variant|{}", tuning::device_key(ctx));
+    let v = tuning::get_or_measure(&key, || autotune(ctx, 512))?;
     if let Ok(mut g) = cache.chosen.lock() {
         *g = Some(v);
     }
@@ -446,11 +450,11 @@ pub fn choose_variant(ctx: &GpuContext) -> Result<GemmVariant> {
 
 /// The variant to run `shape` with, given the model's variant `preferred`: `preferred` resolved
 /// for the shape ([`GemmVariant::resolve`]), except that between `subgroup` and `texture` the
-/// faster on this very shape is taken, timed once per shape and context. The two run the same
-/// kernel (the same multiply-adds in the same order; `texture` only loads its operands from
-/// textures it packs first), so their results are bit-identical and the pick cannot change a
-/// run; which is faster depends on the shape, as the packing costs most on small products.
-/// With `$RIGL_GEMM` set, `preferred` is only resolved.
+/// faster on this very shape is taken, timed once per shape and adapter and kept in the tuning
+/// cache (or as [`pin`]ned). The two run the same kernel (the same multiply-adds in the same
+/// order; `texture` only loads its operands from textures it packs first), so their results are
+/// bit-identical (tested); which is faster depends on the shape, as the packing costs most on
+/// small products. With `$RIGL_GEMM` set, `preferred` is only resolved.
 pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Result<GemmVariant> {
     let v = preferred.resolve(ctx, shape);
     let pair = [GemmVariant::Subgroup, GemmVariant::Texture];
@@ -461,11 +465,52 @@ pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Resu
     if let Some(&p) = cache.lock().ok().as_ref().and_then(|c| c.get(shape)) {
         return Ok(p);
     }
-    let best = fastest(&time_variants(ctx, shape, &pair)?).map_or(v, |t| t.1);
+    let GemmShape {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+    } = *shape;
+    let key = format!(
+        "gemm pick|{}|{m}x{n}x{k}{}{}",
+        tuning::device_key(ctx),
+        if trans_a { " trans_a" } else { "" },
+        if trans_b { " trans_b" } else { "" }
+    );
+    let best = tuning::get_or_measure(&key, || {
+        Ok(fastest(&time_variants(ctx, shape, &pair)?).map_or(v, |t| t.1))
+    })?;
     if let Ok(mut c) = cache.lock() {
         c.insert(*shape, best);
     }
     Ok(best)
+}
+
+/// Fixes this context's GEMM choices: `variant` (what [`choose_variant`] returns) and the
+/// per-shape `picks` (what [`pick`] returns for those shapes), so a run replays another run's
+/// choices whatever the tuning cache holds. `$RIGL_GEMM` still wins.
+pub fn pin(ctx: &GpuContext, variant: GemmVariant, picks: &[(GemmShape, GemmVariant)]) {
+    let cache = &ctx.registry.tuned_gemm;
+    if let Ok(mut g) = cache.chosen.lock() {
+        *g = Some(variant);
+    }
+    if let Ok(mut c) = cache.shapes.lock() {
+        c.extend(picks.iter().copied());
+    }
+}
+
+/// The per-shape picks this context has made or been given, in a stable order.
+pub fn picks(ctx: &GpuContext) -> Vec<(GemmShape, GemmVariant)> {
+    let mut out: Vec<(GemmShape, GemmVariant)> = ctx
+        .registry
+        .tuned_gemm
+        .shapes
+        .lock()
+        .map(|c| c.iter().map(|(s, v)| (*s, *v)).collect())
+        .unwrap_or_default();
+    out.sort_by_key(|(s, _)| (s.m, s.n, s.k, s.trans_a, s.trans_b));
+    out
 }
 
 /// Wall-clock milliseconds of each of `variants` on `shape` (scratch operands, one warm-up,

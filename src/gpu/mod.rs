@@ -9,6 +9,7 @@ pub mod registry;
 pub mod shaders;
 pub mod spmm;
 pub mod texture;
+pub mod tuning;
 
 pub use buffer::Tensor;
 pub use context::GpuContext;

@@ -1,11 +1,7 @@
 //! Which kernels a sparse model runs on: compressed sparse (CSR SpMM/SDDMM) or masked-dense
 //! (GEMM over all weights with a 0/1 mask). `auto` times both for every layer at its shape,
-//! density and batch on the current adapter, once: timings are cached in memory and in a JSON file
-//! (`$RIGL_CACHE_DIR`, else `$XDG_CACHE_HOME/rigl`, `$HOME/.cache/rigl` or `%LOCALAPPDATA%\rigl`).
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+//! density and batch on the current adapter, once: the timings are kept in the on-disk tuning
+//! cache ([`crate::gpu::tuning`]), so every run on a machine makes the same choice.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +9,7 @@ use crate::error::{Result, RiglError};
 use crate::gpu::profile;
 use crate::gpu::spmm::{self, SparseShape};
 use crate::gpu::texture::{meta_texture, Texture};
+use crate::gpu::tuning;
 use crate::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
 use crate::sparse::csr::CsrIndex;
 use crate::sparse::init::{init_layer, WeightInit};
@@ -66,7 +63,7 @@ pub struct LayerTiming {
 }
 
 /// The outcome of a kernel choice.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Decision {
     // (`kernels` is the model's storage; with `sparse`, a layer whose measured masked-dense
     // products beat its sparse ones runs on dense GEMMs: see [`Decision::dense_layers`].)
@@ -78,71 +75,31 @@ pub struct Decision {
     pub layers: Vec<LayerTiming>,
 }
 
-static MEMO: Mutex<BTreeMap<String, (f64, f64)>> = Mutex::new(BTreeMap::new());
-
-fn cache_file() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = env("RIGL_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("rigl")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache").join("rigl")))
-        .or_else(|| env("LOCALAPPDATA").map(|d| d.join("rigl")))?;
-    Some(dir.join("kernel-timings.json"))
-}
-
-fn load_disk() -> BTreeMap<String, (f64, f64)> {
-    cache_file()
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
-}
-
-/// Best effort: a cache that cannot be written only costs a re-measurement next time.
-fn save_disk(map: &BTreeMap<String, (f64, f64)>) {
-    let Some(file) = cache_file() else { return };
-    let Some(dir) = file.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let Ok(text) = serde_json::to_string_pretty(map) else {
-        return;
-    };
-    let tmp = dir.join(format!("kernel-timings.json.{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-}
-
 /// Times one layer's training products on both paths (ms): (sparse, masked).
 pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64, f64)> {
     let variant = gemm::choose_variant(ctx)?;
     // The kernels' sources and the GEMM variant are part of the key: timings taken with other
     // kernels say nothing about these.
     let key = format!(
-        "{}|{}|{:?}|{}x{}|nnz {}|batch {}|{}|gemm {}|kernels {}",
-        ctx.info.name,
-        ctx.info.driver_info,
-        ctx.info.backend,
+        "layer path|{}|{}x{}|nnz {}|batch {}|{}|gemm {}",
+        tuning::device_key(ctx),
         s.in_dim,
         s.out_dim,
         s.nnz,
         s.batch,
         if first { "first" } else { "inner" },
         variant.as_str(),
-        crate::gpu::shaders::fingerprint()
     );
-    let mut memo = MEMO
-        .lock()
-        .map_err(|_| RiglError::invalid("kernel timing cache poisoned"))?;
-    if memo.is_empty() {
-        *memo = load_disk();
-    }
-    if let Some(&t) = memo.get(&key) {
-        return Ok(t);
-    }
+    tuning::get_or_measure(&key, || measure_layer(ctx, s, first, variant))
+}
+
+/// [`time_layer`]'s measurement.
+fn measure_layer(
+    ctx: &GpuContext,
+    s: SparseShape,
+    first: bool,
+    variant: gemm::GemmVariant,
+) -> Result<(f64, f64)> {
     let (i, o, b) = (s.in_dim, s.out_dim, s.batch);
     let init = init_layer(0, 0, &[i, o], s.nnz, WeightInit::GlorotUniform)?;
     let idx = CsrIndex::from_mask(i, o, &init.mask)?;
@@ -229,8 +186,6 @@ pub fn time_layer(ctx: &GpuContext, s: SparseShape, first: bool) -> Result<(f64,
     // unreliable around texture reads (see gpu::profile).
     let (sparse_ms, _) = profile::time_ops(ctx, &sp, 1, 3, true)?;
     let (masked_ms, _) = profile::time_ops(ctx, &ms, 1, 3, true)?;
-    memo.insert(key, (sparse_ms, masked_ms));
-    save_disk(&memo);
     Ok((sparse_ms, masked_ms))
 }
 

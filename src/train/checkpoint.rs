@@ -76,6 +76,8 @@ pub struct RunOptions {
     /// Testing only: when writing the checkpoint of this step, write half the file, then wait
     /// forever (a test kills the process there to check that the previous checkpoint survives).
     pub stall_checkpoint_write: Option<u64>,
+    /// Replay another run's kernel choices (`--kernels-from`) instead of the tuning cache's.
+    pub kernels_from: Option<crate::train::kernels::KernelRecord>,
 }
 
 impl Default for RunOptions {
@@ -88,6 +90,7 @@ impl Default for RunOptions {
             stop: None,
             stop_after_steps: None,
             stall_checkpoint_write: None,
+            kernels_from: None,
         }
     }
 }
@@ -166,6 +169,9 @@ pub struct TrainerState {
     pub kernels_reason: String,
     /// The timings the kernel choice measured, if it did.
     pub kernels_layers: Vec<crate::nn::choice::LayerTiming>,
+    /// The GEMM variant of every product shape (absent in checkpoints of older versions).
+    #[serde(default)]
+    pub gemm_picks: Vec<crate::train::kernels::GemmPick>,
     /// The run's `--checkpoint-every` (a resumed run keeps it unless told otherwise).
     pub checkpoint_every: Option<u64>,
     /// The run's `--keep-checkpoints`.

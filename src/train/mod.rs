@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod kernels;
 pub mod model_file;
 mod net;
 
@@ -29,6 +30,7 @@ use crate::sparse::{
 
 pub use checkpoint::{NanPolicy, RunOptions};
 pub use config::{LrSchedule, TrainConfig};
+use kernels::KernelRecord;
 pub use net::sparse_method_support;
 use net::{build, Built, Net};
 
@@ -299,16 +301,36 @@ pub fn train_with(
         cfg.prune_every,
     )?;
     let sgd = cfg.sgd();
-    // A resumed run uses the kernels and GEMM variant of the run it continues (both are chosen
-    // by timing; another choice sums in another order and the results would differ in the last
-    // bits).
-    let same_kernels = resume.filter(|ck| ck.config.kernels == cfg.kernels);
+    // A resumed run uses the kernel choices of the run it continues, a run with
+    // `--kernels-from` those of the run it names (every choice is made by timing; another
+    // choice sums in another order and the results would differ in the last bits). Otherwise
+    // the tuning cache makes the choices, the same for every run on this machine.
+    let replay: Option<KernelRecord> = match resume {
+        Some(ck) => Some(KernelRecord {
+            adapter: ck.trainer.adapter.clone(),
+            driver: String::new(),
+            backend: String::new(),
+            gemm: GemmVariant::parse(&ck.trainer.gemm)?,
+            gemm_picks: ck.trainer.gemm_picks.clone(),
+            kernels: ck.trainer.kernels.clone(),
+            reason: ck.trainer.kernels_reason.clone(),
+            layers: ck.trainer.kernels_layers.clone(),
+        }),
+        None => opts.kernels_from.clone(),
+    };
+    if let Some(r) = &replay {
+        r.pin(ctx);
+    }
+    // `--kernels` changed on resume: the new setting, with the old GEMM variant.
+    let same_kernels = replay
+        .as_ref()
+        .filter(|_| resume.is_none_or(|ck| ck.config.kernels == cfg.kernels));
     let kernels = match same_kernels {
-        Some(ck) => choice::KernelChoice::parse(&ck.trainer.kernels)?,
+        Some(r) => choice::KernelChoice::parse(&r.kernels)?,
         None => cfg.kernels,
     };
-    let gemm_variant = match resume {
-        Some(ck) => GemmVariant::parse(&ck.trainer.gemm)?,
+    let gemm_variant = match &replay {
+        Some(r) => r.gemm,
         None => gemm::choose_variant(ctx)?,
     };
     let Built {
@@ -325,13 +347,14 @@ pub fn train_with(
         sgd,
         kernels,
         gemm_variant,
-        same_kernels.map(|ck| ck.trainer.kernels_layers.as_slice()),
+        same_kernels.map(|r| r.layers.as_slice()),
     )?;
-    if let Some(ck) = same_kernels {
+    if let Some(r) = same_kernels {
         // The decision as the run made it (reason and timings), not as the forced choice reads.
-        decision.reason = ck.trainer.kernels_reason.clone();
-        decision.layers = ck.trainer.kernels_layers.clone();
+        decision.reason = r.reason.clone();
+        decision.layers = r.layers.clone();
     }
+    let record = KernelRecord::of(ctx, gemm_variant, &decision);
     let model = net.net();
     let totals: Vec<usize> = plan.iter().map(|p| p.total).collect();
     let mut active: Vec<usize> = masks.iter().map(|m| count_active(m)).collect();
@@ -362,6 +385,7 @@ pub fn train_with(
             source,
         })?;
         write_file(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+        record.write(dir)?;
     }
     let mut metrics = match run_dir {
         Some(dir) => Some(MetricsWriter::open(
@@ -443,6 +467,7 @@ pub fn train_with(
                 kernels: decision.kernels.to_string(),
                 kernels_reason: decision.reason.clone(),
                 kernels_layers: decision.layers.clone(),
+                gemm_picks: record.gemm_picks.clone(),
                 checkpoint_every: opts.checkpoint_every,
                 keep_checkpoints: opts.keep_checkpoints,
                 on_nan_skip: opts.on_nan == NanPolicy::Skip,

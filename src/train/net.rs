@@ -121,13 +121,7 @@ pub(crate) fn build(
     let mut biases = Vec::new();
     for (l, p) in plan.iter().enumerate() {
         let active = if starts_dense { p.total } else { p.active };
-        let init = init_layer(
-            cfg.seed,
-            l as u64,
-            &p.shape,
-            active,
-            cfg.init,
-        )?;
+        let init = init_layer(cfg.seed, l as u64, &p.shape, active, cfg.init)?;
         weights.push(init.weights);
         masks.push(init.mask);
         biases.push(vec![0.0; sizes[l + 1]]);
