@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GEMM table: `rigl bench matmul` for every variant at the README's shapes ("chosen"
+# The GEMM table of docs/performance.md: `rigl bench matmul` for every variant at its shapes ("chosen"
 # marks the adapter's choice, `rigl info`), then numpy's float32 `a @ b` at 1024^3 in alternation
 # with `rigl bench matmul` at 1024^3 with the engine's own pick, ROUNDS (default 3) times each (the
 # yardstick: the engine's GEMM against the machine's optimised BLAS, in the same sitting). The

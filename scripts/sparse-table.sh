@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step time and samples/s of the default model (784-300-100-10, RigL, ERK) against sparsity, at
 # batch 100 and 1000, on compressed sparse kernels and on masked-dense ones, with GPU bytes; the
-# README table. Each cell is the best of RUNS medians of `rigl bench step --reps 30` (lavapipe on
+# table of docs/performance.md (the README shows part of it). Each cell is the best of RUNS medians of `rigl bench step --reps 30` (lavapipe on
 # a shared machine is noisy; the best median is the most repeatable figure).
 #
 #   scripts/sparse-table.sh [RUNS] > table.md

@@ -6,7 +6,7 @@ largest loop around the sampled addresses and counts its instructions by kind. N
 
     python3 tools/jit_loop.py [--wait SECONDS] [--dump FILE] [-- RIGL ARGS...]
 
-The README's analysis of the GEMM's inner loop comes from this script.
+The analysis of the GEMM's inner loop in docs/performance.md comes from this script.
 """
 import argparse
 import collections

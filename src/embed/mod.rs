@@ -32,7 +32,7 @@
 //!
 //! # Examples
 //!
-//! These are the README's snippets ("Use rigl in your trainer"), compiled here.
+//! These are the snippets of `docs/embedding.md` (the CPU one is also in the README), compiled here.
 //!
 //! Scheduler only, on the host's GPU buffers:
 //! ```no_run

@@ -2,7 +2,8 @@
 //! `rgba32float` storage texture of `batch / 4` texels by `rows` (texel (b4, f) = samples
 //! 4·b4 .. 4·b4 + 3 of feature f). The sparse products read their gathered operand from it: a
 //! storage-texture load is a branch-free gather on lavapipe, where a storage-buffer load at a different
-//! address per lane is a loop over the lanes (3x faster SpMM measured, see README).
+//! address per lane is a loop over the lanes (the 300x784 SpMM at batch 1000: 8.1 ms from buffers,
+//! 4.8 ms from textures; docs/performance.md).
 
 use std::sync::Arc;
 
