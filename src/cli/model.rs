@@ -8,12 +8,20 @@ use rigl::sparse::{
     parse_layers, Distribution, DistributionConfig, LayerKind, LayerShape, LayerSpec,
 };
 
+use rigl::nn::spec::ModelSpec;
+
 use super::CliError;
 
-/// The weight layers of a model: `--layers`, or a fully connected model from `--input`,
-/// `--hidden` and `--classes` (LeNet-300-100 by default).
+/// The weight layers of a model: `--model`, `--model-file`, `--layers`, or a fully connected
+/// model from `--input`, `--hidden` and `--classes` (LeNet-300-100 by default).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
+    /// A built-in model: mlp (with --input/--hidden/--classes), lenet5, wrn-22-2 or resnet-50.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["layers", "model_file"])]
+    pub model: Option<String>,
+    /// A model file (TOML; the grammar is in docs/models.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["layers", "input", "hidden", "classes"])]
+    pub model_file: Option<std::path::PathBuf>,
     /// Layers, comma-separated: dense:INxOUT or conv:KHxKWxCINxCOUT[@HxW] (HxW: output size,
     /// default 1x1), named by kind and position (dense0, dense1, conv2, ...). Replaces
     /// --input/--hidden/--classes.
@@ -33,6 +41,25 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The layers, or a bad-input error naming the flag.
     pub fn layers(&self) -> Result<Vec<LayerSpec>, CliError> {
+        if let Some(path) = &self.model_file {
+            let spec = ModelSpec::from_toml_file(path).map_err(CliError::usage)?;
+            return spec.weight_layers().map_err(CliError::usage);
+        }
+        if let Some(name) = self
+            .model
+            .as_deref()
+            .filter(|m| !m.eq_ignore_ascii_case("mlp"))
+        {
+            let changed = self.input != 784 || self.hidden != "300,100" || self.classes != 10;
+            if changed {
+                return Err(CliError::usage(format!(
+                    "--input, --hidden and --classes describe the mlp model, not {name}"
+                )));
+            }
+            let spec = ModelSpec::builtin(name, &[])
+                .map_err(|e| CliError::usage(format!("--model: {e}")))?;
+            return spec.weight_layers().map_err(CliError::usage);
+        }
         if let Some(spec) = &self.layers {
             return parse_layers(spec).map_err(|e| CliError::usage(format!("--layers: {e}")));
         }

@@ -7,6 +7,7 @@ pub mod choice;
 mod loss;
 pub mod mlp;
 pub mod sparse_mlp;
+pub mod spec;
 pub mod state;
 
 pub use mlp::{Mlp, MlpConfig};

@@ -179,6 +179,12 @@ pub struct PlanLayer {
     pub active: usize,
     /// Weights of the dense layer.
     pub total: usize,
+    /// Output spatial size `(H, W)` (`(1, 1)` for dense layers).
+    pub out_hw: (usize, usize),
+    /// Forward FLOPs per sample of the dense layer (2 per multiply-add).
+    pub dense_flops: f64,
+    /// Forward FLOPs per sample at this layer's sparsity.
+    pub sparse_flops: f64,
 }
 
 /// Per-layer sparsities of a model and its cost relative to dense.
@@ -246,12 +252,16 @@ impl Plan {
             target_sparsity: dist.sparsity,
             layers: sparsities
                 .into_iter()
-                .map(|s| PlanLayer {
+                .zip(layers.iter().zip(&costs))
+                .map(|(s, (spec, cost))| PlanLayer {
                     name: s.name,
                     shape: s.shape,
                     sparsity: s.sparsity,
                     active: s.active,
                     total: s.total,
+                    out_hw: spec.out_hw,
+                    dense_flops: cost.dense_flops(),
+                    sparse_flops: cost.sparse_flops(),
                 })
                 .collect(),
             active,
@@ -288,28 +298,39 @@ impl Plan {
         );
         let _ = writeln!(
             t,
-            "{:<name_w$}  {:<shape_w$}  {:>8}  {:>12}  {:>12}",
-            "layer", "shape", "sparsity", "active", "total"
+            "{:<name_w$}  {:<shape_w$}  {:>7}  {:>8}  {:>12}  {:>12}  {:>12}  {:>12}",
+            "layer", "shape", "output", "sparsity", "active", "total", "MFLOPs", "dense MFLOPs"
         );
+        let mflops = |f: f64| format!("{:.3}", f / 1e6);
         for l in &self.layers {
             let _ = writeln!(
                 t,
-                "{:<name_w$}  {:<shape_w$}  {:>8.4}  {:>12}  {:>12}",
+                "{:<name_w$}  {:<shape_w$}  {:>7}  {:>8.4}  {:>12}  {:>12}  {:>12}  {:>12}",
                 l.name,
                 shape_text(&l.shape),
+                format!("{}x{}", l.out_hw.0, l.out_hw.1),
                 l.sparsity,
                 l.active,
-                l.total
+                l.total,
+                mflops(l.sparse_flops),
+                mflops(l.dense_flops)
             );
         }
         let _ = writeln!(
             t,
-            "{:<name_w$}  {:<shape_w$}  {:>8.4}  {:>12}  {:>12}",
+            "{:<name_w$}  {:<shape_w$}  {:>7}  {:>8.4}  {:>12}  {:>12}  {:>12}  {:>12}",
             "all",
+            "",
             "",
             1.0 - self.density,
             self.active,
-            self.total
+            self.total,
+            mflops(self.sparse_forward_flops),
+            mflops(self.dense_forward_flops)
+        );
+        let _ = writeln!(
+            t,
+            "FLOPs: forward, per sample, 2 per multiply-add (SPEC §6)"
         );
         let _ = writeln!(
             t,
