@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod context;
+pub mod conv;
 pub mod gemm;
 pub mod ops;
 pub mod profile;

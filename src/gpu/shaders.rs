@@ -27,6 +27,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/sparse_meta.wgsl"),
     ),
     ("sparse_act", include_str!("../../shaders/sparse_act.wgsl")),
+    ("conv", include_str!("../../shaders/conv.wgsl")),
 ];
 
 /// A fingerprint of every shader source (64-bit FNV-1a, hex): caches of kernel timings key on

@@ -1,0 +1,231 @@
+//! Host side of `shaders/conv.wgsl`: 2-D convolution forward, input gradient and weight gradient
+//! as direct implicit GEMMs (the portable form; CPU twin in [`crate::cpu::conv`]).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::cpu::conv::Window;
+use crate::error::{Result, RiglError};
+use crate::gpu::ops::Dispatch;
+use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::{GpuContext, Tensor};
+
+/// A convolution's geometry: the window over the batch of input images and the channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Images, input size, kernel, stride and padding.
+    pub window: Window,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+}
+
+impl ConvGeom {
+    /// Output height and width; an error when a valid window does not fit.
+    pub fn out(&self) -> Result<(usize, usize)> {
+        self.window.out().ok_or_else(|| {
+            RiglError::invalid(format!(
+                "a {k}x{k} valid convolution does not fit a {}x{} input",
+                self.window.h,
+                self.window.w,
+                k = self.window.k
+            ))
+        })
+    }
+
+    /// Elements of the input `[cin, N, H, W]`.
+    pub fn input_len(&self) -> usize {
+        self.cin * self.window.n * self.window.h * self.window.w
+    }
+
+    /// Elements of the output `[cout, N, Ho, Wo]`.
+    pub fn output_len(&self) -> Result<usize> {
+        let (ho, wo) = self.out()?;
+        Ok(self.cout * self.window.n * ho * wo)
+    }
+
+    /// Elements of the weights `[k, k, cin, cout]`.
+    pub fn weight_len(&self) -> usize {
+        self.window.k * self.window.k * self.cin * self.cout
+    }
+
+    /// Useful FLOPs of one product (2 per multiply-add of the dense kernel).
+    pub fn flops(&self) -> f64 {
+        let (ho, wo) = self.out().unwrap_or((0, 0));
+        2.0 * self.weight_len() as f64 * (self.window.n * ho * wo) as f64
+    }
+
+    fn params(&self, flags: u32) -> Result<ConvParams> {
+        let (ho, wo) = self.out()?;
+        let (pad_t, pad_l) = self.window.pad();
+        let g = self.window;
+        if g.k == 0 || g.stride == 0 || self.cin == 0 || self.cout == 0 || g.n == 0 {
+            return Err(RiglError::invalid(
+                "a convolution needs images, channels, kernel and stride of at least 1",
+            ));
+        }
+        let u = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| RiglError::TooLarge {
+                what: format!("convolution {what}"),
+                needed: v as u64,
+                unit: "elements",
+                limit: u64::from(u32::MAX),
+                limit_name: "u32 indexing",
+            })
+        };
+        // Every flat index the kernel forms must fit u32.
+        u(
+            self.input_len()
+                .max(self.output_len()?)
+                .max(self.weight_len()),
+            "tensor",
+        )?;
+        Ok(ConvParams {
+            n: u(g.n, "batch")?,
+            h: u(g.h, "height")?,
+            w: u(g.w, "width")?,
+            cin: u(self.cin, "input channels")?,
+            cout: u(self.cout, "output channels")?,
+            ho: u(ho, "output height")?,
+            wo: u(wo, "output width")?,
+            k: u(g.k, "kernel")?,
+            stride: u(g.stride, "stride")?,
+            pad_t: u(pad_t, "padding")?,
+            pad_l: u(pad_l, "padding")?,
+            flags,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct ConvParams {
+    n: u32,
+    h: u32,
+    w: u32,
+    cin: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    k: u32,
+    stride: u32,
+    pad_t: u32,
+    pad_l: u32,
+    flags: u32,
+}
+
+const B: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+];
+const WG: u64 = 256;
+const BIAS_OR_ACC: u32 = 1;
+const MASKED: u32 = 2;
+
+fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
+    if t.len < needed {
+        return Err(RiglError::invalid(format!(
+            "convolution {what}: tensor '{}' has {} elements, needs {needed}",
+            t.label, t.len
+        )));
+    }
+    Ok(())
+}
+
+/// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]`.
+pub fn forward(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<Dispatch> {
+    let flags =
+        if mask.is_some() { MASKED } else { 0 } | if bias.is_some() { BIAS_OR_ACC } else { 0 };
+    let p = g.params(flags)?;
+    let n_out = g.output_len()?;
+    check(x, g.input_len(), "input")?;
+    check(w, g.weight_len(), "weights")?;
+    check(y, n_out, "output")?;
+    if let Some(m) = mask {
+        check(m, g.weight_len(), "mask")?;
+    }
+    if let Some(b) = bias {
+        check(b, g.cout, "bias")?;
+    }
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("conv", "conv_fwd", B),
+        bytemuck::bytes_of(&p),
+        &[x, w, mask.unwrap_or(w), bias.unwrap_or(w), y],
+        (n_out as u64).div_ceil(WG),
+    )?
+    .with_cost(
+        g.flops(),
+        4.0 * (g.input_len() + g.weight_len() + n_out) as f64,
+    ))
+}
+
+/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`.
+pub fn input_grad(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let flags = if mask.is_some() { MASKED } else { 0 } | if accumulate { BIAS_OR_ACC } else { 0 };
+    let p = g.params(flags)?;
+    check(dy, g.output_len()?, "output gradient")?;
+    check(w, g.weight_len(), "weights")?;
+    check(dx, g.input_len(), "input gradient")?;
+    if let Some(m) = mask {
+        check(m, g.weight_len(), "mask")?;
+    }
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("conv", "conv_dgrad", B),
+        bytemuck::bytes_of(&p),
+        &[dy, w, mask.unwrap_or(w), w, dx],
+        (g.input_len() as u64).div_ceil(WG),
+    )?
+    .with_cost(
+        g.flops(),
+        4.0 * (g.input_len() + g.weight_len() + g.output_len()?) as f64,
+    ))
+}
+
+/// `dw (+)= sum over images and outputs of dy ⊗ patch(x)`: the dense weight gradient
+/// `dL/d(mask ⊙ w)` at every position, `dw` `[k, k, cin, cout]`.
+pub fn weight_grad(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let p = g.params(if accumulate { BIAS_OR_ACC } else { 0 })?;
+    check(x, g.input_len(), "input")?;
+    check(dy, g.output_len()?, "output gradient")?;
+    check(dw, g.weight_len(), "weight gradient")?;
+    Ok(Dispatch::build(
+        ctx,
+        &KernelSpec::new("conv", "conv_wgrad", B),
+        bytemuck::bytes_of(&p),
+        &[x, dy, x, x, dw],
+        (g.weight_len() as u64).div_ceil(WG),
+    )?
+    .with_cost(
+        g.flops(),
+        4.0 * (g.input_len() + g.weight_len() + g.output_len()?) as f64,
+    ))
+}
