@@ -23,7 +23,7 @@ for seed in 0 1 2; do
         fi
     done
 done
-"$rigl" report --out "$out/report.svg" "${runs[@]}" > "$out/report.md"
+"$rigl" report --out "$out/report.png" "${runs[@]}" > "$out/report.md"
 RIGL_BIN="$rigl" python3 - "$out" <<'PY'
 import json, os, sys, glob, statistics, subprocess, collections
 out = sys.argv[1]
