@@ -4,6 +4,7 @@ pub mod buffer;
 pub mod context;
 pub mod conv;
 pub mod gemm;
+pub mod image;
 pub mod ops;
 pub mod profile;
 pub mod registry;

@@ -28,6 +28,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("sparse_act", include_str!("../../shaders/sparse_act.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("image", include_str!("../../shaders/image.wgsl")),
 ];
 
 /// A fingerprint of every shader source (64-bit FNV-1a, hex): caches of kernel timings key on

@@ -1,0 +1,412 @@
+// The image layers besides convolution: batch normalisation (per-channel reductions, forward
+// and backward), max pooling (with its argmax) and average pooling forward and backward, global
+// average pooling, flatten and its inverse, counter-based dropout and the residual add. Portable
+// forms: no subgroups; the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs.
+//
+// Activations are channel-major [C, N, H, W]: x[((c * n + img) * h + y) * w + x]; a batch
+// norm's channel is the contiguous run x[c * m .. (c + 1) * m] with m = N*H*W.
+// Binding 0 of group 0 is the uniform Params below; the others are listed at each entry.
+// 1-D kernels linearise global_invocation_id over (x, y), so totals may exceed 65535 * 256.
+
+struct Params {
+    c: u32,       // channels
+    n: u32,       // images
+    h: u32,       // input height
+    w: u32,       // input width
+    ho: u32,      // output height
+    wo: u32,      // output width
+    k: u32,       // pooling window
+    stride: u32,
+    pad_t: u32,
+    pad_l: u32,
+    flags: u32,   // batch norm: 1 = training (batch statistics); dropout: the layer id
+    seed: u32,    // dropout: run seed
+    step: u32,    // dropout: step
+    threshold: u32, // dropout: hash values below it are dropped
+    f0: f32,      // batch norm: momentum; dropout: the kept units' scale
+    f1: f32,      // batch norm: epsilon
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d: array<f32>;
+
+var<workgroup> red0: array<f32, 256>;
+var<workgroup> red1: array<f32, 256>;
+
+// Sums red0 and red1 over the workgroup; the totals end in red0[0] and red1[0].
+fn reduce2(lid: u32) {
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (lid < s) {
+            red0[lid] += red0[lid + s];
+            red1[lid] += red1[lid + s];
+        }
+    }
+    workgroupBarrier();
+}
+
+// A batch norm's stats buffer holds 4C values: (mean, var) per channel at 2c, 2c+1 as the
+// forward used them, then the backward's (sum dy*xhat, sum dy) per channel at 2C + 2c, +1.
+
+// ---- bn_stats: one workgroup per channel (workgroup id = channel). Training (flags 1): the
+// batch mean and biased variance (two passes) into stats[2c], stats[2c+1], and the running
+// statistics move: running = f0 * running + (1 - f0) * batch (the variance with Bessel's
+// correction). Evaluation (flags 0): stats := the running statistics.
+// 1 read x ; 2 unused (any buffer) ; 3 rw stats [4C] ; 4 rw running [2C] (mean, var per channel)
+
+@compute @workgroup_size(256)
+fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let ch = wid.x;
+    let lid = lid3.x;
+    let m = p.n * p.h * p.w;
+    if ((p.flags & 1u) == 0u) {
+        if (lid == 0u) {
+            c[2u * ch] = d[2u * ch];
+            c[2u * ch + 1u] = d[2u * ch + 1u];
+        }
+        return;
+    }
+    var s = 0.0;
+    for (var i = lid; i < m; i += WG) {
+        s += a[ch * m + i];
+    }
+    red0[lid] = s;
+    red1[lid] = 0.0;
+    reduce2(lid);
+    let mean = red0[0] / f32(m);
+    workgroupBarrier();
+    var q = 0.0;
+    for (var i = lid; i < m; i += WG) {
+        let dv = a[ch * m + i] - mean;
+        q += dv * dv;
+    }
+    red0[lid] = 0.0;
+    red1[lid] = q;
+    reduce2(lid);
+    if (lid == 0u) {
+        let var_ = red1[0] / f32(m);
+        c[2u * ch] = mean;
+        c[2u * ch + 1u] = var_;
+        var unbiased = var_;
+        if (m > 1u) {
+            unbiased = var_ * f32(m) / f32(m - 1u);
+        }
+        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * mean;
+        d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
+    }
+}
+
+// ---- bn_apply: y = gamma * (x - mean) / sqrt(var + f1) + beta with the statistics bn_stats
+// left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
+// 3 rw y ; 4 rw stats [4C]
+
+@compute @workgroup_size(256)
+fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let m = p.n * p.h * p.w;
+    if (i >= p.c * m) {
+        return;
+    }
+    let ch = i / m;
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    c[i] = b[2u * ch] * (a[i] - d[2u * ch]) * inv_std + b[2u * ch + 1u];
+}
+
+// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dy * xhat), dbeta = sum(dy), with
+// xhat recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the
+// layout of gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
+// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C]
+
+@compute @workgroup_size(256)
+fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let ch = wid.x;
+    let lid = lid3.x;
+    let m = p.n * p.h * p.w;
+    let mean = d[2u * ch];
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    var sdy = 0.0;
+    var sdx = 0.0;
+    for (var i = lid; i < m; i += WG) {
+        let dy = b[ch * m + i];
+        sdy += dy;
+        sdx += dy * (a[ch * m + i] - mean) * inv_std;
+    }
+    red0[lid] = sdx;
+    red1[lid] = sdy;
+    reduce2(lid);
+    if (lid == 0u) {
+        c[2u * ch] = red0[0];
+        c[2u * ch + 1u] = red1[0];
+        d[2u * p.c + 2u * ch] = red0[0];
+        d[2u * p.c + 2u * ch + 1u] = red1[0];
+    }
+}
+
+// ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dy - sum(dy) - xhat * sum(dy * xhat)), in
+// place over dy. 1 read x ; 2 read gamma_beta ; 3 rw dy -> dx ; 4 rw stats [4C]: the batch
+// statistics (mean, var) at 2c, 2c+1 and bn_bwd_reduce's sums (dgamma, dbeta) at 2C + 2c, +1.
+
+@compute @workgroup_size(256)
+fn bn_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let m = p.n * p.h * p.w;
+    if (i >= p.c * m) {
+        return;
+    }
+    let ch = i / m;
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    let xhat = (a[i] - d[2u * ch]) * inv_std;
+    let sum_dy_xh = d[2u * p.c + 2u * ch];
+    let sum_dy = d[2u * p.c + 2u * ch + 1u];
+    let k = b[2u * ch] * inv_std / f32(m);
+    c[i] = k * (f32(m) * c[i] - sum_dy - xhat * sum_dy_xh);
+}
+
+// ---- Pooling. The input position of tap (ky, kx) of output (oy, ox), or -1 in the padding.
+fn tap(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
+    let iy = i32(oy * p.stride + ky) - i32(p.pad_t);
+    let ix = i32(ox * p.stride + kx) - i32(p.pad_l);
+    if (iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w)) {
+        return -1;
+    }
+    return iy * i32(p.w) + ix;
+}
+
+@group(0) @binding(5) var<storage, read_write> arg: array<u32>;
+
+// ---- max_pool_fwd: y and, per output, the flat input index of the first maximum in window
+// order. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
+
+@compute @workgroup_size(256)
+fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let plane = p.ho * p.wo;
+    if (i >= p.c * p.n * plane) {
+        return;
+    }
+    let ci = i / plane; // channel * n + image
+    let oy = (i % plane) / p.wo;
+    let ox = i % p.wo;
+    var best = 0.0;
+    var at = 0u;
+    var found = false;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let t = tap(oy, ox, ky, kx);
+            if (t >= 0) {
+                let j = ci * p.h * p.w + u32(t);
+                if (!found || a[j] > best) {
+                    best = a[j];
+                    at = j;
+                    found = true;
+                }
+            }
+        }
+    }
+    c[i] = best;
+    arg[i] = at;
+}
+
+// The output index o covering input (iy, ix) through tap (ky, kx), or -1.
+fn out_of(iy: u32, ix: u32, ky: u32, kx: u32) -> i32 {
+    let ty = i32(iy + p.pad_t) - i32(ky);
+    let tx = i32(ix + p.pad_l) - i32(kx);
+    if (ty < 0 || tx < 0 || (u32(ty) % p.stride) != 0u || (u32(tx) % p.stride) != 0u) {
+        return -1;
+    }
+    let oy = u32(ty) / p.stride;
+    let ox = u32(tx) / p.stride;
+    if (oy >= p.ho || ox >= p.wo) {
+        return -1;
+    }
+    return i32(oy * p.wo + ox);
+}
+
+// ---- max_pool_bwd: dx[j] = sum of dy over the outputs whose argmax is j (a gather over the
+// windows covering j). 1 read dy ; 2 unused ; 3 rw dx ; 4 unused ; 5 rw arg (read)
+
+@compute @workgroup_size(256)
+fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = linear_index(gid, nwg);
+    let plane = p.h * p.w;
+    if (j >= p.c * p.n * plane) {
+        return;
+    }
+    let ci = j / plane;
+    let iy = (j % plane) / p.w;
+    let ix = j % p.w;
+    var acc = 0.0;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let o = out_of(iy, ix, ky, kx);
+            if (o >= 0) {
+                let oi = ci * p.ho * p.wo + u32(o);
+                if (arg[oi] == j) {
+                    acc += a[oi];
+                }
+            }
+        }
+    }
+    c[j] = acc;
+}
+
+// Taps of output (oy, ox) inside the image.
+fn taps_inside(oy: u32, ox: u32) -> u32 {
+    var n = 0u;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            if (tap(oy, ox, ky, kx) >= 0) {
+                n += 1u;
+            }
+        }
+    }
+    return n;
+}
+
+// ---- avg_pool_fwd: the mean over the taps inside the image. 1 read x ; 2 unused ; 3 rw y
+
+@compute @workgroup_size(256)
+fn avg_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let plane = p.ho * p.wo;
+    if (i >= p.c * p.n * plane) {
+        return;
+    }
+    let ci = i / plane;
+    let oy = (i % plane) / p.wo;
+    let ox = i % p.wo;
+    var s = 0.0;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let t = tap(oy, ox, ky, kx);
+            if (t >= 0) {
+                s += a[ci * p.h * p.w + u32(t)];
+            }
+        }
+    }
+    c[i] = s / f32(max(taps_inside(oy, ox), 1u));
+}
+
+// ---- avg_pool_bwd: dx[j] = sum over the windows covering j of dy / taps. 1 read dy ; 3 rw dx
+
+@compute @workgroup_size(256)
+fn avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = linear_index(gid, nwg);
+    let plane = p.h * p.w;
+    if (j >= p.c * p.n * plane) {
+        return;
+    }
+    let ci = j / plane;
+    let iy = (j % plane) / p.w;
+    let ix = j % p.w;
+    var acc = 0.0;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let o = out_of(iy, ix, ky, kx);
+            if (o >= 0) {
+                let oy = u32(o) / p.wo;
+                let ox = u32(o) % p.wo;
+                acc += a[ci * p.ho * p.wo + u32(o)] / f32(max(taps_inside(oy, ox), 1u));
+            }
+        }
+    }
+    c[j] = acc;
+}
+
+// ---- global_avg_pool: y[c, img] = mean over the h*w plane. 1 read x ; 3 rw y
+
+@compute @workgroup_size(256)
+fn global_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c * p.n) {
+        return;
+    }
+    let hw = p.h * p.w;
+    var s = 0.0;
+    for (var q = 0u; q < hw; q++) {
+        s += a[i * hw + q];
+    }
+    c[i] = s / f32(hw);
+}
+
+// ---- global_avg_pool_bwd: dx[c, img, q] = dy[c, img] / (h*w). 1 read dy ; 3 rw dx
+
+@compute @workgroup_size(256)
+fn global_avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = linear_index(gid, nwg);
+    let hw = p.h * p.w;
+    if (j >= p.c * p.n * hw) {
+        return;
+    }
+    c[j] = a[j / hw] / f32(hw);
+}
+
+// ---- flatten: [C, N, H, W] -> [C*H*W, N] (feature c*H*W + q); flags 1: the inverse.
+// 1 read in ; 3 rw out
+
+@compute @workgroup_size(256)
+fn flatten(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let hw = p.h * p.w;
+    if (i >= p.c * p.n * hw) {
+        return;
+    }
+    // i indexes the channel-major layout: (ch * n + img) * hw + q.
+    let q = i % hw;
+    let img = (i / hw) % p.n;
+    let ch = i / (hw * p.n);
+    let f = (ch * hw + q) * p.n + img;
+    if ((p.flags & 1u) == 0u) {
+        c[f] = a[i];
+    } else {
+        c[i] = a[f];
+    }
+}
+
+fn fmix32(x: u32) -> u32 {
+    var h = x;
+    h ^= h >> 16u;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13u;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16u;
+    return h;
+}
+
+// ---- dropout: out[i] = in[i] * (hash(seed, step, layer, i) < threshold ? 0 : f0), SET's
+// counter-based hash, so forward and backward (the same call on dy) and a resumed run agree.
+// 1 read in ; 3 rw out ; p.c holds the element count
+
+@compute @workgroup_size(256)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c) {
+        return;
+    }
+    var h = fmix32(p.seed ^ 0x9e3779b9u);
+    h = fmix32(h ^ p.step);
+    h = fmix32(h ^ p.flags);
+    h = fmix32(h ^ i);
+    c[i] = select(a[i] * p.f0, 0.0, h < p.threshold);
+}
+
+// ---- add: out[i] += in[i] (the residual add). 1 read in ; 3 rw out ; p.c holds the count
+
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c) {
+        return;
+    }
+    c[i] += a[i];
+}

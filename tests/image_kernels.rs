@@ -1,0 +1,245 @@
+//! The image-layer kernels (`shaders/image.wgsl`) against their CPU twins: batch norm forward in
+//! both modes with its running statistics and backward; max pooling (argmax and gradient) and
+//! average pooling on both paddings, windows that overhang the image, batch 1 and one channel;
+//! global average pooling, flatten both ways, dropout (the exact keep mask) and the residual add.
+
+mod common;
+
+use common::{assert_close, ctx, data};
+use rigl::cpu::conv::{self as cpu, Window};
+use rigl::gpu::image::{self, ImageShape};
+use rigl::gpu::{ops, Tensor};
+use rigl::nn::spec::Padding;
+
+fn shapes() -> Vec<ImageShape> {
+    [(1, 1, 5, 7), (3, 2, 6, 6), (5, 3, 9, 4), (2, 4, 1, 1)]
+        .into_iter()
+        .map(|(c, n, h, w)| ImageShape { c, n, h, w })
+        .collect()
+}
+
+fn interleave(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).flat_map(|(x, y)| [*x, *y]).collect()
+}
+
+#[test]
+fn batch_norm_equals_the_twin() {
+    let ctx = ctx();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let seed = 10 * i as u32;
+        let x: Vec<f32> = data(s.len(), seed).iter().map(|v| 3.0 * v + 0.5).collect();
+        let gamma: Vec<f32> = data(s.c, seed + 1).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let beta = data(s.c, seed + 2);
+        let mean0 = data(s.c, seed + 3);
+        let var0: Vec<f32> = data(s.c, seed + 4).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let dy = data(s.len(), seed + 5);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tgb = Tensor::from_f32(ctx, "gamma beta", &interleave(&gamma, &beta)).unwrap();
+        let tstats = Tensor::zeros(ctx, "stats", 4 * s.c).unwrap();
+        let trun = Tensor::from_f32(ctx, "running", &interleave(&mean0, &var0)).unwrap();
+        let ty = Tensor::zeros(ctx, "y", s.len()).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let tg = Tensor::zeros(ctx, "grads", 2 * s.c).unwrap();
+        let what = format!("{s:?}");
+
+        // Evaluation: the running statistics, untouched.
+        let eval = [
+            image::bn_stats(ctx, s, &tx, &tstats, &trun, false).unwrap(),
+            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats).unwrap(),
+        ];
+        ops::run(ctx, "bn eval", &[&eval[0], &eval[1]]).unwrap();
+        let want = cpu::batch_norm_eval(&x, &gamma, &beta, &mean0, &var0);
+        assert_close(
+            &format!("eval {what}"),
+            &ty.read_f32(ctx).unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+
+        // Training: batch statistics, the running ones moved, then the backward pass.
+        let train = [
+            image::bn_stats(ctx, s, &tx, &tstats, &trun, true).unwrap(),
+            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats).unwrap(),
+        ];
+        let [reduce, apply] = image::bn_backward(ctx, s, &tx, &tgb, &tdy, &tg, &tstats).unwrap();
+        ops::run(ctx, "bn train", &[&train[0], &train[1], &reduce, &apply]).unwrap();
+        let (mut mean, mut var) = (mean0.clone(), var0.clone());
+        let (want_y, saved) = cpu::batch_norm_train(&x, &gamma, &beta, &mut mean, &mut var);
+        let (want_dx, dgamma, dbeta) = cpu::batch_norm_backward(&dy, &gamma, &saved);
+        let m = (s.n * s.h * s.w) as f32;
+        assert_close(
+            &format!("train {what}"),
+            &ty.read_f32(ctx).unwrap(),
+            &want_y,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("running {what}"),
+            &trun.read_f32(ctx).unwrap(),
+            &interleave(&mean, &var),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("dgamma dbeta {what}"),
+            &tg.read_f32(ctx).unwrap(),
+            &interleave(&dgamma, &dbeta),
+            1e-5 * m,
+            1e-4,
+        );
+        assert_close(
+            &format!("dx {what}"),
+            &tdy.read_f32(ctx).unwrap(),
+            &want_dx,
+            1e-4,
+            1e-3,
+        );
+    }
+}
+
+fn windows(s: ImageShape) -> Vec<Window> {
+    let mut out = Vec::new();
+    for k in [1, 2, 3] {
+        for stride in [1, 2] {
+            for padding in [Padding::Same, Padding::Valid] {
+                let g = Window {
+                    n: s.n,
+                    h: s.h,
+                    w: s.w,
+                    k,
+                    stride,
+                    padding,
+                };
+                if g.out().is_some() {
+                    out.push(g);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pooling_equals_the_twin() {
+    let ctx = ctx();
+    let mut checked = 0;
+    for (i, s) in shapes().into_iter().enumerate() {
+        for (j, g) in windows(s).into_iter().enumerate() {
+            let seed = 100 * i as u32 + j as u32;
+            // Repeated values make ties for the argmax.
+            let x: Vec<f32> = data(s.len(), seed)
+                .iter()
+                .map(|v| (v * 4.0).round())
+                .collect();
+            let (ho, wo) = g.out().unwrap();
+            let o = ImageShape { h: ho, w: wo, ..s };
+            let dy = data(o.len(), seed + 7);
+            let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+            let ty = Tensor::zeros(ctx, "y", o.len()).unwrap();
+            let targ = Tensor::zeros(ctx, "arg", o.len()).unwrap();
+            let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+            let tdx = Tensor::zeros(ctx, "dx", s.len()).unwrap();
+            let what = format!("{s:?} {g:?}");
+
+            let ops_ = [
+                image::max_pool(ctx, s, g, &tx, &ty, &targ).unwrap(),
+                image::max_pool_backward(ctx, s, g, &tdy, &tdx, &targ).unwrap(),
+            ];
+            ops::run(ctx, "max pool", &[&ops_[0], &ops_[1]]).unwrap();
+            let (want_y, want_arg) = cpu::max_pool_forward(&x, s.c, g);
+            assert_eq!(ty.read_f32(ctx).unwrap(), want_y, "max {what}");
+            assert_eq!(targ.read_u32(ctx).unwrap(), want_arg, "argmax {what}");
+            let want_dx = cpu::max_pool_backward(&dy, &want_arg, s.len());
+            assert_close(
+                &format!("max dx {what}"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-6,
+                1e-6,
+            );
+
+            let ops_ = [
+                image::avg_pool(ctx, s, g, &tx, &ty, false).unwrap(),
+                image::avg_pool(ctx, s, g, &tdy, &tdx, true).unwrap(),
+            ];
+            ops::run(ctx, "avg pool", &[&ops_[0], &ops_[1]]).unwrap();
+            let want_y = cpu::avg_pool_forward(&x, s.c, g);
+            let want_dx = cpu::avg_pool_backward(&dy, s.c, g);
+            assert_close(
+                &format!("avg {what}"),
+                &ty.read_f32(ctx).unwrap(),
+                &want_y,
+                1e-6,
+                1e-6,
+            );
+            assert_close(
+                &format!("avg dx {what}"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-6,
+                1e-5,
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+}
+
+#[test]
+fn global_pool_flatten_dropout_and_add_equal_the_twin() {
+    let ctx = ctx();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let seed = 1000 + 10 * i as u32;
+        let hw = s.h * s.w;
+        let x = data(s.len(), seed);
+        let dy = data(s.c * s.n, seed + 1);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tp = Tensor::zeros(ctx, "pooled", s.c * s.n).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let tdx = Tensor::zeros(ctx, "dx", s.len()).unwrap();
+        let tf = Tensor::zeros(ctx, "flat", s.len()).unwrap();
+        let tb = Tensor::zeros(ctx, "back", s.len()).unwrap();
+        let td = Tensor::zeros(ctx, "dropped", s.len()).unwrap();
+        let tsum = Tensor::from_f32(ctx, "sum", &dy.repeat(hw)).unwrap();
+        let ops_ = [
+            image::global_avg_pool(ctx, s, &tx, &tp, false).unwrap(),
+            image::global_avg_pool(ctx, s, &tdy, &tdx, true).unwrap(),
+            image::flatten(ctx, s, &tx, &tf, false).unwrap(),
+            image::flatten(ctx, s, &tf, &tb, true).unwrap(),
+            image::dropout(ctx, &tx, &td, s.len(), 7, 42, 3, 0.3).unwrap(),
+            image::add(ctx, &tx, &tsum, s.len()).unwrap(),
+        ];
+        let refs: Vec<&ops::Dispatch> = ops_.iter().collect();
+        ops::run(ctx, "image ops", &refs).unwrap();
+        let what = format!("{s:?}");
+        let gap = cpu::global_avg_pool(&x, s.c, s.n, hw);
+        assert_close(
+            &format!("gap {what}"),
+            &tp.read_f32(ctx).unwrap(),
+            &gap,
+            1e-6,
+            1e-5,
+        );
+        let gap_dx = cpu::global_avg_pool_backward(&dy, hw);
+        assert_close(
+            &format!("gap dx {what}"),
+            &tdx.read_f32(ctx).unwrap(),
+            &gap_dx,
+            1e-7,
+            1e-6,
+        );
+        assert_eq!(
+            tf.read_f32(ctx).unwrap(),
+            cpu::flatten(&x, s.c, s.n, hw),
+            "flatten {what}"
+        );
+        assert_eq!(tb.read_f32(ctx).unwrap(), x, "unflatten {what}");
+        let keep = cpu::dropout_mask(7, 42, 3, s.len(), 0.3);
+        let want: Vec<f32> = x.iter().zip(&keep).map(|(a, k)| a * k).collect();
+        assert_eq!(td.read_f32(ctx).unwrap(), want, "dropout {what}");
+        let sum: Vec<f32> = dy.repeat(hw).iter().zip(&x).map(|(a, b)| a + b).collect();
+        assert_eq!(tsum.read_f32(ctx).unwrap(), sum, "add {what}");
+    }
+}
