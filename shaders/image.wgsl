@@ -410,3 +410,36 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     }
     c[i] += a[i];
 }
+
+// ---- relu: out[i] = max(in[i], 0). 1 read in ; 3 rw out ; p.c holds the count
+
+@compute @workgroup_size(256)
+fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c) {
+        return;
+    }
+    c[i] = max(a[i], 0.0);
+}
+
+// ---- relu_bwd_to: dx[i] = y[i] > 0 ? dy[i] : 0. 1 read y ; 2 read dy ; 3 rw dx ; p.c the count
+
+@compute @workgroup_size(256)
+fn relu_bwd_to(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c) {
+        return;
+    }
+    c[i] = select(0.0, b[i], a[i] > 0.0);
+}
+
+// ---- copy: out[i] = in[i]. 1 read in ; 3 rw out ; p.c holds the count
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.c) {
+        return;
+    }
+    c[i] = a[i];
+}

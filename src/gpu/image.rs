@@ -159,14 +159,42 @@ pub fn bn_stats(
     check(x, s.len(), "batch norm input")?;
     check(stats, 4 * s.c, "batch norm statistics")?;
     check(running, 2 * s.c, "batch norm running statistics")?;
-    let p = ImageParams {
+    let p = bn_stats_params(s, training)?;
+    let pad = unused(ctx)?;
+    build(ctx, "bn_stats", &p, &[x, &pad, stats, running], s.c as u64)
+}
+
+fn bn_stats_params(s: ImageShape, training: bool) -> Result<ImageParams> {
+    Ok(ImageParams {
         flags: u32::from(training),
         f0: BN_MOMENTUM,
         f1: BN_EPSILON,
         ..s.params()?
-    };
-    let pad = unused(ctx)?;
-    build(ctx, "bn_stats", &p, &[x, &pad, stats, running], s.c as u64)
+    })
+}
+
+/// The parameter block that switches a [`bn_stats`] dispatch between training and evaluation
+/// (for [`Dispatch::write_params`]).
+pub fn bn_stats_mode(s: ImageShape, training: bool) -> Result<Vec<u8>> {
+    Ok(bytemuck::bytes_of(&bn_stats_params(s, training)?).to_vec())
+}
+
+/// The parameter block of a [`dropout`] dispatch at another step (rate 0: the identity, for
+/// evaluation), for [`Dispatch::write_params`].
+pub fn dropout_step(len: usize, seed: u32, step: u32, layer: u32, rate: f32) -> Result<Vec<u8>> {
+    Ok(bytemuck::bytes_of(&dropout_params(len, seed, step, layer, rate)?).to_vec())
+}
+
+fn dropout_params(len: usize, seed: u32, step: u32, layer: u32, rate: f32) -> Result<ImageParams> {
+    Ok(ImageParams {
+        c: u(len, "dropout")?,
+        flags: layer,
+        seed,
+        step,
+        threshold: (f64::from(rate) * 4_294_967_296.0).min(4_294_967_295.0) as u32,
+        f0: 1.0 / (1.0 - rate),
+        ..Default::default()
+    })
 }
 
 /// `y = gamma * (x - mean) / sqrt(var + eps) + beta` with the statistics in `stats`.
@@ -413,15 +441,7 @@ pub fn dropout(
     }
     check(input, len, "dropout input")?;
     check(out, len, "dropout output")?;
-    let p = ImageParams {
-        c: u(len, "dropout")?,
-        flags: layer,
-        seed,
-        step,
-        threshold: (f64::from(rate) * 4_294_967_296.0).min(4_294_967_295.0) as u32,
-        f0: 1.0 / (1.0 - rate),
-        ..Default::default()
-    };
+    let p = dropout_params(len, seed, step, layer, rate)?;
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
     build(
@@ -450,4 +470,53 @@ pub fn add(ctx: &GpuContext, input: &Tensor, out: &Tensor, len: usize) -> Result
         &[input, &pad, out, &pad2],
         (len as u64).div_ceil(WG),
     )
+}
+
+fn elementwise(
+    ctx: &GpuContext,
+    entry: &'static str,
+    a: &Tensor,
+    b: Option<&Tensor>,
+    out: &Tensor,
+    len: usize,
+) -> Result<Dispatch> {
+    check(a, len, entry)?;
+    check(out, len, entry)?;
+    if let Some(b) = b {
+        check(b, len, entry)?;
+    }
+    let p = ImageParams {
+        c: u(len, entry)?,
+        ..Default::default()
+    };
+    let pad = unused(ctx)?;
+    let pad2 = unused(ctx)?;
+    build(
+        ctx,
+        entry,
+        &p,
+        &[a, b.unwrap_or(&pad), out, &pad2],
+        (len as u64).div_ceil(WG),
+    )
+}
+
+/// `out = max(input, 0)` over `len` elements.
+pub fn relu(ctx: &GpuContext, input: &Tensor, out: &Tensor, len: usize) -> Result<Dispatch> {
+    elementwise(ctx, "relu", input, None, out, len)
+}
+
+/// ReLU backward into another buffer: `dx = y > 0 ? dy : 0` (`y` the ReLU's output).
+pub fn relu_backward(
+    ctx: &GpuContext,
+    y: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    len: usize,
+) -> Result<Dispatch> {
+    elementwise(ctx, "relu_bwd_to", y, Some(dy), dx, len)
+}
+
+/// `out = input` over `len` elements.
+pub fn copy(ctx: &GpuContext, input: &Tensor, out: &Tensor, len: usize) -> Result<Dispatch> {
+    elementwise(ctx, "copy", input, None, out, len)
 }

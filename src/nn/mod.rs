@@ -6,6 +6,7 @@
 pub mod choice;
 mod loss;
 pub mod mlp;
+pub mod model;
 pub mod sparse_mlp;
 pub mod spec;
 pub mod state;

@@ -1,6 +1,8 @@
 //! Shared test helpers: one GPU context per test binary, deterministic data, tolerances.
 #![allow(dead_code)]
 
+pub mod nets;
+
 use std::sync::OnceLock;
 
 use rigl::gpu::GpuContext;

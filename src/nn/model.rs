@@ -1,0 +1,749 @@
+//! A model of layers on the GPU ([`crate::nn::spec::ModelSpec`]), masked-dense: every weight
+//! tensor is a param with its weights, 0/1 mask, gradient and momentum; activations and their
+//! gradients are allocated once, and the forward and backward passes are dispatch lists built
+//! once and encoded every step (SPEC §8 layouts: activations `[C, N, H, W]`, flat ones
+//! `[features, N]`). Its CPU twin is [`crate::cpu::model::HostModel`].
+//!
+//! Backward: every layer's backward pass overwrites its input's gradient; where an activation
+//! feeds two layers (a residual block's input or its `pre` output and the shortcut), the second
+//! contribution is added after the first.
+
+use crate::cpu::conv::Window;
+use crate::cpu::model::HostModel;
+use crate::error::{Result, RiglError};
+use crate::gpu::conv::{self, ConvGeom};
+use crate::gpu::image::{self, ImageShape};
+use crate::gpu::ops::{self, Dispatch, SgdConfig};
+use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::nn::spec::{Layer, ModelSpec, Shape, ShortcutFrom};
+
+/// A weight tensor on the GPU.
+#[derive(Debug)]
+pub struct Param {
+    /// Name.
+    pub name: String,
+    /// `[in, out]` or `[kh, kw, cin, cout]`.
+    pub shape: Vec<usize>,
+    /// Weights.
+    pub w: Tensor,
+    /// 0/1 mask.
+    pub mask: Tensor,
+    /// Dense gradient `dL/d(mask ⊙ w)`.
+    pub grad: Tensor,
+    /// Momentum.
+    pub mom: Tensor,
+    /// Bias, its gradient and momentum.
+    pub bias: Option<[Tensor; 3]>,
+}
+
+/// A batch norm on the GPU: gamma and beta interleaved `[2C]`, their gradient and momentum, the
+/// running statistics `[2C]` and the step's statistics `[4C]`.
+#[derive(Debug)]
+pub struct Norm {
+    /// Channels.
+    pub channels: usize,
+    /// Gamma and beta.
+    pub gamma_beta: Tensor,
+    /// Their gradient.
+    pub grad: Tensor,
+    /// Their momentum.
+    pub mom: Tensor,
+    /// Running mean and variance.
+    pub running: Tensor,
+    /// Statistics of the current step.
+    pub stats: Tensor,
+}
+
+/// An activation and its gradient.
+#[derive(Clone, Debug)]
+struct Act {
+    t: Tensor,
+    g: Tensor,
+    s: Shape,
+}
+
+/// A dispatch whose parameters change with the mode or the step.
+enum Switch {
+    /// A batch norm's statistics: batch ones in training, running ones in evaluation.
+    Norm { at: usize, shape: ImageShape },
+    /// A dropout, forward (`backward` false) or backward: its hash depends on the step.
+    Dropout {
+        at: usize,
+        backward: bool,
+        layer: u32,
+        len: usize,
+        rate: f32,
+    },
+}
+
+/// The model on the GPU, for a fixed batch size.
+pub struct GpuModel {
+    /// The model.
+    pub spec: ModelSpec,
+    /// Batch size.
+    pub batch: usize,
+    /// Weight tensors in [`ModelSpec::infer`]'s order.
+    pub params: Vec<Param>,
+    /// Batch norms in walk order.
+    pub norms: Vec<Norm>,
+    /// The input batch `[C, N, H, W]`.
+    pub input: Tensor,
+    /// Labels of the batch (u32).
+    pub labels: Tensor,
+    /// Per-sample loss and correct flag, `[2N]`.
+    pub loss_stats: Tensor,
+    /// Logits `[classes, N]`.
+    pub logits: Tensor,
+    forward: Vec<Dispatch>,
+    loss: Dispatch,
+    backward: Vec<Dispatch>,
+    switches: Vec<Switch>,
+    seed: u32,
+}
+
+/// Builds the dispatch lists while walking the layers.
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    n: usize,
+    variant: GemmVariant,
+    params: Vec<Param>,
+    next_param: usize,
+    norms: Vec<Norm>,
+    forward: Vec<Dispatch>,
+    /// Backward dispatches with the positions of the dropouts among them filled in later.
+    switches: Vec<Switch>,
+    dropouts: u32,
+    seed: u32,
+}
+
+fn image_shape(s: Shape, n: usize) -> ImageShape {
+    ImageShape {
+        c: s.c,
+        n,
+        h: s.h,
+        w: s.w,
+    }
+}
+
+/// A backward list under construction: dispatches in execution order, and the dropouts among
+/// them (index in this list, layer, length, rate).
+#[derive(Default)]
+struct Bwd {
+    ops: Vec<Dispatch>,
+    dropouts: Vec<(usize, u32, usize, f32)>,
+}
+
+impl Bwd {
+    fn push(&mut self, d: Dispatch) {
+        self.ops.push(d);
+    }
+    fn append(&mut self, other: Bwd) {
+        let base = self.ops.len();
+        self.ops.extend(other.ops);
+        self.dropouts.extend(
+            other
+                .dropouts
+                .into_iter()
+                .map(|(i, l, n, r)| (base + i, l, n, r)),
+        );
+    }
+}
+
+impl Builder<'_> {
+    fn act(&self, s: Shape, what: &str) -> Result<Act> {
+        let len = s.len() * self.n;
+        Ok(Act {
+            t: Tensor::zeros(self.ctx, what, len)?,
+            g: Tensor::zeros(self.ctx, &format!("{what} gradient"), len)?,
+            s,
+        })
+    }
+
+    fn gemm(
+        &self,
+        shape: GemmShape,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        m: Option<&Tensor>,
+    ) -> Result<Dispatch> {
+        let v = gemm::pick(self.ctx, self.variant, &shape)?;
+        Ok(GemmOp::new(self.ctx, shape, v, a, b, c, m, false)?.dispatch)
+    }
+
+    /// Forward of `layers` from `x`; returns the output and the backward pass (in execution
+    /// order), which writes `x.g` when `needs_grad`.
+    fn seq(&mut self, layers: &[Layer], mut x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
+        let mut parts = Vec::with_capacity(layers.len());
+        let mut grad = needs_grad;
+        for layer in layers {
+            let (y, b) = self.layer(layer, x, grad)?;
+            parts.push(b);
+            x = y;
+            grad = true;
+        }
+        let mut bwd = Bwd::default();
+        for b in parts.into_iter().rev() {
+            bwd.append(b);
+        }
+        Ok((x, bwd))
+    }
+
+    fn layer(&mut self, layer: &Layer, x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
+        let ctx = self.ctx;
+        let n = self.n;
+        let mut bwd = Bwd::default();
+        match layer {
+            Layer::Linear { out, .. } => {
+                let idx = self.take_param()?;
+                let (fin, fout) = (x.s.c, *out);
+                let name = self.params[idx].name.clone();
+                let y = self.act(
+                    Shape {
+                        c: fout,
+                        h: 1,
+                        w: 1,
+                    },
+                    &format!("{name} output"),
+                )?;
+                let p = &self.params[idx];
+                let fwd = GemmShape {
+                    m: fout,
+                    n,
+                    k: fin,
+                    trans_a: true,
+                    trans_b: false,
+                };
+                let mut f = vec![self.gemm(fwd, &p.w, &x.t, &y.t, Some(&p.mask))?];
+                if let Some([b, gb, _]) = &p.bias {
+                    f.push(ops::bias_act(ctx, b, &y.t, fout, n, false)?);
+                    bwd.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
+                }
+                let dw = GemmShape {
+                    m: fin,
+                    n: fout,
+                    k: n,
+                    trans_a: false,
+                    trans_b: true,
+                };
+                bwd.push(self.gemm(dw, &x.t, &y.g, &p.grad, None)?);
+                if needs_grad {
+                    let dx = GemmShape::nn(fin, n, fout);
+                    bwd.push(self.gemm(dx, &p.w, &y.g, &x.g, Some(&p.mask))?);
+                }
+                self.forward.extend(f);
+                Ok((y, bwd))
+            }
+            Layer::Conv2d {
+                out,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                let idx = self.take_param()?;
+                let g = ConvGeom {
+                    window: Window {
+                        n,
+                        h: x.s.h,
+                        w: x.s.w,
+                        k: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    },
+                    cin: x.s.c,
+                    cout: *out,
+                };
+                let (h, w) = g.out()?;
+                let name = self.params[idx].name.clone();
+                let y = self.act(Shape { c: *out, h, w }, &format!("{name} output"))?;
+                let p = &self.params[idx];
+                let bias = p.bias.as_ref().map(|b| &b[0]);
+                self.forward.push(conv::forward(
+                    ctx,
+                    g,
+                    &x.t,
+                    &p.w,
+                    Some(&p.mask),
+                    bias,
+                    &y.t,
+                )?);
+                if let Some([_, gb, _]) = &p.bias {
+                    bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
+                }
+                bwd.push(conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?);
+                if needs_grad {
+                    bwd.push(conv::input_grad(
+                        ctx,
+                        g,
+                        &y.g,
+                        &p.w,
+                        Some(&p.mask),
+                        &x.g,
+                        false,
+                    )?);
+                }
+                Ok((y, bwd))
+            }
+            Layer::BatchNorm => {
+                let i = self.norms.len();
+                let c = x.s.c;
+                let norm = Norm {
+                    channels: c,
+                    gamma_beta: Tensor::from_f32(ctx, "batch norm", &[1.0, 0.0].repeat(c))?,
+                    grad: Tensor::zeros(ctx, "batch norm gradient", 2 * c)?,
+                    mom: Tensor::zeros(ctx, "batch norm momentum", 2 * c)?,
+                    running: Tensor::from_f32(ctx, "running statistics", &[0.0, 1.0].repeat(c))?,
+                    stats: Tensor::zeros(ctx, "batch statistics", 4 * c)?,
+                };
+                let y = self.act(x.s, &format!("batch norm {i} output"))?;
+                let s = image_shape(x.s, n);
+                self.switches.push(Switch::Norm {
+                    at: self.forward.len(),
+                    shape: s,
+                });
+                self.forward.push(image::bn_stats(
+                    ctx,
+                    s,
+                    &x.t,
+                    &norm.stats,
+                    &norm.running,
+                    true,
+                )?);
+                self.forward.push(image::bn_apply(
+                    ctx,
+                    s,
+                    &x.t,
+                    &norm.gamma_beta,
+                    &y.t,
+                    &norm.stats,
+                )?);
+                // The gradient sums read dy; dy is then copied into the input's gradient, which
+                // the apply turns into dx in place.
+                let [reduce, apply] = image::bn_backward(
+                    ctx,
+                    s,
+                    &x.t,
+                    &norm.gamma_beta,
+                    &y.g,
+                    &norm.grad,
+                    &norm.stats,
+                )?;
+                let apply_into_x = image::bn_backward(
+                    ctx,
+                    s,
+                    &x.t,
+                    &norm.gamma_beta,
+                    &x.g,
+                    &norm.grad,
+                    &norm.stats,
+                )?;
+                drop(apply);
+                let [_, apply_x] = apply_into_x;
+                bwd.push(reduce);
+                if needs_grad {
+                    bwd.push(image::copy(ctx, &y.g, &x.g, s.len())?);
+                    bwd.push(apply_x);
+                }
+                self.norms.push(norm);
+                Ok((y, bwd))
+            }
+            Layer::Relu => {
+                let y = self.act(x.s, "relu output")?;
+                let len = x.s.len() * n;
+                self.forward.push(image::relu(ctx, &x.t, &y.t, len)?);
+                if needs_grad {
+                    bwd.push(image::relu_backward(ctx, &y.t, &y.g, &x.g, len)?);
+                }
+                Ok((y, bwd))
+            }
+            Layer::MaxPool {
+                size,
+                stride,
+                padding,
+            }
+            | Layer::AvgPool {
+                size,
+                stride,
+                padding,
+            } => {
+                let g = Window {
+                    n,
+                    h: x.s.h,
+                    w: x.s.w,
+                    k: *size,
+                    stride: stride.unwrap_or(*size),
+                    padding: *padding,
+                };
+                let (h, w) = g.out().ok_or_else(|| {
+                    RiglError::invalid(format!("a {size}x{size} pooling window does not fit"))
+                })?;
+                let y = self.act(Shape { c: x.s.c, h, w }, "pooling output")?;
+                let s = image_shape(x.s, n);
+                if matches!(layer, Layer::MaxPool { .. }) {
+                    let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
+                    self.forward
+                        .push(image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?);
+                    if needs_grad {
+                        bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
+                    }
+                } else {
+                    self.forward
+                        .push(image::avg_pool(ctx, s, g, &x.t, &y.t, false)?);
+                    if needs_grad {
+                        bwd.push(image::avg_pool(ctx, s, g, &y.g, &x.g, true)?);
+                    }
+                }
+                Ok((y, bwd))
+            }
+            Layer::GlobalAvgPool => {
+                let y = self.act(
+                    Shape {
+                        c: x.s.c,
+                        h: 1,
+                        w: 1,
+                    },
+                    "pooled",
+                )?;
+                let s = image_shape(x.s, n);
+                self.forward
+                    .push(image::global_avg_pool(ctx, s, &x.t, &y.t, false)?);
+                if needs_grad {
+                    bwd.push(image::global_avg_pool(ctx, s, &y.g, &x.g, true)?);
+                }
+                Ok((y, bwd))
+            }
+            Layer::Flatten => {
+                let y = self.act(
+                    Shape {
+                        c: x.s.len(),
+                        h: 1,
+                        w: 1,
+                    },
+                    "flattened",
+                )?;
+                let s = image_shape(x.s, n);
+                self.forward
+                    .push(image::flatten(ctx, s, &x.t, &y.t, false)?);
+                if needs_grad {
+                    bwd.push(image::flatten(ctx, s, &y.g, &x.g, true)?);
+                }
+                Ok((y, bwd))
+            }
+            Layer::Dropout { rate } => {
+                let layer = self.dropouts;
+                self.dropouts += 1;
+                let y = self.act(x.s, "dropout output")?;
+                let len = x.s.len() * n;
+                self.switches.push(Switch::Dropout {
+                    at: self.forward.len(),
+                    backward: false,
+                    layer,
+                    len,
+                    rate: *rate,
+                });
+                self.forward.push(image::dropout(
+                    ctx, &x.t, &y.t, len, self.seed, 0, layer, *rate,
+                )?);
+                if needs_grad {
+                    bwd.dropouts.push((bwd.ops.len(), layer, len, *rate));
+                    bwd.push(image::dropout(
+                        ctx, &y.g, &x.g, len, self.seed, 0, layer, *rate,
+                    )?);
+                }
+                Ok((y, bwd))
+            }
+            Layer::Residual {
+                pre,
+                body,
+                shortcut,
+                shortcut_from,
+            } => {
+                let (p, pre_bwd) = self.seq(pre, x.clone(), needs_grad)?;
+                let from = match shortcut_from {
+                    ShortcutFrom::Input => x.clone(),
+                    ShortcutFrom::Pre => p.clone(),
+                };
+                let from_needs_grad = match shortcut_from {
+                    ShortcutFrom::Input => needs_grad,
+                    ShortcutFrom::Pre => needs_grad || !pre.is_empty(),
+                };
+                // The shortcut writes its input's gradient into a buffer of its own; it is added
+                // to `from`'s gradient once the other consumer has written it.
+                let short_in = Act {
+                    t: from.t.clone(),
+                    g: Tensor::zeros(ctx, "shortcut input gradient", from.s.len() * n)?,
+                    s: from.s,
+                };
+                let (short, short_bwd) = self.seq(shortcut, short_in.clone(), from_needs_grad)?;
+                let (y, body_bwd) = self.seq(body, p.clone(), needs_grad || !pre.is_empty())?;
+                if y.s != short.s {
+                    return Err(RiglError::invalid(
+                        "a residual block's body and shortcut differ in shape",
+                    ));
+                }
+                let len = y.s.len() * n;
+                self.forward.push(image::add(ctx, &short.t, &y.t, len)?);
+                // Backward, in execution order: dy to the shortcut's output, the shortcut, the
+                // body (writes p.g), [from = pre: the shortcut's part into p.g], pre (writes
+                // x.g), [from = input: the shortcut's part into x.g].
+                if !shortcut.is_empty() {
+                    bwd.push(image::copy(ctx, &y.g, &short.g, len)?);
+                    bwd.append(short_bwd);
+                }
+                bwd.append(body_bwd);
+                let contribution = if shortcut.is_empty() {
+                    &y.g
+                } else {
+                    &short_in.g
+                };
+                let from_len = from.s.len() * n;
+                let add_short = if from_needs_grad {
+                    Some(image::add(ctx, contribution, &from.g, from_len)?)
+                } else {
+                    None
+                };
+                match shortcut_from {
+                    ShortcutFrom::Pre => {
+                        bwd.ops.extend(add_short);
+                        bwd.append(pre_bwd);
+                    }
+                    ShortcutFrom::Input => {
+                        bwd.append(pre_bwd);
+                        bwd.ops.extend(add_short);
+                    }
+                }
+                Ok((y, bwd))
+            }
+        }
+    }
+
+    fn take_param(&mut self) -> Result<usize> {
+        let i = self.next_param;
+        if i >= self.params.len() {
+            return Err(RiglError::invalid(
+                "the model has more weight layers than params",
+            ));
+        }
+        self.next_param += 1;
+        Ok(i)
+    }
+}
+
+/// Training or evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Batch statistics and dropout at this step.
+    Train {
+        /// Step (dropout's hash).
+        step: u32,
+    },
+    /// Running statistics, no dropout.
+    Eval,
+}
+
+impl GpuModel {
+    /// The model on the GPU with the parameters of `host` (weights, masks, biases, batch-norm
+    /// parameters and running statistics), for batches of `batch`, dropout seeded by `seed`.
+    pub fn new(ctx: &GpuContext, host: &HostModel, batch: usize, seed: u32) -> Result<Self> {
+        let (out, _) = host.spec.infer()?;
+        if out.h != 1 || out.w != 1 {
+            return Err(RiglError::invalid(format!(
+                "model '{}' ends in {}x{}x{}, not in class scores (end with a linear layer)",
+                host.spec.name, out.c, out.h, out.w
+            )));
+        }
+        let mut params = Vec::with_capacity(host.weights.len());
+        for w in &host.weights {
+            let bias = match &w.bias {
+                Some(b) => Some([
+                    Tensor::from_f32(ctx, &format!("{} bias", w.name), b)?,
+                    Tensor::zeros(ctx, &format!("{} bias gradient", w.name), b.len())?,
+                    Tensor::zeros(ctx, &format!("{} bias momentum", w.name), b.len())?,
+                ]),
+                None => None,
+            };
+            params.push(Param {
+                name: w.name.clone(),
+                shape: w.shape.clone(),
+                w: Tensor::from_f32(ctx, &format!("{} weights", w.name), &w.w)?,
+                mask: Tensor::from_f32(ctx, &format!("{} mask", w.name), &w.mask)?,
+                grad: Tensor::zeros(ctx, &format!("{} gradient", w.name), w.w.len())?,
+                mom: Tensor::zeros(ctx, &format!("{} momentum", w.name), w.w.len())?,
+                bias,
+            });
+        }
+        let input = host.spec.input_shape();
+        let mut b = Builder {
+            ctx,
+            n: batch,
+            variant: gemm::choose_variant(ctx)?,
+            params,
+            next_param: 0,
+            norms: Vec::new(),
+            forward: Vec::new(),
+            switches: Vec::new(),
+            dropouts: 0,
+            seed,
+        };
+        let x = b.act(input, "input")?;
+        let layers = host.spec.layers.clone();
+        let (y, bwd) = b.seq(&layers, x.clone(), false)?;
+        let labels = Tensor::zeros(ctx, "labels", batch)?;
+        let loss_stats = Tensor::zeros(ctx, "loss", 2 * batch)?;
+        let loss = ops::softmax_xent(
+            ctx,
+            &y.t,
+            &labels,
+            &y.g,
+            &loss_stats,
+            y.s.c,
+            batch,
+            0.0,
+            1.0 / batch as f32,
+        )?;
+        let mut switches = b.switches;
+        for (at, layer, len, rate) in bwd.dropouts {
+            switches.push(Switch::Dropout {
+                at,
+                backward: true,
+                layer,
+                len,
+                rate,
+            });
+        }
+        let model = GpuModel {
+            spec: host.spec.clone(),
+            batch,
+            params: b.params,
+            norms: b.norms,
+            input: x.t,
+            labels,
+            loss_stats,
+            logits: y.t,
+            forward: b.forward,
+            loss,
+            backward: bwd.ops,
+            switches,
+            seed,
+        };
+        model.load_norms(ctx, host)?;
+        Ok(model)
+    }
+
+    fn load_norms(&self, ctx: &GpuContext, host: &HostModel) -> Result<()> {
+        if host.norms.len() != self.norms.len() {
+            return Err(RiglError::invalid(
+                "batch norms of the host and GPU models differ",
+            ));
+        }
+        for (g, h) in self.norms.iter().zip(&host.norms) {
+            let gb: Vec<f32> = h
+                .gamma
+                .iter()
+                .zip(&h.beta)
+                .flat_map(|(a, b)| [*a, *b])
+                .collect();
+            let run: Vec<f32> = h
+                .mean
+                .iter()
+                .zip(&h.var)
+                .flat_map(|(a, b)| [*a, *b])
+                .collect();
+            g.gamma_beta.write_f32(ctx, &gb)?;
+            g.running.write_f32(ctx, &run)?;
+        }
+        Ok(())
+    }
+
+    /// Sets every mode- and step-dependent parameter block.
+    pub fn set_mode(&self, ctx: &GpuContext, mode: RunMode) -> Result<()> {
+        for s in &self.switches {
+            match s {
+                Switch::Norm { at, shape } => {
+                    let p = image::bn_stats_mode(*shape, mode != RunMode::Eval)?;
+                    self.forward[*at].write_params(ctx, &p);
+                }
+                Switch::Dropout {
+                    at,
+                    backward,
+                    layer,
+                    len,
+                    rate,
+                } => {
+                    let (step, rate) = match mode {
+                        RunMode::Train { step } => (step, *rate),
+                        RunMode::Eval => (0, 0.0),
+                    };
+                    let p = image::dropout_step(*len, self.seed, step, *layer, rate)?;
+                    let list = if *backward {
+                        &self.backward
+                    } else {
+                        &self.forward
+                    };
+                    list[*at].write_params(ctx, &p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass (logits in [`GpuModel::logits`]).
+    pub fn forward_ops(&self) -> Vec<&Dispatch> {
+        self.forward.iter().collect()
+    }
+
+    /// Forward, loss and backward of the batch in [`GpuModel::input`] and
+    /// [`GpuModel::labels`]: every parameter's gradient.
+    pub fn step_ops(&self) -> Vec<&Dispatch> {
+        self.forward
+            .iter()
+            .chain(std::iter::once(&self.loss))
+            .chain(&self.backward)
+            .collect()
+    }
+
+    /// SGD over every param (masked weights held at zero) and batch-norm parameter.
+    pub fn sgd_ops(&self, ctx: &GpuContext, cfg: SgdConfig) -> Result<Vec<Dispatch>> {
+        let no_decay = SgdConfig {
+            weight_decay: 0.0,
+            ..cfg
+        };
+        let mut out = Vec::new();
+        for p in &self.params {
+            out.push(ops::sgd(
+                ctx,
+                &p.grad,
+                &p.w,
+                &p.mom,
+                Some(&p.mask),
+                p.w.len,
+                cfg,
+            )?);
+            if let Some([b, gb, mb]) = &p.bias {
+                out.push(ops::sgd(ctx, gb, b, mb, None, b.len, no_decay)?);
+            }
+        }
+        for b in &self.norms {
+            out.push(ops::sgd(
+                ctx,
+                &b.grad,
+                &b.gamma_beta,
+                &b.mom,
+                None,
+                2 * b.channels,
+                no_decay,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Mean loss and correct predictions of the last step (waits for the GPU).
+    pub fn read_loss(&self, ctx: &GpuContext) -> Result<(f32, usize)> {
+        let s = self.loss_stats.read_f32(ctx)?;
+        let n = self.batch;
+        let loss = s[..n].iter().sum::<f32>() / n as f32;
+        let correct = s[n..2 * n].iter().filter(|&&c| c > 0.0).count();
+        Ok((loss, correct))
+    }
+}

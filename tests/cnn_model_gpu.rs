@@ -1,0 +1,164 @@
+//! A whole training step of convolutional models on the GPU (`nn::model::GpuModel`, masked
+//! dense) against the CPU twin (`cpu::model::HostModel`): the loss, every parameter gradient
+//! (weights at every position, biases, batch-norm scales and shifts), the running statistics,
+//! and the weights after an SGD step, for LeNet-5 and two small residual nets (projection and
+//! identity shortcuts, dropout, pooling on both paddings), at batch 1 and 3.
+
+mod common;
+
+use common::nets::{model, pooled_net, residual_net};
+use common::{assert_close, ctx, data};
+use rigl::cpu::dense::sgd;
+use rigl::cpu::model::{HostModel, Mode};
+use rigl::gpu::ops::{self, SgdConfig};
+use rigl::nn::model::{GpuModel, RunMode};
+use rigl::nn::spec::ModelSpec;
+
+const SEED: u32 = 5;
+const STEP: u32 = 17;
+
+fn check(mut host: HostModel, n: usize, what: &str) {
+    let ctx = ctx();
+    let input = host.spec.input_shape();
+    let x = data(input.len() * n, 77);
+    let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + 1) % 10 % 3).collect();
+    let gpu = GpuModel::new(ctx, &host, n, SEED).expect("GPU model");
+    gpu.input.write_f32(ctx, &x).expect("input");
+    ctx.queue.write_buffer(
+        &gpu.labels.buffer,
+        gpu.labels.offset,
+        bytemuck::cast_slice(&labels),
+    );
+    gpu.set_mode(ctx, RunMode::Train { step: STEP })
+        .expect("mode");
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        nesterov: true,
+    };
+    let sgd_ops = gpu.sgd_ops(ctx, cfg).expect("sgd");
+    let mut step = gpu.step_ops();
+    let grads_only = step.len();
+    step.extend(sgd_ops.iter());
+    // Gradients first (read before the optimizer), then the optimizer.
+    ops::run(ctx, "step", &step[..grads_only]).expect("step");
+    let want = host
+        .step(
+            &x,
+            &labels,
+            n,
+            Mode::Train {
+                seed: SEED,
+                step: STEP,
+            },
+            0.0,
+        )
+        .expect("host step");
+    let (loss, correct) = gpu.read_loss(ctx).expect("loss");
+    assert!(
+        (loss - want.loss).abs() <= 1e-4 * want.loss.abs().max(1.0),
+        "{what}: loss {loss} vs {}",
+        want.loss
+    );
+    assert_eq!(correct, want.correct, "{what}: correct");
+    for (i, p) in gpu.params.iter().enumerate() {
+        let g = p.grad.read_f32(ctx).expect("grad");
+        let scale = want.grads.w[i]
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .max(1e-3);
+        assert_close(
+            &format!("{what}: {} gradient", p.name),
+            &g,
+            &want.grads.w[i],
+            2e-4 * scale,
+            2e-3,
+        );
+        if let (Some([_, gb, _]), Some(wb)) = (&p.bias, &want.grads.bias[i]) {
+            let scale = wb.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+            assert_close(
+                &format!("{what}: {} bias gradient", p.name),
+                &gb.read_f32(ctx).expect("bias"),
+                wb,
+                2e-4 * scale,
+                2e-3,
+            );
+        }
+    }
+    for (i, b) in gpu.norms.iter().enumerate() {
+        let g = b.grad.read_f32(ctx).expect("bn grad");
+        let w: Vec<f32> = want.grads.gamma[i]
+            .iter()
+            .zip(&want.grads.beta[i])
+            .flat_map(|(a, b)| [*a, *b])
+            .collect();
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        assert_close(
+            &format!("{what}: batch norm {i} gradient"),
+            &g,
+            &w,
+            2e-4 * scale,
+            2e-3,
+        );
+        let run = b.running.read_f32(ctx).expect("running");
+        let h = &host.norms[i];
+        let w: Vec<f32> = h
+            .mean
+            .iter()
+            .zip(&h.var)
+            .flat_map(|(a, b)| [*a, *b])
+            .collect();
+        assert_close(
+            &format!("{what}: batch norm {i} running statistics"),
+            &run,
+            &w,
+            1e-5,
+            1e-4,
+        );
+    }
+    // The optimizer step on both sides.
+    let sgd_refs: Vec<&ops::Dispatch> = sgd_ops.iter().collect();
+    ops::run(ctx, "sgd", &sgd_refs).expect("sgd");
+    for (i, p) in gpu.params.iter().enumerate() {
+        let hw = &mut host.weights[i];
+        let mut mom = vec![0.0; hw.w.len()];
+        sgd(&want.grads.w[i], &mut hw.w, &mut mom, Some(&hw.mask), cfg);
+        let scale = hw.w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        assert_close(
+            &format!("{what}: {} after SGD", p.name),
+            &p.w.read_f32(ctx).expect("w"),
+            &hw.w,
+            1e-5 * scale,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn residual_nets_step_like_the_twin() {
+    check(model(residual_net(), 1), 3, "residual batch 3");
+    check(model(residual_net(), 2), 1, "residual batch 1");
+    check(model(pooled_net(), 3), 3, "pooled batch 3");
+}
+
+#[test]
+fn lenet5_steps_like_the_twin() {
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    check(model(spec, 4), 2, "lenet5 batch 2");
+}
+
+#[test]
+fn evaluation_mode_uses_the_running_statistics() {
+    let ctx = ctx();
+    let mut host = model(pooled_net(), 6);
+    let n = 2;
+    let x = data(36 * n, 5);
+    let gpu = GpuModel::new(ctx, &host, n, SEED).expect("GPU model");
+    gpu.input.write_f32(ctx, &x).expect("input");
+    gpu.set_mode(ctx, RunMode::Eval).expect("mode");
+    ops::run(ctx, "eval", &gpu.forward_ops()).expect("forward");
+    let want = host.forward(&x, n, Mode::Eval).expect("host");
+    let got = gpu.logits.read_f32(ctx).expect("logits");
+    assert_close("eval logits", &got, &want, 1e-4, 1e-3);
+}
