@@ -14,6 +14,16 @@
 //!
 //! Reading `.npz` ([`read_npz`]) accepts what `numpy.savez` and `numpy.savez_compressed` write:
 //! STORED or DEFLATE entries, each a `.npy` file, without zip64 or encryption.
+//!
+//! Why by hand and not `npyz` (0.9, feature `npz`), measured by porting this file onto it: the
+//! port kept only 55 of 763 lines out, because npyz lacks what `rigl mask-update` promises its
+//! users: one-line header errors naming the problem (npyz reports a multi-line Python-literal
+//! parser trace or "dict is missing key"), refusing unknown header keys (NumPy does, npyz
+//! ignores them), Python 2 `3L` dimensions (NumPy reads them, npyz refuses), headers over
+//! 64 KiB (npyz panics), an atomic `.npz` write (its writer truncates the destination first),
+//! and per-entry size checks (its zip reader checks none). The `npz` feature also pulls 50 crates
+//! into the build, among them C builds of zstd and bzip2 (2.5 minutes more of a clean build
+//! here, and a C compiler), for nothing the port used but the zip reader.
 
 use std::fs;
 use std::io::Write;
