@@ -197,6 +197,10 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
 
 #[derive(Args, Debug)]
 pub struct StepBenchArgs {
+    /// A model of layers: lenet5, wrn-22-2 or resnet-50 (masked-dense kernels, the training
+    /// of these models is in progress); mlp (default) is the trainer's own MLP.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
     /// Hidden widths of the fully connected model, comma-separated.
     #[arg(long, default_value = "300,100")]
     hidden: String,
@@ -239,6 +243,13 @@ pub struct StepBenchArgs {
 }
 
 pub fn step(args: StepBenchArgs) -> CliResult {
+    if let Some(name) = args
+        .model
+        .as_deref()
+        .filter(|m| !m.eq_ignore_ascii_case("mlp"))
+    {
+        return model_step(&args, name);
+    }
     let hidden = args
         .hidden
         .split(',')
@@ -308,6 +319,58 @@ pub fn step(args: StepBenchArgs) -> CliResult {
                 println!("  {ms:9.3} ms  {name}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `rigl bench step --model NAME`: a model of layers on the masked-dense path.
+fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
+    let spec = rigl::nn::spec::ModelSpec::builtin(name, &[])
+        .map_err(|e| CliError::usage(format!("--model: {e}")))?;
+    let dist = rigl::sparse::Distribution::parse(&args.distribution)?;
+    let method = rigl::sparse::Method::parse(&args.method)?;
+    let sparsity = if method == rigl::sparse::Method::Dense {
+        0.0
+    } else {
+        args.sparsity
+    };
+    let dc = rigl::sparse::DistributionConfig::new(dist, sparsity);
+    let ctx = GpuContext::new()?;
+    let r = rigl::train::bench::bench_model_step(
+        &ctx,
+        &spec,
+        args.batch,
+        sparsity,
+        dc,
+        args.warmup,
+        args.reps,
+        args.profile,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| CliError::usage(e.to_string()))?
+        );
+    } else {
+        for (name, ms) in &r.profile {
+            println!("  {ms:9.3} ms  {name}");
+        }
+        println!(
+            "step {} at sparsity {:.3}, batch {} on {}: {} kernels; step {:.3} ms ({:.0} \
+             samples/s, {} dispatches; {:.1} MFLOPs dense forward per sample) [{} timing, \
+             median of {}]",
+            r.model,
+            r.sparsity,
+            r.batch,
+            r.adapter,
+            r.kernels,
+            r.step_ms,
+            r.samples_per_sec,
+            r.step_dispatches,
+            r.dense_forward_flops / 1e6,
+            r.timing,
+            r.reps
+        );
     }
     Ok(())
 }

@@ -224,3 +224,114 @@ pub fn bench_step(
         update_profile,
     })
 }
+
+/// What `rigl bench step --model` reports for a model of layers (masked-dense kernels).
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelStepBench {
+    /// Model name.
+    pub model: String,
+    /// Samples per step.
+    pub batch: usize,
+    /// Global target sparsity (ERK) of the masks.
+    pub sparsity: f64,
+    /// Kernels: `masked` (masked-dense convolutions and GEMMs).
+    pub kernels: &'static str,
+    /// Median time of a training step (forward, loss, backward, SGD), ms.
+    pub step_ms: f64,
+    /// batch / step time.
+    pub samples_per_sec: f64,
+    /// Dispatches in a step.
+    pub step_dispatches: usize,
+    /// Dense forward FLOPs per sample (2 per multiply-add, SPEC §8).
+    pub dense_forward_flops: f64,
+    /// `timestamp` or `wall`.
+    pub timing: &'static str,
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Adapter.
+    pub adapter: String,
+    /// Per dispatch (name, ms, each timed alone once), when asked for.
+    pub profile: Vec<(String, f64)>,
+}
+
+/// Times a training step of a model of layers on the masked-dense path, its masks drawn at
+/// `sparsity` with `distribution` (exact active counts per param) and He-normal weights.
+pub fn bench_model_step(
+    ctx: &GpuContext,
+    spec: &crate::nn::spec::ModelSpec,
+    batch: usize,
+    sparsity: f64,
+    distribution: crate::sparse::DistributionConfig,
+    warmup: usize,
+    reps: usize,
+    with_profile: bool,
+) -> Result<ModelStepBench> {
+    use crate::cpu::model::HostModel;
+    use crate::nn::model::{GpuModel, RunMode};
+    use crate::sparse::init::{init_layer, WeightInit};
+
+    let layers = spec.weight_layers()?;
+    let shapes: Vec<crate::sparse::LayerShape> = layers.iter().map(|l| l.layer.clone()).collect();
+    let plan = crate::sparse::layer_sparsities(&shapes, &distribution)?;
+    let mut masks = Vec::new();
+    let mut init = |i: usize, shape: &[usize]| -> Vec<f32> {
+        match init_layer(0, i as u64, shape, plan[i].active, WeightInit::HeNormal) {
+            Ok(l) => {
+                masks.push(l.mask);
+                l.weights
+            }
+            Err(_) => vec![0.0; shape.iter().product()],
+        }
+    };
+    let mut host = HostModel::new(spec.clone(), &mut init)?;
+    if masks.len() != host.weights.len() {
+        return Err(RiglError::invalid("could not draw every mask"));
+    }
+    for (w, m) in host.weights.iter_mut().zip(masks) {
+        w.mask = m;
+    }
+    let model = GpuModel::new(ctx, &host, batch, 0)?;
+    let input = spec.input_shape();
+    let x: Vec<f32> = (0..input.len() * batch)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    model.input.write_f32(ctx, &x)?;
+    model.set_mode(ctx, RunMode::Train { step: 1 })?;
+    let sgd = model.sgd_ops(
+        ctx,
+        crate::gpu::ops::SgdConfig {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: true,
+        },
+    )?;
+    let mut ops = model.step_ops();
+    ops.extend(sgd.iter());
+    let (step_ms, timing) = profile::time_ops(ctx, &ops, warmup, reps, true)?;
+    let mut per_op = Vec::new();
+    if with_profile {
+        for op in &ops {
+            let (ms, _) = profile::time_ops(ctx, &[op], 0, 1, true)?;
+            per_op.push((op.name.clone(), ms));
+        }
+    }
+    let dense: f64 = layers
+        .iter()
+        .map(|l| 2.0 * l.layer.shape.iter().product::<usize>() as f64 * l.positions() as f64)
+        .sum();
+    Ok(ModelStepBench {
+        model: spec.name.clone(),
+        batch,
+        sparsity,
+        kernels: "masked",
+        step_ms,
+        samples_per_sec: batch as f64 / (step_ms / 1000.0),
+        step_dispatches: ops.len(),
+        dense_forward_flops: dense,
+        timing: timing.as_str(),
+        reps: reps.max(1),
+        adapter: ctx.info.name.clone(),
+        profile: per_op,
+    })
+}
