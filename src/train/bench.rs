@@ -256,6 +256,7 @@ pub struct ModelStepBench {
 
 /// Times a training step of a model of layers on the masked-dense path, its masks drawn at
 /// `sparsity` with `distribution` (exact active counts per param) and He-normal weights.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_model_step(
     ctx: &GpuContext,
     spec: &crate::nn::spec::ModelSpec,
