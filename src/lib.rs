@@ -16,6 +16,7 @@ pub mod error;
 pub mod gpu;
 pub mod nn;
 pub mod npy;
+pub mod shape;
 pub mod sparse;
 pub mod train;
 

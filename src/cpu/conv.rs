@@ -10,52 +10,7 @@
 //! `[kh*kw*cin, cout]` (the same flat index `c * cout + r` as a dense `[in, out]` layer).
 
 use crate::cpu::mask_update::set_score;
-use crate::nn::spec::Padding;
-
-/// The geometry of a convolution or pooling window over a batch of images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    /// Batch size.
-    pub n: usize,
-    /// Input height and width.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Window height and width (square).
-    pub k: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Padding.
-    pub padding: Padding,
-}
-
-impl Window {
-    /// Output height and width (`None` when a valid window does not fit).
-    pub fn out(&self) -> Option<(usize, usize)> {
-        Some((
-            self.padding.out(self.h, self.k, self.stride)?,
-            self.padding.out(self.w, self.k, self.stride)?,
-        ))
-    }
-
-    /// Padding before the first row and column.
-    pub fn pad(&self) -> (usize, usize) {
-        (
-            self.padding.before(self.h, self.k, self.stride),
-            self.padding.before(self.w, self.k, self.stride),
-        )
-    }
-
-    /// The input position `(iy, ix)` that window tap `(ky, kx)` of output `(oy, ox)` reads, if it
-    /// is inside the image (not padding).
-    #[inline]
-    pub fn tap(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let (pt, pl) = self.pad();
-        let iy = (oy * self.stride + ky).checked_sub(pt)?;
-        let ix = (ox * self.stride + kx).checked_sub(pl)?;
-        (iy < self.h && ix < self.w).then_some((iy, ix))
-    }
-}
+pub use crate::shape::Window;
 
 /// Flat index of a channel-major activation `[C, N, H, W]`.
 #[inline]
@@ -173,10 +128,7 @@ pub fn channel_sums(dy: &[f32], channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Batch-norm constants (official values, SPEC §8).
-pub const BN_MOMENTUM: f32 = 0.9;
-/// Batch-norm epsilon.
-pub const BN_EPSILON: f32 = 1e-5;
+pub use crate::gpu::image::{BN_EPSILON, BN_MOMENTUM};
 
 /// What batch-norm training keeps for its backward pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -428,6 +380,7 @@ pub fn dropout_mask(seed: u32, step: u32, layer: u32, len: usize, rate: f32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::Padding;
 
     #[test]
     fn a_one_by_one_convolution_is_a_matrix_product() {

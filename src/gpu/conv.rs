@@ -3,11 +3,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::cpu::conv::Window;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::Dispatch;
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::{GpuContext, Tensor};
+use crate::shape::Window;
 
 /// A convolution's geometry: the window over the batch of input images and the channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

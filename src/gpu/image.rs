@@ -8,11 +8,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::cpu::conv::{Window, BN_EPSILON, BN_MOMENTUM};
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::Dispatch;
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::{GpuContext, Tensor};
+use crate::shape::Window;
+
+/// Batch-norm momentum of the running statistics (official value, SPEC §8).
+pub const BN_MOMENTUM: f32 = 0.9;
+/// Batch-norm epsilon (official value).
+pub const BN_EPSILON: f32 = 1e-5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]

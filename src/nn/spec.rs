@@ -43,39 +43,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RiglError};
+pub use crate::shape::Padding;
 use crate::sparse::{LayerKind, LayerShape, LayerSpec};
-
-/// Padding of a convolution or a pooling window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Padding {
-    /// TensorFlow's `SAME`: output `ceil(H / stride)`, the extra pad at the bottom/right.
-    #[default]
-    Same,
-    /// No padding: output `floor((H - k) / stride) + 1`.
-    Valid,
-}
-
-impl Padding {
-    /// Output size of a window of `k` at `stride` over `h`, or `None` when it does not fit.
-    pub fn out(self, h: usize, k: usize, stride: usize) -> Option<usize> {
-        match self {
-            Padding::Same => Some(h.div_ceil(stride)),
-            Padding::Valid => (h >= k).then(|| (h - k) / stride + 1),
-        }
-    }
-
-    /// Padding before the first row (top or left) for `Same`, 0 for `Valid`.
-    pub fn before(self, h: usize, k: usize, stride: usize) -> usize {
-        match self {
-            Padding::Valid => 0,
-            Padding::Same => {
-                let out = h.div_ceil(stride);
-                ((out - 1) * stride + k).saturating_sub(h) / 2
-            }
-        }
-    }
-}
 
 /// Where a residual block's shortcut branches off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
