@@ -9,6 +9,7 @@
 //! trainers: rigl as the sparse backend of their own training loop.
 #![warn(missing_docs)]
 
+pub mod canonical;
 pub mod cpu;
 pub mod data;
 pub mod embed;

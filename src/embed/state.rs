@@ -87,7 +87,9 @@ impl SchedulerState {
         let json = serde_json::to_string(&meta)
             .map_err(|e| RiglError::invalid(format!("scheduler state to JSON: {e}")))?;
         let header = HashMap::from([(METADATA_KEY.to_string(), json)]);
-        safetensors::serialize(views, Some(header)).map_err(err)
+        crate::canonical::safetensors_bytes(
+            safetensors::serialize(views, Some(header)).map_err(err)?,
+        )
     }
 
     /// Reads a state written by [`SchedulerState::to_bytes`]; errors name what is missing.

@@ -456,9 +456,30 @@ pub fn choose_variant(ctx: &GpuContext) -> Result<GemmVariant> {
 /// bit-identical (tested); which is faster depends on the shape, as the packing costs most on
 /// small products. With `$RIGL_GEMM` set, `preferred` is only resolved.
 pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Result<GemmVariant> {
-    let v = preferred.resolve(ctx, shape);
+    let v = pick_untracked(ctx, preferred, shape)?;
+    if is_pair(ctx, shape, preferred.resolve(ctx, shape)) {
+        if let Ok(mut c) = ctx.registry.tuned_gemm.shapes.lock() {
+            c.insert(*shape, v);
+        }
+    }
+    Ok(v)
+}
+
+fn is_pair(ctx: &GpuContext, shape: &GemmShape, v: GemmVariant) -> bool {
     let pair = [GemmVariant::Subgroup, GemmVariant::Texture];
-    if forced().is_some() || !pair.contains(&v) || !pair.iter().all(|p| p.supports(ctx, shape)) {
+    forced().is_none() && pair.contains(&v) && pair.iter().all(|p| p.supports(ctx, shape))
+}
+
+/// [`pick`] without recording the pick among the context's [`picks`]: for products that are
+/// only timed (the kernel choice's masked-dense timings), so a run's `kernels.json` lists the
+/// products it runs.
+pub(crate) fn pick_untracked(
+    ctx: &GpuContext,
+    preferred: GemmVariant,
+    shape: &GemmShape,
+) -> Result<GemmVariant> {
+    let v = preferred.resolve(ctx, shape);
+    if !is_pair(ctx, shape, v) {
         return Ok(v);
     }
     let cache = &ctx.registry.tuned_gemm.shapes;
@@ -478,13 +499,10 @@ pub fn pick(ctx: &GpuContext, preferred: GemmVariant, shape: &GemmShape) -> Resu
         if trans_a { " trans_a" } else { "" },
         if trans_b { " trans_b" } else { "" }
     );
-    let best = tuning::get_or_measure(&key, || {
+    let pair = [GemmVariant::Subgroup, GemmVariant::Texture];
+    tuning::get_or_measure(&key, || {
         Ok(fastest(&time_variants(ctx, shape, &pair)?).map_or(v, |t| t.1))
-    })?;
-    if let Ok(mut c) = cache.lock() {
-        c.insert(*shape, best);
-    }
-    Ok(best)
+    })
 }
 
 /// Fixes this context's GEMM choices: `variant` (what [`choose_variant`] returns) and the

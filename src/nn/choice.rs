@@ -140,7 +140,7 @@ fn measure_layer(
         GemmOp::new(
             ctx,
             shape,
-            crate::gpu::gemm::pick(ctx, variant, &shape)?,
+            crate::gpu::gemm::pick_untracked(ctx, variant, &shape)?,
             a,
             bm,
             c,

@@ -362,8 +362,10 @@ pub fn to_bytes(
             .map_err(|e| RiglError::invalid(format!("checkpoint tensor {n}: {e}")))?;
         views.push((n.clone(), v));
     }
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| RiglError::invalid(format!("checkpoint serialization: {e}")))
+    crate::canonical::safetensors_bytes(
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| RiglError::invalid(format!("checkpoint serialization: {e}")))?,
+    )
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, renamed

@@ -97,7 +97,9 @@ pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
     if let Some(cfg) = &file.config {
         meta.insert("rigl.config".to_string(), cfg.to_toml()?);
     }
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(err)?;
+    let bytes = crate::canonical::safetensors_bytes(
+        safetensors::serialize(views, Some(meta)).map_err(err)?,
+    )?;
     let tmp = path.with_extension("safetensors.tmp");
     let io = |source| RiglError::Io {
         path: path.display().to_string(),
