@@ -350,43 +350,24 @@ impl HostModel {
                 let y: Vec<f32> = x.iter().map(|&v| v.max(0.0)).collect();
                 (y.clone(), s, Saved::Relu { y })
             }
-            Layer::MaxPool {
-                size,
-                stride,
-                padding,
-            } => {
-                let g = Window {
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
+                let g = layer.pool_window(s, n).unwrap_or(Window {
                     n,
                     h: s.h,
                     w: s.w,
-                    k: *size,
-                    stride: stride.unwrap_or(*size),
-                    padding: *padding,
-                };
-                let (y, arg) = conv::max_pool_forward(&x, s.c, g);
+                    k: 1,
+                    stride: 1,
+                    padding: crate::shape::Padding::Valid,
+                });
                 let (h, w) = g.out().unwrap_or((0, 0));
-                (
-                    y,
-                    Shape { c: s.c, h, w },
-                    Saved::MaxPool { arg, len: x.len() },
-                )
-            }
-            Layer::AvgPool {
-                size,
-                stride,
-                padding,
-            } => {
-                let g = Window {
-                    n,
-                    h: s.h,
-                    w: s.w,
-                    k: *size,
-                    stride: stride.unwrap_or(*size),
-                    padding: *padding,
-                };
-                let y = conv::avg_pool_forward(&x, s.c, g);
-                let (h, w) = g.out().unwrap_or((0, 0));
-                (y, Shape { c: s.c, h, w }, Saved::AvgPool { g, c: s.c })
+                let shape = Shape { c: s.c, h, w };
+                if matches!(layer, Layer::MaxPool { .. }) {
+                    let (y, arg) = conv::max_pool_forward(&x, s.c, g);
+                    (y, shape, Saved::MaxPool { arg, len: x.len() })
+                } else {
+                    let y = conv::avg_pool_forward(&x, s.c, g);
+                    (y, shape, Saved::AvgPool { g, c: s.c })
+                }
             }
             Layer::GlobalAvgPool => {
                 let hw = s.h * s.w;

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::Dispatch;
+use crate::gpu::ops::{self, Dispatch};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::{GpuContext, Tensor};
 use crate::shape::Window;
@@ -127,13 +127,7 @@ const BIAS_OR_ACC: u32 = 1;
 const MASKED: u32 = 2;
 
 fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
-    if t.len < needed {
-        return Err(RiglError::invalid(format!(
-            "convolution {what}: tensor '{}' has {} elements, needs {needed}",
-            t.label, t.len
-        )));
-    }
-    Ok(())
+    ops::check_len(t, needed, &format!("convolution {what}"))
 }
 
 /// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]`.

@@ -9,7 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::Dispatch;
+use crate::gpu::ops::{check_len as check, Dispatch};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::{GpuContext, Tensor};
 use crate::shape::Window;
@@ -65,16 +65,6 @@ fn u(v: usize, what: &str) -> Result<u32> {
         limit: u64::from(u32::MAX),
         limit_name: "u32 indexing",
     })
-}
-
-fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
-    if t.len < needed {
-        return Err(RiglError::invalid(format!(
-            "{what}: tensor '{}' has {} elements, needs {needed}",
-            t.label, t.len
-        )));
-    }
-    Ok(())
 }
 
 /// A one-element placeholder for a binding an entry does not use.

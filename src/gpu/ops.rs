@@ -311,7 +311,8 @@ pub struct EwParams {
 
 const EW_WG: u64 = 256;
 
-fn check_len(t: &Tensor, needed: usize, what: &str) -> Result<()> {
+/// An error naming `what` and the tensor when `t` holds fewer than `needed` elements.
+pub(crate) fn check_len(t: &Tensor, needed: usize, what: &str) -> Result<()> {
     if t.len < needed {
         return Err(RiglError::invalid(format!(
             "{what}: tensor '{}' has {} elements, needs {needed}",

@@ -357,27 +357,11 @@ impl Builder<'_> {
                 }
                 Ok((y, bwd))
             }
-            Layer::MaxPool {
-                size,
-                stride,
-                padding,
-            }
-            | Layer::AvgPool {
-                size,
-                stride,
-                padding,
-            } => {
-                let g = Window {
-                    n,
-                    h: x.s.h,
-                    w: x.s.w,
-                    k: *size,
-                    stride: stride.unwrap_or(*size),
-                    padding: *padding,
-                };
-                let (h, w) = g.out().ok_or_else(|| {
-                    RiglError::invalid(format!("a {size}x{size} pooling window does not fit"))
-                })?;
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
+                let (g, (h, w)) = layer
+                    .pool_window(x.s, n)
+                    .and_then(|g| Some((g, g.out()?)))
+                    .ok_or_else(|| RiglError::invalid("a pooling window does not fit its input"))?;
                 let y = self.act(Shape { c: x.s.c, h, w }, "pooling output")?;
                 let s = image_shape(x.s, n);
                 if matches!(layer, Layer::MaxPool { .. }) {

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RiglError};
 pub use crate::shape::Padding;
+use crate::shape::Window;
 use crate::sparse::{LayerKind, LayerShape, LayerSpec};
 
 /// Where a residual block's shortcut branches off.
@@ -152,6 +153,33 @@ pub enum Layer {
 
 fn valid() -> Padding {
     Padding::Valid
+}
+
+impl Layer {
+    /// The window of a pooling layer over an input of shape `s` in a batch of `n`, or `None` for
+    /// the other layers.
+    pub fn pool_window(&self, s: Shape, n: usize) -> Option<Window> {
+        match self {
+            Layer::MaxPool {
+                size,
+                stride,
+                padding,
+            }
+            | Layer::AvgPool {
+                size,
+                stride,
+                padding,
+            } => Some(Window {
+                n,
+                h: s.h,
+                w: s.w,
+                k: *size,
+                stride: stride.unwrap_or(*size),
+                padding: *padding,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The shape of an activation per sample: channels, height, width (flat: `[features, 1, 1]`).
@@ -301,23 +329,13 @@ impl Walker {
                 }
                 Ok(s)
             }
-            Layer::MaxPool {
-                size,
-                stride,
-                padding,
-            }
-            | Layer::AvgPool {
-                size,
-                stride,
-                padding,
-            } => {
-                let st = stride.unwrap_or(*size);
-                if *size == 0 || st == 0 {
+            Layer::MaxPool { size, stride, .. } | Layer::AvgPool { size, stride, .. } => {
+                if *size == 0 || *stride == Some(0) {
                     return Err(bad("a pooling layer needs size and stride >= 1".into()));
                 }
-                match (padding.out(s.h, *size, st), padding.out(s.w, *size, st)) {
-                    (Some(h), Some(w)) => Ok(Shape { c: s.c, h, w }),
-                    _ => Err(bad(format!(
+                match layer.pool_window(s, 1).and_then(|g| g.out()) {
+                    Some((h, w)) => Ok(Shape { c: s.c, h, w }),
+                    None => Err(bad(format!(
                         "a {size}x{size} pooling window does not fit the input {}",
                         s.text()
                     ))),
