@@ -143,12 +143,11 @@ impl HostModel {
     /// batch norms at gamma 1, beta 0 and unit running variance.
     pub fn new(spec: ModelSpec, init: &mut dyn FnMut(usize, &[usize]) -> Vec<f32>) -> Result<Self> {
         let (_, layers) = spec.infer()?;
-        let biases = biases(&spec.layers);
         let weights = layers
             .iter()
-            .zip(biases)
             .enumerate()
-            .map(|(i, (l, has_bias))| {
+            .map(|(i, l)| {
+                let has_bias = l.bias;
                 let shape = l.spec.layer.shape.clone();
                 let n: usize = shape.iter().product();
                 let out = *shape.last().unwrap_or(&1);
@@ -161,7 +160,8 @@ impl HostModel {
                 }
             })
             .collect();
-        let norms = norm_channels(&spec)?
+        let norms = spec
+            .norm_channels()?
             .into_iter()
             .map(|c| HostNorm {
                 gamma: vec![1.0; c],
@@ -534,67 +534,4 @@ impl HostModel {
             }
         }
     }
-}
-
-/// Whether each weight layer has a bias, in [`ModelSpec::infer`]'s order.
-fn biases(layers: &[Layer]) -> Vec<bool> {
-    let mut out = Vec::new();
-    for l in layers {
-        match l {
-            Layer::Linear { bias, .. } | Layer::Conv2d { bias, .. } => out.push(*bias),
-            Layer::Residual {
-                pre,
-                body,
-                shortcut,
-                ..
-            } => {
-                out.extend(biases(pre));
-                out.extend(biases(shortcut));
-                out.extend(biases(body));
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Channels of each batch norm, in walk order.
-fn norm_channels(spec: &ModelSpec) -> Result<Vec<usize>> {
-    fn walk(layers: &[Layer], mut s: Shape, out: &mut Vec<usize>) -> Result<Shape> {
-        for l in layers {
-            s = match l {
-                Layer::BatchNorm => {
-                    out.push(s.c);
-                    s
-                }
-                Layer::Residual {
-                    pre,
-                    body,
-                    shortcut,
-                    shortcut_from,
-                } => {
-                    let p = walk(pre, s, out)?;
-                    let from = if *shortcut_from == ShortcutFrom::Pre {
-                        p
-                    } else {
-                        s
-                    };
-                    walk(shortcut, from, out)?;
-                    walk(body, p, out)?
-                }
-                other => {
-                    let one = ModelSpec {
-                        name: String::new(),
-                        input: [s.c, s.h, s.w],
-                        layers: vec![other.clone()],
-                    };
-                    one.infer()?.0
-                }
-            };
-        }
-        Ok(s)
-    }
-    let mut out = Vec::new();
-    walk(&spec.layers, spec.input_shape(), &mut out)?;
-    Ok(out)
 }

@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
+use crate::gpu::image;
 use crate::gpu::ops::{self, Dispatch};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::{GpuContext, Tensor};
@@ -64,15 +65,7 @@ impl ConvGeom {
                 "a convolution needs images, channels, kernel and stride of at least 1",
             ));
         }
-        let u = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| RiglError::TooLarge {
-                what: format!("convolution {what}"),
-                needed: v as u64,
-                unit: "elements",
-                limit: u64::from(u32::MAX),
-                limit_name: "u32 indexing",
-            })
-        };
+        let u = |v: usize, what: &str| image::u(v, &format!("convolution {what}"));
         // Every flat index the kernel forms must fit u32.
         u(
             self.input_len()

@@ -57,7 +57,8 @@ const B5: &[Binding] = &[
 ];
 const WG: u64 = 256;
 
-fn u(v: usize, what: &str) -> Result<u32> {
+/// `v` as a u32 kernel index, or [`RiglError::TooLarge`] naming `what`.
+pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| RiglError::TooLarge {
         what: what.to_string(),
         needed: v as u64,

@@ -227,11 +227,15 @@ pub struct WeightLayer {
     pub spec: LayerSpec,
     /// Input activation shape of the layer.
     pub input: Shape,
+    /// Whether the layer has a bias.
+    pub bias: bool,
 }
 
 /// Walks layers, inferring shapes and collecting weight tensors.
 struct Walker {
     weights: Vec<WeightLayer>,
+    /// Channels of each batch norm, in walk order.
+    norms: Vec<usize>,
     counter: usize,
 }
 
@@ -260,7 +264,7 @@ impl Walker {
     fn layer(&mut self, layer: &Layer, s: Shape, here: &str) -> Result<Shape> {
         let bad = |m: String| RiglError::invalid(format!("{here}: {m}"));
         match layer {
-            Layer::Linear { name, out, .. } => {
+            Layer::Linear { name, out, bias } => {
                 if s.h != 1 || s.w != 1 {
                     return Err(bad(format!(
                         "a linear layer needs a flat input, got {} (add a flatten or \
@@ -279,6 +283,7 @@ impl Walker {
                         out_hw: (1, 1),
                     },
                     input: s,
+                    bias: *bias,
                 });
                 Ok(Shape {
                     c: *out,
@@ -292,7 +297,7 @@ impl Walker {
                 kernel,
                 stride,
                 padding,
-                ..
+                bias,
             } => {
                 if *out == 0 || *kernel == 0 || *stride == 0 {
                     return Err(bad(
@@ -319,10 +324,15 @@ impl Walker {
                         out_hw: (h, w),
                     },
                     input: s,
+                    bias: *bias,
                 });
                 Ok(Shape { c: *out, h, w })
             }
-            Layer::BatchNorm | Layer::Relu => Ok(s),
+            Layer::BatchNorm => {
+                self.norms.push(s.c);
+                Ok(s)
+            }
+            Layer::Relu => Ok(s),
             Layer::Dropout { rate } => {
                 if !(0.0..1.0).contains(rate) {
                     return Err(bad(format!("dropout rate must be in [0, 1), got {rate}")));
@@ -389,6 +399,17 @@ impl ModelSpec {
     /// Checks every shape and returns the output shape and the weight tensors in order. Errors
     /// name the layer (`layer 3: body: layer 1: ...`).
     pub fn infer(&self) -> Result<(Shape, Vec<WeightLayer>)> {
+        let (out, w) = self.walk()?;
+        Ok((out, w.weights))
+    }
+
+    /// The channels of every batch norm, in walk order (a residual block's `pre`, then its
+    /// shortcut, then its body).
+    pub fn norm_channels(&self) -> Result<Vec<usize>> {
+        Ok(self.walk()?.1.norms)
+    }
+
+    fn walk(&self) -> Result<(Shape, Walker)> {
         let input = self.input_shape();
         if input.is_empty() {
             return Err(RiglError::invalid(format!(
@@ -399,6 +420,7 @@ impl ModelSpec {
         }
         let mut w = Walker {
             weights: Vec::new(),
+            norms: Vec::new(),
             counter: 0,
         };
         let out = w
@@ -416,7 +438,7 @@ impl ModelSpec {
                 self.name, d[0]
             )));
         }
-        Ok((out, w.weights))
+        Ok((out, w))
     }
 
     /// The weight tensors as the sparsity plan takes them.
