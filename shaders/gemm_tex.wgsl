@@ -7,7 +7,7 @@
 // check each.
 //
 // Bindings (group 0):
-//   0 uniform Params { m, n, k, tiles_n, tiles_total }
+//   0 uniform Params { m, n, k, tiles_n, tiles_total, ldc4, c_off4, ksplit4 }
 //   1 texture read  at : op(A), k/4 x m texels
 //   2 texture read  bt : op(B), n/4 x k texels
 //   3 storage rw    c  : [M,N]
@@ -21,9 +21,13 @@ struct Params {
     k: u32,
     tiles_n: u32,
     tiles_total: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Row stride of C in vec4s (0: n / 4) and C's first vec4: the product may fill a block of
+    // columns of a wider matrix (the convolutions' image chunks, src/gpu/conv_tex.rs).
+    ldc4: u32,
+    c_off4: u32,
+    // Steps of k/4 per split of the reduction (0: no split). With splits, tiles_total counts
+    // every (split, tile) pair and split s writes its partial C at c_off4 + s * m * ldc4.
+    ksplit4: u32,
 }
 
 override ACCUMULATE: bool = false;
@@ -33,11 +37,11 @@ override ACCUMULATE: bool = false;
 @group(0) @binding(2) var bt: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 
-fn store_c4(row: u32, col4: u32, v: vec4<f32>) {
+fn store_c4(c_base: u32, ldc4: u32, row: u32, col4: u32, v: vec4<f32>) {
     if (row >= p.m) {
         return;
     }
-    let idx = row * (p.n / 4u) + col4;
+    let idx = c_base + row * ldc4 + col4;
     if (ACCUMULATE) {
         c[idx] = c[idx] + v;
     } else {
@@ -56,16 +60,33 @@ fn gemm_texture(
     @builtin(local_invocation_index) lidx: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let tile = wid.x + wid.y * nwg.x;
-    if (tile >= p.tiles_total) {
+    let flat = wid.x + wid.y * nwg.x;
+    if (flat >= p.tiles_total) {
         return;
+    }
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    var ldc4 = p.ldc4;
+    if (ldc4 == 0u) {
+        ldc4 = n4;
+    }
+    var kbeg = 0u;
+    var kend = k4;
+    var tile = flat;
+    var c_base = p.c_off4;
+    var tiles_mn = p.tiles_total;
+    if (p.ksplit4 != 0u) {
+        tiles_mn = p.tiles_total / ((k4 + p.ksplit4 - 1u) / p.ksplit4);
+        let split = flat / tiles_mn;
+        tile = flat % tiles_mn;
+        kbeg = split * p.ksplit4;
+        kend = min(k4, kbeg + p.ksplit4);
+        c_base += split * p.m * ldc4;
     }
     // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
     // they stream stays in cache.
-    let tiles_m = p.tiles_total / p.tiles_n;
+    let tiles_m = tiles_mn / p.tiles_n;
     let row0 = (tile % tiles_m) * 32u;
-    let n4 = p.n / 4u;
-    let k4 = p.k / 4u;
     let col4 = (tile / tiles_m) * 64u + lidx;
     let cc = min(col4, n4 - 1u);
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
@@ -107,7 +128,7 @@ fn gemm_texture(
     var acc29 = vec4<f32>(0.0);
     var acc30 = vec4<f32>(0.0);
     var acc31 = vec4<f32>(0.0);
-    for (var kq = 0u; kq < k4; kq++) {
+    for (var kq = kbeg; kq < kend; kq++) {
         let mine0 = textureLoad(at, vec2<u32>(kq, arow0));
         let mine1 = textureLoad(at, vec2<u32>(kq, arow1));
         let mine2 = textureLoad(at, vec2<u32>(kq, arow2));
@@ -182,37 +203,37 @@ fn gemm_texture(
         acc31 = madd(acc31, s31, b0, b1, b2, b3);
     }
     if (col4 < n4) {
-        store_c4(row0 + 0u, col4, acc0);
-        store_c4(row0 + 1u, col4, acc1);
-        store_c4(row0 + 2u, col4, acc2);
-        store_c4(row0 + 3u, col4, acc3);
-        store_c4(row0 + 4u, col4, acc4);
-        store_c4(row0 + 5u, col4, acc5);
-        store_c4(row0 + 6u, col4, acc6);
-        store_c4(row0 + 7u, col4, acc7);
-        store_c4(row0 + 8u, col4, acc8);
-        store_c4(row0 + 9u, col4, acc9);
-        store_c4(row0 + 10u, col4, acc10);
-        store_c4(row0 + 11u, col4, acc11);
-        store_c4(row0 + 12u, col4, acc12);
-        store_c4(row0 + 13u, col4, acc13);
-        store_c4(row0 + 14u, col4, acc14);
-        store_c4(row0 + 15u, col4, acc15);
-        store_c4(row0 + 16u, col4, acc16);
-        store_c4(row0 + 17u, col4, acc17);
-        store_c4(row0 + 18u, col4, acc18);
-        store_c4(row0 + 19u, col4, acc19);
-        store_c4(row0 + 20u, col4, acc20);
-        store_c4(row0 + 21u, col4, acc21);
-        store_c4(row0 + 22u, col4, acc22);
-        store_c4(row0 + 23u, col4, acc23);
-        store_c4(row0 + 24u, col4, acc24);
-        store_c4(row0 + 25u, col4, acc25);
-        store_c4(row0 + 26u, col4, acc26);
-        store_c4(row0 + 27u, col4, acc27);
-        store_c4(row0 + 28u, col4, acc28);
-        store_c4(row0 + 29u, col4, acc29);
-        store_c4(row0 + 30u, col4, acc30);
-        store_c4(row0 + 31u, col4, acc31);
+        store_c4(c_base, ldc4, row0 + 0u, col4, acc0);
+        store_c4(c_base, ldc4, row0 + 1u, col4, acc1);
+        store_c4(c_base, ldc4, row0 + 2u, col4, acc2);
+        store_c4(c_base, ldc4, row0 + 3u, col4, acc3);
+        store_c4(c_base, ldc4, row0 + 4u, col4, acc4);
+        store_c4(c_base, ldc4, row0 + 5u, col4, acc5);
+        store_c4(c_base, ldc4, row0 + 6u, col4, acc6);
+        store_c4(c_base, ldc4, row0 + 7u, col4, acc7);
+        store_c4(c_base, ldc4, row0 + 8u, col4, acc8);
+        store_c4(c_base, ldc4, row0 + 9u, col4, acc9);
+        store_c4(c_base, ldc4, row0 + 10u, col4, acc10);
+        store_c4(c_base, ldc4, row0 + 11u, col4, acc11);
+        store_c4(c_base, ldc4, row0 + 12u, col4, acc12);
+        store_c4(c_base, ldc4, row0 + 13u, col4, acc13);
+        store_c4(c_base, ldc4, row0 + 14u, col4, acc14);
+        store_c4(c_base, ldc4, row0 + 15u, col4, acc15);
+        store_c4(c_base, ldc4, row0 + 16u, col4, acc16);
+        store_c4(c_base, ldc4, row0 + 17u, col4, acc17);
+        store_c4(c_base, ldc4, row0 + 18u, col4, acc18);
+        store_c4(c_base, ldc4, row0 + 19u, col4, acc19);
+        store_c4(c_base, ldc4, row0 + 20u, col4, acc20);
+        store_c4(c_base, ldc4, row0 + 21u, col4, acc21);
+        store_c4(c_base, ldc4, row0 + 22u, col4, acc22);
+        store_c4(c_base, ldc4, row0 + 23u, col4, acc23);
+        store_c4(c_base, ldc4, row0 + 24u, col4, acc24);
+        store_c4(c_base, ldc4, row0 + 25u, col4, acc25);
+        store_c4(c_base, ldc4, row0 + 26u, col4, acc26);
+        store_c4(c_base, ldc4, row0 + 27u, col4, acc27);
+        store_c4(c_base, ldc4, row0 + 28u, col4, acc28);
+        store_c4(c_base, ldc4, row0 + 29u, col4, acc29);
+        store_c4(c_base, ldc4, row0 + 30u, col4, acc30);
+        store_c4(c_base, ldc4, row0 + 31u, col4, acc31);
     }
 }

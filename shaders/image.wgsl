@@ -27,6 +27,20 @@ struct Params {
     f1: f32,      // batch norm: epsilon
 }
 
+// The geometry, as constants of each pipeline (src/gpu/image.rs sets them from the uniform's
+// copies, which the kernels do not read): a division by a constant is a multiply and a shift,
+// where a division by a uniform is a loop over the lanes on lavapipe.
+override G_C: u32;
+override G_N: u32;
+override G_H: u32;
+override G_W: u32;
+override G_HO: u32;
+override G_WO: u32;
+override G_K: u32;
+override G_STRIDE: u32;
+override G_PAD_T: u32;
+override G_PAD_L: u32;
+
 @group(0) @binding(0) var<uniform> p: Params;
 
 const WG: u32 = 256u;
@@ -68,7 +82,7 @@ fn reduce2(lid: u32) {
 fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let ch = wid.x;
     let lid = lid3.x;
-    let m = p.n * p.h * p.w;
+    let m = G_N * G_H * G_W;
     if ((p.flags & 1u) == 0u) {
         if (lid == 0u) {
             c[2u * ch] = d[2u * ch];
@@ -113,8 +127,8 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    let m = p.n * p.h * p.w;
-    if (i >= p.c * m) {
+    let m = G_N * G_H * G_W;
+    if (i >= G_C * m) {
         return;
     }
     let ch = i / m;
@@ -131,7 +145,7 @@ fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let ch = wid.x;
     let lid = lid3.x;
-    let m = p.n * p.h * p.w;
+    let m = G_N * G_H * G_W;
     let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
     var sdy = 0.0;
@@ -147,8 +161,8 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (lid == 0u) {
         c[2u * ch] = red0[0];
         c[2u * ch + 1u] = red1[0];
-        d[2u * p.c + 2u * ch] = red0[0];
-        d[2u * p.c + 2u * ch + 1u] = red1[0];
+        d[2u * G_C + 2u * ch] = red0[0];
+        d[2u * G_C + 2u * ch + 1u] = red1[0];
     }
 }
 
@@ -159,27 +173,27 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @compute @workgroup_size(256)
 fn bn_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    let m = p.n * p.h * p.w;
-    if (i >= p.c * m) {
+    let m = G_N * G_H * G_W;
+    if (i >= G_C * m) {
         return;
     }
     let ch = i / m;
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
     let xhat = (a[i] - d[2u * ch]) * inv_std;
-    let sum_dy_xh = d[2u * p.c + 2u * ch];
-    let sum_dy = d[2u * p.c + 2u * ch + 1u];
+    let sum_dy_xh = d[2u * G_C + 2u * ch];
+    let sum_dy = d[2u * G_C + 2u * ch + 1u];
     let k = b[2u * ch] * inv_std / f32(m);
     c[i] = k * (f32(m) * c[i] - sum_dy - xhat * sum_dy_xh);
 }
 
 // ---- Pooling. The input position of tap (ky, kx) of output (oy, ox), or -1 in the padding.
 fn tap(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
-    let iy = i32(oy * p.stride + ky) - i32(p.pad_t);
-    let ix = i32(ox * p.stride + kx) - i32(p.pad_l);
-    if (iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w)) {
+    let iy = i32(oy * G_STRIDE + ky) - i32(G_PAD_T);
+    let ix = i32(ox * G_STRIDE + kx) - i32(G_PAD_L);
+    if (iy < 0 || iy >= i32(G_H) || ix < 0 || ix >= i32(G_W)) {
         return -1;
     }
-    return iy * i32(p.w) + ix;
+    return iy * i32(G_W) + ix;
 }
 
 @group(0) @binding(5) var<storage, read_write> arg: array<u32>;
@@ -190,21 +204,21 @@ fn tap(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
 @compute @workgroup_size(256)
 fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    let plane = p.ho * p.wo;
-    if (i >= p.c * p.n * plane) {
+    let plane = G_HO * G_WO;
+    if (i >= G_C * G_N * plane) {
         return;
     }
     let ci = i / plane; // channel * n + image
-    let oy = (i % plane) / p.wo;
-    let ox = i % p.wo;
+    let oy = (i % plane) / G_WO;
+    let ox = i % G_WO;
     var best = 0.0;
     var at = 0u;
     var found = false;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
+    for (var ky = 0u; ky < G_K; ky++) {
+        for (var kx = 0u; kx < G_K; kx++) {
             let t = tap(oy, ox, ky, kx);
             if (t >= 0) {
-                let j = ci * p.h * p.w + u32(t);
+                let j = ci * G_H * G_W + u32(t);
                 if (!found || a[j] > best) {
                     best = a[j];
                     at = j;
@@ -219,17 +233,17 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 
 // The output index o covering input (iy, ix) through tap (ky, kx), or -1.
 fn out_of(iy: u32, ix: u32, ky: u32, kx: u32) -> i32 {
-    let ty = i32(iy + p.pad_t) - i32(ky);
-    let tx = i32(ix + p.pad_l) - i32(kx);
-    if (ty < 0 || tx < 0 || (u32(ty) % p.stride) != 0u || (u32(tx) % p.stride) != 0u) {
+    let ty = i32(iy + G_PAD_T) - i32(ky);
+    let tx = i32(ix + G_PAD_L) - i32(kx);
+    if (ty < 0 || tx < 0 || (u32(ty) % G_STRIDE) != 0u || (u32(tx) % G_STRIDE) != 0u) {
         return -1;
     }
-    let oy = u32(ty) / p.stride;
-    let ox = u32(tx) / p.stride;
-    if (oy >= p.ho || ox >= p.wo) {
+    let oy = u32(ty) / G_STRIDE;
+    let ox = u32(tx) / G_STRIDE;
+    if (oy >= G_HO || ox >= G_WO) {
         return -1;
     }
-    return i32(oy * p.wo + ox);
+    return i32(oy * G_WO + ox);
 }
 
 // ---- max_pool_bwd: dx[j] = sum of dy over the outputs whose argmax is j (a gather over the
@@ -238,19 +252,19 @@ fn out_of(iy: u32, ix: u32, ky: u32, kx: u32) -> i32 {
 @compute @workgroup_size(256)
 fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_index(gid, nwg);
-    let plane = p.h * p.w;
-    if (j >= p.c * p.n * plane) {
+    let plane = G_H * G_W;
+    if (j >= G_C * G_N * plane) {
         return;
     }
     let ci = j / plane;
-    let iy = (j % plane) / p.w;
-    let ix = j % p.w;
+    let iy = (j % plane) / G_W;
+    let ix = j % G_W;
     var acc = 0.0;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
+    for (var ky = 0u; ky < G_K; ky++) {
+        for (var kx = 0u; kx < G_K; kx++) {
             let o = out_of(iy, ix, ky, kx);
             if (o >= 0) {
-                let oi = ci * p.ho * p.wo + u32(o);
+                let oi = ci * G_HO * G_WO + u32(o);
                 if (arg[oi] == j) {
                     acc += a[oi];
                 }
@@ -263,8 +277,8 @@ fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 // Taps of output (oy, ox) inside the image.
 fn taps_inside(oy: u32, ox: u32) -> u32 {
     var n = 0u;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
+    for (var ky = 0u; ky < G_K; ky++) {
+        for (var kx = 0u; kx < G_K; kx++) {
             if (tap(oy, ox, ky, kx) >= 0) {
                 n += 1u;
             }
@@ -278,19 +292,19 @@ fn taps_inside(oy: u32, ox: u32) -> u32 {
 @compute @workgroup_size(256)
 fn avg_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    let plane = p.ho * p.wo;
-    if (i >= p.c * p.n * plane) {
+    let plane = G_HO * G_WO;
+    if (i >= G_C * G_N * plane) {
         return;
     }
     let ci = i / plane;
-    let oy = (i % plane) / p.wo;
-    let ox = i % p.wo;
+    let oy = (i % plane) / G_WO;
+    let ox = i % G_WO;
     var s = 0.0;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
+    for (var ky = 0u; ky < G_K; ky++) {
+        for (var kx = 0u; kx < G_K; kx++) {
             let t = tap(oy, ox, ky, kx);
             if (t >= 0) {
-                s += a[ci * p.h * p.w + u32(t)];
+                s += a[ci * G_H * G_W + u32(t)];
             }
         }
     }
@@ -302,21 +316,21 @@ fn avg_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 @compute @workgroup_size(256)
 fn avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_index(gid, nwg);
-    let plane = p.h * p.w;
-    if (j >= p.c * p.n * plane) {
+    let plane = G_H * G_W;
+    if (j >= G_C * G_N * plane) {
         return;
     }
     let ci = j / plane;
-    let iy = (j % plane) / p.w;
-    let ix = j % p.w;
+    let iy = (j % plane) / G_W;
+    let ix = j % G_W;
     var acc = 0.0;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
+    for (var ky = 0u; ky < G_K; ky++) {
+        for (var kx = 0u; kx < G_K; kx++) {
             let o = out_of(iy, ix, ky, kx);
             if (o >= 0) {
-                let oy = u32(o) / p.wo;
-                let ox = u32(o) % p.wo;
-                acc += a[ci * p.ho * p.wo + u32(o)] / f32(max(taps_inside(oy, ox), 1u));
+                let oy = u32(o) / G_WO;
+                let ox = u32(o) % G_WO;
+                acc += a[ci * G_HO * G_WO + u32(o)] / f32(max(taps_inside(oy, ox), 1u));
             }
         }
     }
@@ -328,10 +342,10 @@ fn avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 @compute @workgroup_size(256)
 fn global_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c * p.n) {
+    if (i >= G_C * G_N) {
         return;
     }
-    let hw = p.h * p.w;
+    let hw = G_H * G_W;
     var s = 0.0;
     for (var q = 0u; q < hw; q++) {
         s += a[i * hw + q];
@@ -344,8 +358,8 @@ fn global_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(256)
 fn global_avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_index(gid, nwg);
-    let hw = p.h * p.w;
-    if (j >= p.c * p.n * hw) {
+    let hw = G_H * G_W;
+    if (j >= G_C * G_N * hw) {
         return;
     }
     c[j] = a[j / hw] / f32(hw);
@@ -357,15 +371,15 @@ fn global_avg_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 @compute @workgroup_size(256)
 fn flatten(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    let hw = p.h * p.w;
-    if (i >= p.c * p.n * hw) {
+    let hw = G_H * G_W;
+    if (i >= G_C * G_N * hw) {
         return;
     }
     // i indexes the channel-major layout: (ch * n + img) * hw + q.
     let q = i % hw;
-    let img = (i / hw) % p.n;
-    let ch = i / (hw * p.n);
-    let f = (ch * hw + q) * p.n + img;
+    let img = (i / hw) % G_N;
+    let ch = i / (hw * G_N);
+    let f = (ch * hw + q) * G_N + img;
     if ((p.flags & 1u) == 0u) {
         c[f] = a[i];
     } else {
@@ -385,12 +399,12 @@ fn fmix32(x: u32) -> u32 {
 
 // ---- dropout: out[i] = in[i] * (hash(seed, step, layer, i) < threshold ? 0 : f0), SET's
 // counter-based hash, so forward and backward (the same call on dy) and a resumed run agree.
-// 1 read in ; 3 rw out ; p.c holds the element count
+// 1 read in ; 3 rw out ; G_C holds the element count
 
 @compute @workgroup_size(256)
 fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c) {
+    if (i >= G_C) {
         return;
     }
     var h = fmix32(p.seed ^ 0x9e3779b9u);
@@ -400,45 +414,45 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     c[i] = select(a[i] * p.f0, 0.0, h < p.threshold);
 }
 
-// ---- add: out[i] += in[i] (the residual add). 1 read in ; 3 rw out ; p.c holds the count
+// ---- add: out[i] += in[i] (the residual add). 1 read in ; 3 rw out ; G_C holds the count
 
 @compute @workgroup_size(256)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c) {
+    if (i >= G_C) {
         return;
     }
     c[i] += a[i];
 }
 
-// ---- relu: out[i] = max(in[i], 0). 1 read in ; 3 rw out ; p.c holds the count
+// ---- relu: out[i] = max(in[i], 0). 1 read in ; 3 rw out ; G_C holds the count
 
 @compute @workgroup_size(256)
 fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c) {
+    if (i >= G_C) {
         return;
     }
     c[i] = max(a[i], 0.0);
 }
 
-// ---- relu_bwd_to: dx[i] = y[i] > 0 ? dy[i] : 0. 1 read y ; 2 read dy ; 3 rw dx ; p.c the count
+// ---- relu_bwd_to: dx[i] = y[i] > 0 ? dy[i] : 0. 1 read y ; 2 read dy ; 3 rw dx ; G_C the count
 
 @compute @workgroup_size(256)
 fn relu_bwd_to(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c) {
+    if (i >= G_C) {
         return;
     }
     c[i] = select(0.0, b[i], a[i] > 0.0);
 }
 
-// ---- copy: out[i] = in[i]. 1 read in ; 3 rw out ; p.c holds the count
+// ---- copy: out[i] = in[i]. 1 read in ; 3 rw out ; G_C holds the count
 
 @compute @workgroup_size(256)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
-    if (i >= p.c) {
+    if (i >= G_C) {
         return;
     }
     c[i] = a[i];

@@ -1,18 +1,28 @@
-//! The convolution kernels (`shaders/conv.wgsl`) against their CPU twins: odd sizes, kernels
+//! The convolution kernels against their CPU twins, in both forms (the direct kernels of
+//! `shaders/conv.wgsl` and the texture GEMMs of `src/gpu/conv_tex.rs`): odd sizes, kernels
 //! 1/3/5/7, strides 1 and 2, both paddings, batch 1, one input channel, with and without mask and
-//! bias, accumulating gradients.
+//! bias, accumulating gradients; the texture form also in many small chunks and splits.
 
 mod common;
 
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::conv::{self as cpu, Window};
-use rigl::gpu::conv::{self, ConvGeom};
-use rigl::gpu::{ops, Tensor};
+use rigl::gpu::conv::{self, ConvGeom, ConvVariant};
+use rigl::gpu::ops::Dispatch;
+use rigl::gpu::{conv_tex, ops, GpuContext, Tensor};
 use rigl::nn::spec::Padding;
 
 fn cases() -> Vec<ConvGeom> {
     let mut out = Vec::new();
-    for (n, h, w, cin, cout) in [(1, 7, 5, 1, 3), (3, 9, 11, 4, 5), (2, 6, 6, 3, 8)] {
+    // The texture form needs positions in multiples of 4: it runs the cases with 4 images and
+    // those whose sizes happen to allow it.
+    for (n, h, w, cin, cout) in [
+        (1, 7, 5, 1, 3),
+        (3, 9, 11, 4, 5),
+        (2, 6, 6, 3, 8),
+        (4, 7, 5, 3, 5),
+        (4, 9, 7, 1, 6),
+    ] {
         for k in [1, 3, 5, 7] {
             for stride in [1, 2] {
                 for padding in [Padding::Same, Padding::Valid] {
@@ -42,10 +52,131 @@ fn name(g: &ConvGeom) -> String {
     )
 }
 
+/// How a test builds the three products: a form with the default chunks, or the texture form
+/// in chunks of at most `chunk_bytes`.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Variant(ConvVariant),
+    TextureChunks(usize),
+}
+
+impl Form {
+    fn supports(&self, ctx: &GpuContext, g: &ConvGeom) -> bool {
+        match self {
+            Form::Variant(v) => v.supports(ctx, g),
+            Form::TextureChunks(_) => ConvVariant::Texture.supports(ctx, g),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        ctx: &GpuContext,
+        g: ConvGeom,
+        x: &Tensor,
+        w: &Tensor,
+        m: Option<&Tensor>,
+        b: Option<&Tensor>,
+        y: &Tensor,
+    ) -> Dispatch {
+        match *self {
+            Form::Variant(v) => conv::forward_with(ctx, v, g, x, w, m, b, y),
+            Form::TextureChunks(c) => conv_tex::forward(ctx, g, x, w, m, b, y, c),
+        }
+        .unwrap()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad(
+        &self,
+        ctx: &GpuContext,
+        g: ConvGeom,
+        dy: &Tensor,
+        w: &Tensor,
+        m: Option<&Tensor>,
+        dx: &Tensor,
+        acc: bool,
+    ) -> Dispatch {
+        match *self {
+            Form::Variant(v) => conv::input_grad_with(ctx, v, g, dy, w, m, dx, acc),
+            Form::TextureChunks(c) => conv_tex::input_grad(ctx, g, dy, w, m, dx, acc, c),
+        }
+        .unwrap()
+    }
+
+    fn weight_grad(
+        &self,
+        ctx: &GpuContext,
+        g: ConvGeom,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &Tensor,
+        acc: bool,
+    ) -> Dispatch {
+        match *self {
+            Form::Variant(v) => conv::weight_grad_with(ctx, v, g, x, dy, dw, acc),
+            Form::TextureChunks(c) => conv_tex::weight_grad(ctx, g, x, dy, dw, acc, c),
+        }
+        .unwrap()
+    }
+}
+
+const FORMS: [Form; 2] = [
+    Form::Variant(ConvVariant::Direct),
+    Form::Variant(ConvVariant::Texture),
+];
+
+/// Cases with more positions than one small chunk holds, for the texture form in chunks of
+/// 2 KiB (256 positions): several chunks, a short last one, and split reductions.
+fn chunked_cases() -> Vec<ConvGeom> {
+    let mut out = Vec::new();
+    for (n, h, w, cin, cout, k, stride, padding) in [
+        (8, 12, 12, 3, 6, 3, 1, Padding::Same),
+        (12, 11, 9, 2, 5, 5, 2, Padding::Same),
+        (4, 20, 18, 5, 7, 3, 1, Padding::Valid),
+    ] {
+        let window = Window {
+            n,
+            h,
+            w,
+            k,
+            stride,
+            padding,
+        };
+        out.push(ConvGeom { window, cin, cout });
+    }
+    out
+}
+
+/// Every (form, case) pair the tests run: both forms on the small cases, the texture form in
+/// small chunks on the chunked ones. Each form must have run somewhere.
+fn runs(ctx: &GpuContext) -> Vec<(Form, ConvGeom)> {
+    let mut out = Vec::new();
+    for form in FORMS {
+        let before = out.len();
+        out.extend(
+            cases()
+                .into_iter()
+                .filter(|g| form.supports(ctx, g))
+                .map(|g| (form, g)),
+        );
+        assert!(
+            out.len() > before + 10,
+            "{form:?} ran only {} cases",
+            out.len() - before
+        );
+    }
+    for g in chunked_cases() {
+        assert!(ConvVariant::Texture.supports(ctx, &g), "{}", name(&g));
+        out.push((Form::TextureChunks(2048), g));
+    }
+    out
+}
+
 #[test]
 fn forward_equals_the_twin() {
     let ctx = ctx();
-    for (i, g) in cases().into_iter().enumerate() {
+    for (i, (form, g)) in runs(ctx).into_iter().enumerate() {
         let s = i as u32;
         let x = data(g.input_len(), 10 + s);
         let w = data(g.weight_len(), 20 + s);
@@ -56,8 +187,8 @@ fn forward_equals_the_twin() {
         let tm = Tensor::from_f32(ctx, "mask", &m).unwrap();
         let tb = Tensor::from_f32(ctx, "bias", &b).unwrap();
         let ty = Tensor::zeros(ctx, "y", g.output_len().unwrap()).unwrap();
-        for (masked, biased) in [(false, false), (true, true)] {
-            let op = conv::forward(
+        for (masked, biased) in [(false, false), (true, true), (true, false)] {
+            let op = form.forward(
                 ctx,
                 g,
                 &tx,
@@ -65,8 +196,7 @@ fn forward_equals_the_twin() {
                 masked.then_some(&tm),
                 biased.then_some(&tb),
                 &ty,
-            )
-            .unwrap();
+            );
             ops::run(ctx, "conv forward", &[&op]).unwrap();
             let want = cpu::conv2d_forward(
                 &x,
@@ -78,7 +208,10 @@ fn forward_equals_the_twin() {
                 g.cout,
             );
             let taps = (g.window.k * g.window.k * g.cin) as f32;
-            let what = format!("forward {} masked={masked}", name(&g));
+            let what = format!(
+                "{form:?} forward {} masked={masked} bias={biased}",
+                name(&g)
+            );
             assert_close(&what, &ty.read_f32(ctx).unwrap(), &want, 1e-5 * taps, 1e-5);
         }
     }
@@ -87,7 +220,7 @@ fn forward_equals_the_twin() {
 #[test]
 fn gradients_equal_the_twin() {
     let ctx = ctx();
-    for (i, g) in cases().into_iter().enumerate() {
+    for (i, (form, g)) in runs(ctx).into_iter().enumerate() {
         let s = i as u32;
         let x = data(g.input_len(), 50 + s);
         let w = data(g.weight_len(), 60 + s);
@@ -103,8 +236,8 @@ fn gradients_equal_the_twin() {
             let tdx = Tensor::from_f32(ctx, "dx", &dx0).unwrap();
             let tdw = Tensor::from_f32(ctx, "dw", &dw0).unwrap();
             let ops_ = [
-                conv::input_grad(ctx, g, &tdy, &tw, Some(&tm), &tdx, accumulate).unwrap(),
-                conv::weight_grad(ctx, g, &tx, &tdy, &tdw, accumulate).unwrap(),
+                form.input_grad(ctx, g, &tdy, &tw, Some(&tm), &tdx, accumulate),
+                form.weight_grad(ctx, g, &tx, &tdy, &tdw, accumulate),
             ];
             ops::run(ctx, "conv gradients", &[&ops_[0], &ops_[1]]).unwrap();
             let mut want_dx = cpu::conv2d_input_grad(&dy, &w, Some(&m), g.window, g.cin, g.cout);
@@ -114,7 +247,7 @@ fn gradients_equal_the_twin() {
                 want_dw.iter_mut().zip(&dw0).for_each(|(a, b)| *a += b);
             }
             let (ho, wo) = g.out().unwrap();
-            let what = format!("{} accumulate={accumulate}", name(&g));
+            let what = format!("{form:?} {} accumulate={accumulate}", name(&g));
             let taps = (g.window.k * g.window.k * g.cout) as f32;
             assert_close(
                 &format!("input gradient {what}"),

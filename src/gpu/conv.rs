@@ -1,14 +1,87 @@
-//! Host side of `shaders/conv.wgsl`: 2-D convolution forward, input gradient and weight gradient
-//! as direct implicit GEMMs (the portable form; CPU twin in [`crate::cpu::conv`]).
+//! 2-D convolution forward, input gradient and weight gradient, in two forms with one CPU twin
+//! ([`crate::cpu::conv`]): the direct kernels of `shaders/conv.wgsl` (portable: one invocation
+//! per output value, no subgroups, no textures) and the texture GEMMs of
+//! [`crate::gpu::conv_tex`] (lavapipe-shaped, on subgroups and storage textures). [`forward`],
+//! [`input_grad`] and [`weight_grad`] take the texture form where the device and the shape allow
+//! it ([`ConvVariant::pick`]), `RIGL_CONV=direct|texture` forcing one; the `_with` functions take
+//! a given form.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::image;
 use crate::gpu::ops::{self, Dispatch};
 use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::{conv_tex, image};
 use crate::gpu::{GpuContext, Tensor};
 use crate::shape::Window;
+
+/// The two forms of the convolution kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvVariant {
+    /// `shaders/conv.wgsl`: one invocation per output value, gathering its taps.
+    Direct,
+    /// [`crate::gpu::conv_tex`]: gathers into operand textures and the texture GEMM.
+    Texture,
+}
+
+/// Environment variable forcing a convolution form (`direct` or `texture`).
+pub const CONV_ENV: &str = "RIGL_CONV";
+
+impl ConvVariant {
+    /// Name on the command line and in reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConvVariant::Direct => "direct",
+            ConvVariant::Texture => "texture",
+        }
+    }
+
+    /// Whether this form can run `g` on this device.
+    pub fn supports(&self, ctx: &GpuContext, g: &ConvGeom) -> bool {
+        match self {
+            ConvVariant::Direct => true,
+            ConvVariant::Texture => crate::gpu::conv_tex::supports(ctx, g),
+        }
+    }
+
+    /// The form for `g`: `RIGL_CONV` when set (an error when it names no form or one that
+    /// cannot run `g`), else the texture GEMMs where they can run (on every adapter measured
+    /// so far they are faster: a LeNet-5 step on lavapipe from seconds to a fraction of one,
+    /// docs/models.md), else the direct kernels.
+    pub fn pick(ctx: &GpuContext, g: &ConvGeom) -> Result<ConvVariant> {
+        match std::env::var(CONV_ENV).ok().filter(|v| !v.is_empty()) {
+            Some(v) => {
+                let v = match v.to_ascii_lowercase().as_str() {
+                    "direct" => ConvVariant::Direct,
+                    "texture" => ConvVariant::Texture,
+                    other => {
+                        return Err(RiglError::invalid(format!(
+                            "{CONV_ENV}={other}: expected direct or texture"
+                        )))
+                    }
+                };
+                if !v.supports(ctx, g) {
+                    return Err(RiglError::invalid(format!(
+                        "{CONV_ENV}={}: cannot run a {}x{} convolution of {} channels to {} on                          {}x{} inputs, batch {} on {}",
+                        v.as_str(),
+                        g.window.k,
+                        g.window.k,
+                        g.cin,
+                        g.cout,
+                        g.window.h,
+                        g.window.w,
+                        g.window.n,
+                        ctx.info.name
+                    )));
+                }
+                Ok(v)
+            }
+            None if ConvVariant::Texture.supports(ctx, g) => Ok(ConvVariant::Texture),
+            None => Ok(ConvVariant::Direct),
+        }
+    }
+}
 
 /// A convolution's geometry: the window over the batch of input images and the channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +196,8 @@ fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
     ops::check_len(t, needed, &format!("convolution {what}"))
 }
 
-/// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]`.
+/// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]`, in the form [`ConvVariant::pick`]
+/// picks.
 pub fn forward(
     ctx: &GpuContext,
     g: ConvGeom,
@@ -133,6 +207,24 @@ pub fn forward(
     bias: Option<&Tensor>,
     y: &Tensor,
 ) -> Result<Dispatch> {
+    forward_with(ctx, ConvVariant::pick(ctx, &g)?, g, x, w, mask, bias, y)
+}
+
+/// [`forward`] in a given form.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    ctx: &GpuContext,
+    variant: ConvVariant,
+    g: ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<Dispatch> {
+    if variant == ConvVariant::Texture {
+        return conv_tex::forward(ctx, g, x, w, mask, bias, y, conv_tex::CHUNK_BYTES);
+    }
     let flags =
         if mask.is_some() { MASKED } else { 0 } | if bias.is_some() { BIAS_OR_ACC } else { 0 };
     let p = g.params(flags)?;
@@ -159,7 +251,8 @@ pub fn forward(
     ))
 }
 
-/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`.
+/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`, in the form
+/// [`ConvVariant::pick`] picks.
 pub fn input_grad(
     ctx: &GpuContext,
     g: ConvGeom,
@@ -169,6 +262,33 @@ pub fn input_grad(
     dx: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    input_grad_with(
+        ctx,
+        ConvVariant::pick(ctx, &g)?,
+        g,
+        dy,
+        w,
+        mask,
+        dx,
+        accumulate,
+    )
+}
+
+/// [`input_grad`] in a given form.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad_with(
+    ctx: &GpuContext,
+    variant: ConvVariant,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    if variant == ConvVariant::Texture {
+        return conv_tex::input_grad(ctx, g, dy, w, mask, dx, accumulate, conv_tex::CHUNK_BYTES);
+    }
     let flags = if mask.is_some() { MASKED } else { 0 } | if accumulate { BIAS_OR_ACC } else { 0 };
     let p = g.params(flags)?;
     check(dy, g.output_len()?, "output gradient")?;
@@ -191,7 +311,8 @@ pub fn input_grad(
 }
 
 /// `dw (+)= sum over images and outputs of dy ⊗ patch(x)`: the dense weight gradient
-/// `dL/d(mask ⊙ w)` at every position, `dw` `[k, k, cin, cout]`.
+/// `dL/d(mask ⊙ w)` at every position, `dw` `[k, k, cin, cout]`, in the form
+/// [`ConvVariant::pick`] picks.
 pub fn weight_grad(
     ctx: &GpuContext,
     g: ConvGeom,
@@ -200,6 +321,23 @@ pub fn weight_grad(
     dw: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    weight_grad_with(ctx, ConvVariant::pick(ctx, &g)?, g, x, dy, dw, accumulate)
+}
+
+/// [`weight_grad`] in a given form.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_with(
+    ctx: &GpuContext,
+    variant: ConvVariant,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    if variant == ConvVariant::Texture {
+        return conv_tex::weight_grad(ctx, g, x, dy, dw, accumulate, conv_tex::CHUNK_BYTES);
+    }
     let p = g.params(if accumulate { BIAS_OR_ACC } else { 0 })?;
     check(x, g.input_len(), "input")?;
     check(dy, g.output_len()?, "output gradient")?;

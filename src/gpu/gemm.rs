@@ -182,7 +182,12 @@ struct GemmParams {
     k: u32,
     tiles_n: u32,
     tiles_total: u32,
-    _pad: [u32; 3],
+    /// Row stride of C in vec4s (0: n / 4); `gemm_tex` only.
+    ldc4: u32,
+    /// C's first vec4; `gemm_tex` only.
+    c_off4: u32,
+    /// Steps of k / 4 per split of the reduction (0: none); `gemm_tex` only.
+    ksplit4: u32,
 }
 
 /// A GEMM ready to encode.
@@ -258,7 +263,9 @@ impl GemmOp {
             k: k as u32,
             tiles_n: tiles_n as u32,
             tiles_total: tiles_total as u32,
-            _pad: [0; 3],
+            ldc4: 0,
+            c_off4: 0,
+            ksplit4: 0,
         };
         let flag = |b: bool| f64::from(u8::from(b));
         let bytes = 4.0 * (m * k + k * n + m * n) as f64;
@@ -324,9 +331,78 @@ impl GemmOp {
 /// 64 lines (4 KB) apart and the 32 rows an invocation reads all fell in one set of the L1 data
 /// cache, which holds 12: every load missed. An odd number of lines per row puts any 64
 /// consecutive rows in 64 different sets. The 1024³ product went from 32.7-33.0 ms to 31.1-31.3.
-fn tex_cols(cols: usize) -> usize {
+pub(crate) fn tex_cols(cols: usize) -> usize {
     let lines = cols.div_ceil(16);
     16 * (lines | 1)
+}
+
+/// Where a texture product writes: C's row stride and first element, in vec4s, and the split of
+/// its reduction.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TexOut {
+    /// Row stride of C in vec4s (0: n / 4).
+    pub ldc4: usize,
+    /// C's first vec4.
+    pub c_off4: usize,
+    /// Steps of k / 4 per split (0: no split); split s writes at `c_off4 + s * m * ldc4`.
+    pub ksplit4: usize,
+}
+
+/// The `gemm_texture` launch `C (+)= at · bt` on operand textures the caller has filled (op(A)
+/// `m` rows of `k` columns, op(B) `k` rows of `n`), writing as `out` says. n and k multiples
+/// of 4; the caller checks the textures' sizes and C's length.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tex_product(
+    ctx: &GpuContext,
+    (m, n, k): (usize, usize, usize),
+    at: &Texture,
+    bt: &Texture,
+    c: &Tensor,
+    accumulate: bool,
+    out: TexOut,
+) -> Result<Dispatch> {
+    if m == 0 || n == 0 || k == 0 || !n.is_multiple_of(4) || !k.is_multiple_of(4) {
+        return Err(RiglError::invalid(format!(
+            "texture product {m}x{n}x{k}: needs every dimension positive, n and k multiples of 4"
+        )));
+    }
+    let (tm, tn) = GemmVariant::Texture.tile();
+    let tiles_n = n.div_ceil(tn);
+    let splits = if out.ksplit4 == 0 {
+        1
+    } else {
+        (k / 4).div_ceil(out.ksplit4)
+    };
+    let tiles_total = m.div_ceil(tm) * tiles_n * splits;
+    let u = |v: usize, what: &str| {
+        u32::try_from(v)
+            .map_err(|_| RiglError::invalid(format!("texture product: {what} {v} exceeds u32")))
+    };
+    let params = GemmParams {
+        m: u(m, "m")?,
+        n: u(n, "n")?,
+        k: u(k, "k")?,
+        tiles_n: u(tiles_n, "column tiles")?,
+        tiles_total: u(tiles_total, "tiles")?,
+        ldc4: u(out.ldc4, "row stride")?,
+        c_off4: u(out.c_off4, "C offset")?,
+        ksplit4: u(out.ksplit4, "split")?,
+    };
+    // The shader's largest vec4 index of C (the last split's last row) must fit u32 too.
+    u(out.c_off4 + splits * m * out.ldc4.max(n / 4), "C extent")?;
+    let spec = KernelSpec::new("gemm_tex", GemmVariant::Texture.entry(), TEX_BINDINGS)
+        .with_override("ACCUMULATE", f64::from(u8::from(accumulate)));
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Tex(at), Res::Tex(bt), Res::Buf(c)],
+        tiles_total as u64,
+    )?
+    .with_cost(
+        GemmShape::nn(m, n, k).flops(),
+        4.0 * (m * k + k * n + m * n) as f64,
+    ))
 }
 
 const TEX_BINDINGS: &[Binding] = &[

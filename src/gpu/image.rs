@@ -81,13 +81,22 @@ fn build(
     workgroups: u64,
 ) -> Result<Dispatch> {
     let bindings = if tensors.len() == 5 { B5 } else { B4 };
-    Dispatch::build(
-        ctx,
-        &KernelSpec::new("image", entry, bindings),
-        bytemuck::bytes_of(p),
-        tensors,
-        workgroups,
-    )
+    let mut spec = KernelSpec::new("image", entry, bindings);
+    for (name, v) in [
+        ("G_C", p.c),
+        ("G_N", p.n),
+        ("G_H", p.h),
+        ("G_W", p.w),
+        ("G_HO", p.ho),
+        ("G_WO", p.wo),
+        ("G_K", p.k),
+        ("G_STRIDE", p.stride),
+        ("G_PAD_T", p.pad_t),
+        ("G_PAD_L", p.pad_l),
+    ] {
+        spec = spec.with_override(name, f64::from(v));
+    }
+    Dispatch::build(ctx, &spec, bytemuck::bytes_of(p), tensors, workgroups)
 }
 
 /// A batch of `n` images of `c` channels, `h` by `w`.

@@ -197,6 +197,11 @@ impl Dispatch {
         pass.dispatch_workgroups(self.dims.0, self.dims.1, 1);
     }
 
+    /// The launches encoded before this one as part of it (profiles time them one by one).
+    pub fn before_launches(&self) -> Vec<&Dispatch> {
+        self.before.iter().map(|(b, _)| b).collect()
+    }
+
     /// Whether some `before` launch has a copy standing in for it (see [`encode_ops`]).
     pub fn has_copies(&self) -> bool {
         self.before.iter().any(|(_, c)| c.is_some())

@@ -28,6 +28,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("sparse_act", include_str!("../../shaders/sparse_act.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("conv_tex", include_str!("../../shaders/conv_tex.wgsl")),
+    ("conv_sum", include_str!("../../shaders/conv_sum.wgsl")),
     ("image", include_str!("../../shaders/image.wgsl")),
 ];
 

@@ -315,6 +315,11 @@ pub fn bench_model_step(
         for op in &ops {
             let (ms, _) = profile::time_ops(ctx, &[op], 0, 1, true)?;
             per_op.push((op.name.clone(), ms));
+            // The parts of a chained launch (a convolution's gathers and products), each alone.
+            for b in op.before_launches() {
+                let (ms, _) = profile::time_ops(ctx, &[b], 0, 1, true)?;
+                per_op.push((format!("  part: {}", b.name), ms));
+            }
         }
     }
     let dense: f64 = layers

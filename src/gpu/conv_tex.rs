@@ -1,0 +1,464 @@
+//! The lavapipe-shaped convolutions: each product is the texture GEMM (`shaders/gemm_tex.wgsl`)
+//! on operands gathered straight from the activations and weights into its operand textures
+//! (`shaders/conv_tex.wgsl`), the patch matrix never stored in a buffer. CPU twin:
+//! [`crate::cpu::conv`]; the portable form is [`crate::gpu::conv`]'s direct kernels.
+//!
+//! - forward: `y[cout, P] = (w ⊙ mask)ᵀ[cout, K] · patches[K, P]` (P = N·Ho·Wo, K = k·k·cin; the
+//!   bias as one more row of ones);
+//! - input gradient: `dx[cin, Q] = wd[cin, Kd] · dpatches[Kd, Q]` (Q = N·H·W, Kd = k·k·cout: the
+//!   output gradient gathered at the outputs each input feeds);
+//! - weight gradient: `dwᵀ[cout, K] = dy[cout, P] · patchesᵀ[P, K]`, its reduction over P split
+//!   into parts summed (and transposed into `[K, cout]`) by `shaders/conv_sum.wgsl`.
+//!
+//! Positions are processed in chunks so that an operand texture stays within the device's
+//! texture size and [`CHUNK_BYTES`]; a chunk is a gather and a product. Needs subgroups (as the
+//! texture GEMM) and P and Q multiples of 4; [`supports`] says when.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, RiglError};
+use crate::gpu::conv::ConvGeom;
+use crate::gpu::gemm::{tex_cols, tex_product, TexOut};
+use crate::gpu::ops::{self, Dispatch, Res};
+use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::Texture;
+use crate::gpu::{GemmShape, GemmVariant, GpuContext, Tensor};
+
+/// Largest operand texture a convolution allocates by default (bytes; each function takes its
+/// own bound): positions beyond it are done in further chunks.
+pub const CHUNK_BYTES: usize = 32 << 20;
+
+/// Rows of work items per invocation of the gathers (`ITEM_ROWS` in `shaders/conv_tex.wgsl`).
+const ITEM_ROWS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct PackParams {
+    n: u32,
+    h: u32,
+    w: u32,
+    cin: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    k: u32,
+    stride: u32,
+    pad_t: u32,
+    pad_l: u32,
+    rows: u32,
+    cols4: u32,
+    first: u32,
+    real: u32,
+    blocks_x: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SumParams {
+    k: u32,
+    cout: u32,
+    kp: u32,
+    splits: u32,
+}
+
+const PACK: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::TexWrite,
+];
+const SUM: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+
+fn round4(v: usize) -> usize {
+    v.div_ceil(4) * 4
+}
+
+fn u(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| RiglError::invalid(format!("convolution {what} {v} exceeds u32")))
+}
+
+/// Whether the texture path can run this convolution on this device: subgroups for the texture
+/// GEMM, output and input positions in multiples of 4, and operand rows within the texture size.
+pub fn supports(ctx: &GpuContext, g: &ConvGeom) -> bool {
+    let Ok((ho, wo)) = g.out() else {
+        return false;
+    };
+    let win = g.window;
+    let p = win.n * ho * wo;
+    let q = win.n * win.h * win.w;
+    let k = round4(win.k * win.k * g.cin + 1);
+    let kd = round4(win.k * win.k * g.cout);
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    GemmVariant::Subgroup.supports(ctx, &GemmShape::nn(4, 4, 4))
+        && p.is_multiple_of(4)
+        && q.is_multiple_of(4)
+        && k.max(kd).max(g.cin).max(g.cout) <= max
+        && tex_cols(k.max(kd)) / 4 <= max
+}
+
+/// Positions per chunk: all of them when they fit, else a multiple of 256 (the GEMM's tile)
+/// such that a texture of `rows` rows of them (`as_rows`: of them as its rows, `rows` columns)
+/// stays within `bytes` and the device's texture size.
+fn chunk_len(ctx: &GpuContext, total: usize, rows: usize, as_rows: bool, bytes: usize) -> usize {
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    let by_size = if as_rows {
+        max
+    } else {
+        // Texels per row with `tex_cols`' padding of up to 32 columns.
+        4 * max.saturating_sub(8)
+    };
+    let cap = (bytes / (4 * rows.max(1))).min(by_size);
+    if total <= cap {
+        return total;
+    }
+    (cap / 256 * 256).max(256)
+}
+
+impl ConvGeom {
+    fn pack_params(&self) -> Result<PackParams> {
+        let (ho, wo) = self.out()?;
+        let (pad_t, pad_l) = self.window.pad();
+        let g = self.window;
+        u(
+            self.input_len()
+                .max(self.output_len()?)
+                .max(self.weight_len()),
+            "tensor",
+        )?;
+        Ok(PackParams {
+            n: u(g.n, "batch")?,
+            h: u(g.h, "height")?,
+            w: u(g.w, "width")?,
+            cin: u(self.cin, "input channels")?,
+            cout: u(self.cout, "output channels")?,
+            ho: u(ho, "output height")?,
+            wo: u(wo, "output width")?,
+            k: u(g.k, "kernel")?,
+            stride: u(g.stride, "stride")?,
+            pad_t: u(pad_t, "padding")?,
+            pad_l: u(pad_l, "padding")?,
+            ..PackParams::default()
+        })
+    }
+}
+
+/// One gather launch. `rows` texture rows of `cols4` texels; `per_row` true for the entries
+/// with one invocation per texture row (`pack_patch_t`), else 64 texels by [`ITEM_ROWS`] rows.
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    ctx: &GpuContext,
+    entry: &'static str,
+    base: PackParams,
+    (rows, cols4, first, real): (usize, usize, usize, usize),
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dst: &Texture,
+) -> Result<Dispatch> {
+    let per_row = entry == "pack_patch_t";
+    let blocks_x = cols4.div_ceil(64);
+    let workgroups = if per_row {
+        rows.div_ceil(64)
+    } else {
+        blocks_x * rows.div_ceil(ITEM_ROWS)
+    };
+    let params = PackParams {
+        rows: u(rows, "rows")?,
+        cols4: u(cols4, "texels")?,
+        first: u(first, "first position")?,
+        real: u(real, "patch rows")?,
+        blocks_x: u(blocks_x, "blocks")?,
+        ..base
+    };
+    let mut spec = KernelSpec::new("conv_tex", entry, PACK)
+        .with_override("MASKED", f64::from(u8::from(mask.is_some())))
+        .with_override("BIAS", f64::from(u8::from(bias.is_some())));
+    for (name, v) in [
+        ("H", base.h),
+        ("W", base.w),
+        ("CIN", base.cin),
+        ("COUT", base.cout),
+        ("HO", base.ho),
+        ("WO", base.wo),
+        ("K", base.k),
+        ("STRIDE", base.stride),
+        ("PAD_T", base.pad_t),
+        ("PAD_L", base.pad_l),
+    ] {
+        spec = spec.with_override(name, f64::from(v));
+    }
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[
+            Res::Buf(src),
+            Res::Buf(mask.unwrap_or(src)),
+            Res::Buf(bias.unwrap_or(src)),
+            Res::Tex(dst),
+        ],
+        workgroups as u64,
+    )?
+    .with_cost(0.0, 32.0 * (rows * cols4) as f64))
+}
+
+/// Chains launches into one dispatch: the last one, with the others encoded before it.
+fn chain(mut ops: Vec<Dispatch>) -> Result<Dispatch> {
+    let last = ops
+        .pop()
+        .ok_or_else(|| RiglError::invalid("a convolution with no launches"))?;
+    let (flops, bytes) = ops
+        .iter()
+        .chain(std::iter::once(&last))
+        .fold((0.0, 0.0), |(f, b), d| (f + d.flops, b + d.bytes));
+    Ok(last.with_before(ops).with_cost(flops, bytes))
+}
+
+fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
+    ops::check_len(t, needed, &format!("convolution {what}"))
+}
+
+/// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]` (overwritten); operand textures of
+/// at most `chunk_bytes` (but at least 256 positions).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    chunk_bytes: usize,
+) -> Result<Dispatch> {
+    let base = g.pack_params()?;
+    let (ho, wo) = g.out()?;
+    let p = g.window.n * ho * wo;
+    let k = g.window.k * g.window.k * g.cin;
+    check(x, g.input_len(), "input")?;
+    check(w, g.weight_len(), "weights")?;
+    check(y, g.output_len()?, "output")?;
+    if let Some(m) = mask {
+        check(m, g.weight_len(), "mask")?;
+    }
+    if let Some(b) = bias {
+        check(b, g.cout, "bias")?;
+    }
+    let kp = round4(k + usize::from(bias.is_some()));
+    let at = Texture::new(ctx, "convolution weights (texture)", g.cout, tex_cols(kp))?;
+    let chunk = chunk_len(ctx, p, kp, false, chunk_bytes);
+    let bt = Texture::new(ctx, "convolution patches (texture)", kp, tex_cols(chunk))?;
+    let mut ops = vec![pack(
+        ctx,
+        "pack_wt",
+        base,
+        (g.cout, kp / 4, 0, k),
+        w,
+        mask,
+        bias,
+        &at,
+    )?];
+    for first in (0..p).step_by(chunk) {
+        let len = chunk.min(p - first);
+        ops.push(pack(
+            ctx,
+            "pack_patch",
+            base,
+            (kp, len / 4, first, k),
+            x,
+            None,
+            bias,
+            &bt,
+        )?);
+        ops.push(tex_product(
+            ctx,
+            (g.cout, len, kp),
+            &at,
+            &bt,
+            y,
+            false,
+            TexOut {
+                ldc4: p / 4,
+                c_off4: first / 4,
+                ksplit4: 0,
+            },
+        )?);
+    }
+    chain(ops)
+}
+
+/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    chunk_bytes: usize,
+) -> Result<Dispatch> {
+    let base = g.pack_params()?;
+    let q = g.input_len() / g.cin;
+    let kd = g.window.k * g.window.k * g.cout;
+    check(dy, g.output_len()?, "output gradient")?;
+    check(w, g.weight_len(), "weights")?;
+    check(dx, g.input_len(), "input gradient")?;
+    if let Some(m) = mask {
+        check(m, g.weight_len(), "mask")?;
+    }
+    let kdp = round4(kd);
+    let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
+    let chunk = chunk_len(ctx, q, kdp, false, chunk_bytes);
+    let bt = Texture::new(
+        ctx,
+        "convolution output gradient (texture)",
+        kdp,
+        tex_cols(chunk),
+    )?;
+    let mut ops = vec![pack(
+        ctx,
+        "pack_wd",
+        base,
+        (g.cin, kdp / 4, 0, kd),
+        w,
+        mask,
+        None,
+        &at,
+    )?];
+    for first in (0..q).step_by(chunk) {
+        let len = chunk.min(q - first);
+        ops.push(pack(
+            ctx,
+            "pack_dpatch",
+            base,
+            (kdp, len / 4, first, kd),
+            dy,
+            None,
+            None,
+            &bt,
+        )?);
+        ops.push(tex_product(
+            ctx,
+            (g.cin, len, kdp),
+            &at,
+            &bt,
+            dx,
+            accumulate,
+            TexOut {
+                ldc4: q / 4,
+                c_off4: first / 4,
+                ksplit4: 0,
+            },
+        )?);
+    }
+    chain(ops)
+}
+
+/// Splits of a chunk's reduction: enough (tile, split) pairs to keep 64 workgroups busy, each
+/// split at least 256 positions long.
+fn splits_for(tiles: usize, len: usize) -> usize {
+    64usize.div_ceil(tiles).clamp(1, (len / 256).max(1))
+}
+
+/// `dw (+)= Σ over positions of dy ⊗ patch(x)`: the dense weight gradient `dL/d(mask ⊙ w)` at
+/// every position, `dw` `[k, k, cin, cout]`.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    chunk_bytes: usize,
+) -> Result<Dispatch> {
+    let base = g.pack_params()?;
+    let p = g.output_len()? / g.cout;
+    let k = g.window.k * g.window.k * g.cin;
+    check(x, g.input_len(), "input")?;
+    check(dy, p * g.cout, "output gradient")?;
+    check(dw, g.weight_len(), "weight gradient")?;
+    let kp = round4(k);
+    // Both operands hold a chunk of positions: dy's rows as columns, the patches as rows.
+    let chunk = chunk_len(ctx, p, kp.max(g.cout), true, chunk_bytes);
+    let at = Texture::new(
+        ctx,
+        "convolution output gradient (texture)",
+        g.cout,
+        tex_cols(chunk),
+    )?;
+    let bt = Texture::new(ctx, "convolution patches (texture)", chunk, tex_cols(kp))?;
+    let tiles = g.cout.div_ceil(32) * kp.div_ceil(256);
+    let mut plan = Vec::new();
+    for first in (0..p).step_by(chunk) {
+        let len = chunk.min(p - first);
+        let split_len = round4(len.div_ceil(splits_for(tiles, len)));
+        plan.push((first, len, split_len, len.div_ceil(split_len)));
+    }
+    let slots: usize = plan.iter().map(|c| c.3).sum();
+    let part = Tensor::zeros(
+        ctx,
+        "convolution weight gradient parts",
+        slots * g.cout * kp,
+    )?;
+    let mut ops = Vec::new();
+    let mut slot = 0;
+    for (first, len, split_len, splits) in plan {
+        ops.push(pack(
+            ctx,
+            "pack_rows",
+            base,
+            (g.cout, len / 4, first, 0),
+            dy,
+            None,
+            None,
+            &at,
+        )?);
+        ops.push(pack(
+            ctx,
+            "pack_patch_t",
+            base,
+            (len, kp / 4, first, k),
+            x,
+            None,
+            None,
+            &bt,
+        )?);
+        ops.push(tex_product(
+            ctx,
+            (g.cout, kp, len),
+            &at,
+            &bt,
+            &part,
+            false,
+            TexOut {
+                ldc4: kp / 4,
+                c_off4: slot * g.cout * kp / 4,
+                ksplit4: split_len / 4,
+            },
+        )?);
+        slot += splits;
+    }
+    let params = SumParams {
+        k: u(k, "patch rows")?,
+        cout: u(g.cout, "output channels")?,
+        kp: u(kp, "padded patch rows")?,
+        splits: u(slots, "splits")?,
+    };
+    let spec = KernelSpec::new("conv_sum", "conv_wgrad_sum", SUM)
+        .with_override("ACCUMULATE", f64::from(u8::from(accumulate)));
+    ops.push(
+        Dispatch::build(
+            ctx,
+            &spec,
+            bytemuck::bytes_of(&params),
+            &[&part, dw],
+            (k * g.cout).div_ceil(64) as u64,
+        )?
+        .with_cost(0.0, 4.0 * ((slots + 1) * k * g.cout) as f64),
+    );
+    chain(ops)
+}
