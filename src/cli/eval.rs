@@ -22,7 +22,7 @@ pub struct EvalArgs {
     /// Data to evaluate on, as for `rigl train` (default: the data the model was trained on).
     #[arg(long)]
     dataset: Option<String>,
-    /// Directory with the four MNIST-format IDX files.
+    /// Directory with the four MNIST-format IDX files, or the CIFAR-10 batch files.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Samples per batch.

@@ -33,10 +33,10 @@ pub struct TrainArgs {
     /// Print the final summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// fashion-mnist (default), idx (with --data-dir) or synthetic.
+    /// fashion-mnist (default), idx (with --data-dir), cifar10 (with --data-dir) or synthetic.
     #[arg(long)]
     dataset: Option<String>,
-    /// Directory with the four MNIST-format IDX files (.gz or raw).
+    /// Directory with the four MNIST-format IDX files (.gz or raw), or the CIFAR-10 batch files.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Training images (IDX); give all four file flags together.

@@ -5,10 +5,16 @@
 //! a trainer resumes mid-epoch from a saved [`Cursor`]. Random indices come from a
 //! multiply-shift of `next_u64` rather than `rand`'s range sampling, so orders stay the same
 //! across `rand` versions.
+//!
+//! A training batcher may also augment images as it gathers them ([`Batcher::with_augment`]):
+//! sample `s` of epoch `e` goes through [`Augment::apply`] with `(seed, e, s)`, the batcher's seed
+//! and the sample's index in the dataset, so augmented batches are as reproducible and resumable
+//! as the order.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::augment::Augment;
 use super::{below, Dataset};
 use crate::error::{Result, RiglError};
 
@@ -52,6 +58,10 @@ pub struct Batcher {
     /// The order of epoch `order_epoch` (identity when not shuffling).
     order: Vec<u32>,
     order_epoch: Option<u64>,
+    /// Augmentation applied to every sample gathered, if any.
+    augment: Option<Augment>,
+    /// One augmented sample (`features` values) while gathering with `augment`.
+    scratch: Vec<f32>,
 }
 
 impl Batcher {
@@ -111,7 +121,28 @@ impl Batcher {
             cursor: Cursor::default(),
             order: Vec::new(),
             order_epoch: None,
+            augment: None,
+            scratch: Vec::new(),
         })
+    }
+
+    /// This batcher, augmenting every sample it gathers with `augment`: in
+    /// [`fill_batch`](Self::fill_batch), sample `s` (its index in the dataset) of a batch of epoch
+    /// `e` is written as [`Augment::apply`]`(sample, _, seed, e, s)` with the batcher's `seed`.
+    /// Meant for training batchers; evaluation batchers are not given one.
+    ///
+    /// Errors: [`RiglError::InvalidArgument`] when `augment`'s shape is unusable
+    /// ([`Augment::check`]). That the dataset's samples have its `c * h * w` values is checked by
+    /// each [`fill_batch`](Self::fill_batch).
+    pub fn with_augment(mut self, augment: Augment) -> Result<Batcher> {
+        augment.check(None)?;
+        self.augment = Some(augment);
+        Ok(self)
+    }
+
+    /// The augmentation applied while gathering, if any.
+    pub fn augment(&self) -> Option<&Augment> {
+        self.augment.as_ref()
     }
 
     /// Number of samples batched.
@@ -195,10 +226,12 @@ impl Batcher {
     /// Writes batch `batch` of epoch `epoch` of `data` into `x`, feature-major (`[features, B]`:
     /// sample `b`'s feature `f` at `x[f * B + b]`), and its labels into `labels`; returns the
     /// number of real samples. In a partial batch the unused columns of `x` are zero and the
-    /// unused labels are [`PAD_LABEL`]. Does not move the cursor.
+    /// unused labels are [`PAD_LABEL`]. Does not move the cursor. With an augmentation
+    /// ([`with_augment`](Self::with_augment)), each sample is written augmented.
     ///
     /// Errors: [`RiglError::InvalidArgument`] when `data` does not have `n` samples, `x` is not
-    /// `features * B` long, `labels` is not `B` long, or `batch` is past the end of the epoch.
+    /// `features * B` long, `labels` is not `B` long, `batch` is past the end of the epoch, or
+    /// the augmentation's image size is not `features`.
     pub fn fill_batch(
         &mut self,
         data: &Dataset,
@@ -237,10 +270,20 @@ impl Batcher {
                 self.batches_per_epoch()
             )));
         }
-        let indices = self.batch_indices(epoch, batch);
-        let len = indices.len();
+        if let Some(a) = &self.augment {
+            a.check(Some(features))?;
+            self.scratch.resize(features, 0.0);
+        }
+        self.ensure_order(epoch);
+        let start = batch * b_cap;
+        let len = self.batch_len(batch);
+        let indices = &self.order[start..start + len];
         for (b, &s) in indices.iter().enumerate() {
-            let sample = &data.images[s as usize * features..][..features];
+            let mut sample = &data.images[s as usize * features..][..features];
+            if let Some(a) = &self.augment {
+                a.apply(sample, &mut self.scratch, self.seed, epoch, u64::from(s));
+                sample = &self.scratch;
+            }
             for (f, &v) in sample.iter().enumerate() {
                 x[f * b_cap + b] = v;
             }

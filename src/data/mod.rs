@@ -4,9 +4,13 @@
 //! [`Batcher`] gathers mini-batches into the engine's feature-major layout (`[features, B]`:
 //! element `(f, b)` at `f * B + b`) in buffers the caller allocates once. Train and test sets come
 //! from a [`DataSource`]: Debian's Fashion-MNIST (`dataset-fashion-mnist`), a directory or four
-//! files in the MNIST IDX format, or the synthetic task.
+//! files in the MNIST IDX format, the binary version of CIFAR-10, or the synthetic task.
+//! Image augmentation (reflection padding, random crops and flips, see [`Augment`]) is applied
+//! by the [`Batcher`] while it gathers training batches, when asked to.
 
+pub mod augment;
 pub mod batch;
+pub mod cifar;
 pub mod idx;
 pub mod source;
 pub mod synthetic;
@@ -15,7 +19,9 @@ use std::path::Path;
 
 use rand::RngCore;
 
+pub use augment::{per_image_standardize, Augment, Choice};
 pub use batch::{BatchInfo, Batcher, Cursor, PAD_LABEL};
+pub use cifar::{read_cifar10, write_cifar10_dir, CIFAR10_CLASSES, CIFAR10_FEATURES};
 pub use idx::{read_idx_images, read_idx_labels, IdxImages};
 pub use source::{DataSource, IdxFiles, SyntheticSpec, DEFAULT_DATA_DIR, FASHION_MNIST_CLASSES};
 

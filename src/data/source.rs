@@ -1,9 +1,10 @@
 //! Where train and test sets come from: Debian's Fashion-MNIST, a directory or four files in the
-//! IDX format, or the built-in synthetic task.
+//! IDX format, a directory of the binary version of CIFAR-10, or the built-in synthetic task.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::cifar::read_cifar10;
 use super::{Dataset, TrainTest};
 use crate::error::{Result, RiglError};
 
@@ -80,6 +81,12 @@ pub enum DataSource {
     Files(IdxFiles),
     /// The built-in synthetic task.
     Synthetic(SyntheticSpec),
+    /// The binary version of CIFAR-10 in a directory (see [`read_cifar10`]): 3 x 32 x 32
+    /// channel-major images, each standardised on its own, 10 classes.
+    Cifar10 {
+        /// The directory with `data_batch_1.bin` .. `data_batch_5.bin` and `test_batch.bin`.
+        dir: PathBuf,
+    },
 }
 
 fn not_found(path: &Path, message: String) -> RiglError {
@@ -147,10 +154,11 @@ fn find_in_dir(dir: &Path, hint: Option<&str>) -> Result<IdxFiles> {
 
 impl DataSource {
     /// The source selected by command-line flags: `dataset` is `fashion-mnist` (from
-    /// `data_dir`, or [`DEFAULT_DATA_DIR`] when none) or `synthetic` (shaped by `synthetic`).
+    /// `data_dir`, or [`DEFAULT_DATA_DIR`] when none), `idx` (from `data_dir`), `cifar10` (from
+    /// `data_dir`) or `synthetic` (shaped by `synthetic`).
     ///
-    /// Errors: [`RiglError::InvalidArgument`] for another dataset name, or a data directory
-    /// given with `synthetic`.
+    /// Errors: [`RiglError::InvalidArgument`] for another dataset name, `idx` or `cifar10`
+    /// without a data directory, or a data directory given with `synthetic`.
     pub fn from_flags(
         dataset: &str,
         data_dir: Option<&Path>,
@@ -160,20 +168,28 @@ impl DataSource {
             ("fashion-mnist" | "idx", Some(dir)) => Ok(DataSource::Dir(dir.to_path_buf())),
             ("fashion-mnist", None) => Ok(DataSource::FashionMnist),
             ("idx", None) => Err(RiglError::invalid("--dataset idx needs --data-dir DIR")),
+            ("cifar10", Some(dir)) => Ok(DataSource::Cifar10 {
+                dir: dir.to_path_buf(),
+            }),
+            ("cifar10", None) => Err(RiglError::invalid(
+                "--dataset cifar10 needs --data-dir DIR, a directory with data_batch_1.bin .. \
+                 data_batch_5.bin and test_batch.bin (the binary version of CIFAR-10)",
+            )),
             ("synthetic", None) => Ok(DataSource::Synthetic(synthetic)),
             ("synthetic", Some(dir)) => Err(RiglError::invalid(format!(
                 "--data-dir {} makes no sense with --dataset synthetic",
                 dir.display()
             ))),
             (other, _) => Err(RiglError::invalid(format!(
-                "unknown dataset '{other}' (expected fashion-mnist, idx or synthetic)"
+                "unknown dataset '{other}' (expected fashion-mnist, idx, cifar10 or synthetic)"
             ))),
         }
     }
 
     /// Loads the training and test sets. IDX sources have [`FASHION_MNIST_CLASSES`] classes.
     ///
-    /// Errors: as [`IdxFiles::in_dir`], [`IdxFiles::load`] and [`Dataset::synthetic`]; when
+    /// Errors: as [`IdxFiles::in_dir`], [`IdxFiles::load`], [`read_cifar10`] and
+    /// [`Dataset::synthetic`]; when
     /// [`DEFAULT_DATA_DIR`] or one of its files is missing, the message says to install
     /// `dataset-fashion-mnist` or to pass `--data-dir` or `--dataset synthetic`.
     pub fn load(&self) -> Result<TrainTest> {
@@ -187,6 +203,7 @@ impl DataSource {
             DataSource::Synthetic(s) => {
                 Dataset::synthetic(s.n_train, s.n_test, s.features, s.classes, s.seed)
             }
+            DataSource::Cifar10 { dir } => read_cifar10(dir),
         }
     }
 
@@ -205,6 +222,10 @@ impl DataSource {
             DataSource::Synthetic(s) => format!(
                 "synthetic ({} train, {} test, {} features, {} classes, seed {})",
                 s.n_train, s.n_test, s.features, s.classes, s.seed
+            ),
+            DataSource::Cifar10 { dir } => format!(
+                "CIFAR-10 (binary version, 3x32x32 images standardised per image) in {}",
+                dir.display()
             ),
         }
     }
