@@ -25,6 +25,7 @@ use crate::nn::spec::{Layer, ModelSpec, Shape, ShortcutFrom};
 use crate::sparse::update::LayerPlacement;
 
 mod trainable;
+pub use trainable::features_to_images;
 
 /// A weight tensor on the GPU: views into the model's flat buffers.
 #[derive(Debug)]
