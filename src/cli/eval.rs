@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use rigl::cpu::model::{HostModel, HostNorm};
 use rigl::gpu::ops::SgdConfig;
 use rigl::gpu::{gemm, GpuContext};
+use rigl::nn::model::GpuModel;
+use rigl::nn::spec::ModelSpec;
 use rigl::nn::{Mlp, MlpConfig};
 use rigl::sparse::init::count_active;
 use rigl::train::checkpoint::{self, Checkpoint};
@@ -42,6 +45,17 @@ fn read_model(arg: &Path) -> Result<(PathBuf, ModelFile), CliError> {
             masks: ck.model.masks,
             biases: ck.model.biases,
             config: Some(ck.config),
+            norms: ck
+                .model
+                .norms
+                .into_iter()
+                .map(|n| HostNorm {
+                    gamma: n.gamma,
+                    beta: n.beta,
+                    mean: n.mean,
+                    var: n.var,
+                })
+                .collect(),
         };
         (ck.path, file)
     };
@@ -94,6 +108,10 @@ pub fn run(args: EvalArgs) -> CliResult {
         return Err(CliError::usage("--batch must be at least 1"));
     }
     let ctx = GpuContext::new()?;
+    let spec = cfg.model_spec().map_err(CliError::usage)?;
+    if let Some(spec) = spec {
+        return eval_model(&ctx, &path, spec, file, &data.test, args.batch, args.json);
+    }
     let model = Mlp::new(
         &ctx,
         MlpConfig {
@@ -147,6 +165,62 @@ pub fn run(args: EvalArgs) -> CliResult {
             data.test.n,
             active as f64 / total as f64,
             dead.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Evaluates a model of layers (`--model`, `--model-file` runs): the recorded model rebuilt
+/// with the file's weights, masks, biases and batch norms, batch norm on running statistics.
+fn eval_model(
+    ctx: &GpuContext,
+    path: &Path,
+    spec: ModelSpec,
+    file: ModelFile,
+    test: &rigl::data::Dataset,
+    batch: usize,
+    json: bool,
+) -> CliResult {
+    let mut host = HostModel::new(spec, &mut |_, shape| vec![0.0; shape.iter().product()])
+        .map_err(CliError::usage)?;
+    if host.weights.len() != file.weights.len() || host.norms.len() != file.norms.len() {
+        return Err(CliError::usage(format!(
+            "{}: the file's tensors do not match model '{}'",
+            path.display(),
+            host.spec.name
+        )));
+    }
+    for (i, hw) in host.weights.iter_mut().enumerate() {
+        hw.w = file.weights[i].clone();
+        hw.mask = file.masks[i].clone();
+        if hw.bias.is_some() {
+            hw.bias = Some(file.biases[i].clone());
+        }
+    }
+    host.norms = file.norms.clone();
+    let model = GpuModel::new(ctx, &host, batch, 0)?;
+    let (loss, acc) = rigl::train::evaluate(ctx, &model, test)?;
+    let active: usize = file.masks.iter().map(|m| count_active(m)).sum();
+    let total: usize = file.masks.iter().map(Vec::len).sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": path.display().to_string(),
+                "model": host.spec.name,
+                "test_accuracy": acc, "test_loss": loss, "samples": test.n,
+                "density": active as f64 / total as f64, "sizes": file.sizes,
+            })
+        );
+    } else {
+        println!(
+            "{}: model {}: test accuracy {:.2}% (loss {:.4}) on {} samples; density {:.4}",
+            path.display(),
+            host.spec.name,
+            100.0 * acc,
+            loss,
+            test.n,
+            active as f64 / total as f64
         );
     }
     Ok(())

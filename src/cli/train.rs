@@ -54,7 +54,14 @@ pub struct TrainArgs {
     /// Standardise inputs (training mean and deviation) instead of [0, 1].
     #[arg(long)]
     standardize: bool,
-    /// Hidden layer widths, e.g. 300,100.
+    /// Model: mlp (default, with --hidden), lenet5, wrn-22-2 or resnet-50; its input shape must
+    /// match the dataset's features.
+    #[arg(long, value_name = "NAME", conflicts_with = "model_file")]
+    model: Option<String>,
+    /// A model file (TOML, docs/models.md); its text is recorded in the run's configuration.
+    #[arg(long, value_name = "FILE")]
+    model_file: Option<PathBuf>,
+    /// Hidden layer widths of the mlp model, e.g. 300,100.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Label smoothing.
@@ -240,9 +247,40 @@ impl TrainArgs {
         if let Some(k) = &self.kernels {
             c.kernels = rigl::nn::choice::KernelChoice::parse(k)?;
         }
+        apply_model_flags(&mut c, self.model.as_deref(), self.model_file.as_deref())?;
+        if self.hidden.is_some() && c.model_spec()?.is_some() {
+            return Err(CliError::usage(
+                "--hidden describes the mlp model; it cannot be combined with --model NAME or --model-file",
+            ));
+        }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Sets the model of a configuration from `--model NAME` (`mlp` is the default MLP of
+/// `hidden` widths) or `--model-file FILE` (its text is recorded, so evaluation and resume need
+/// no file). Unknown names and bad files are bad input.
+pub fn apply_model_flags(
+    c: &mut TrainConfig,
+    model: Option<&str>,
+    model_file: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    if let Some(name) = model {
+        rigl::nn::spec::ModelSpec::builtin(name, &[])
+            .map_err(|e| CliError::usage(format!("--model: {e}")))?;
+        c.model_toml = None;
+        c.model = (!name.eq_ignore_ascii_case("mlp")).then(|| name.to_ascii_lowercase());
+    }
+    if let Some(path) = model_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("--model-file {}: {e}", path.display())))?;
+        rigl::nn::spec::ModelSpec::from_toml_str(&text, &path.display().to_string())
+            .map_err(CliError::usage)?;
+        c.model = None;
+        c.model_toml = Some(text);
+    }
+    Ok(())
 }
 
 /// The data source of a configuration.
@@ -488,7 +526,9 @@ pub fn run(args: TrainArgs) -> CliResult {
     let cfg = args.config_over(resume.as_ref().map(|c| &c.config))?;
     let data = load_data(&cfg)?;
     if let Some(ck) = &resume {
-        let sizes = cfg.sizes(data.train.features, data.train.classes);
+        let sizes = cfg
+            .run_sizes(data.train.features, data.train.classes)
+            .map_err(CliError::usage)?;
         let per_epoch = (data.train.n / cfg.batch.max(1)) as u64;
         let soft = checkpoint::compare(ck, &cfg, &sizes, per_epoch).map_err(CliError::usage)?;
         for d in soft {

@@ -9,6 +9,7 @@ use crate::gpu::{GpuContext, Tensor};
 #[derive(Debug)]
 pub(crate) struct LossHead {
     labels: Tensor,
+    stats: Tensor,
     sums: Tensor,
     xent: Dispatch,
     reduce: Dispatch,
@@ -44,6 +45,7 @@ impl LossHead {
         let reduce = ops::segment_sum(ctx, &stats, &sums, 2, batch, true)?;
         Ok(LossHead {
             labels,
+            stats,
             sums,
             xent,
             reduce,
@@ -79,6 +81,16 @@ impl LossHead {
             bytemuck::cast_slice(labels),
         );
         Ok(())
+    }
+
+    /// The labels tensor (u32 `[batch]`).
+    pub(crate) fn labels(&self) -> &Tensor {
+        &self.labels
+    }
+
+    /// Per-sample loss and correct flag `[2 * batch]` of the last forward pass.
+    pub(crate) fn stats(&self) -> &Tensor {
+        &self.stats
     }
 
     /// Only the first `valid` samples of the batch count in the loss and its gradient.

@@ -435,6 +435,7 @@ impl Mlp {
             ema: self.read_layers(ctx, &self.ema)?,
             ever: self.read_layers(ctx, &self.ever)?,
             loss_sums: [sums[0], sums[1]],
+            norms: Vec::new(),
         })
     }
 

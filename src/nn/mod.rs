@@ -1,7 +1,9 @@
-//! Networks: the multi-layer perceptron the trainer runs, in two storage forms with one interface
-//! ([`Network`]): masked-dense layers ([`Mlp`], every weight stored, a 0/1 mask applied in the
-//! products) and compressed sparse layers ([`SparseMlp`], only the active weights stored); and the
-//! state ([`ModelState`]) every model saves to and restores from checkpoints.
+//! Networks the trainer runs, with one interface ([`Network`]): the multi-layer perceptron in two
+//! storage forms, masked-dense layers ([`Mlp`], every weight stored, a 0/1 mask applied in the
+//! products) and compressed sparse layers ([`SparseMlp`], only the active weights stored); any
+//! model of layers ([`spec::ModelSpec`]: LeNet-5, WRN, a model file) masked-dense
+//! ([`model::GpuModel`]); and the state ([`ModelState`]) every model saves to and restores from
+//! checkpoints.
 
 pub mod choice;
 mod loss;
@@ -13,8 +15,9 @@ pub mod state;
 
 pub use mlp::{Mlp, MlpConfig};
 pub use sparse_mlp::{MemoryReport, SparseMlp};
-pub use state::ModelState;
+pub use state::{ModelLayout, ModelState, NormState, ParamLayout};
 
+use crate::cpu::model as cpu_model;
 use crate::error::Result;
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::GpuContext;
@@ -37,8 +40,23 @@ pub(crate) fn read_bias_layout(
 
 /// What the trainer, the evaluator and the model file need of a network on the GPU.
 pub trait Network {
-    /// Configuration it was built with.
-    fn config(&self) -> &MlpConfig;
+    /// Samples per batch.
+    fn batch(&self) -> usize;
+    /// Input features per sample.
+    fn features(&self) -> usize;
+    /// Classes (output width).
+    fn classes(&self) -> usize;
+    /// Sets training (with the step, for dropout) or evaluation mode (batch norm on running
+    /// statistics, no dropout) for the next passes. A model without such layers ignores it.
+    fn set_mode(&self, ctx: &GpuContext, mode: model::RunMode) -> Result<()> {
+        let _ = (ctx, mode);
+        Ok(())
+    }
+    /// Batch norms' parameters and running statistics (none for the MLP).
+    fn read_norms(&self, ctx: &GpuContext) -> Result<Vec<cpu_model::HostNorm>> {
+        let _ = ctx;
+        Ok(Vec::new())
+    }
     /// `masked` (dense storage with masks), `dense` (no masks) or `sparse` (compressed).
     fn kernels(&self) -> &'static str;
     /// Writes a batch (`x` feature-major `[in, batch]`).
@@ -76,8 +94,14 @@ pub trait Network {
 }
 
 impl Network for Mlp {
-    fn config(&self) -> &MlpConfig {
-        &self.cfg
+    fn batch(&self) -> usize {
+        self.cfg.batch
+    }
+    fn features(&self) -> usize {
+        self.cfg.sizes[0]
+    }
+    fn classes(&self) -> usize {
+        self.cfg.sizes[self.cfg.sizes.len() - 1]
     }
     fn kernels(&self) -> &'static str {
         if self.cfg.masked {
@@ -137,8 +161,14 @@ impl Network for Mlp {
 }
 
 impl Network for SparseMlp {
-    fn config(&self) -> &MlpConfig {
-        &self.cfg
+    fn batch(&self) -> usize {
+        self.cfg.batch
+    }
+    fn features(&self) -> usize {
+        self.cfg.sizes[0]
+    }
+    fn classes(&self) -> usize {
+        self.cfg.sizes[self.cfg.sizes.len() - 1]
     }
     fn kernels(&self) -> &'static str {
         "sparse"
@@ -190,5 +220,75 @@ impl Network for SparseMlp {
     }
     fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
         SparseMlp::read_sums_f32(self, ctx)
+    }
+}
+
+impl Network for model::GpuModel {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn features(&self) -> usize {
+        model::GpuModel::features(self)
+    }
+    fn classes(&self) -> usize {
+        model::GpuModel::classes(self)
+    }
+    fn set_mode(&self, ctx: &GpuContext, mode: model::RunMode) -> Result<()> {
+        model::GpuModel::set_mode(self, ctx, mode)
+    }
+    fn read_norms(&self, ctx: &GpuContext) -> Result<Vec<cpu_model::HostNorm>> {
+        self.read_host_norms(ctx)
+    }
+    fn kernels(&self) -> &'static str {
+        model::GpuModel::kernels(self)
+    }
+    fn set_batch(&self, ctx: &GpuContext, x: &[f32], labels: &[u32]) -> Result<()> {
+        model::GpuModel::set_batch(self, ctx, x, labels)
+    }
+    fn set_valid(&self, ctx: &GpuContext, valid: usize) {
+        model::GpuModel::set_valid(self, ctx, valid)
+    }
+    fn set_sgd(&self, ctx: &GpuContext, sgd: SgdConfig) {
+        model::GpuModel::set_sgd(self, ctx, sgd)
+    }
+    fn forward_ops(&self) -> Vec<&Dispatch> {
+        self.forward_loss_ops()
+    }
+    fn backward_ops(&self) -> Vec<&Dispatch> {
+        model::GpuModel::backward_ops(self)
+    }
+    fn sgd_ops(&self) -> Vec<&Dispatch> {
+        self.optimizer_ops()
+    }
+    fn reset_sums(&self, ctx: &GpuContext) -> Result<()> {
+        model::GpuModel::reset_sums(self, ctx)
+    }
+    fn read_sums(&self, ctx: &GpuContext) -> Result<(f64, f64)> {
+        let s = self.read_sums_f32(ctx)?;
+        Ok((f64::from(s[0]), f64::from(s[1])))
+    }
+    fn read_weights(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        self.read_layers(ctx, &self.w)
+    }
+    fn read_masks(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        self.read_layers(ctx, &self.mask)
+    }
+    fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        model::GpuModel::read_biases(self, ctx)
+    }
+    fn memory(&self) -> MemoryReport {
+        model::GpuModel::memory(self)
+    }
+    fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        model::GpuModel::read_state(self, ctx)
+    }
+    fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
+        model::GpuModel::load_state(self, ctx, state)
+    }
+    fn set_sums(&self, ctx: &GpuContext, sums: [f32; 2]) -> Result<()> {
+        model::GpuModel::set_sums(self, ctx, sums)
+    }
+    fn read_sums_f32(&self, ctx: &GpuContext) -> Result<[f32; 2]> {
+        model::GpuModel::read_sums_f32(self, ctx)
     }
 }

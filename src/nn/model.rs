@@ -1,5 +1,9 @@
 //! A model of layers on the GPU ([`crate::nn::spec::ModelSpec`]), masked-dense: every weight
-//! tensor is a param with its weights, 0/1 mask, gradient and momentum; activations and their
+//! tensor is a param with its weights, 0/1 mask, gradient and momentum, each a view at a
+//! 64-element-aligned offset ([`LayerPlacement`]) into one flat buffer per kind (weights, masks,
+//! gradients, momentum, and the SNFS gradient EMA and ever-active record), laid out exactly as
+//! [`crate::nn::Mlp`]'s so the mask update, the optimizer over the weights and the ITOP map each
+//! cover every param in one dispatch; activations and their
 //! gradients are allocated once, and the forward and backward passes are dispatch lists built
 //! once and encoded every step (SPEC §8 layouts: activations `[C, N, H, W]`, flat ones
 //! `[features, N]`). Its CPU twin is [`crate::cpu::model::HostModel`].
@@ -15,22 +19,28 @@ use crate::gpu::conv::{self, ConvGeom};
 use crate::gpu::image::{self, ImageShape};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
+use crate::nn::loss::LossHead;
+use crate::nn::mlp::ALIGN;
 use crate::nn::spec::{Layer, ModelSpec, Shape, ShortcutFrom};
+use crate::sparse::update::LayerPlacement;
 
-/// A weight tensor on the GPU.
+mod trainable;
+pub use trainable::features_to_images;
+
+/// A weight tensor on the GPU: views into the model's flat buffers.
 #[derive(Debug)]
 pub struct Param {
     /// Name.
     pub name: String,
     /// `[in, out]` or `[kh, kw, cin, cout]`.
     pub shape: Vec<usize>,
-    /// Weights.
+    /// Weights (a view of [`GpuModel::w`]).
     pub w: Tensor,
-    /// 0/1 mask.
+    /// 0/1 mask (a view of [`GpuModel::mask`]).
     pub mask: Tensor,
-    /// Dense gradient `dL/d(mask ⊙ w)`.
+    /// Dense gradient `dL/d(mask ⊙ w)` (a view of [`GpuModel::grad`]).
     pub grad: Tensor,
-    /// Momentum.
+    /// Momentum (a view of [`GpuModel::mom`]).
     pub mom: Tensor,
     /// Bias, its gradient and momentum.
     pub bias: Option<[Tensor; 3]>,
@@ -76,6 +86,28 @@ enum Switch {
     },
 }
 
+/// How a [`GpuModel`] trains: what [`GpuModel::with_options`] takes besides the parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelOptions {
+    /// Sparse training (`true`) or dense training (`false`, reported as `dense` kernels; the
+    /// masks are then all ones and the products the same).
+    pub masked: bool,
+    /// Label smoothing of the cross-entropy target.
+    pub label_smoothing: f32,
+    /// The optimizer's settings until [`GpuModel::set_sgd`] changes them.
+    pub sgd: SgdConfig,
+    /// Preferred GEMM variant of the fully connected layers (resolved per product shape).
+    pub gemm: GemmVariant,
+}
+
+/// One prebuilt optimizer dispatch: over how many elements, and whether weight decay applies.
+#[derive(Debug)]
+struct SgdOp {
+    op: Dispatch,
+    len: usize,
+    decay: bool,
+}
+
 /// The model on the GPU, for a fixed batch size.
 pub struct GpuModel {
     /// The model.
@@ -84,6 +116,20 @@ pub struct GpuModel {
     pub batch: usize,
     /// Weight tensors in [`ModelSpec::infer`]'s order.
     pub params: Vec<Param>,
+    /// Where each param lies in the flat buffers.
+    pub placements: Vec<LayerPlacement>,
+    /// Flat weights.
+    pub w: Tensor,
+    /// Flat 0/1 masks.
+    pub mask: Tensor,
+    /// Flat dense weight gradients.
+    pub grad: Tensor,
+    /// Flat weight momentum.
+    pub mom: Tensor,
+    /// Flat EMA of the dense gradient (SNFS).
+    pub ema: Tensor,
+    /// Flat "ever active" map (ITOP rate).
+    pub ever: Tensor,
     /// Batch norms in walk order.
     pub norms: Vec<Norm>,
     /// The input batch `[C, N, H, W]`.
@@ -95,10 +141,15 @@ pub struct GpuModel {
     /// Logits `[classes, N]`.
     pub logits: Tensor,
     forward: Vec<Dispatch>,
-    loss: Dispatch,
+    loss: LossHead,
     backward: Vec<Dispatch>,
     switches: Vec<Switch>,
     seed: u32,
+    masked: bool,
+    sgd: Vec<SgdOp>,
+    ema_op: Dispatch,
+    ever_op: Dispatch,
+    total_w: usize,
 }
 
 /// Builds the dispatch lists while walking the layers.
@@ -528,8 +579,35 @@ pub enum RunMode {
 
 impl GpuModel {
     /// The model on the GPU with the parameters of `host` (weights, masks, biases, batch-norm
-    /// parameters and running statistics), for batches of `batch`, dropout seeded by `seed`.
+    /// parameters and running statistics), for batches of `batch`, dropout seeded by `seed`;
+    /// sparse training, no label smoothing, the GEMM variant this adapter prefers.
     pub fn new(ctx: &GpuContext, host: &HostModel, batch: usize, seed: u32) -> Result<Self> {
+        let opts = ModelOptions {
+            masked: true,
+            label_smoothing: 0.0,
+            sgd: SgdConfig {
+                lr: 0.0,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                nesterov: false,
+            },
+            gemm: gemm::choose_variant(ctx)?,
+        };
+        Self::with_options(ctx, host, batch, seed, opts)
+    }
+
+    /// [`GpuModel::new`] with the trainer's options. Momentum and the EMA start at zero, the
+    /// ever-active record at the masks.
+    pub fn with_options(
+        ctx: &GpuContext,
+        host: &HostModel,
+        batch: usize,
+        seed: u32,
+        opts: ModelOptions,
+    ) -> Result<Self> {
+        if batch == 0 {
+            return Err(RiglError::invalid("batch size must be at least 1"));
+        }
         let (out, _) = host.spec.infer()?;
         if out.h != 1 || out.w != 1 {
             return Err(RiglError::invalid(format!(
@@ -537,23 +615,66 @@ impl GpuModel {
                 host.spec.name, out.c, out.h, out.w
             )));
         }
+        let mut placements = Vec::with_capacity(host.weights.len());
+        let mut off = 0usize;
+        for (i, w) in host.weights.iter().enumerate() {
+            let n = w.w.len();
+            if w.mask.len() != n {
+                return Err(RiglError::invalid(format!(
+                    "layer {}: {n} weights and {} mask values",
+                    w.name,
+                    w.mask.len()
+                )));
+            }
+            placements.push(LayerPlacement {
+                name: w.name.clone(),
+                offset: off,
+                n,
+                id: i as u32,
+            });
+            off += n.div_ceil(ALIGN) * ALIGN;
+        }
+        let total_w = off;
+        let (mut flat_w, mut flat_m) = (vec![0.0f32; total_w], vec![0.0f32; total_w]);
+        for (p, w) in placements.iter().zip(&host.weights) {
+            for i in 0..p.n {
+                let mk = w.mask[i];
+                if mk != 0.0 && mk != 1.0 {
+                    return Err(RiglError::invalid(format!(
+                        "layer {}: mask[{i}] = {mk}, expected 0 or 1",
+                        p.name
+                    )));
+                }
+                flat_m[p.offset + i] = mk;
+                flat_w[p.offset + i] = w.w[i] * mk;
+            }
+        }
+        let w = Tensor::from_f32(ctx, "weights", &flat_w)?;
+        let mask = Tensor::from_f32(ctx, "masks", &flat_m)?;
+        let ever = Tensor::from_f32(ctx, "ever-active map", &flat_m)?;
+        drop((flat_w, flat_m));
+        let grad = Tensor::zeros(ctx, "weight gradients", total_w)?;
+        let mom = Tensor::zeros(ctx, "momentum", total_w)?;
+        let ema = Tensor::zeros(ctx, "gradient EMA", total_w)?;
         let mut params = Vec::with_capacity(host.weights.len());
-        for w in &host.weights {
-            let bias = match &w.bias {
+        for (p, hw) in placements.iter().zip(&host.weights) {
+            let view =
+                |t: &Tensor, what: &str| t.slice(ctx, p.offset, p.n, &format!("{} {what}", p.name));
+            let bias = match &hw.bias {
                 Some(b) => Some([
-                    Tensor::from_f32(ctx, &format!("{} bias", w.name), b)?,
-                    Tensor::zeros(ctx, &format!("{} bias gradient", w.name), b.len())?,
-                    Tensor::zeros(ctx, &format!("{} bias momentum", w.name), b.len())?,
+                    Tensor::from_f32(ctx, &format!("{} bias", hw.name), b)?,
+                    Tensor::zeros(ctx, &format!("{} bias gradient", hw.name), b.len())?,
+                    Tensor::zeros(ctx, &format!("{} bias momentum", hw.name), b.len())?,
                 ]),
                 None => None,
             };
             params.push(Param {
-                name: w.name.clone(),
-                shape: w.shape.clone(),
-                w: Tensor::from_f32(ctx, &format!("{} weights", w.name), &w.w)?,
-                mask: Tensor::from_f32(ctx, &format!("{} mask", w.name), &w.mask)?,
-                grad: Tensor::zeros(ctx, &format!("{} gradient", w.name), w.w.len())?,
-                mom: Tensor::zeros(ctx, &format!("{} momentum", w.name), w.w.len())?,
+                name: hw.name.clone(),
+                shape: hw.shape.clone(),
+                w: view(&w, "weights")?,
+                mask: view(&mask, "mask")?,
+                grad: view(&grad, "gradient")?,
+                mom: view(&mom, "momentum")?,
                 bias,
             });
         }
@@ -561,7 +682,7 @@ impl GpuModel {
         let mut b = Builder {
             ctx,
             n: batch,
-            variant: gemm::choose_variant(ctx)?,
+            variant: opts.gemm,
             params,
             next_param: 0,
             norms: Vec::new(),
@@ -573,19 +694,7 @@ impl GpuModel {
         let x = b.act(input, "input")?;
         let layers = host.spec.layers.clone();
         let (y, bwd) = b.seq(&layers, x.clone(), false)?;
-        let labels = Tensor::zeros(ctx, "labels", batch)?;
-        let loss_stats = Tensor::zeros(ctx, "loss", 2 * batch)?;
-        let loss = ops::softmax_xent(
-            ctx,
-            &y.t,
-            &labels,
-            &y.g,
-            &loss_stats,
-            y.s.c,
-            batch,
-            0.0,
-            1.0 / batch as f32,
-        )?;
+        let loss = LossHead::new(ctx, &y.t, &y.g, y.s.c, batch, opts.label_smoothing)?;
         let mut switches = b.switches;
         for (at, layer, len, rate) in bwd.dropouts {
             switches.push(Switch::Dropout {
@@ -596,20 +705,70 @@ impl GpuModel {
                 rate,
             });
         }
+        let no_decay = SgdConfig {
+            weight_decay: 0.0,
+            ..opts.sgd
+        };
+        // Weight decay on the weight tensors only (SPEC §8): one dispatch over every weight
+        // (the padding between params has mask 0 and stays 0), then biases and batch norms.
+        let mut sgd = vec![SgdOp {
+            op: ops::sgd(ctx, &grad, &w, &mom, Some(&mask), total_w, opts.sgd)?,
+            len: total_w,
+            decay: true,
+        }];
+        for p in &b.params {
+            if let Some([bias, gb, mb]) = &p.bias {
+                sgd.push(SgdOp {
+                    op: ops::sgd(ctx, gb, bias, mb, None, bias.len, no_decay)?,
+                    len: bias.len,
+                    decay: false,
+                });
+            }
+        }
+        for nrm in &b.norms {
+            let len = 2 * nrm.channels;
+            sgd.push(SgdOp {
+                op: ops::sgd(
+                    ctx,
+                    &nrm.grad,
+                    &nrm.gamma_beta,
+                    &nrm.mom,
+                    None,
+                    len,
+                    no_decay,
+                )?,
+                len,
+                decay: false,
+            });
+        }
+        let ema_op = ops::ema(ctx, &grad, &ema, total_w, 0.9)?;
+        let ever_op = ops::max_into(ctx, &mask, &ever, total_w)?;
         let model = GpuModel {
             spec: host.spec.clone(),
             batch,
             params: b.params,
+            placements,
+            w,
+            mask,
+            grad,
+            mom,
+            ema,
+            ever,
             norms: b.norms,
             input: x.t,
-            labels,
-            loss_stats,
+            labels: loss.labels().clone(),
+            loss_stats: loss.stats().clone(),
             logits: y.t,
             forward: b.forward,
             loss,
             backward: bwd.ops,
             switches,
             seed,
+            masked: opts.masked,
+            sgd,
+            ema_op,
+            ever_op,
+            total_w,
         };
         model.load_norms(ctx, host)?;
         Ok(model)
@@ -682,7 +841,7 @@ impl GpuModel {
     pub fn step_ops(&self) -> Vec<&Dispatch> {
         self.forward
             .iter()
-            .chain(std::iter::once(&self.loss))
+            .chain(self.loss.ops())
             .chain(&self.backward)
             .collect()
     }

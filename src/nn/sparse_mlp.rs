@@ -968,6 +968,7 @@ impl SparseMlp {
                 .collect(),
             ever,
             loss_sums: [sums[0], sums[1]],
+            norms: Vec::new(),
         })
     }
 

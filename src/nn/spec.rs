@@ -452,12 +452,17 @@ impl ModelSpec {
             path: path.display().to_string(),
             source,
         })?;
-        let spec: ModelSpec = toml::from_str(&text).map_err(|e| RiglError::BadFile {
-            path: path.display().to_string(),
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a model file and checks its shapes; errors name `origin`.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let spec: ModelSpec = toml::from_str(text).map_err(|e| RiglError::BadFile {
+            path: origin.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
         spec.infer().map_err(|e| RiglError::BadFile {
-            path: path.display().to_string(),
+            path: origin.to_string(),
             message: e.to_string(),
         })?;
         Ok(spec)

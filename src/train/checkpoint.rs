@@ -7,6 +7,13 @@
 //! `fcN.ever` (u8), plus `trainer.loss_sums` (f32 `[2]`). Metadata: `rigl.kind = checkpoint`,
 //! `rigl.version`, `rigl.sizes`, `rigl.config` (the effective TOML), `rigl.step`, `rigl.method`,
 //! `rigl.trainer` (the [`TrainerState`] as JSON, floats as their bit patterns) and
+//! A model of layers (`--model lenet5`, `--model-file`) stores its weight tensors the same way
+//! under their layer names with their own shapes (`conv1.weight` `[5, 5, 1, 20]`; no bias
+//! tensors for a layer without a bias), and every batch norm as `bnN.gamma`, `bnN.beta`,
+//! `bnN.gamma_momentum`, `bnN.beta_momentum`, `bnN.running_mean`, `bnN.running_var` (walk
+//! order, from 1); its `rigl.sizes` is `[features, classes]` and its shapes come from the model
+//! recorded in `rigl.config`.
+//!
 //! `rigl.checksum`: CRC-32 of every other metadata entry and of every tensor's name, dtype, shape
 //! and bytes, so truncation and corruption are both detected on load.
 //!
@@ -25,8 +32,9 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RiglError};
-use crate::nn::mlp::layer_names;
+use crate::nn::state::norm_name;
 pub use crate::nn::ModelState;
+use crate::nn::NormState;
 use crate::sparse::init::{mask_from_u8, mask_to_u8};
 use crate::train::TrainConfig;
 
@@ -289,8 +297,8 @@ pub fn to_bytes(
     trainer: &TrainerState,
     state: &ModelState,
 ) -> Result<Vec<u8>> {
-    let n_layers = sizes.len().saturating_sub(1);
-    let names = layer_names(n_layers);
+    let layout = cfg.layout(sizes)?;
+    let n_layers = layout.params.len();
     for (what, layers) in state.tensors() {
         if layers.len() != n_layers {
             return Err(RiglError::invalid(format!(
@@ -299,17 +307,24 @@ pub fn to_bytes(
             )));
         }
     }
+    if state.norms.len() != layout.norms.len() {
+        return Err(RiglError::invalid(format!(
+            "checkpoint: {} batch norms for a model with {}",
+            state.norms.len(),
+            layout.norms.len()
+        )));
+    }
     // Owned bytes first (views borrow them).
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (l, name) in names.iter().enumerate() {
-        let (fin, fout) = (sizes[l], sizes[l + 1]);
+    for (l, p) in layout.params.iter().enumerate() {
+        let name = &p.name;
         for (what, layers) in state.tensors() {
             let v = &layers[l];
             let bias_like = what.starts_with("bias");
-            let shape = if bias_like {
-                vec![fout]
-            } else {
-                vec![fin, fout]
+            let shape = match (bias_like, p.bias) {
+                (true, Some(b)) => vec![b],
+                (true, None) => continue,
+                (false, _) => p.shape.clone(),
             };
             if v.len() != shape.iter().product::<usize>() {
                 return Err(RiglError::invalid(format!(
@@ -323,6 +338,23 @@ pub fn to_bytes(
                 (Dtype::F32, bytemuck::cast_slice(v).to_vec())
             };
             owned.push((format!("{name}.{what}"), dtype, shape, bytes));
+        }
+    }
+    for (i, (n, &c)) in state.norms.iter().zip(&layout.norms).enumerate() {
+        for (what, v) in n.tensors() {
+            if v.len() != c {
+                return Err(RiglError::invalid(format!(
+                    "checkpoint: {}.{what} has {} values, expected {c}",
+                    norm_name(i),
+                    v.len()
+                )));
+            }
+            owned.push((
+                format!("{}.{what}", norm_name(i)),
+                Dtype::F32,
+                vec![c],
+                bytemuck::cast_slice(v).to_vec(),
+            ));
         }
     }
     owned.push((
@@ -561,42 +593,54 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         toml::from_str(get("rigl.config")?).map_err(|e| bad(path, format!("rigl.config: {e}")))?;
     let trainer: TrainerState = serde_json::from_str(get("rigl.trainer")?)
         .map_err(|e| bad(path, format!("rigl.trainer: {e}")))?;
-    let names = layer_names(sizes.len() - 1);
+    let layout = config
+        .layout(&sizes)
+        .map_err(|e| bad(path, e.to_string()))?;
     let mut model = ModelState::default();
-    for (l, name) in names.iter().enumerate() {
-        let (fin, fout) = (sizes[l], sizes[l + 1]);
-        let tensor = |what: &str| -> Result<Vec<f32>> {
-            let key = format!("{name}.{what}");
-            let t = st
-                .tensor(&key)
-                .map_err(|_| bad(path, format!("tensor {key} is missing")))?;
-            let (dtype, shape) = match what {
-                "mask" | "ever" => (Dtype::U8, vec![fin, fout]),
-                "bias" | "bias_momentum" => (Dtype::F32, vec![fout]),
-                _ => (Dtype::F32, vec![fin, fout]),
-            };
-            if t.dtype() != dtype || t.shape() != shape.as_slice() {
-                return Err(bad(
-                    path,
-                    format!(
-                        "tensor {key} is {:?} {:?}, expected {dtype:?} {shape:?}",
-                        t.dtype(),
-                        t.shape()
-                    ),
-                ));
-            }
-            Ok(match dtype {
-                Dtype::U8 => mask_from_u8(t.data()),
-                _ => f32s(t.data()),
-            })
+    let tensor = |key: String, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<f32>> {
+        let t = st
+            .tensor(&key)
+            .map_err(|_| bad(path, format!("tensor {key} is missing")))?;
+        if t.dtype() != dtype || t.shape() != shape.as_slice() {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {key} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(match dtype {
+            Dtype::U8 => mask_from_u8(t.data()),
+            _ => f32s(t.data()),
+        })
+    };
+    for p in &layout.params {
+        let name = &p.name;
+        let w = |what: &str, dtype: Dtype| tensor(format!("{name}.{what}"), dtype, p.shape.clone());
+        let b = |what: &str| match p.bias {
+            Some(n) => tensor(format!("{name}.{what}"), Dtype::F32, vec![n]),
+            None => Ok(Vec::new()),
         };
-        model.weights.push(tensor("weight")?);
-        model.masks.push(tensor("mask")?);
-        model.momentum.push(tensor("momentum")?);
-        model.biases.push(tensor("bias")?);
-        model.bias_momentum.push(tensor("bias_momentum")?);
-        model.ema.push(tensor("ema")?);
-        model.ever.push(tensor("ever")?);
+        model.weights.push(w("weight", Dtype::F32)?);
+        model.masks.push(w("mask", Dtype::U8)?);
+        model.momentum.push(w("momentum", Dtype::F32)?);
+        model.biases.push(b("bias")?);
+        model.bias_momentum.push(b("bias_momentum")?);
+        model.ema.push(w("ema", Dtype::F32)?);
+        model.ever.push(w("ever", Dtype::U8)?);
+    }
+    for (i, &c) in layout.norms.iter().enumerate() {
+        let get = |what: &str| tensor(format!("{}.{what}", norm_name(i)), Dtype::F32, vec![c]);
+        model.norms.push(NormState {
+            gamma: get("gamma")?,
+            beta: get("beta")?,
+            gamma_momentum: get("gamma_momentum")?,
+            beta_momentum: get("beta_momentum")?,
+            mean: get("running_mean")?,
+            var: get("running_var")?,
+        });
     }
     let sums = st
         .tensor("trainer.loss_sums")
@@ -673,6 +717,8 @@ pub fn find(path: &Path) -> Result<Found> {
 /// Settings that define the model, its sparsity or the order of the data: a resume refuses a
 /// checkpoint whose value differs.
 pub const FIXED_SETTINGS: &[&str] = &[
+    "model",
+    "model_toml",
     "method",
     "hidden",
     "sparsity",

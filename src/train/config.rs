@@ -113,6 +113,14 @@ pub struct TrainConfig {
     /// Kernels of the sparse layers: `auto` (timed on this adapter), `sparse` (compressed) or
     /// `masked` (masked-dense).
     pub kernels: KernelChoice,
+    /// A built-in model of layers (`lenet5`, `wrn-22-2`, `resnet-50`); unset: the MLP of
+    /// `hidden` widths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The text of a model file (`--model-file`), kept in the run's configuration so that
+    /// evaluation and resume rebuild the same model without the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_toml: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -152,6 +160,8 @@ impl Default for TrainConfig {
             seed: 0,
             log_every: 100,
             kernels: KernelChoice::Auto,
+            model: None,
+            model_toml: None,
         }
     }
 }
@@ -245,6 +255,15 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if let Some(spec) = self.model_spec()? {
+            if self.kernels == KernelChoice::Sparse {
+                return bad(format!(
+                    "--kernels sparse with model '{}': {}",
+                    spec.name,
+                    crate::train::SPARSE_CONV_MISSING
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -255,6 +274,40 @@ impl TrainConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             nesterov: self.nesterov,
+        }
+    }
+
+    /// The model of layers this configuration trains, or `None` for the MLP of `hidden` widths
+    /// (the `mlp` path, masked-dense or compressed).
+    pub fn model_spec(&self) -> Result<Option<crate::nn::spec::ModelSpec>> {
+        if let Some(text) = &self.model_toml {
+            return crate::nn::spec::ModelSpec::from_toml_str(
+                text,
+                "the configuration's model_toml",
+            )
+            .map(Some);
+        }
+        match self.model.as_deref() {
+            None => Ok(None),
+            Some(m) if m.eq_ignore_ascii_case("mlp") => Ok(None),
+            Some(m) => crate::nn::spec::ModelSpec::builtin(m, &[]).map(Some),
+        }
+    }
+
+    /// The widths recorded for a run on `features` and `classes`: the MLP's layer widths, or
+    /// `[features, classes]` for a model of layers (whose shapes come from [`Self::model_spec`]).
+    pub fn run_sizes(&self, features: usize, classes: usize) -> Result<Vec<usize>> {
+        Ok(match self.model_spec()? {
+            Some(_) => vec![features, classes],
+            None => self.sizes(features, classes),
+        })
+    }
+
+    /// The stored tensors of the model of this configuration with run widths `sizes`.
+    pub fn layout(&self, sizes: &[usize]) -> Result<crate::nn::ModelLayout> {
+        match self.model_spec()? {
+            Some(spec) => crate::nn::ModelLayout::of_spec(&spec),
+            None => Ok(crate::nn::ModelLayout::mlp(sizes)),
         }
     }
 

@@ -19,20 +19,21 @@ use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{gemm, GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision};
 use crate::nn::mlp::layer_names;
+use crate::nn::model::RunMode;
 use crate::nn::{MemoryReport, Network};
 use crate::sparse::init::count_active;
 use crate::sparse::schedule::drop_count;
 use crate::sparse::update::LayerCounts;
 use crate::sparse::{
-    active_count, layer_sparsities, DistributionConfig, LayerShape, Method, PruneSchedule,
-    UpdateSchedule,
+    active_count, layer_sparsities, DistributionConfig, LayerKind, LayerShape, LayerSpec, Method,
+    PruneSchedule, UpdateSchedule,
 };
 
 pub use checkpoint::{NanPolicy, RunOptions};
 pub use config::{LrSchedule, TrainConfig};
 use kernels::KernelRecord;
-pub use net::sparse_method_support;
 use net::{build, Built, Net};
+pub use net::{sparse_method_support, SPARSE_CONV_MISSING};
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize)]
@@ -181,16 +182,33 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// The per-layer sparsity plan of a configuration for layers of `sizes`.
+/// The weight layers a configuration trains, with kernel dims and output positions (as
+/// `rigl plan --model` takes them): the model of layers' ([`TrainConfig::model_spec`]), or the
+/// MLP's `fc1`, `fc2`, ... of widths `sizes`.
+pub fn weight_layers(cfg: &TrainConfig, sizes: &[usize]) -> Result<Vec<LayerSpec>> {
+    if let Some(spec) = cfg.model_spec()? {
+        return spec.weight_layers();
+    }
+    Ok(layer_names(sizes.len() - 1)
+        .into_iter()
+        .enumerate()
+        .map(|(l, n)| LayerSpec {
+            kind: LayerKind::Dense,
+            layer: LayerShape::new(n, &[sizes[l], sizes[l + 1]]),
+            out_hw: (1, 1),
+        })
+        .collect())
+}
+
+/// The per-layer sparsity plan of a configuration for run widths `sizes` (uniform, ER or ERK
+/// over the weight layers with their kernel dims, `--first-layer-dense`, `--last-layer-dense`).
 pub fn plan_layers(
     cfg: &TrainConfig,
     sizes: &[usize],
 ) -> Result<Vec<crate::sparse::LayerSparsity>> {
-    let names = layer_names(sizes.len() - 1);
-    let shapes: Vec<LayerShape> = names
-        .iter()
-        .enumerate()
-        .map(|(l, n)| LayerShape::new(n.clone(), &[sizes[l], sizes[l + 1]]))
+    let shapes: Vec<LayerShape> = weight_layers(cfg, sizes)?
+        .into_iter()
+        .map(|l| l.layer)
         .collect();
     let sparsity = if matches!(cfg.method, Method::Dense) {
         0.0
@@ -202,6 +220,35 @@ pub fn plan_layers(
     dc.last_layer_dense = cfg.last_layer_dense;
     dc.erk_power_scale = cfg.erk_power_scale;
     layer_sparsities(&shapes, &dc)
+}
+
+/// Checks that a model of layers fits the data: its input `C*H*W` equals the data's features
+/// and it scores at least the data's classes.
+fn check_model_fits_data(cfg: &TrainConfig, features: usize, classes: usize) -> Result<()> {
+    let Some(spec) = cfg.model_spec()? else {
+        return Ok(());
+    };
+    let s = spec.input_shape();
+    if s.len() != features {
+        return Err(RiglError::invalid(format!(
+            "model '{}' takes inputs of {}x{}x{} = {} features, the dataset has {features} \
+             features per sample",
+            spec.name,
+            s.c,
+            s.h,
+            s.w,
+            s.len()
+        )));
+    }
+    let (out, _) = spec.infer()?;
+    if out.len() < classes {
+        return Err(RiglError::invalid(format!(
+            "model '{}' scores {} classes, the dataset has {classes}",
+            spec.name,
+            out.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Trains according to `cfg` on `train`, evaluating on `test` after every epoch. Writes the run
@@ -272,7 +319,10 @@ pub fn train_with(
         )));
     }
     let t_start = Instant::now();
-    let sizes = cfg.sizes(train.features, train.classes);
+    check_model_fits_data(cfg, train.features, train.classes)?;
+    let sizes = cfg.run_sizes(train.features, train.classes)?;
+    let layers = weight_layers(cfg, &sizes)?;
+    let layer_names_all = cfg.layout(&sizes)?.names();
     let plan = plan_layers(cfg, &sizes)?;
 
     let mut batcher = Batcher::for_training(train.n, cfg.batch, cfg.seed)?;
@@ -373,9 +423,21 @@ pub fn train_with(
         }
     }
 
-    // FLOPs per sample: a multiply-add is 2 FLOPs (SPEC §6).
-    let f_dense: f64 = totals.iter().map(|&n| 2.0 * n as f64).sum();
-    let f_sparse = |active: &[usize]| -> f64 { active.iter().map(|&n| 2.0 * n as f64).sum() };
+    // FLOPs per sample: a multiply-add is 2 FLOPs (SPEC §6), a convolution's weight used at
+    // every output position (SPEC §8; pooling, batch norm and activations left out).
+    let positions: Vec<f64> = layers.iter().map(|l| l.positions() as f64).collect();
+    let f_dense: f64 = totals
+        .iter()
+        .zip(&positions)
+        .map(|(&n, &p)| 2.0 * n as f64 * p)
+        .sum();
+    let f_sparse = |active: &[usize]| -> f64 {
+        active
+            .iter()
+            .zip(&positions)
+            .map(|(&n, &p)| 2.0 * n as f64 * p)
+            .sum()
+    };
     let mut train_flops = 0.0f64;
     let mut dense_flops_ref = 0.0f64;
 
@@ -502,6 +564,7 @@ pub fn train_with(
         let validation_scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let info = batcher.next_batch(train, &mut x, &mut labels)?;
         model.set_batch(ctx, &x, &labels)?;
+        model.set_mode(ctx, RunMode::Train { step: step as u32 })?;
         lr = cfg.lr_at(step, total_steps, steps_per_epoch);
         model.set_sgd(ctx, SgdConfig { lr, ..sgd });
 
@@ -528,8 +591,8 @@ pub fn train_with(
         let mut is_update = false;
         let mut skip_optimizer = skipped;
         let mut update_ops = Vec::new();
-        if let (Net::Masked(m), Method::Snfs, false) = (&net, cfg.method, skipped) {
-            ops.push(m.ema_op());
+        if let (Some(ema), Method::Snfs, false) = (net.ema_op(), cfg.method, skipped) {
+            ops.push(ema);
         }
         if let Some(rule) = rule.filter(|_| !skipped) {
             let counts: Option<Vec<LayerCounts>> = match cfg.method {
@@ -617,11 +680,7 @@ pub fn train_with(
         if is_update {
             if let Some(idx) = pending.take() {
                 ctx.wait("mask update", idx)?;
-                last_changes = match (&net, &updater) {
-                    (Net::Sparse(sp), _) => sp.read_new_connections(ctx)?.iter().sum(),
-                    (Net::Masked(_), Some(up)) => up.read_new_connections(ctx)?.iter().sum(),
-                    (Net::Masked(_), None) => 0,
-                };
+                last_changes = net.read_new_connections(ctx, updater.as_ref())?;
             }
         }
         train_time += t0.elapsed().as_secs_f64();
@@ -643,6 +702,7 @@ pub fn train_with(
             if window.1 > 0 && !loss.is_finite() {
                 return Err(non_finite_error(
                     model.read_state(ctx),
+                    &layer_names_all,
                     step + 1,
                     format!(
                         "the training loss of steps {}..={} is {loss}",
@@ -713,8 +773,7 @@ pub fn train_with(
                 &format!("reading the model state back for the checkpoint of step {done}"),
                 || model.read_state(ctx),
             )?;
-            let names = layer_names(state.weights.len());
-            let mut bad = state.non_finite(&names);
+            let mut bad = state.non_finite(&layer_names_all);
             if !state.loss_sums.iter().all(|v| v.is_finite()) {
                 bad.insert(
                     0,
@@ -762,23 +821,20 @@ pub fn train_with(
         .iter()
         .map(|m| count_active(m))
         .collect();
-    let ever_active: usize = match &net {
-        Net::Masked(m) => m
-            .read_layers(ctx, &m.ever)?
-            .iter()
-            .map(|e| count_active(e))
-            .sum(),
-        Net::Sparse(sp) => sp.ever_active(ctx)?.iter().sum(),
-    };
+    let ever_active = net.ever_active(ctx)?;
     let total: usize = totals.iter().sum();
-    let dead = crate::cpu::mlp::dead_units(
-        &sizes,
-        &model.read_weights(ctx)?,
-        &model.read_masks(ctx)?,
-        &model.read_biases(ctx)?,
-        &test.images,
-        test.n,
-    );
+    // Dead hidden units: the MLP's (a model of layers reports none).
+    let dead = match &net {
+        Net::Model(_) => Vec::new(),
+        _ => crate::cpu::mlp::dead_units(
+            &sizes,
+            &model.read_weights(ctx)?,
+            &model.read_masks(ctx)?,
+            &model.read_biases(ctx)?,
+            &test.images,
+            test.n,
+        ),
+    };
     let layers: Vec<LayerReport> = plan
         .iter()
         .zip(&final_active)
@@ -819,7 +875,7 @@ pub fn train_with(
         gpu_memory: GpuMemory::new(ctx, model.memory(), total),
     };
     if let Some(dir) = run_dir {
-        model_file::save(ctx, model, cfg, &dir.join("model.safetensors"))?;
+        model_file::save(ctx, model, cfg, &sizes, &dir.join("model.safetensors"))?;
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| RiglError::invalid(format!("summary to JSON: {e}")))?;
         write_file(&dir.join("summary.json"), json.as_bytes())?;
@@ -831,6 +887,7 @@ pub fn train_with(
 /// layers and tensors holding non-finite values), and the last good checkpoint.
 fn non_finite_error(
     state: Result<crate::nn::ModelState>,
+    names: &[String],
     step: u64,
     what: String,
     last_checkpoint: Option<&Path>,
@@ -838,7 +895,7 @@ fn non_finite_error(
     let mut lines = vec![what];
     match state {
         Ok(state) => {
-            let found = state.non_finite(&layer_names(state.weights.len()));
+            let found = state.non_finite(names);
             if found.is_empty() {
                 lines.push("weights, biases and optimizer state are all finite".into());
             }
@@ -863,9 +920,11 @@ fn non_finite_message(step: u64, found: &[String], last_checkpoint: Option<&Path
     }
 }
 
-/// Test loss and accuracy of the model over a whole dataset (partial last batch included).
+/// Test loss and accuracy of the model over a whole dataset (partial last batch included), in
+/// evaluation mode (batch norm on running statistics, no dropout).
 pub fn evaluate(ctx: &GpuContext, model: &dyn Network, data: &Dataset) -> Result<(f64, f64)> {
-    let b = model.config().batch;
+    let b = model.batch();
+    model.set_mode(ctx, RunMode::Eval)?;
     let mut batcher = Batcher::for_evaluation(data.n, b)?;
     let mut x = vec![0.0f32; data.features * b];
     let mut labels = vec![0u32; b];

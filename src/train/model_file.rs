@@ -2,6 +2,12 @@
 //! `fcN.weight` (f32 `[in, out]`), `fcN.mask` (u8 0/1 `[in, out]`), `fcN.bias` (f32 `[out]`), and
 //! metadata `rigl.sizes` (JSON list of widths), `rigl.config` (the run's TOML) and
 //! `rigl.version`.
+//!
+//! A model of layers (`--model`, `--model-file`) stores its weight tensors by layer name with
+//! their own shapes (`conv1.weight` f32 `[5, 5, 1, 20]`, `conv1.mask`, a `.bias` only where the
+//! layer has one) and each batch norm as `bnN.gamma`, `bnN.beta`, `bnN.running_mean`,
+//! `bnN.running_var` (f32 `[C]`, walk order from 1); `rigl.sizes` is then `[features, classes]`
+//! and the shapes come from the model in `rigl.config`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,10 +15,11 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::cpu::model::HostNorm;
 use crate::error::{Result, RiglError};
 use crate::gpu::GpuContext;
-use crate::nn::mlp::layer_names;
-use crate::nn::Network;
+use crate::nn::state::norm_name;
+use crate::nn::{ModelLayout, Network};
 use crate::sparse::init::mask_to_u8;
 use crate::train::TrainConfig;
 
@@ -29,6 +36,18 @@ pub struct ModelFile {
     pub biases: Vec<Vec<f32>>,
     /// The configuration the model was trained with, if recorded.
     pub config: Option<TrainConfig>,
+    /// Batch norms (a model of layers; empty for the MLP).
+    pub norms: Vec<HostNorm>,
+}
+
+impl ModelFile {
+    /// The stored tensors: the recorded model's, or the MLP of `sizes`.
+    pub fn layout(&self) -> Result<ModelLayout> {
+        match &self.config {
+            Some(c) => c.layout(&self.sizes),
+            None => Ok(ModelLayout::mlp(&self.sizes)),
+        }
+    }
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> RiglError {
@@ -40,50 +59,75 @@ fn bad(path: &Path, message: impl Into<String>) -> RiglError {
 
 /// Writes the model (read back from the GPU) atomically: a temporary file in the same directory,
 /// then a rename.
-pub fn save(ctx: &GpuContext, model: &dyn Network, cfg: &TrainConfig, path: &Path) -> Result<()> {
+pub fn save(
+    ctx: &GpuContext,
+    model: &dyn Network,
+    cfg: &TrainConfig,
+    sizes: &[usize],
+    path: &Path,
+) -> Result<()> {
     let weights = model.read_weights(ctx)?;
     let masks = model.read_masks(ctx)?;
     let biases = model.read_biases(ctx)?;
     let file = ModelFile {
-        sizes: model.config().sizes.clone(),
+        sizes: sizes.to_vec(),
         weights,
         masks,
         biases,
         config: Some(cfg.clone()),
+        norms: model.read_norms(ctx)?,
     };
     write(&file, path)
 }
 
 /// Writes a [`ModelFile`] atomically.
 pub fn write(file: &ModelFile, path: &Path) -> Result<()> {
-    let names = layer_names(file.sizes.len() - 1);
+    let layout = file.layout()?;
+    if file.weights.len() != layout.params.len()
+        || file.masks.len() != layout.params.len()
+        || file.biases.len() != layout.params.len()
+        || file.norms.len() != layout.norms.len()
+    {
+        return Err(bad(path, "the model's tensors do not match its layers"));
+    }
     let masks_u8: Vec<Vec<u8>> = file.masks.iter().map(|m| mask_to_u8(m)).collect();
     let mut views = Vec::new();
     let err = |e: safetensors::SafeTensorError| bad(path, e.to_string());
-    for (l, name) in names.iter().enumerate() {
-        let (fin, fout) = (file.sizes[l], file.sizes[l + 1]);
+    for (l, p) in layout.params.iter().enumerate() {
+        let name = &p.name;
         views.push((
             format!("{name}.weight"),
             TensorView::new(
                 Dtype::F32,
-                vec![fin, fout],
+                p.shape.clone(),
                 bytemuck::cast_slice(&file.weights[l]),
             )
             .map_err(err)?,
         ));
         views.push((
             format!("{name}.mask"),
-            TensorView::new(Dtype::U8, vec![fin, fout], &masks_u8[l]).map_err(err)?,
+            TensorView::new(Dtype::U8, p.shape.clone(), &masks_u8[l]).map_err(err)?,
         ));
-        views.push((
-            format!("{name}.bias"),
-            TensorView::new(
-                Dtype::F32,
-                vec![fout],
-                bytemuck::cast_slice(&file.biases[l]),
-            )
-            .map_err(err)?,
-        ));
+        if let Some(n) = p.bias {
+            views.push((
+                format!("{name}.bias"),
+                TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(&file.biases[l]))
+                    .map_err(err)?,
+            ));
+        }
+    }
+    for (i, (n, &c)) in file.norms.iter().zip(&layout.norms).enumerate() {
+        for (what, v) in [
+            ("gamma", &n.gamma),
+            ("beta", &n.beta),
+            ("running_mean", &n.mean),
+            ("running_var", &n.var),
+        ] {
+            views.push((
+                format!("{}.{what}", norm_name(i)),
+                TensorView::new(Dtype::F32, vec![c], bytemuck::cast_slice(v)).map_err(err)?,
+            ));
+        }
     }
     let mut meta = HashMap::new();
     meta.insert(
@@ -134,39 +178,64 @@ pub fn read(path: &Path) -> Result<ModelFile> {
         Some(t) => Some(toml::from_str(t).map_err(|e| bad(path, format!("rigl.config: {e}")))?),
         None => None,
     };
-    let names = layer_names(sizes.len() - 1);
+    let layout = match &config {
+        Some(c) => TrainConfig::layout(c, &sizes).map_err(|e| bad(path, e.to_string()))?,
+        None => ModelLayout::mlp(&sizes),
+    };
+    let get = |key: String, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>> {
+        let t = st
+            .tensor(&key)
+            .map_err(|_| bad(path, format!("tensor {key} is missing")))?;
+        if t.dtype() != dtype || t.shape() != shape.as_slice() {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {key} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(t.data().to_vec())
+    };
+    let f32s = |b: Vec<u8>| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
     let (mut weights, mut masks, mut biases) = (Vec::new(), Vec::new(), Vec::new());
-    for (l, name) in names.iter().enumerate() {
-        let (fin, fout) = (sizes[l], sizes[l + 1]);
-        let get = |suffix: &str, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>> {
-            let key = format!("{name}.{suffix}");
-            let t = st
-                .tensor(&key)
-                .map_err(|_| bad(path, format!("tensor {key} is missing")))?;
-            if t.dtype() != dtype || t.shape() != shape.as_slice() {
-                return Err(bad(
-                    path,
-                    format!(
-                        "tensor {key} is {:?} {:?}, expected {dtype:?} {shape:?}",
-                        t.dtype(),
-                        t.shape()
-                    ),
-                ));
-            }
-            Ok(t.data().to_vec())
-        };
-        let f32s = |b: Vec<u8>| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        weights.push(f32s(get("weight", Dtype::F32, vec![fin, fout])?));
-        let m = get("mask", Dtype::U8, vec![fin, fout])?;
+    for p in &layout.params {
+        let name = &p.name;
+        weights.push(f32s(get(
+            format!("{name}.weight"),
+            Dtype::F32,
+            p.shape.clone(),
+        )?));
+        let m = get(format!("{name}.mask"), Dtype::U8, p.shape.clone())?;
         if let Some(v) = m.iter().find(|&&v| v > 1) {
             return Err(bad(path, format!("{name}.mask holds {v}, expected 0 or 1")));
         }
         masks.push(m.iter().map(|&v| f32::from(v)).collect());
-        biases.push(f32s(get("bias", Dtype::F32, vec![fout])?));
+        biases.push(match p.bias {
+            Some(n) => f32s(get(format!("{name}.bias"), Dtype::F32, vec![n])?),
+            None => Vec::new(),
+        });
+    }
+    let mut norms = Vec::new();
+    for (i, &c) in layout.norms.iter().enumerate() {
+        let g = |what: &str| -> Result<Vec<f32>> {
+            Ok(f32s(get(
+                format!("{}.{what}", norm_name(i)),
+                Dtype::F32,
+                vec![c],
+            )?))
+        };
+        norms.push(HostNorm {
+            gamma: g("gamma")?,
+            beta: g("beta")?,
+            mean: g("running_mean")?,
+            var: g("running_var")?,
+        });
     }
     Ok(ModelFile {
         sizes,
@@ -174,5 +243,6 @@ pub fn read(path: &Path) -> Result<ModelFile> {
         masks,
         biases,
         config,
+        norms,
     })
 }

@@ -1,11 +1,14 @@
 //! Building the model of a run: initial weights and masks, the kernel choice, the network on the
 //! GPU and its mask updater. Shared by the trainer and `rigl bench step`.
 
+use crate::cpu::model::HostModel;
 use crate::error::{Result, RiglError};
 use crate::gpu::buffer::f32_bytes;
 use crate::gpu::ops::{Dispatch, SgdConfig};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::nn::choice::{self, Decision, KernelChoice};
+use crate::nn::model::{GpuModel, ModelOptions};
+use crate::nn::spec::ModelSpec;
 use crate::nn::{Mlp, MlpConfig, Network, SparseMlp};
 use crate::sparse::init::{count_active, init_layer};
 use crate::sparse::plan::shape_text;
@@ -14,10 +17,12 @@ use crate::sparse::{LayerSparsity, Method};
 
 use super::TrainConfig;
 
-/// The model a run trains: masked-dense or compressed sparse layers.
+/// The model a run trains: the MLP's masked-dense or compressed sparse layers, or a model of
+/// layers (masked-dense).
 pub(crate) enum Net {
     Masked(Box<Mlp>),
     Sparse(Box<SparseMlp>),
+    Model(Box<GpuModel>),
 }
 
 impl Net {
@@ -25,7 +30,47 @@ impl Net {
         match self {
             Net::Masked(m) => m.as_ref(),
             Net::Sparse(s) => s.as_ref(),
+            Net::Model(m) => m.as_ref(),
         }
+    }
+
+    /// The SNFS gradient EMA update of a masked-dense model.
+    pub(crate) fn ema_op(&self) -> Option<&Dispatch> {
+        match self {
+            Net::Masked(m) => Some(m.ema_op()),
+            Net::Model(m) => Some(m.ema_op()),
+            Net::Sparse(_) => None,
+        }
+    }
+
+    /// New connections per layer made by the last mask update.
+    pub(crate) fn read_new_connections(
+        &self,
+        ctx: &GpuContext,
+        updater: Option<&MaskUpdater>,
+    ) -> Result<usize> {
+        Ok(match (self, updater) {
+            (Net::Sparse(sp), _) => sp.read_new_connections(ctx)?.iter().sum(),
+            (_, Some(up)) => up.read_new_connections(ctx)?.iter().sum(),
+            (_, None) => 0,
+        })
+    }
+
+    /// Weights that were active at some point of the run (ITOP).
+    pub(crate) fn ever_active(&self, ctx: &GpuContext) -> Result<usize> {
+        Ok(match self {
+            Net::Masked(m) => m
+                .read_layers(ctx, &m.ever)?
+                .iter()
+                .map(|e| count_active(e))
+                .sum(),
+            Net::Model(m) => m
+                .read_layers(ctx, &m.ever)?
+                .iter()
+                .map(|e| count_active(e))
+                .sum(),
+            Net::Sparse(sp) => sp.ever_active(ctx)?.iter().sum(),
+        })
     }
 }
 
@@ -47,11 +92,19 @@ pub(crate) fn update_ops<'a>(
             v.push(m.ever_op());
             Ok(v)
         }
+        (Net::Model(m), Some(up)) => {
+            up.prepare(ctx, step, counts)?;
+            let mut v = up.dispatches(rule);
+            v.push(m.ever_op());
+            Ok(v)
+        }
         (Net::Sparse(sp), _) => {
             sp.prepare_update(ctx, step, counts)?;
             sp.update_ops(rule)
         }
-        (Net::Masked(_), None) => Err(RiglError::invalid("mask update without an updater")),
+        (Net::Masked(_) | Net::Model(_), None) => {
+            Err(RiglError::invalid("mask update without an updater"))
+        }
     }
 }
 
@@ -114,6 +167,9 @@ pub(crate) fn build(
     gemm_variant: GemmVariant,
     resumed_layers: Option<&[choice::LayerTiming]>,
 ) -> Result<Built> {
+    if let Some(spec) = cfg.model_spec()? {
+        return build_model(ctx, cfg, spec, plan, sgd, kernels, gemm_variant);
+    }
     check_fits(ctx, cfg.batch, sizes, plan)?;
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
     let mut weights = Vec::new();
@@ -164,13 +220,9 @@ pub(crate) fn build(
     match &net {
         Net::Masked(m) => m.load(ctx, &weights, &masks, &biases)?,
         Net::Sparse(s) => s.load(ctx, &weights, &masks, &biases)?,
+        Net::Model(_) => return Err(RiglError::invalid("an MLP built as a model of layers")),
     }
-    let rule = match cfg.method {
-        Method::Rigl | Method::Snfs => Some(GrowRule::Score),
-        Method::Set => Some(GrowRule::Random),
-        Method::Prune => Some(GrowRule::None),
-        Method::Dense | Method::Static => None,
-    };
+    let rule = grow_rule(cfg.method);
     let updater = match (&net, rule) {
         (Net::Masked(m), Some(_)) => Some(MaskUpdater::new(
             ctx,
@@ -189,6 +241,104 @@ pub(crate) fn build(
     };
     Ok(Built {
         net,
+        decision,
+        rule,
+        updater,
+        masks,
+    })
+}
+
+/// How `method` grows connections (None: no mask updates).
+fn grow_rule(method: Method) -> Option<GrowRule> {
+    match method {
+        Method::Rigl | Method::Snfs => Some(GrowRule::Score),
+        Method::Set => Some(GrowRule::Random),
+        Method::Prune => Some(GrowRule::None),
+        Method::Dense | Method::Static => None,
+    }
+}
+
+/// Why a model of layers runs masked-dense: the compressed path has no sparse convolutions yet.
+pub const SPARSE_CONV_MISSING: &str =
+    "sparse convolutions are not built yet: a model of layers trains masked-dense (--kernels masked or auto)";
+
+/// A model of layers: initial weights and masks per weight tensor as the MLP's (`init_layer`
+/// with the tensor's index and its own shape, so kernel dims set the fans), biases zero, batch
+/// norms at gamma 1, beta 0; on the GPU masked-dense, with its mask updater over the flat
+/// buffers.
+fn build_model(
+    ctx: &GpuContext,
+    cfg: &TrainConfig,
+    spec: ModelSpec,
+    plan: &[LayerSparsity],
+    sgd: SgdConfig,
+    kernels: KernelChoice,
+    gemm_variant: GemmVariant,
+) -> Result<Built> {
+    if kernels == KernelChoice::Sparse {
+        return Err(RiglError::invalid(format!(
+            "--kernels sparse with model '{}': {SPARSE_CONV_MISSING}",
+            spec.name
+        )));
+    }
+    for p in plan {
+        let what = format!("layer {} ({}) weights", p.name, shape_text(&p.shape));
+        ctx.check_storage_size(&what, f32_bytes(&p.shape))?;
+    }
+    let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
+    let mut host = HostModel::new(spec, &mut |_, shape| vec![0.0; shape.iter().product()])?;
+    if host.weights.len() != plan.len() {
+        return Err(RiglError::invalid(
+            "the sparsity plan and the model's weight tensors differ",
+        ));
+    }
+    let mut masks = Vec::with_capacity(plan.len());
+    for (l, (p, hw)) in plan.iter().zip(host.weights.iter_mut()).enumerate() {
+        let active = if starts_dense { p.total } else { p.active };
+        let init = init_layer(cfg.seed, l as u64, &p.shape, active, cfg.init)?;
+        hw.w = init.weights;
+        hw.mask = init.mask.clone();
+        masks.push(init.mask);
+    }
+    let model = GpuModel::with_options(
+        ctx,
+        &host,
+        cfg.batch,
+        cfg.seed as u32,
+        ModelOptions {
+            masked: cfg.method != Method::Dense,
+            label_smoothing: cfg.label_smoothing,
+            sgd,
+            gemm: gemm_variant,
+        },
+    )?;
+    let rule = grow_rule(cfg.method);
+    let updater = match rule {
+        Some(_) => Some(MaskUpdater::new(
+            ctx,
+            model.placements.clone(),
+            &model.w,
+            &model.mask,
+            &model.mom,
+            if cfg.method == Method::Snfs {
+                &model.ema
+            } else {
+                &model.grad
+            },
+            cfg.seed as u32,
+        )?),
+        None => None,
+    };
+    let decision = Decision {
+        kernels: model.kernels(),
+        reason: match kernels {
+            KernelChoice::Masked => "--kernels masked".to_string(),
+            _ => SPARSE_CONV_MISSING.to_string(),
+        },
+        layers: Vec::new(),
+    };
+    Ok(Built {
+        net: Net::Model(Box::new(model)),
         decision,
         rule,
         updater,
