@@ -54,6 +54,16 @@ pub struct TrainArgs {
     /// Standardise inputs (training mean and deviation) instead of [0, 1].
     #[arg(long)]
     standardize: bool,
+    /// Train on the first N training samples only.
+    #[arg(long, value_name = "N")]
+    train_samples: Option<usize>,
+    /// Evaluate on the first N test samples only.
+    #[arg(long, value_name = "N")]
+    test_samples: Option<usize>,
+    /// The CIFAR-10 training augmentation (reflect-pad 4, random crop, random flip): true or
+    /// false (default: true for --dataset cifar10 with a model of images).
+    #[arg(long, value_name = "BOOL")]
+    augment: Option<bool>,
     /// Model: mlp (default, with --hidden), lenet5, wrn-22-2 or resnet-50; its input shape must
     /// match the dataset's features.
     #[arg(long, value_name = "NAME", conflicts_with = "model_file")]
@@ -223,6 +233,15 @@ impl TrainArgs {
         if self.standardize {
             c.standardize = true;
         }
+        if self.train_samples.is_some() {
+            c.train_samples = self.train_samples;
+        }
+        if self.test_samples.is_some() {
+            c.test_samples = self.test_samples;
+        }
+        if self.augment.is_some() {
+            c.augment = self.augment;
+        }
         if self.first_layer_dense.is_some() {
             c.first_layer_dense = self.first_layer_dense;
         }
@@ -308,6 +327,11 @@ pub fn data_source(c: &TrainConfig) -> Result<DataSource, CliError> {
 /// Loads train and test sets; any failure is bad input (exit code 2).
 pub fn load_data(c: &TrainConfig) -> Result<rigl::data::TrainTest, CliError> {
     let mut tt = data_source(c)?.load().map_err(CliError::usage)?;
+    for (set, n) in [(&mut tt.train, c.train_samples), (&mut tt.test, c.test_samples)] {
+        if let Some(n) = n {
+            set.truncate(n);
+        }
+    }
     if c.standardize {
         tt.standardize();
     }

@@ -166,6 +166,14 @@ impl Dataset {
         })
     }
 
+    /// Keeps the first `n` samples (all of them when there are fewer; at least one).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.clamp(1, self.n);
+        self.images.truncate(n * self.features);
+        self.labels.truncate(n);
+        self.n = n;
+    }
+
     /// The inputs of sample `i` (`features` values). Panics when `i >= n`, like slice indexing.
     pub fn sample(&self, i: usize) -> &[f32] {
         &self.images[i * self.features..][..self.features]

@@ -121,6 +121,17 @@ pub struct TrainConfig {
     /// evaluation and resume rebuild the same model without the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_toml: Option<String>,
+    /// Train on the first N samples of the training set only (unset: all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_samples: Option<usize>,
+    /// Evaluate on the first N samples of the test set only (unset: all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_samples: Option<usize>,
+    /// The official CIFAR-10 training augmentation (reflect-pad 4, random crop back to size,
+    /// random left-right flip, seeded from seed, epoch and sample) for a model of images;
+    /// unset: on for `cifar10` with a model of layers, off otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<bool>,
 }
 
 impl Default for TrainConfig {
@@ -162,6 +173,9 @@ impl Default for TrainConfig {
             kernels: KernelChoice::Auto,
             model: None,
             model_toml: None,
+            train_samples: None,
+            test_samples: None,
+            augment: None,
         }
     }
 }
@@ -255,6 +269,15 @@ impl TrainConfig {
                     .into(),
             );
         }
+        for (n, what) in [
+            (self.train_samples, "--train-samples"),
+            (self.test_samples, "--test-samples"),
+        ] {
+            if n == Some(0) {
+                return bad(format!("{what} must be at least 1"));
+            }
+        }
+        self.augmentation()?;
         if let Some(spec) = self.model_spec()? {
             if self.kernels == KernelChoice::Sparse {
                 return bad(format!(
@@ -274,6 +297,31 @@ impl TrainConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             nesterov: self.nesterov,
+        }
+    }
+
+    /// The training augmentation of this configuration, if any: [`Self::augment`], by default on
+    /// for `cifar10` with a model of layers; an error when asked for without an image model.
+    pub fn augmentation(&self) -> Result<Option<crate::data::Augment>> {
+        let spec = self.model_spec()?;
+        let on = self
+            .augment
+            .unwrap_or(spec.is_some() && self.dataset.eq_ignore_ascii_case("cifar10"));
+        if !on {
+            return Ok(None);
+        }
+        match spec {
+            Some(s) if s.input[1] > 4 && s.input[2] > 4 => {
+                Ok(Some(crate::data::Augment::new(s.input[0], s.input[1], s.input[2])))
+            }
+            Some(s) => Err(RiglError::invalid(format!(
+                "--augment needs images larger than the 4-pixel padding; model '{}' takes {:?}",
+                s.name, s.input
+            ))),
+            None => Err(RiglError::invalid(
+                "--augment needs a model of images (--model lenet5, wrn-22-2, ... or \
+                 --model-file), not the MLP",
+            )),
         }
     }
 

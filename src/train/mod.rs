@@ -326,6 +326,9 @@ pub fn train_with(
     let plan = plan_layers(cfg, &sizes)?;
 
     let mut batcher = Batcher::for_training(train.n, cfg.batch, cfg.seed)?;
+    if let Some(a) = cfg.augmentation()? {
+        batcher = batcher.with_augment(a)?;
+    }
     let steps_per_epoch = batcher.batches_per_epoch() as u64;
     if steps_per_epoch == 0 {
         return Err(RiglError::invalid(format!(

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The LeNet-5 methods study: dense, static, SET, SNFS and RigL at 90% and 95% sparsity (ERK), three
+# seeds each, all with the same steps, on Fashion-MNIST; then the report and mean ± sd per setting.
+# The settings (a run takes minutes on lavapipe with 2 cores): the first 6,000 training images,
+# 5 epochs of batch 100 (300 steps), mask updates every 25 steps (ΔT scaled to the short run),
+# evaluation on the first 5,000 test images; everything else rigl's defaults.
+# Usage: scripts/lenet5-study.sh [OUT_DIR] [extra rigl train flags...]
+# Re-running skips runs whose summary.json exists. RIGL=path picks the binary.
+set -euo pipefail
+out=${1:-runs/lenet5-study}
+shift || true
+rigl=${RIGL:-target/release/rigl}
+[ -x "$rigl" ] || cargo build --release
+mkdir -p "$out"
+flags=(--model lenet5 --train-samples 6000 --test-samples 5000 --epochs 5 --delta-t 25)
+runs=()
+for seed in 0 1 2; do
+    for spec in dense:0 static:0.9 set:0.9 snfs:0.9 rigl:0.9 static:0.95 set:0.95 snfs:0.95 rigl:0.95; do
+        method=${spec%%:*}; s=${spec##*:}
+        dir="$out/$method-$s-seed$seed"
+        runs+=("$dir")
+        if [ ! -f "$dir/summary.json" ]; then
+            echo "== $(date +%T) $method sparsity $s seed $seed" >&2
+            "$rigl" train "${flags[@]}" --method "$method" --sparsity "$s" --seed "$seed" \
+                --out "$dir" --json "$@" > "$dir.json"
+        fi
+    done
+done
+"$rigl" report --out "$out/report.png" "${runs[@]}" > "$out/report.md"
+python3 - "$out" <<'PY'
+import json, sys, glob, statistics, collections
+out = sys.argv[1]
+acc = collections.defaultdict(list)
+for f in glob.glob(f"{out}/*/summary.json"):
+    s = json.load(open(f))
+    name = f.split("/")[-2].rsplit("-seed", 1)[0]
+    acc[name].append((100 * s["test_accuracy"], s["train_flops_vs_dense"], s["samples_per_sec"]))
+print("| method | sparsity | test accuracy (mean ± sd) | training FLOPs | samples/s |")
+print("|---|---|---|---|---|")
+for name in sorted(acc, key=lambda n: (float(n.rsplit("-", 1)[1]), n)):
+    a = [x[0] for x in acc[name]]
+    m, s = name.rsplit("-", 1)
+    sd = statistics.stdev(a) if len(a) > 1 else 0.0
+    print(f"| {m} | {s} | {statistics.mean(a):.2f} ± {sd:.2f} (n={len(a)}) "
+          f"| {statistics.mean(x[1] for x in acc[name]):.3f}x | {statistics.mean(x[2] for x in acc[name]):.0f} |")
+PY
