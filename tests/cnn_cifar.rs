@@ -38,7 +38,14 @@ fn wrn_on_cifar_files_resumes_bit_for_bit_mid_epoch() {
     write_cifar10_dir(data.path(), 4, 8, 7).unwrap();
     let train = |out: &Path, extra: &[&str]| {
         let o = rigl()
-            .args(["train", "--model", "wrn-22-2", "--dataset", "cifar10", "--data-dir"])
+            .args([
+                "train",
+                "--model",
+                "wrn-22-2",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+            ])
             .arg(data.path())
             .args([
                 "--batch",
@@ -61,7 +68,10 @@ fn wrn_on_cifar_files_resumes_bit_for_bit_mid_epoch() {
             .args(extra)
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
     let a = tempfile::tempdir().unwrap();
     let (code, err) = train(a.path(), &[]);
@@ -117,7 +127,14 @@ fn a_cifar_file_that_is_cut_short_stops_the_run_naming_it() {
     std::fs::write(&f, &std::fs::read(&f).unwrap()[..len as usize - 10]).unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = rigl()
-        .args(["train", "--model", "wrn-22-2", "--dataset", "cifar10", "--data-dir"])
+        .args([
+            "train",
+            "--model",
+            "wrn-22-2",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+        ])
         .arg(data.path())
         .arg("--out")
         .arg(out.path())

@@ -274,6 +274,8 @@ fn gpu_scheduler_equals_cpu_scheduler() {
         SparseLayerSpec::new("a", &[37, 11], 0.8),
         SparseLayerSpec::new("b", &[64, 5], 0.5),
         SparseLayerSpec::new("c", &[300], 0.9),
+        // A convolution kernel [kh, kw, cin, cout]: flat over its shape like any other.
+        SparseLayerSpec::new("conv", &[3, 3, 5, 7], 0.75),
     ];
     for method in [Method::Rigl, Method::Set] {
         let cfg = SchedulerConfig {
@@ -750,5 +752,66 @@ fn sparse_linear_layer_matches_cpu_twins() {
             assert!(message.contains("STORAGE"), "{message}");
         }
         other => panic!("expected BadBuffer, got {other:?}"),
+    }
+}
+
+/// A host's convolution kernels get the sparsities `rigl train` would give them: the 22 masked
+/// layers of WRN-22-2 (4-D kernels and the dense logits layer) distributed by ERK reproduce the
+/// official implementation's per-layer values; and a scheduler over 4-D kernels saves their
+/// masks with their 4-D shapes.
+#[test]
+fn distribute_gives_4d_kernels_the_official_erk_sparsities() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/erk_wrn22_2.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let layers: Vec<(String, Vec<usize>)> = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let shape = l["shape"].as_array().unwrap();
+            (
+                l["name"].as_str().unwrap().to_string(),
+                shape.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, &[usize])> = layers
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    assert!(named.iter().filter(|(_, s)| s.len() == 4).count() >= 20);
+    for s in [0.8, 0.9, 0.95] {
+        let cfg = rigl::sparse::DistributionConfig::new(rigl::sparse::Distribution::Erk, s);
+        let specs = SparseLayerSpec::distribute(&named, &cfg).unwrap();
+        let want = &doc["results"][format!("wrn22_2/erdos_renyi_kernel/S={s}")]["per_layer"];
+        for spec in &specs {
+            let w = want[&spec.name].as_f64().unwrap();
+            assert!(
+                (spec.sparsity - w).abs() <= 1e-6,
+                "S={s} {}: {} vs {w}",
+                spec.name,
+                spec.sparsity
+            );
+        }
+        let cfg = SchedulerConfig::rigl(100, 3);
+        let sched = CpuScheduler::new(cfg, specs.clone()).unwrap();
+        let state = sched.state();
+        let back = SchedulerState::from_bytes(&state.to_bytes().unwrap()).unwrap();
+        for (l, spec) in back.layers.iter().zip(&specs) {
+            assert_eq!(l.shape, spec.shape, "{}", spec.name);
+            let active = l.mask.iter().filter(|&&m| m == 1).count();
+            assert_eq!(
+                active,
+                active_count(spec.len(), spec.sparsity),
+                "{}",
+                spec.name
+            );
+        }
     }
 }

@@ -327,7 +327,10 @@ pub fn data_source(c: &TrainConfig) -> Result<DataSource, CliError> {
 /// Loads train and test sets; any failure is bad input (exit code 2).
 pub fn load_data(c: &TrainConfig) -> Result<rigl::data::TrainTest, CliError> {
     let mut tt = data_source(c)?.load().map_err(CliError::usage)?;
-    for (set, n) in [(&mut tt.train, c.train_samples), (&mut tt.test, c.test_samples)] {
+    for (set, n) in [
+        (&mut tt.train, c.train_samples),
+        (&mut tt.test, c.test_samples),
+    ] {
         if let Some(n) = n {
             set.truncate(n);
         }

@@ -182,6 +182,28 @@ impl SparseLayerSpec {
         self.shape.iter().product()
     }
 
+    /// The host's weight tensors `(name, shape)` with per-layer sparsities from a distribution
+    /// (uniform, ER or ERK, SPEC §2), as `rigl train` and `rigl plan` compute them: a
+    /// convolution kernel `[kh, kw, cin, cout]` counts its kernel dimensions in ERK's score, a
+    /// dense layer is `[in, out]`. The weights of a kernel are flat over its shape, so its flat
+    /// index `((ky * kw + kx) * cin + ci) * cout + co` is that of the `[kh*kw*cin, cout]` matrix.
+    ///
+    /// Errors: what [`crate::sparse::layer_sparsities`] rejects (a shape of fewer than two
+    /// dimensions, a zero dimension, a duplicate name, a target that cannot be met).
+    pub fn distribute(
+        layers: &[(&str, &[usize])],
+        cfg: &crate::sparse::DistributionConfig,
+    ) -> Result<Vec<SparseLayerSpec>> {
+        let shapes: Vec<crate::sparse::LayerShape> = layers
+            .iter()
+            .map(|(n, s)| crate::sparse::LayerShape::new(*n, s))
+            .collect();
+        Ok(crate::sparse::layer_sparsities(&shapes, cfg)?
+            .into_iter()
+            .map(|l| SparseLayerSpec::new(l.name, &l.shape, l.sparsity))
+            .collect())
+    }
+
     /// True when the layer has no weights.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

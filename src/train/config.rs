@@ -311,9 +311,9 @@ impl TrainConfig {
             return Ok(None);
         }
         match spec {
-            Some(s) if s.input[1] > 4 && s.input[2] > 4 => {
-                Ok(Some(crate::data::Augment::new(s.input[0], s.input[1], s.input[2])))
-            }
+            Some(s) if s.input[1] > 4 && s.input[2] > 4 => Ok(Some(crate::data::Augment::new(
+                s.input[0], s.input[1], s.input[2],
+            ))),
             Some(s) => Err(RiglError::invalid(format!(
                 "--augment needs images larger than the 4-pixel padding; model '{}' takes {:?}",
                 s.name, s.input
