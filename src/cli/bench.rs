@@ -35,6 +35,9 @@ pub enum BenchCommand {
     Spmm(super::bench_sparse::SparseBenchArgs),
     /// Weight gradient at the active positions (SDDMM) against the dense weight-gradient GEMM.
     Sddmm(super::bench_sparse::SparseBenchArgs),
+    /// One dense convolution: forward, input gradient and weight gradient, and the GEMM of the
+    /// same work.
+    Conv(super::bench_conv::ConvBenchArgs),
     /// A full training step (forward, backward, optimizer) and a mask-update step of a model.
     ///
     /// The model the trainer builds (same kernel choice), random data; median GPU times.
@@ -149,6 +152,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
             super::bench_sparse::run(super::bench_sparse::SparseKernel::Spmm, a)
         }
         BenchCommand::Step(a) => super::bench_sparse::step(a),
+        BenchCommand::Conv(a) => super::bench_conv::run(a),
         BenchCommand::Sddmm(a) => {
             super::bench_sparse::run(super::bench_sparse::SparseKernel::Sddmm, a)
         }

@@ -4,6 +4,7 @@
 //! writing a checkpoint.
 
 mod bench;
+mod bench_conv;
 mod bench_sparse;
 mod eval;
 mod info;
