@@ -16,6 +16,9 @@
 //   2 storage read  mask : layout of the weights (MASKED entries; any buffer otherwise)
 //   3 storage read  bias : [cout] (pack_wt with BIAS; any buffer otherwise)
 //   4 texture write dst  : the operand texture
+//   5 texture read  srct : the gathers' source (pack_patch, pack_patch_t: the input; pack_dpatch:
+//                          the output gradient) as conv_src.wgsl lays it out, texel
+//                          (img · W4 + x / 4, c · rows + y); the other entries do not bind it
 
 struct PackParams {
     n: u32,
@@ -54,6 +57,10 @@ override K: u32;
 override STRIDE: u32;
 override PAD_T: u32;
 override PAD_L: u32;
+// Texels per image row of the gathers' source texture: ceil(W / 4) for the input, ceil(WO / 4)
+// for the output gradient.
+override W4: u32;
+override WO4: u32;
 override MASKED: bool = false;
 override BIAS: bool = false;
 // Rows of work items per invocation: fewer, longer workgroups, which lavapipe starts at a cost
@@ -65,6 +72,7 @@ const ITEM_ROWS: u32 = 8u;
 @group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var dst: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(5) var srct: texture_storage_2d<rgba32float, read>;
 
 fn weight(i: u32) -> f32 {
     if (MASKED) {
@@ -139,11 +147,22 @@ fn pack_wd(
 }
 
 // Input value at (ci, img, iy, ix), 0 outside the image.
+// Branch-free: the coordinates are clamped into the image and the value zeroed outside it.
 fn input_at(ci: u32, img: u32, iy: i32, ix: i32) -> f32 {
-    if (iy < 0 || ix < 0 || iy >= i32(H) || ix >= i32(W)) {
-        return 0.0;
-    }
-    return src[((ci * p.n + img) * H + u32(iy)) * W + u32(ix)];
+    let inside = iy >= 0 && ix >= 0 && iy < i32(H) && ix < i32(W);
+    let y = u32(clamp(iy, 0, i32(H) - 1));
+    let x = u32(clamp(ix, 0, i32(W) - 1));
+    let t = textureLoad(srct, vec2<u32>(img * W4 + (x >> 2u), ci * H + y));
+    return select(0.0, t[x & 3u], inside);
+}
+
+// The output gradient at (co, img, oy, ox), 0 outside the output; branch-free as input_at.
+fn dy_at(co: u32, img: u32, oy: i32, ox: i32) -> f32 {
+    let inside = oy >= 0 && ox >= 0 && oy < i32(HO) && ox < i32(WO);
+    let y = u32(clamp(oy, 0, i32(HO) - 1));
+    let x = u32(clamp(ox, 0, i32(WO) - 1));
+    let t = textureLoad(srct, vec2<u32>(img * WO4 + (x >> 2u), co * HO + y));
+    return select(0.0, t[x & 3u], inside);
 }
 
 // ---- pack_patch: the forward's B (and nothing else), B[kk, q] = x[ci, img, oy·s + ky − pad_t,
@@ -222,13 +241,8 @@ fn pack_dpatch(
             for (var j = 0u; j < 4u; j++) {
                 let ty = ty0[j] - ky;
                 let tx = tx0[j] - kx;
-                if (ty >= 0 && tx >= 0 && ty % s == 0 && tx % s == 0) {
-                    let oy = ty / s;
-                    let ox = tx / s;
-                    if (oy < i32(HO) && ox < i32(WO)) {
-                        v[j] = src[((co * p.n + img[j]) * HO + u32(oy)) * WO + u32(ox)];
-                    }
-                }
+                let hit = ty >= 0 && tx >= 0 && ty % s == 0 && tx % s == 0;
+                v[j] = select(0.0, dy_at(co, img[j], ty / s, tx / s), hit);
             }
         }
         textureStore(dst, vec2<u32>(it.x, kd), v);

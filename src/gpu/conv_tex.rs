@@ -68,7 +68,62 @@ const PACK: &[Binding] = &[
     Binding::Read,
     Binding::TexWrite,
 ];
+/// The gathers: [`PACK`] and their source texture.
+const PACK_T: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::TexWrite,
+    Binding::TexRead,
+];
 const SUM: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+const SRC: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::TexWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SrcParams {
+    n: u32,
+    texels: u32,
+    _pad: [u32; 2],
+}
+
+/// Whether an activation `[c, n, h, w]` fits a source texture (`shaders/conv_src.wgsl`).
+fn src_fits(ctx: &GpuContext, c: usize, n: usize, h: usize, w: usize) -> bool {
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    c * h <= max && n * w.div_ceil(4) <= max
+}
+
+/// The activation `src` `[c, n, h, w]` as the gathers' source texture, and the launch that
+/// fills it.
+fn src_texture(
+    ctx: &GpuContext,
+    src: &Tensor,
+    (c, n, h, w): (usize, usize, usize, usize),
+    label: &str,
+) -> Result<(Texture, Dispatch)> {
+    let w4 = w.div_ceil(4);
+    let tex = Texture::new(ctx, label, c * h, 4 * n * w4)?;
+    let texels = c * h * n * w4;
+    let params = SrcParams {
+        n: u(n, "batch")?,
+        texels: u(texels, "texels")?,
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec::new("conv_src", "act_to_tex", SRC)
+        .with_override("H", h as f64)
+        .with_override("W", w as f64)
+        .with_override("W4", w4 as f64);
+    let d = Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(src), Res::Tex(&tex)],
+        texels.div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 32.0 * texels as f64);
+    Ok((tex, d))
+}
 
 fn round4(v: usize) -> usize {
     v.div_ceil(4) * 4
@@ -91,6 +146,8 @@ pub fn supports(ctx: &GpuContext, g: &ConvGeom) -> bool {
     let kd = round4(win.k * win.k * g.cout);
     let max = ctx.limits.max_texture_dimension_2d as usize;
     GemmVariant::Subgroup.supports(ctx, &GemmShape::nn(4, 4, 4))
+        && src_fits(ctx, g.cin, win.n, win.h, win.w)
+        && src_fits(ctx, g.cout, win.n, ho, wo)
         && p.is_multiple_of(4)
         && q.is_multiple_of(4)
         && k.max(kd).max(g.cin).max(g.cout) <= max
@@ -155,6 +212,7 @@ fn pack(
     mask: Option<&Tensor>,
     bias: Option<&Tensor>,
     dst: &Texture,
+    srct: Option<&Texture>,
 ) -> Result<Dispatch> {
     let per_row = entry == "pack_patch_t";
     let blocks_x = cols4.div_ceil(64);
@@ -171,9 +229,13 @@ fn pack(
         blocks_x: u(blocks_x, "blocks")?,
         ..base
     };
-    let mut spec = KernelSpec::new("conv_tex", entry, PACK)
-        .with_override("MASKED", f64::from(u8::from(mask.is_some())))
-        .with_override("BIAS", f64::from(u8::from(bias.is_some())));
+    let mut spec = KernelSpec::new(
+        "conv_tex",
+        entry,
+        if srct.is_some() { PACK_T } else { PACK },
+    )
+    .with_override("MASKED", f64::from(u8::from(mask.is_some())))
+    .with_override("BIAS", f64::from(u8::from(bias.is_some())));
     for (name, v) in [
         ("H", base.h),
         ("W", base.w),
@@ -185,19 +247,25 @@ fn pack(
         ("STRIDE", base.stride),
         ("PAD_T", base.pad_t),
         ("PAD_L", base.pad_l),
+        ("W4", base.w.div_ceil(4)),
+        ("WO4", base.wo.div_ceil(4)),
     ] {
         spec = spec.with_override(name, f64::from(v));
+    }
+    let mut res = vec![
+        Res::Buf(src),
+        Res::Buf(mask.unwrap_or(src)),
+        Res::Buf(bias.unwrap_or(src)),
+        Res::Tex(dst),
+    ];
+    if let Some(t) = srct {
+        res.push(Res::Tex(t));
     }
     Ok(Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[
-            Res::Buf(src),
-            Res::Buf(mask.unwrap_or(src)),
-            Res::Buf(bias.unwrap_or(src)),
-            Res::Tex(dst),
-        ],
+        &res,
         workgroups as u64,
     )?
     .with_cost(0.0, 32.0 * (rows * cols4) as f64))
@@ -249,16 +317,22 @@ pub fn forward(
     let at = Texture::new(ctx, "convolution weights (texture)", g.cout, tex_cols(kp))?;
     let chunk = chunk_len(ctx, p, kp, false, chunk_bytes);
     let bt = Texture::new(ctx, "convolution patches (texture)", kp, tex_cols(chunk))?;
-    let mut ops = vec![pack(
-        ctx,
-        "pack_wt",
-        base,
-        (g.cout, kp / 4, 0, k),
-        w,
-        mask,
-        bias,
-        &at,
-    )?];
+    let dims = (g.cin, g.window.n, g.window.h, g.window.w);
+    let (xt, to_tex) = src_texture(ctx, x, dims, "convolution input (texture)")?;
+    let mut ops = vec![
+        to_tex,
+        pack(
+            ctx,
+            "pack_wt",
+            base,
+            (g.cout, kp / 4, 0, k),
+            w,
+            mask,
+            bias,
+            &at,
+            None,
+        )?,
+    ];
     for first in (0..p).step_by(chunk) {
         let len = chunk.min(p - first);
         ops.push(pack(
@@ -270,6 +344,7 @@ pub fn forward(
             None,
             bias,
             &bt,
+            Some(&xt),
         )?);
         ops.push(tex_product(
             ctx,
@@ -318,16 +393,23 @@ pub fn input_grad(
         kdp,
         tex_cols(chunk),
     )?;
-    let mut ops = vec![pack(
-        ctx,
-        "pack_wd",
-        base,
-        (g.cin, kdp / 4, 0, kd),
-        w,
-        mask,
-        None,
-        &at,
-    )?];
+    let (ho, wo) = g.out()?;
+    let dims = (g.cout, g.window.n, ho, wo);
+    let (dyt, to_tex) = src_texture(ctx, dy, dims, "convolution output gradient (source)")?;
+    let mut ops = vec![
+        to_tex,
+        pack(
+            ctx,
+            "pack_wd",
+            base,
+            (g.cin, kdp / 4, 0, kd),
+            w,
+            mask,
+            None,
+            &at,
+            None,
+        )?,
+    ];
     for first in (0..q).step_by(chunk) {
         let len = chunk.min(q - first);
         ops.push(pack(
@@ -339,6 +421,7 @@ pub fn input_grad(
             None,
             None,
             &bt,
+            Some(&dyt),
         )?);
         ops.push(tex_product(
             ctx,
@@ -404,7 +487,9 @@ pub fn weight_grad(
         "convolution weight gradient parts",
         slots * g.cout * kp,
     )?;
-    let mut ops = Vec::new();
+    let dims = (g.cin, g.window.n, g.window.h, g.window.w);
+    let (xt, to_tex) = src_texture(ctx, x, dims, "convolution input (texture)")?;
+    let mut ops = vec![to_tex];
     let mut slot = 0;
     for (first, len, split_len, splits) in plan {
         ops.push(pack(
@@ -416,6 +501,7 @@ pub fn weight_grad(
             None,
             None,
             &at,
+            None,
         )?);
         ops.push(pack(
             ctx,
@@ -426,6 +512,7 @@ pub fn weight_grad(
             None,
             None,
             &bt,
+            Some(&xt),
         )?);
         ops.push(tex_product(
             ctx,
