@@ -35,6 +35,7 @@ pub(super) struct ModelParts {
 }
 
 impl ModelParts {
+    /// The network behind the one interface both storage forms and models of layers share.
     pub(super) fn model(&self) -> &dyn Network {
         self.net.net()
     }
