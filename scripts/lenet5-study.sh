@@ -14,8 +14,9 @@ rigl=${RIGL:-target/release/rigl}
 mkdir -p "$out"
 flags=(--model lenet5 --train-samples 6000 --test-samples 5000 --epochs 5 --delta-t 25)
 runs=()
-for seed in 0 1 2; do
-    for spec in dense:0 static:0.9 set:0.9 snfs:0.9 rigl:0.9 static:0.95 set:0.95 snfs:0.95 rigl:0.95; do
+# The settings the target compares (RigL at 90% against dense and static) first, all seeds.
+for spec in rigl:0.9 dense:0 static:0.9 set:0.9 snfs:0.9 rigl:0.95 static:0.95 set:0.95 snfs:0.95; do
+    for seed in 0 1 2; do
         method=${spec%%:*}; s=${spec##*:}
         dir="$out/$method-$s-seed$seed"
         runs+=("$dir")
