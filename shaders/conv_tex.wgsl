@@ -32,6 +32,7 @@ struct PackParams {
     stride: u32,
     pad_t: u32,
     pad_l: u32,
+    _flags: u32,
     // Texture rows and texels per row to write.
     rows: u32,
     cols4: u32,
@@ -42,6 +43,9 @@ struct PackParams {
     real: u32,
     // Workgroups per row of work items.
     blocks_x: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // The geometry, as constants of each pipeline: a division by a constant is a multiply and a

@@ -129,7 +129,8 @@ impl ConvGeom {
         2.0 * self.weight_len() as f64 * (self.window.n * ho * wo) as f64
     }
 
-    fn params(&self, flags: u32) -> Result<ConvParams> {
+    /// The geometry as the kernels' u32 parameters, every flat index checked to fit u32.
+    pub(crate) fn params(&self, flags: u32) -> Result<ConvParams> {
         let (ho, wo) = self.out()?;
         let (pad_t, pad_l) = self.window.pad();
         let g = self.window;
@@ -163,21 +164,22 @@ impl ConvGeom {
     }
 }
 
+/// The uniform block of `shaders/conv.wgsl` (and the head of `conv_tex.wgsl`'s).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct ConvParams {
-    n: u32,
-    h: u32,
-    w: u32,
-    cin: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    k: u32,
-    stride: u32,
-    pad_t: u32,
-    pad_l: u32,
-    flags: u32,
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct ConvParams {
+    pub(crate) n: u32,
+    pub(crate) h: u32,
+    pub(crate) w: u32,
+    pub(crate) cin: u32,
+    pub(crate) cout: u32,
+    pub(crate) ho: u32,
+    pub(crate) wo: u32,
+    pub(crate) k: u32,
+    pub(crate) stride: u32,
+    pub(crate) pad_t: u32,
+    pub(crate) pad_l: u32,
+    pub(crate) flags: u32,
 }
 
 const B: &[Binding] = &[

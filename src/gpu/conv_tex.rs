@@ -17,7 +17,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::conv::ConvGeom;
+use crate::gpu::conv::{ConvGeom, ConvParams};
 use crate::gpu::gemm::{tex_cols, tex_product, TexOut};
 use crate::gpu::ops::{self, Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
@@ -34,22 +34,14 @@ const ITEM_ROWS: usize = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 struct PackParams {
-    n: u32,
-    h: u32,
-    w: u32,
-    cin: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    k: u32,
-    stride: u32,
-    pad_t: u32,
-    pad_l: u32,
+    /// The geometry (its `flags` unused here).
+    geom: ConvParams,
     rows: u32,
     cols4: u32,
     first: u32,
     real: u32,
     blocks_x: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -172,34 +164,6 @@ fn chunk_len(ctx: &GpuContext, total: usize, rows: usize, as_rows: bool, bytes: 
     (cap / 256 * 256).max(256)
 }
 
-impl ConvGeom {
-    fn pack_params(&self) -> Result<PackParams> {
-        let (ho, wo) = self.out()?;
-        let (pad_t, pad_l) = self.window.pad();
-        let g = self.window;
-        u(
-            self.input_len()
-                .max(self.output_len()?)
-                .max(self.weight_len()),
-            "tensor",
-        )?;
-        Ok(PackParams {
-            n: u(g.n, "batch")?,
-            h: u(g.h, "height")?,
-            w: u(g.w, "width")?,
-            cin: u(self.cin, "input channels")?,
-            cout: u(self.cout, "output channels")?,
-            ho: u(ho, "output height")?,
-            wo: u(wo, "output width")?,
-            k: u(g.k, "kernel")?,
-            stride: u(g.stride, "stride")?,
-            pad_t: u(pad_t, "padding")?,
-            pad_l: u(pad_l, "padding")?,
-            ..PackParams::default()
-        })
-    }
-}
-
 /// One gather launch. `rows` texture rows of `cols4` texels; `per_row` true for the entries
 /// with one invocation per texture row (`pack_patch_t`), else 64 texels by [`ITEM_ROWS`] rows.
 #[allow(clippy::too_many_arguments)]
@@ -237,18 +201,18 @@ fn pack(
     .with_override("MASKED", f64::from(u8::from(mask.is_some())))
     .with_override("BIAS", f64::from(u8::from(bias.is_some())));
     for (name, v) in [
-        ("H", base.h),
-        ("W", base.w),
-        ("CIN", base.cin),
-        ("COUT", base.cout),
-        ("HO", base.ho),
-        ("WO", base.wo),
-        ("K", base.k),
-        ("STRIDE", base.stride),
-        ("PAD_T", base.pad_t),
-        ("PAD_L", base.pad_l),
-        ("W4", base.w.div_ceil(4)),
-        ("WO4", base.wo.div_ceil(4)),
+        ("H", base.geom.h),
+        ("W", base.geom.w),
+        ("CIN", base.geom.cin),
+        ("COUT", base.geom.cout),
+        ("HO", base.geom.ho),
+        ("WO", base.geom.wo),
+        ("K", base.geom.k),
+        ("STRIDE", base.geom.stride),
+        ("PAD_T", base.geom.pad_t),
+        ("PAD_L", base.geom.pad_l),
+        ("W4", base.geom.w.div_ceil(4)),
+        ("WO4", base.geom.wo.div_ceil(4)),
     ] {
         spec = spec.with_override(name, f64::from(v));
     }
@@ -300,7 +264,10 @@ pub fn forward(
     y: &Tensor,
     chunk_bytes: usize,
 ) -> Result<Dispatch> {
-    let base = g.pack_params()?;
+    let base = PackParams {
+        geom: g.params(0)?,
+        ..PackParams::default()
+    };
     let (ho, wo) = g.out()?;
     let p = g.window.n * ho * wo;
     let k = g.window.k * g.window.k * g.cin;
@@ -375,7 +342,10 @@ pub fn input_grad(
     accumulate: bool,
     chunk_bytes: usize,
 ) -> Result<Dispatch> {
-    let base = g.pack_params()?;
+    let base = PackParams {
+        geom: g.params(0)?,
+        ..PackParams::default()
+    };
     let q = g.input_len() / g.cin;
     let kd = g.window.k * g.window.k * g.cout;
     check(dy, g.output_len()?, "output gradient")?;
@@ -458,7 +428,10 @@ pub fn weight_grad(
     accumulate: bool,
     chunk_bytes: usize,
 ) -> Result<Dispatch> {
-    let base = g.pack_params()?;
+    let base = PackParams {
+        geom: g.params(0)?,
+        ..PackParams::default()
+    };
     let p = g.output_len()? / g.cout;
     let k = g.window.k * g.window.k * g.cin;
     check(x, g.input_len(), "input")?;
