@@ -41,7 +41,41 @@ fn ENTRY(
     // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
     let l8 = lane % 8u;
 '''.replace('RB_ROWS', f'{rows}u').replace('ENTRY', 'gemm_texture' if texture else 'gemm_subgroup')]
+TEX_PROLOGUE = '''    let flat = wid.x + wid.y * nwg.x;
+    if (flat >= p.tiles_total) {
+        return;
+    }
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    var ldc4 = p.ldc4;
+    if (ldc4 == 0u) {
+        ldc4 = n4;
+    }
+    var kbeg = 0u;
+    var kend = k4;
+    var tile = flat;
+    var c_base = p.c_off4;
+    var tiles_mn = p.tiles_total;
+    if (p.ksplit4 != 0u) {
+        tiles_mn = p.tiles_total / ((k4 + p.ksplit4 - 1u) / p.ksplit4);
+        let split = flat / tiles_mn;
+        tile = flat % tiles_mn;
+        kbeg = split * p.ksplit4;
+        kend = min(k4, kbeg + p.ksplit4);
+        c_base += split * p.m * ldc4;
+    }
+    // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
+    // they stream stays in cache.
+    let tiles_m = tiles_mn / p.tiles_n;
+    let row0 = (tile % tiles_m) * RB_ROWS;
+    let col4 = (tile / tiles_m) * 64u + lidx;
+'''.replace('RB_ROWS', f'{rows}u')
 if texture:
+    # The texture GEMM also writes into a block of a wider C and splits its reduction (the
+    # convolutions of src/gpu/conv_tex.rs): a row stride, an offset and a k-split.
+    start = L[0].index('    let tile = wid.x')
+    end = L[0].index('    let cc = min(col4')
+    L[0] = L[0][:start] + TEX_PROLOGUE + L[0][end:]
     L[0] = L[0].replace('''    let m4 = p.m / 4u;
 ''', '').replace('''    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
     // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
@@ -53,7 +87,7 @@ for g in range(G):
         L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
 for i in range(rows):
     L.append(f'    var acc{i} = vec4<f32>(0.0);')
-L.append('    for (var kq = 0u; kq < k4; kq++) {')
+L.append('    for (var kq = kbeg; kq < kend; kq++) {' if texture else '    for (var kq = 0u; kq < k4; kq++) {')
 for g in range(G if texture else 0):
     L.append(f'        let mine{g} = textureLoad(at, vec2<u32>(kq, arow{g}));')
 for j in range(4 if texture else 0):
@@ -103,6 +137,9 @@ else:
         L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
     L.append('        }\n    }\n    if (col4 < n4) {')
 for i in range(rows):
-    L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
+    if texture:
+        L.append(f'        store_c4(c_base, ldc4, row0 + {i}u, col4, acc{i});')
+    else:
+        L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
 L.append('    }\n}\n')
 open(sys.argv[2], 'w').write(head + '\n'.join(L))
