@@ -443,26 +443,8 @@ impl Mlp {
     /// the alignment padding between layers is zero, as after [`Mlp::load`].
     pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
         let n_layers = self.n_layers();
-        let flat_w = |what: &str, layers: &Vec<Vec<f32>>| -> Result<Vec<f32>> {
-            if layers.len() != n_layers {
-                return Err(RiglError::invalid(format!(
-                    "model state: {} {what} layers, the model has {n_layers}",
-                    layers.len()
-                )));
-            }
-            let mut flat = vec![0.0f32; self.total_w];
-            for (p, v) in self.placements.iter().zip(layers) {
-                if v.len() != p.n {
-                    return Err(RiglError::invalid(format!(
-                        "model state: layer {} {what} has {} values, expected {}",
-                        p.name,
-                        v.len(),
-                        p.n
-                    )));
-                }
-                flat[p.offset..p.offset + p.n].copy_from_slice(v);
-            }
-            Ok(flat)
+        let flat_w = |what: &str, layers: &Vec<Vec<f32>>| {
+            crate::sparse::update::flatten_layers(&self.placements, self.total_w, layers, what)
         };
         let flat_b = |what: &str, layers: &Vec<Vec<f32>>| -> Result<Vec<f32>> {
             if layers.len() != n_layers {

@@ -42,6 +42,38 @@ pub struct LayerPlacement {
     pub id: u32,
 }
 
+/// Per-layer values of a saved state laid into one flat buffer of `total` elements at the
+/// placements' offsets (the alignment padding between layers zero), every length checked
+/// first: what a model's `load_state` writes to its flat weight, mask, momentum, EMA and
+/// ever-active buffers. `what` names the tensor kind in errors.
+pub fn flatten_layers(
+    placements: &[LayerPlacement],
+    total: usize,
+    layers: &[Vec<f32>],
+    what: &str,
+) -> Result<Vec<f32>> {
+    if layers.len() != placements.len() {
+        return Err(RiglError::invalid(format!(
+            "model state: {} {what} layers, the model has {}",
+            layers.len(),
+            placements.len()
+        )));
+    }
+    let mut flat = vec![0.0f32; total];
+    for (p, v) in placements.iter().zip(layers) {
+        if v.len() != p.n {
+            return Err(RiglError::invalid(format!(
+                "model state: layer {} {what} has {} values, expected {}",
+                p.name,
+                v.len(),
+                p.n
+            )));
+        }
+        flat[p.offset..p.offset + p.n].copy_from_slice(v);
+    }
+    Ok(flat)
+}
+
 /// Per-layer counts of one update: keep `k_keep` of the active weights, grow `k_grow`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LayerCounts {

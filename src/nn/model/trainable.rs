@@ -213,26 +213,8 @@ impl GpuModel {
     /// shape is checked before anything is written.
     pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
         let n = self.params.len();
-        let flat = |what: &str, layers: &Vec<Vec<f32>>| -> Result<Vec<f32>> {
-            if layers.len() != n {
-                return Err(RiglError::invalid(format!(
-                    "model state: {} {what} tensors, the model has {n}",
-                    layers.len()
-                )));
-            }
-            let mut out = vec![0.0f32; self.total_w];
-            for (p, v) in self.placements.iter().zip(layers) {
-                if v.len() != p.n {
-                    return Err(RiglError::invalid(format!(
-                        "model state: {} {what} has {} values, expected {}",
-                        p.name,
-                        v.len(),
-                        p.n
-                    )));
-                }
-                out[p.offset..p.offset + p.n].copy_from_slice(v);
-            }
-            Ok(out)
+        let flat = |what: &str, layers: &Vec<Vec<f32>>| {
+            crate::sparse::update::flatten_layers(&self.placements, self.total_w, layers, what)
         };
         let w = flat("weight", &state.weights)?;
         let m = flat("mask", &state.masks)?;
