@@ -198,6 +198,51 @@ fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
     ops::check_len(t, needed, &format!("convolution {what}"))
 }
 
+/// The tensor-length checks of the three products, shared by both forms.
+impl ConvGeom {
+    pub(crate) fn check_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        mask: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+    ) -> Result<()> {
+        check(x, self.input_len(), "input")?;
+        check(w, self.weight_len(), "weights")?;
+        check(y, self.output_len()?, "output")?;
+        if let Some(m) = mask {
+            check(m, self.weight_len(), "mask")?;
+        }
+        if let Some(b) = bias {
+            check(b, self.cout, "bias")?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        mask: Option<&Tensor>,
+        dx: &Tensor,
+    ) -> Result<()> {
+        check(dy, self.output_len()?, "output gradient")?;
+        check(w, self.weight_len(), "weights")?;
+        check(dx, self.input_len(), "input gradient")?;
+        if let Some(m) = mask {
+            check(m, self.weight_len(), "mask")?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_weight_grad(&self, x: &Tensor, dy: &Tensor, dw: &Tensor) -> Result<()> {
+        check(x, self.input_len(), "input")?;
+        check(dy, self.output_len()?, "output gradient")?;
+        check(dw, self.weight_len(), "weight gradient")
+    }
+}
+
 /// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]`, in the form [`ConvVariant::pick`]
 /// picks.
 pub fn forward(
@@ -231,15 +276,7 @@ pub fn forward_with(
         if mask.is_some() { MASKED } else { 0 } | if bias.is_some() { BIAS_OR_ACC } else { 0 };
     let p = g.params(flags)?;
     let n_out = g.output_len()?;
-    check(x, g.input_len(), "input")?;
-    check(w, g.weight_len(), "weights")?;
-    check(y, n_out, "output")?;
-    if let Some(m) = mask {
-        check(m, g.weight_len(), "mask")?;
-    }
-    if let Some(b) = bias {
-        check(b, g.cout, "bias")?;
-    }
+    g.check_forward(x, w, mask, bias, y)?;
     Ok(Dispatch::build(
         ctx,
         &KernelSpec::new("conv", "conv_fwd", B),
@@ -293,12 +330,7 @@ pub fn input_grad_with(
     }
     let flags = if mask.is_some() { MASKED } else { 0 } | if accumulate { BIAS_OR_ACC } else { 0 };
     let p = g.params(flags)?;
-    check(dy, g.output_len()?, "output gradient")?;
-    check(w, g.weight_len(), "weights")?;
-    check(dx, g.input_len(), "input gradient")?;
-    if let Some(m) = mask {
-        check(m, g.weight_len(), "mask")?;
-    }
+    g.check_input_grad(dy, w, mask, dx)?;
     Ok(Dispatch::build(
         ctx,
         &KernelSpec::new("conv", "conv_dgrad", B),
@@ -341,9 +373,7 @@ pub fn weight_grad_with(
         return conv_tex::weight_grad(ctx, g, x, dy, dw, accumulate, conv_tex::CHUNK_BYTES);
     }
     let p = g.params(if accumulate { BIAS_OR_ACC } else { 0 })?;
-    check(x, g.input_len(), "input")?;
-    check(dy, g.output_len()?, "output gradient")?;
-    check(dw, g.weight_len(), "weight gradient")?;
+    g.check_weight_grad(x, dy, dw)?;
     Ok(Dispatch::build(
         ctx,
         &KernelSpec::new("conv", "conv_wgrad", B),

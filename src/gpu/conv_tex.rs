@@ -19,7 +19,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{ConvGeom, ConvParams};
 use crate::gpu::gemm::{tex_cols, tex_product, TexOut};
-use crate::gpu::ops::{self, Dispatch, Res};
+use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::Texture;
 use crate::gpu::{GemmShape, GemmVariant, GpuContext, Tensor};
@@ -247,10 +247,6 @@ fn chain(mut ops: Vec<Dispatch>) -> Result<Dispatch> {
     Ok(last.with_before(ops).with_cost(flops, bytes))
 }
 
-fn check(t: &Tensor, needed: usize, what: &str) -> Result<()> {
-    ops::check_len(t, needed, &format!("convolution {what}"))
-}
-
 /// `y = conv(x, w ⊙ mask) + bias`, `y` `[cout, N, Ho, Wo]` (overwritten); operand textures of
 /// at most `chunk_bytes` (but at least 256 positions).
 #[allow(clippy::too_many_arguments)]
@@ -271,15 +267,7 @@ pub fn forward(
     let (ho, wo) = g.out()?;
     let p = g.window.n * ho * wo;
     let k = g.window.k * g.window.k * g.cin;
-    check(x, g.input_len(), "input")?;
-    check(w, g.weight_len(), "weights")?;
-    check(y, g.output_len()?, "output")?;
-    if let Some(m) = mask {
-        check(m, g.weight_len(), "mask")?;
-    }
-    if let Some(b) = bias {
-        check(b, g.cout, "bias")?;
-    }
+    g.check_forward(x, w, mask, bias, y)?;
     let kp = round4(k + usize::from(bias.is_some()));
     let at = Texture::new(ctx, "convolution weights (texture)", g.cout, tex_cols(kp))?;
     let chunk = chunk_len(ctx, p, kp, false, chunk_bytes);
@@ -348,12 +336,7 @@ pub fn input_grad(
     };
     let q = g.input_len() / g.cin;
     let kd = g.window.k * g.window.k * g.cout;
-    check(dy, g.output_len()?, "output gradient")?;
-    check(w, g.weight_len(), "weights")?;
-    check(dx, g.input_len(), "input gradient")?;
-    if let Some(m) = mask {
-        check(m, g.weight_len(), "mask")?;
-    }
+    g.check_input_grad(dy, w, mask, dx)?;
     let kdp = round4(kd);
     let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
     let chunk = chunk_len(ctx, q, kdp, false, chunk_bytes);
@@ -434,9 +417,7 @@ pub fn weight_grad(
     };
     let p = g.output_len()? / g.cout;
     let k = g.window.k * g.window.k * g.cin;
-    check(x, g.input_len(), "input")?;
-    check(dy, p * g.cout, "output gradient")?;
-    check(dw, g.weight_len(), "weight gradient")?;
+    g.check_weight_grad(x, dy, dw)?;
     let kp = round4(k);
     // Both operands hold a chunk of positions: dy's rows as columns, the patches as rows.
     let chunk = chunk_len(ctx, p, kp.max(g.cout), true, chunk_bytes);
