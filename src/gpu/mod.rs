@@ -10,6 +10,7 @@ pub mod ops;
 pub mod profile;
 pub mod registry;
 pub mod shaders;
+pub mod sparse_conv;
 pub mod spmm;
 pub mod texture;
 pub mod tuning;

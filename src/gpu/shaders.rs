@@ -31,6 +31,13 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv_tex", include_str!("../../shaders/conv_tex.wgsl")),
     ("conv_sum", include_str!("../../shaders/conv_sum.wgsl")),
     ("conv_src", include_str!("../../shaders/conv_src.wgsl")),
+    ("sconv", include_str!("../../shaders/sconv.wgsl")),
+    ("sconv_src", include_str!("../../shaders/sconv_src.wgsl")),
+    ("sconv_meta", include_str!("../../shaders/sconv_meta.wgsl")),
+    (
+        "sconv_sddmm",
+        include_str!("../../shaders/sconv_sddmm.wgsl"),
+    ),
     ("image", include_str!("../../shaders/image.wgsl")),
 ];
 

@@ -1,0 +1,241 @@
+// Compressed sparse convolutions: the kernel's active weights in the slots of a CSR index
+// (src/sparse/csr.rs, the matrix [K = k*k*cin, cout], flat position q = kidx * cout + co with
+// kidx = (ky * k + kx) * cin + ci), activations [C, N, H, W]. Host side and the geometry of every
+// quantity below: src/gpu/sparse_conv.rs; CPU twin: the dense convolution of the scattered weights
+// (src/cpu/conv.rs).
+//
+// Every product is a sparse matrix times shifted copies of one dense source: a tap (ky, kx) of the
+// kernel reads its source at a fixed offset from the output position, once the source is laid out
+// as "planes" (stride-s phases of the padded image, so a strided tap is a shift too) whose row
+// stride is the output index space's. So one kernel (`spconv`) runs the forward product
+// (rows = output channels, source = the input's phase planes) and the input gradient (rows =
+// (input channel, phase), source = the padded output gradient, the taps of that phase); the weight
+// gradient (`sddmm`) is a dot product per slot of the output gradient with the shifted input.
+//
+// A source is written by `src_planes` as 4 copies shifted by 0..3 elements, so every shifted read
+// of 4 consecutive positions is one aligned texel of one copy: the source texture is linear,
+// texel G at (G % 4096, G / 4096), virtual channel vc = (copy * NPH + phase) * SC + c holding
+// texels vc * ST .. vc * ST + ST - 1. A nonzero's metadata (`meta_fwd`, `meta_bwd`) is its address
+// A = vc * ST + shift / 4 and its value bits; a lane at output vec4 u4 (image n) reads texel
+// A + u4 + n * PADJ4 (PADJ4: the source's image stride minus the output space's, over 4).
+//
+// Lanes span the output positions (V vec4s each, WG apart), as the dense-layer SpMM's span the
+// batch (spmm.wgsl): every load is a distinct useful texel; the metadata of 8 nonzeros is loaded
+// by lanes 0..7 and handed out with subgroupBroadcast (BCAST), or loaded by every lane (portable,
+// no subgroups). Texture loads: on lavapipe a storage-buffer load at a different address per lane
+// is a loop over the lanes, a texture load a branch-free gather.
+
+struct Params {
+    rows: u32,      // rows of the product
+    blocks: u32,    // blocks of WG * V output vec4s per row
+    nnz: u32,       // slots of the layer
+    ptr_off: u32,   // row pointers in idx (out_ptr forward, in_ptr input gradient)
+    texels: u32,
+    accum: u32,     // input gradient: add into dx
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override N: u32 = 1u;
+override K: u32 = 1u;
+override S: u32 = 1u;
+override CIN: u32 = 1u;
+// Unused here: the host passes one geometry to every kernel.
+override COUT: u32 = 1u;
+override H: u32 = 1u;
+override W: u32 = 1u;
+override HO: u32 = 1u;
+override WO: u32 = 1u;
+override PAD_T: u32 = 0u;
+override PAD_L: u32 = 0u;
+// The output space: vec4s per image U4, row stride ROWW; the source's image stride exceeds it by
+// PADJ4 texels.
+override U4: u32 = 1u;
+override ROWW: u32 = 1u;
+override PADJ4: u32 = 0u;
+// Forward product (rows = output channels) or input gradient (rows = (input channel, phase)).
+override FORWARD: bool = true;
+override BIAS: bool = false;
+// Metadata handed out by subgroupBroadcast (lavapipe-shaped) or loaded by every lane (portable).
+override BCAST: bool = true;
+override WG: u32 = 64u;
+// Output vec4s per lane (1 to 8).
+override V: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var nzmeta: texture_storage_2d<rg32uint, read>;
+@group(0) @binding(3) var srct: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+
+// Written out 8 times: WGSL has no arrays that live in registers.
+struct Acc {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+}
+
+// Source texel offsets of a lane's output vec4s (u4 + image * PADJ4).
+struct Base {
+    b0: u32,
+    b1: u32,
+    b2: u32,
+    b3: u32,
+    b4: u32,
+    b5: u32,
+    b6: u32,
+    b7: u32,
+}
+
+fn tex_at(g: u32) -> vec2<u32> {
+    return vec2<u32>(g % 4096u, g / 4096u);
+}
+
+fn ld(g: u32) -> vec4<f32> {
+    return textureLoad(srct, tex_at(g));
+}
+
+// Lanes past the output read a valid place (no branch around loads).
+fn base(u4: u32) -> u32 {
+    let c = min(u4, N * U4 - 1u);
+    return c + (c / U4) * PADJ4;
+}
+
+fn madd(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
+    var r = acc;
+    let vw = vec4<f32>(w);
+    r.a0 = fma(vw, ld(a + bs.b0), r.a0);
+    if (V > 1u) { r.a1 = fma(vw, ld(a + bs.b1), r.a1); }
+    if (V > 2u) { r.a2 = fma(vw, ld(a + bs.b2), r.a2); }
+    if (V > 3u) { r.a3 = fma(vw, ld(a + bs.b3), r.a3); }
+    if (V > 4u) { r.a4 = fma(vw, ld(a + bs.b4), r.a4); }
+    if (V > 5u) { r.a5 = fma(vw, ld(a + bs.b5), r.a5); }
+    if (V > 6u) { r.a6 = fma(vw, ld(a + bs.b6), r.a6); }
+    if (V > 7u) { r.a7 = fma(vw, ld(a + bs.b7), r.a7); }
+    return r;
+}
+
+// The nonzeros start..end of the metadata: 8 at a time, past the end as weight 0 at a valid
+// address (a branch around loads costs more than the wasted multiply-adds on lavapipe).
+fn walk(acc: Acc, bs: Base, start: u32, end: u32, lane: u32) -> Acc {
+    var r = acc;
+    let l8 = lane % 8u;
+    for (var j0 = start; j0 < end; j0 += 8u) {
+        if (BCAST) {
+            let m = textureLoad(nzmeta, tex_at(min(j0 + l8, end - 1u)));
+            let wl = select(0.0, bitcast<f32>(m.y), j0 + l8 < end);
+            r = madd(r, bs, subgroupBroadcast(m.x, 0u), subgroupBroadcast(wl, 0u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 1u), subgroupBroadcast(wl, 1u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 2u), subgroupBroadcast(wl, 2u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 3u), subgroupBroadcast(wl, 3u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 4u), subgroupBroadcast(wl, 4u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 5u), subgroupBroadcast(wl, 5u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 6u), subgroupBroadcast(wl, 6u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 7u), subgroupBroadcast(wl, 7u));
+        } else {
+            for (var t = 0u; t < 8u; t++) {
+                let m = textureLoad(nzmeta, tex_at(min(j0 + t, end - 1u)));
+                r = madd(r, bs, m.x, select(0.0, bitcast<f32>(m.y), j0 + t < end));
+            }
+        }
+    }
+    return r;
+}
+
+// First index a >= 0 of phase ph whose padded coordinate a * S + ph is past the padding.
+fn lo(pad: u32, ph: u32) -> u32 {
+    return select(0u, (pad - ph + S - 1u) / S, pad > ph);
+}
+
+fn store(row: u32, u4: u32, acc: vec4<f32>) {
+    if (u4 >= N * U4) {
+        return;
+    }
+    let img = u4 / U4;
+    let rem = (u4 % U4) * 4u;
+    if (FORWARD) {
+        var b = 0.0;
+        if (BIAS) {
+            b = bias[row];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let oy = (rem + i) / ROWW;
+            let ox = (rem + i) % ROWW;
+            if (oy < HO && ox < WO) {
+                out[((row * N + img) * HO + oy) * WO + ox] = acc[i] + b;
+            }
+        }
+    } else {
+        let ci = row / (S * S);
+        let py = (row % (S * S)) / S;
+        let px = row % S;
+        let a0 = lo(PAD_T, py);
+        let c0 = lo(PAD_L, px);
+        for (var i = 0u; i < 4u; i++) {
+            // Padded coordinates of the input pixel.
+            let y = (a0 + (rem + i) / ROWW) * S + py;
+            let x = (c0 + (rem + i) % ROWW) * S + px;
+            if (y >= PAD_T && x >= PAD_L && y - PAD_T < H && x - PAD_L < W) {
+                let o = ((ci * N + img) * H + y - PAD_T) * W + x - PAD_L;
+                if (p.accum != 0u) {
+                    out[o] += acc[i];
+                } else {
+                    out[o] = acc[i];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn spconv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= p.rows * p.blocks) {
+        return;
+    }
+    let row = wg % p.rows;
+    let b0 = (wg / p.rows) * WG * V + lidx;
+    var bs: Base;
+    bs.b0 = base(b0 + 0u * WG);
+    bs.b1 = base(b0 + 1u * WG);
+    bs.b2 = base(b0 + 2u * WG);
+    bs.b3 = base(b0 + 3u * WG);
+    bs.b4 = base(b0 + 4u * WG);
+    bs.b5 = base(b0 + 5u * WG);
+    bs.b6 = base(b0 + 6u * WG);
+    bs.b7 = base(b0 + 7u * WG);
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (FORWARD) {
+        acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
+    } else {
+        // Row (ci, py, px): the taps (ky, kx) of that phase, each a range of slots.
+        let ci = row / (S * S);
+        let py = (row % (S * S)) / S;
+        let px = row % S;
+        for (var ky = py; ky < K; ky += S) {
+            for (var kx = px; kx < K; kx += S) {
+                let kidx = (ky * K + kx) * CIN + ci;
+                acc = walk(acc, bs, idx[p.ptr_off + kidx], idx[p.ptr_off + kidx + 1u], lane);
+            }
+        }
+    }
+    store(row, b0, acc.a0);
+    if (V > 1u) { store(row, b0 + 1u * WG, acc.a1); }
+    if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }
+    if (V > 3u) { store(row, b0 + 3u * WG, acc.a3); }
+    if (V > 4u) { store(row, b0 + 4u * WG, acc.a4); }
+    if (V > 5u) { store(row, b0 + 5u * WG, acc.a5); }
+    if (V > 6u) { store(row, b0 + 6u * WG, acc.a6); }
+    if (V > 7u) { store(row, b0 + 7u * WG, acc.a7); }
+}

@@ -1,0 +1,93 @@
+// Metadata of the sparse convolutions (see sconv.wgsl for the scheme).
+
+struct Params {
+    rows: u32,      // spconv/sddmm: rows of the product
+    blocks: u32,    // spconv: blocks of WG * V output vec4s per row
+    nnz: u32,       // slots of the layer
+    ptr_off: u32,   // spconv: row pointers in idx (out_ptr forward, in_ptr input gradient)
+    texels: u32,    // src_planes / dy_space: texels to write; meta_*: entries
+    accum: u32,     // spconv input gradient: add into dx
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn tex_at(g: u32) -> vec2<u32> {
+    return vec2<u32>(g % 4096u, g / 4096u);
+}
+
+// The convolution (N, H, W, HO, WO unused here: the host passes one geometry to every kernel).
+override N: u32 = 1u;
+override H: u32 = 1u;
+override W: u32 = 1u;
+override HO: u32 = 1u;
+override WO: u32 = 1u;
+override K: u32 = 1u;
+override S: u32 = 1u;
+override CIN: u32 = 1u;
+override COUT: u32 = 1u;
+override PAD_T: u32 = 0u;
+override PAD_L: u32 = 0u;
+override NPY: u32 = 1u;
+override WQ: u32 = 1u;
+override ST: u32 = 1u;
+override LT: u32 = 0u;
+override LL: u32 = 0u;
+override WD: u32 = 1u;
+override STD: u32 = 1u;
+
+// ---------------------------------------------------------------------------------------------
+// Metadata: texel j = (address, value bits).
+
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read> vals: array<f32>;
+@group(0) @binding(3) var meta_out: texture_storage_2d<rg32uint, write>;
+
+// First row of phase py of the input gradient's output space, and its count (also columns).
+fn lo(pad: u32, ph: u32) -> u32 {
+    return select(0u, (pad - ph + S - 1u) / S, pad > ph);
+}
+
+// Forward order (out_ptr ranges of the slots sorted by output channel): the forward source.
+@compute @workgroup_size(64)
+fn meta_fwd(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let j = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    if (j >= p.texels) {
+        return;
+    }
+    let slot = idx[p.nnz + j];
+    let kidx = idx[slot] / COUT;
+    let ci = kidx % CIN;
+    let ky = kidx / CIN / K;
+    let kx = (kidx / CIN) % K;
+    let ph = (ky % S) * NPY + kx % S;
+    let sh = (ky / S) * WQ + kx / S;
+    let vc = ((sh % 4u) * NPY * NPY + ph) * CIN + ci;
+    textureStore(meta_out, tex_at(j), vec4<u32>(vc * ST + sh / 4u, bitcast<u32>(vals[slot]), 0u, 0u));
+}
+
+// Slot order (in_ptr ranges per kernel row kidx): the input gradient's source.
+@compute @workgroup_size(64)
+fn meta_bwd(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let s = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    if (s >= p.texels) {
+        return;
+    }
+    let q = idx[s];
+    let co = q % COUT;
+    let kidx = q / COUT;
+    let ky = kidx / CIN / K;
+    let kx = (kidx / CIN) % K;
+    let sh = (lo(PAD_T, ky % S) + LT - ky / S) * WD + lo(PAD_L, kx % S) + LL - kx / S;
+    let vc = (sh % 4u) * COUT + co;
+    textureStore(meta_out, tex_at(s), vec4<u32>(vc * STD + sh / 4u, bitcast<u32>(vals[s]), 0u, 0u));
+}

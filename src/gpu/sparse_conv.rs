@@ -1,0 +1,729 @@
+//! Compressed sparse convolutions: a kernel `[k, k, cin, cout]` kept as the slots of a
+//! [`crate::sparse::csr::CsrIndex`] over the matrix `[k·k·cin, cout]` (SPEC §8's flat positions),
+//! and its three products doing work in proportion to the active weights:
+//!
+//! - forward `y = conv(x, w) (+ bias)`: the sparse matrix times the input's shifted phase planes
+//!   (`shaders/sconv.wgsl`, rows = output channels);
+//! - input gradient `dx (+)= conv_transpose(dy, w)`: the same kernel over the transposed order,
+//!   rows = (input channel, stride phase), source = the padded output gradient;
+//! - weight gradient at the active positions only (`shaders/sconv_sddmm.wgsl`).
+//!
+//! Every tap of the kernel reads its source at a fixed offset from the output position once the
+//! source is laid out as planes whose row stride is the output space's, and a strided tap is a
+//! shift too within the stride phase it reads (see `shaders/sconv.wgsl`). The source is written as
+//! 4 copies shifted by 0..3 elements (`shaders/sconv_src.wgsl`), so each shifted read of 4
+//! positions is one aligned texel. The per-nonzero metadata (address, value) is written by
+//! `shaders/sconv_meta.wgsl` at every launch from the index and the current values, so the
+//! optimizer needs to know nothing of it. CPU twin: the dense convolution
+//! ([`crate::cpu::conv`]) of the weights scattered from the slots.
+//!
+//! Textures used by one launch are [`Scratch`]: sized for the largest of a model's layers and
+//! shared by all of them (each product rewrites what it reads).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, RiglError};
+use crate::gpu::conv::ConvGeom;
+use crate::gpu::ops::{Dispatch, Res};
+use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::{meta_texture, Texture, META_WIDTH};
+use crate::gpu::{GpuContext, Tensor};
+use crate::sparse::csr::CsrIndex;
+
+/// Texels per row of the linear textures (`tex_at` in the shaders).
+pub const TEX_WIDTH: usize = 4096;
+
+/// Most output vec4s per lane (`V` in `shaders/sconv.wgsl`).
+const VMAX: usize = 8;
+
+/// The two forms of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SparseConvForm {
+    /// Metadata handed out with `subgroupBroadcast` (needs subgroups of 8 to 64 lanes).
+    Subgroup,
+    /// Every lane loads the metadata itself (any adapter with storage textures).
+    Portable,
+}
+
+impl SparseConvForm {
+    /// Both forms.
+    pub const ALL: [SparseConvForm; 2] = [SparseConvForm::Subgroup, SparseConvForm::Portable];
+
+    /// Name in reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SparseConvForm::Subgroup => "subgroup",
+            SparseConvForm::Portable => "portable",
+        }
+    }
+
+    /// Whether this adapter can run this form.
+    pub fn supported(&self, ctx: &GpuContext) -> std::result::Result<(), String> {
+        match self {
+            SparseConvForm::Subgroup => crate::gpu::spmm::support(ctx),
+            SparseConvForm::Portable => {
+                if ctx.limits.max_storage_textures_per_shader_stage < 2 {
+                    Err(format!(
+                        "adapter '{}' binds {} storage textures per shader stage (2 needed)",
+                        ctx.info.name, ctx.limits.max_storage_textures_per_shader_stage
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The subgroup form where the adapter has it, else the portable one.
+    pub fn pick(ctx: &GpuContext) -> SparseConvForm {
+        if SparseConvForm::Subgroup.supported(ctx).is_ok() {
+            SparseConvForm::Subgroup
+        } else {
+            SparseConvForm::Portable
+        }
+    }
+}
+
+/// Smallest `a >= 0` whose padded coordinate `a·s + ph` is past `pad` (the shaders' `lo`).
+fn lo(pad: usize, ph: usize, s: usize) -> usize {
+    if pad > ph {
+        (pad - ph).div_ceil(s)
+    } else {
+        0
+    }
+}
+
+fn round4(v: usize) -> usize {
+    v.div_ceil(4) * 4
+}
+
+fn u(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| RiglError::invalid(format!("sparse convolution {what} {v} exceeds u32")))
+}
+
+/// The derived geometry of one sparse convolution: its output spaces and source planes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The convolution.
+    pub geom: ConvGeom,
+    ho: usize,
+    wo: usize,
+    pad_t: usize,
+    pad_l: usize,
+    /// Forward: phases per side, plane row stride (= output row stride), plane image stride,
+    /// output space per image, texels per virtual channel.
+    npy: usize,
+    wq: usize,
+    hq: usize,
+    p_fwd: usize,
+    u_fwd: usize,
+    st: usize,
+    /// Input gradient: padding of the output gradient, its plane rows and row stride, image
+    /// strides, texels per virtual channel.
+    lt: usize,
+    ll: usize,
+    hd: usize,
+    wd: usize,
+    p_bwd: usize,
+    u_bwd: usize,
+    std: usize,
+}
+
+/// Per phase of one axis: the first and last index `a` whose pixel `a·s + ph - pad` is inside
+/// `0..len`, if any.
+fn phase_range(len: usize, pad: usize, ph: usize, s: usize) -> Option<(usize, usize)> {
+    let a0 = lo(pad, ph, s);
+    let last = (len - 1 + pad).checked_sub(ph)? / s;
+    (last >= a0).then_some((a0, last))
+}
+
+/// The input gradient's geometry along one axis: (padding before the output gradient, plane
+/// length, largest count of indices of a phase, largest first index of a phase).
+fn bwd_axis(len: usize, pad: usize, k: usize, s: usize) -> (usize, usize, usize, usize) {
+    let (mut before, mut last, mut count, mut first) = (0usize, 0usize, 0usize, 0usize);
+    for ph in 0..s {
+        let Some((a0, a1)) = phase_range(len, pad, ph, s) else {
+            continue;
+        };
+        count = count.max(a1 - a0 + 1);
+        first = first.max(a0);
+        last = last.max(a1);
+        if ph < k {
+            // The phase's largest tap offset (k - 1 - ph) / s reads a0 + before - it >= 0.
+            before = before.max(((k - 1 - ph) / s).saturating_sub(a0));
+        }
+    }
+    (before, before + last + 1, count, first)
+}
+
+impl Layout {
+    /// The layout of `g`.
+    pub fn new(g: ConvGeom) -> Result<Self> {
+        // Validates the geometry (every flat index within u32).
+        g.params(0)?;
+        let (ho, wo) = g.out()?;
+        let (pad_t, pad_l) = g.window.pad();
+        let (k, s, n) = (g.window.k, g.window.stride, g.window.n);
+        let m = (k - 1) / s;
+        let (wq, hq) = (wo + m, ho + m);
+        let p_fwd = round4(hq * wq);
+        let u_fwd = round4(ho * wq);
+        let st = n * p_fwd / 4 + (m * wq + m) / 4 + 2;
+        let (lt, hd, max_ha, max_a0) = bwd_axis(g.window.h, pad_t, k, s);
+        let (ll, wd, _, max_c0) = bwd_axis(g.window.w, pad_l, k, s);
+        let p_bwd = round4(hd * wd);
+        let u_bwd = round4(max_ha * wd);
+        let std = n * p_bwd / 4 + ((max_a0 + lt) * wd + max_c0 + ll) / 4 + 2;
+        let lay = Layout {
+            geom: g,
+            ho,
+            wo,
+            pad_t,
+            pad_l,
+            npy: s.min(k),
+            wq,
+            hq,
+            p_fwd,
+            u_fwd,
+            st,
+            lt,
+            ll,
+            hd,
+            wd,
+            p_bwd,
+            u_bwd,
+            std,
+        };
+        u(
+            lay.fwd_planes_texels()
+                .max(lay.bwd_planes_texels())
+                .max(lay.dy_space_texels()),
+            "source texels",
+        )?;
+        Ok(lay)
+    }
+
+    /// Texels of the forward source (the input's shifted phase planes).
+    pub fn fwd_planes_texels(&self) -> usize {
+        4 * self.npy * self.npy * self.geom.cin * self.st
+    }
+
+    /// Texels of the input gradient's source (the padded output gradient, shifted).
+    pub fn bwd_planes_texels(&self) -> usize {
+        4 * self.geom.cout * self.std
+    }
+
+    /// Texels of the output gradient in the forward's output space (weight gradient).
+    pub fn dy_space_texels(&self) -> usize {
+        self.geom.cout * self.geom.window.n * self.u_fwd / 4
+    }
+
+    /// Output positions the forward product computes, over the useful ones (row padding).
+    pub fn fwd_overhead(&self) -> f64 {
+        (self.geom.window.n * self.u_fwd) as f64
+            / (self.geom.window.n * self.ho * self.wo).max(1) as f64
+    }
+
+    /// Rows of the kernel matrix (`k·k·cin`).
+    pub fn in_dim(&self) -> usize {
+        self.geom.window.k * self.geom.window.k * self.geom.cin
+    }
+
+    fn geometry(&self, mut spec: KernelSpec) -> KernelSpec {
+        let g = self.geom;
+        for (name, v) in [
+            ("N", g.window.n),
+            ("K", g.window.k),
+            ("S", g.window.stride),
+            ("CIN", g.cin),
+            ("COUT", g.cout),
+            ("H", g.window.h),
+            ("W", g.window.w),
+            ("HO", self.ho),
+            ("WO", self.wo),
+            ("PAD_T", self.pad_t),
+            ("PAD_L", self.pad_l),
+        ] {
+            spec = spec.with_override(name, v as f64);
+        }
+        spec
+    }
+}
+
+/// Textures shared by the sparse convolutions of a model: the shifted source planes, the
+/// per-nonzero metadata and the output gradient in the output space.
+#[derive(Debug)]
+pub struct Scratch {
+    /// Source planes (linear, [`TEX_WIDTH`] texels a row).
+    pub planes: Texture,
+    /// Metadata, one texel per slot.
+    pub meta: Texture,
+    /// The output gradient in the forward's output space.
+    pub dspace: Texture,
+}
+
+fn linear_texture(ctx: &GpuContext, label: &str, texels: usize) -> Result<Texture> {
+    Texture::new(ctx, label, texels.max(1).div_ceil(TEX_WIDTH), 4 * TEX_WIDTH)
+}
+
+impl Scratch {
+    /// Scratch for layers of these layouts with at most `max_nnz` slots each.
+    pub fn new(ctx: &GpuContext, layouts: &[Layout], max_nnz: usize) -> Result<Self> {
+        let planes = layouts
+            .iter()
+            .map(|l| l.fwd_planes_texels().max(l.bwd_planes_texels()))
+            .max()
+            .unwrap_or(1);
+        let dspace = layouts
+            .iter()
+            .map(Layout::dy_space_texels)
+            .max()
+            .unwrap_or(1);
+        Ok(Scratch {
+            planes: linear_texture(ctx, "sparse convolution planes", planes)?,
+            meta: meta_texture(ctx, "sparse convolution metadata", max_nnz)?,
+            dspace: linear_texture(ctx, "sparse convolution output gradient", dspace)?,
+        })
+    }
+
+    fn check(&self, lay: &Layout, nnz: usize) -> Result<()> {
+        let need = [
+            (
+                &self.planes,
+                lay.fwd_planes_texels().max(lay.bwd_planes_texels()),
+                TEX_WIDTH,
+            ),
+            (&self.meta, nnz, META_WIDTH),
+            (&self.dspace, lay.dy_space_texels(), TEX_WIDTH),
+        ];
+        for (t, n, width) in need {
+            if t.rows * width < n {
+                return Err(RiglError::invalid(format!(
+                    "sparse convolution scratch '{}' holds {} texels, the layer needs {n}",
+                    t.label,
+                    t.rows * width
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the sparse convolution kernels can run `g` in `form` on this device, and if not why.
+pub fn supports(
+    ctx: &GpuContext,
+    g: &ConvGeom,
+    form: SparseConvForm,
+) -> std::result::Result<(), String> {
+    form.supported(ctx)?;
+    let lay = Layout::new(*g).map_err(|e| e.to_string())?;
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    let rows = lay
+        .fwd_planes_texels()
+        .max(lay.bwd_planes_texels())
+        .max(lay.dy_space_texels())
+        .div_ceil(TEX_WIDTH);
+    if rows > max || TEX_WIDTH > max {
+        return Err(format!(
+            "its source planes need {rows} texture rows of {TEX_WIDTH}, the adapter allows {max}"
+        ));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    blocks: u32,
+    nnz: u32,
+    ptr_off: u32,
+    texels: u32,
+    accum: u32,
+    _pad: [u32; 2],
+}
+
+const SRC: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::TexWrite];
+const META: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::MetaWrite,
+];
+const SPCONV: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::MetaRead,
+    Binding::TexRead,
+    Binding::ReadWrite,
+    Binding::Read,
+];
+const SDDMM: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::MetaRead,
+    Binding::TexRead,
+    Binding::TexRead,
+    Binding::ReadWrite,
+];
+
+/// The shape checks every product makes.
+fn check(lay: &Layout, nnz: usize, idx: &Tensor, sc: &Scratch) -> Result<()> {
+    let in_dim = lay.in_dim();
+    if nnz == 0 || nnz > in_dim * lay.geom.cout {
+        return Err(RiglError::invalid(format!(
+            "a sparse convolution with {nnz} active weights of {}",
+            in_dim * lay.geom.cout
+        )));
+    }
+    let need = CsrIndex::words_len(in_dim, lay.geom.cout, nnz);
+    if idx.len < need {
+        return Err(RiglError::invalid(format!(
+            "sparse convolution index '{}' has {} words, the layer needs {need}",
+            idx.label, idx.len
+        )));
+    }
+    sc.check(lay, nnz)
+}
+
+fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
+    crate::gpu::ops::check_len(t, n, &format!("sparse convolution {what}"))
+}
+
+/// The launch writing the shifted planes of `src` `[c, N, sh, sw]` into `planes`.
+#[allow(clippy::too_many_arguments)]
+fn src_planes(
+    ctx: &GpuContext,
+    src: &Tensor,
+    (c, n, sh, sw): (usize, usize, usize, usize),
+    (stride, np, hp, wp, sp): (usize, usize, usize, usize, usize),
+    (off_y, off_x): (usize, usize),
+    st: usize,
+    planes: &Texture,
+) -> Result<Dispatch> {
+    let texels = 4 * np * np * c * st;
+    let mut spec = KernelSpec::new("sconv_src", "src_planes", SRC);
+    for (name, v) in [
+        ("N", n),
+        ("SC", c),
+        ("SH", sh),
+        ("SW", sw),
+        ("SS", stride),
+        ("NP", np),
+        ("HP", hp),
+        ("WP", wp),
+        ("SP", sp),
+        ("OFF_Y", off_y),
+        ("OFF_X", off_x),
+        ("ST_", st),
+    ] {
+        spec = spec.with_override(name, v as f64);
+    }
+    let params = Params {
+        texels: u(texels, "texels")?,
+        ..Params::default()
+    };
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(src), Res::Tex(planes)],
+        texels.div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 20.0 * texels as f64))
+}
+
+fn meta(
+    ctx: &GpuContext,
+    lay: &Layout,
+    entry: &'static str,
+    nnz: usize,
+    idx: &Tensor,
+    vals: &Tensor,
+    out: &Texture,
+) -> Result<Dispatch> {
+    let mut spec = lay.geometry(KernelSpec::new("sconv_meta", entry, META));
+    for (name, v) in [
+        ("NPY", lay.npy),
+        ("WQ", lay.wq),
+        ("ST", lay.st),
+        ("LT", lay.lt),
+        ("LL", lay.ll),
+        ("WD", lay.wd),
+        ("STD", lay.std),
+    ] {
+        spec = spec.with_override(name, v as f64);
+    }
+    let params = Params {
+        nnz: u(nnz, "slots")?,
+        texels: u(nnz, "slots")?,
+        ..Params::default()
+    };
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(idx), Res::Buf(vals), Res::Tex(out)],
+        nnz.div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 20.0 * nnz as f64))
+}
+
+/// Chains launches into one dispatch: the last one, with the others encoded before it.
+fn chain(mut ops: Vec<Dispatch>, flops: f64) -> Result<Dispatch> {
+    let last = ops
+        .pop()
+        .ok_or_else(|| RiglError::invalid("a sparse convolution with no launches"))?;
+    let bytes = ops
+        .iter()
+        .chain(std::iter::once(&last))
+        .map(|d| d.bytes)
+        .sum();
+    Ok(last.with_before(ops).with_cost(flops, bytes))
+}
+
+/// The spconv launch: `rows` rows over an output space of `n·u` positions.
+#[allow(clippy::too_many_arguments)]
+fn spconv(
+    ctx: &GpuContext,
+    lay: &Layout,
+    form: SparseConvForm,
+    forward: bool,
+    nnz: usize,
+    idx: &Tensor,
+    sc: &Scratch,
+    out: &Tensor,
+    bias: Option<&Tensor>,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let g = lay.geom;
+    let n = g.window.n;
+    let s = g.window.stride;
+    let (rows, u_sp, roww, p_src, ptr_off) = if forward {
+        (
+            g.cout,
+            lay.u_fwd,
+            lay.wq,
+            lay.p_fwd,
+            2 * nnz + lay.in_dim() + 1,
+        )
+    } else {
+        (g.cin * s * s, lay.u_bwd, lay.wd, lay.p_bwd, 2 * nnz)
+    };
+    let total4 = n * u_sp / 4;
+    let wg = 64usize;
+    let v = total4.div_ceil(wg).clamp(1, VMAX);
+    let blocks = total4.div_ceil(wg * v);
+    let spec = lay
+        .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
+        .with_override("U4", (u_sp / 4) as f64)
+        .with_override("ROWW", roww as f64)
+        .with_override("PADJ4", ((p_src - u_sp) / 4) as f64)
+        .with_override("FORWARD", f64::from(u8::from(forward)))
+        .with_override("BIAS", f64::from(u8::from(bias.is_some())))
+        .with_override(
+            "BCAST",
+            f64::from(u8::from(form == SparseConvForm::Subgroup)),
+        )
+        .with_override("WG", wg as f64)
+        .with_override("V", v as f64);
+    let params = Params {
+        rows: u(rows, "rows")?,
+        blocks: u(blocks, "blocks")?,
+        nnz: u(nnz, "slots")?,
+        ptr_off: u(ptr_off, "index offset")?,
+        accum: u32::from(accumulate),
+        ..Params::default()
+    };
+    Ok(Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[
+            Res::Buf(idx),
+            Res::Tex(&sc.meta),
+            Res::Tex(&sc.planes),
+            Res::Buf(out),
+            Res::Buf(bias.unwrap_or(idx)),
+        ],
+        (rows * blocks) as u64,
+    )?
+    .with_cost(
+        0.0,
+        16.0 * (nnz as f64) * (n * u_sp / 4) as f64 / g.cout as f64,
+    ))
+}
+
+/// `y = conv(x, w) + bias` with `w` the `nnz` slots `vals` of index `idx`; `x` `[cin, N, H, W]`,
+/// `y` `[cout, N, Ho, Wo]` (overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    ctx: &GpuContext,
+    form: SparseConvForm,
+    lay: &Layout,
+    nnz: usize,
+    idx: &Tensor,
+    vals: &Tensor,
+    bias: Option<&Tensor>,
+    x: &Tensor,
+    y: &Tensor,
+    sc: &Scratch,
+) -> Result<Dispatch> {
+    let g = lay.geom;
+    check(lay, nnz, idx, sc)?;
+    check_len(vals, nnz, "values")?;
+    check_len(x, g.input_len(), "input")?;
+    check_len(y, g.output_len()?, "output")?;
+    if let Some(b) = bias {
+        check_len(b, g.cout, "bias")?;
+    }
+    let win = g.window;
+    let ops = vec![
+        meta(ctx, lay, "meta_fwd", nnz, idx, vals, &sc.meta)?,
+        src_planes(
+            ctx,
+            x,
+            (g.cin, win.n, win.h, win.w),
+            (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
+            (lay.pad_t, lay.pad_l),
+            lay.st,
+            &sc.planes,
+        )?,
+        spconv(ctx, lay, form, true, nnz, idx, sc, y, bias, false)?,
+    ];
+    chain(ops, sparse_flops(lay, nnz))
+}
+
+/// Useful FLOPs of one product of a layer with `nnz` active weights.
+pub fn sparse_flops(lay: &Layout, nnz: usize) -> f64 {
+    2.0 * nnz as f64 * (lay.geom.window.n * lay.ho * lay.wo) as f64
+}
+
+/// `dx (+)= conv_transpose(dy, w)`: `dy` `[cout, N, Ho, Wo]`, `dx` `[cin, N, H, W]`.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad(
+    ctx: &GpuContext,
+    form: SparseConvForm,
+    lay: &Layout,
+    nnz: usize,
+    idx: &Tensor,
+    vals: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+    sc: &Scratch,
+) -> Result<Dispatch> {
+    let g = lay.geom;
+    check(lay, nnz, idx, sc)?;
+    check_len(vals, nnz, "values")?;
+    check_len(dy, g.output_len()?, "output gradient")?;
+    check_len(dx, g.input_len(), "input gradient")?;
+    let ops = vec![
+        meta(ctx, lay, "meta_bwd", nnz, idx, vals, &sc.meta)?,
+        src_planes(
+            ctx,
+            dy,
+            (g.cout, g.window.n, lay.ho, lay.wo),
+            (1, 1, lay.hd, lay.wd, lay.p_bwd),
+            (lay.lt, lay.ll),
+            lay.std,
+            &sc.planes,
+        )?,
+        spconv(ctx, lay, form, false, nnz, idx, sc, dx, None, accumulate)?,
+    ];
+    chain(ops, sparse_flops(lay, nnz))
+}
+
+/// The weight gradient at the `nnz` active positions of `idx`, per slot into `grad`
+/// (overwritten): `x` `[cin, N, H, W]`, `dy` `[cout, N, Ho, Wo]`.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad(
+    ctx: &GpuContext,
+    form: SparseConvForm,
+    lay: &Layout,
+    nnz: usize,
+    idx: &Tensor,
+    x: &Tensor,
+    dy: &Tensor,
+    grad: &Tensor,
+    sc: &Scratch,
+) -> Result<Dispatch> {
+    let g = lay.geom;
+    let win = g.window;
+    check(lay, nnz, idx, sc)?;
+    check_len(grad, nnz, "weight gradient")?;
+    check_len(x, g.input_len(), "input")?;
+    check_len(dy, g.output_len()?, "output gradient")?;
+    let dtexels = lay.dy_space_texels();
+    let mut dspec = KernelSpec::new("sconv_src", "dy_space", SRC);
+    for (name, v) in [
+        ("N", win.n),
+        ("HO", lay.ho),
+        ("WO", lay.wo),
+        ("WQ", lay.wq),
+        ("U4", lay.u_fwd / 4),
+    ] {
+        dspec = dspec.with_override(name, v as f64);
+    }
+    let dparams = Params {
+        texels: u(dtexels, "texels")?,
+        ..Params::default()
+    };
+    let dspace = Dispatch::build_res(
+        ctx,
+        &dspec,
+        bytemuck::bytes_of(&dparams),
+        &[Res::Buf(dy), Res::Tex(&sc.dspace)],
+        dtexels.div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 32.0 * dtexels as f64);
+    // The metadata's values are not read here: the gradient stands in for them.
+    let rows_nnz = nnz.div_ceil(g.cout);
+    let wg = round4(rows_nnz).div_ceil(8) * 8;
+    let wg = wg.clamp(8, 64);
+    let spec = KernelSpec::new("sconv_sddmm", "sddmm", SDDMM)
+        .with_override("N", win.n as f64)
+        .with_override("U4", (lay.u_fwd / 4) as f64)
+        .with_override("PADJ4", ((lay.p_fwd - lay.u_fwd) / 4) as f64)
+        .with_override(
+            "BCAST",
+            f64::from(u8::from(form == SparseConvForm::Subgroup)),
+        )
+        .with_override("WG", wg as f64);
+    let params = Params {
+        rows: u(g.cout, "rows")?,
+        nnz: u(nnz, "slots")?,
+        ptr_off: u(2 * nnz + lay.in_dim() + 1, "index offset")?,
+        ..Params::default()
+    };
+    let sddmm = Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[
+            Res::Buf(idx),
+            Res::Tex(&sc.meta),
+            Res::Tex(&sc.planes),
+            Res::Tex(&sc.dspace),
+            Res::Buf(grad),
+        ],
+        g.cout as u64,
+    )?
+    .with_cost(0.0, 32.0 * nnz as f64 * (win.n * lay.u_fwd / 4) as f64);
+    let ops = vec![
+        meta(ctx, lay, "meta_fwd", nnz, idx, grad, &sc.meta)?,
+        src_planes(
+            ctx,
+            x,
+            (g.cin, win.n, win.h, win.w),
+            (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
+            (lay.pad_t, lay.pad_l),
+            lay.st,
+            &sc.planes,
+        )?,
+        dspace,
+        sddmm,
+    ];
+    chain(ops, sparse_flops(lay, nnz))
+}

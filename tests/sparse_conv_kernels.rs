@@ -1,0 +1,339 @@
+//! The compressed sparse convolution kernels (`src/gpu/sparse_conv.rs`) against their CPU twin,
+//! the dense convolution of the weights scattered from the slots (`src/cpu/conv.rs`), in both
+//! forms (subgroup broadcast and portable): odd sizes, kernels 1/3/5/7, strides 1 and 2, both
+//! paddings, batch 1, one input channel, empty and full output rows, one active weight, with and
+//! without bias, accumulating input gradients.
+
+mod common;
+
+use common::{assert_close, ctx, data, mask};
+use rigl::cpu::conv::{self as cpu, Window};
+use rigl::gpu::conv::ConvGeom;
+use rigl::gpu::sparse_conv::{self as sc, Layout, Scratch, SparseConvForm};
+use rigl::gpu::{ops, GpuContext, Tensor};
+use rigl::nn::spec::Padding;
+use rigl::sparse::csr::CsrIndex;
+
+fn cases() -> Vec<ConvGeom> {
+    let mut out = Vec::new();
+    for (n, h, w, cin, cout) in [
+        (1, 7, 5, 1, 3),
+        (3, 9, 11, 4, 5),
+        (2, 6, 6, 3, 8),
+        (4, 10, 7, 5, 6),
+    ] {
+        for k in [1, 3, 5, 7] {
+            for stride in [1, 2] {
+                for padding in [Padding::Same, Padding::Valid] {
+                    let window = Window {
+                        n,
+                        h,
+                        w,
+                        k,
+                        stride,
+                        padding,
+                    };
+                    if window.out().is_some() {
+                        out.push(ConvGeom { window, cin, cout });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn name(g: &ConvGeom) -> String {
+    let w = g.window;
+    format!(
+        "n{} {}x{} cin{} cout{} k{} s{} {:?}",
+        w.n, w.h, w.w, g.cin, g.cout, w.k, w.stride, w.padding
+    )
+}
+
+/// The masks a case runs: random at 30%, random with output channel 0 empty and channel 1
+/// full, and one active weight.
+fn masks(g: &ConvGeom, seed: u32) -> Vec<(&'static str, Vec<f32>)> {
+    let len = g.weight_len();
+    let cout = g.cout;
+    let random = mask(len, 0.3, seed);
+    let mut rows = random.clone();
+    for q in 0..len {
+        match q % cout {
+            0 => rows[q] = 0.0,
+            1 => rows[q] = 1.0,
+            _ => {}
+        }
+    }
+    let mut one = vec![0.0; len];
+    one[(seed as usize * 7919) % len] = 1.0;
+    let mut v = vec![("random 30%", random), ("one weight", one)];
+    if cout > 1 {
+        v.push(("empty and full rows", rows));
+    }
+    v
+}
+
+struct Case {
+    g: ConvGeom,
+    idx: CsrIndex,
+    w: Vec<f32>,
+    dense_w: Vec<f32>,
+}
+
+fn case(g: ConvGeom, m: &[f32], seed: u32) -> Case {
+    let in_dim = g.window.k * g.window.k * g.cin;
+    let idx = CsrIndex::from_mask(in_dim, g.cout, m).unwrap();
+    let w = data(idx.nnz(), seed);
+    let dense_w = idx.scatter(&w);
+    Case { g, idx, w, dense_w }
+}
+
+fn forms(ctx: &GpuContext) -> Vec<SparseConvForm> {
+    let f: Vec<_> = SparseConvForm::ALL
+        .into_iter()
+        .filter(|f| f.supported(ctx).is_ok())
+        .collect();
+    assert!(
+        f.contains(&SparseConvForm::Portable),
+        "the portable form must run everywhere"
+    );
+    f
+}
+
+/// Runs `check` on every (form, case, mask).
+fn each(mut check: impl FnMut(&GpuContext, SparseConvForm, &Case, &str, u32)) {
+    let ctx = ctx();
+    let mut runs = 0;
+    for form in forms(ctx) {
+        for (i, g) in cases().into_iter().enumerate() {
+            if let Err(e) = sc::supports(ctx, &g, form) {
+                panic!("{} cannot run {}: {e}", form.as_str(), name(&g));
+            }
+            for (j, (what, m)) in masks(&g, i as u32).into_iter().enumerate() {
+                if m.iter().all(|&v| v == 0.0) {
+                    continue;
+                }
+                let s = (100 * i + j) as u32;
+                let c = case(g, &m, s);
+                check(ctx, form, &c, what, s);
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 100, "only {runs} runs");
+}
+
+fn setup(ctx: &GpuContext, c: &Case) -> (Layout, Scratch, Tensor, Tensor) {
+    let lay = Layout::new(c.g).unwrap();
+    let scratch = Scratch::new(ctx, &[lay], c.idx.nnz()).unwrap();
+    let idx = Tensor::from_u32(ctx, "index", &c.idx.to_words()).unwrap();
+    let vals = Tensor::from_f32(ctx, "values", &c.w).unwrap();
+    (lay, scratch, idx, vals)
+}
+
+#[test]
+fn forward_equals_the_twin() {
+    each(|ctx, form, c, what, s| {
+        let g = c.g;
+        let (lay, scratch, idx, vals) = setup(ctx, c);
+        let x = data(g.input_len(), 10 + s);
+        let b = data(g.cout, 20 + s);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tb = Tensor::from_f32(ctx, "bias", &b).unwrap();
+        let ty = Tensor::filled(ctx, "y", g.output_len().unwrap(), f32::NAN).unwrap();
+        for biased in [false, true] {
+            let op = sc::forward(
+                ctx,
+                form,
+                &lay,
+                c.idx.nnz(),
+                &idx,
+                &vals,
+                biased.then_some(&tb),
+                &tx,
+                &ty,
+                &scratch,
+            )
+            .unwrap();
+            ops::run(ctx, "sparse conv forward", &[&op]).unwrap();
+            let want = cpu::conv2d_forward(
+                &x,
+                &c.dense_w,
+                None,
+                biased.then_some(&b[..]),
+                g.window,
+                g.cin,
+                g.cout,
+            );
+            assert_close(
+                &format!(
+                    "{} forward {} {what} bias {biased}",
+                    form.as_str(),
+                    name(&g)
+                ),
+                &ty.read_f32(ctx).unwrap(),
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
+    });
+}
+
+#[test]
+fn input_grad_equals_the_twin() {
+    each(|ctx, form, c, what, s| {
+        let g = c.g;
+        let (lay, scratch, idx, vals) = setup(ctx, c);
+        let dy = data(g.output_len().unwrap(), 30 + s);
+        let prior = data(g.input_len(), 40 + s);
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let want = cpu::conv2d_input_grad(&dy, &c.dense_w, None, g.window, g.cin, g.cout);
+        for accumulate in [false, true] {
+            // Overwriting must write every element (NaN would survive otherwise).
+            let start = if accumulate {
+                prior.clone()
+            } else {
+                vec![f32::NAN; g.input_len()]
+            };
+            let tdx = Tensor::from_f32(ctx, "dx", &start).unwrap();
+            let op = sc::input_grad(
+                ctx,
+                form,
+                &lay,
+                c.idx.nnz(),
+                &idx,
+                &vals,
+                &tdy,
+                &tdx,
+                accumulate,
+                &scratch,
+            )
+            .unwrap();
+            ops::run(ctx, "sparse conv input grad", &[&op]).unwrap();
+            let expect: Vec<f32> = if accumulate {
+                want.iter().zip(&prior).map(|(a, b)| a + b).collect()
+            } else {
+                want.clone()
+            };
+            assert_close(
+                &format!(
+                    "{} input grad {} {what} accumulate {accumulate}",
+                    form.as_str(),
+                    name(&g)
+                ),
+                &tdx.read_f32(ctx).unwrap(),
+                &expect,
+                1e-5,
+                1e-4,
+            );
+        }
+    });
+}
+
+#[test]
+fn weight_grad_equals_the_twin_at_the_slots() {
+    each(|ctx, form, c, what, s| {
+        let g = c.g;
+        let (lay, scratch, idx, _) = setup(ctx, c);
+        let x = data(g.input_len(), 50 + s);
+        let dy = data(g.output_len().unwrap(), 60 + s);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let tg = Tensor::filled(ctx, "grad", c.idx.nnz(), f32::NAN).unwrap();
+        let op =
+            sc::weight_grad(ctx, form, &lay, c.idx.nnz(), &idx, &tx, &tdy, &tg, &scratch).unwrap();
+        ops::run(ctx, "sparse conv weight grad", &[&op]).unwrap();
+        let dense = cpu::conv2d_weight_grad(&dy, &x, g.window, g.cin, g.cout);
+        assert_close(
+            &format!("{} weight grad {} {what}", form.as_str(), name(&g)),
+            &tg.read_f32(ctx).unwrap(),
+            &c.idx.gather(&dense),
+            1e-4,
+            1e-4,
+        );
+    });
+}
+
+/// One scratch serves layers of different shapes in turn (the model shares it), and a layer
+/// larger than it is refused with the sizes named.
+#[test]
+fn shared_scratch_serves_every_layer_and_refuses_a_larger_one() {
+    let ctx = ctx();
+    let form = SparseConvForm::pick(ctx);
+    let gs: Vec<ConvGeom> = cases().into_iter().step_by(7).collect();
+    let lays: Vec<Layout> = gs.iter().map(|g| Layout::new(*g).unwrap()).collect();
+    let cs: Vec<Case> = gs
+        .iter()
+        .enumerate()
+        .map(|(i, g)| case(*g, &mask(g.weight_len(), 0.5, 900 + i as u32), 7 + i as u32))
+        .collect();
+    let max_nnz = cs.iter().map(|c| c.idx.nnz()).max().unwrap();
+    let scratch = Scratch::new(ctx, &lays, max_nnz).unwrap();
+    let mut ops_list = Vec::new();
+    let mut outs = Vec::new();
+    for (i, (c, lay)) in cs.iter().zip(&lays).enumerate() {
+        let x = data(c.g.input_len(), 70 + i as u32);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let ty = Tensor::zeros(ctx, "y", c.g.output_len().unwrap()).unwrap();
+        let idx = Tensor::from_u32(ctx, "index", &c.idx.to_words()).unwrap();
+        let vals = Tensor::from_f32(ctx, "values", &c.w).unwrap();
+        ops_list.push(
+            sc::forward(
+                ctx,
+                form,
+                lay,
+                c.idx.nnz(),
+                &idx,
+                &vals,
+                None,
+                &tx,
+                &ty,
+                &scratch,
+            )
+            .unwrap(),
+        );
+        outs.push((x, ty));
+    }
+    let refs: Vec<_> = ops_list.iter().collect();
+    ops::run(ctx, "sparse conv forwards", &refs).unwrap();
+    for (c, (x, ty)) in cs.iter().zip(&outs) {
+        let want = cpu::conv2d_forward(x, &c.dense_w, None, None, c.g.window, c.g.cin, c.g.cout);
+        assert_close(&name(&c.g), &ty.read_f32(ctx).unwrap(), &want, 1e-5, 1e-4);
+    }
+    // A layer bigger than the scratch.
+    let big = ConvGeom {
+        window: Window {
+            n: 16,
+            h: 32,
+            w: 32,
+            k: 3,
+            stride: 1,
+            padding: Padding::Same,
+        },
+        cin: 16,
+        cout: 16,
+    };
+    let c = case(big, &mask(big.weight_len(), 0.5, 1), 1);
+    let lay = Layout::new(big).unwrap();
+    let idx = Tensor::from_u32(ctx, "index", &c.idx.to_words()).unwrap();
+    let vals = Tensor::from_f32(ctx, "values", &c.w).unwrap();
+    let tx = Tensor::zeros(ctx, "x", big.input_len()).unwrap();
+    let ty = Tensor::zeros(ctx, "y", big.output_len().unwrap()).unwrap();
+    let err = sc::forward(
+        ctx,
+        form,
+        &lay,
+        c.idx.nnz(),
+        &idx,
+        &vals,
+        None,
+        &tx,
+        &ty,
+        &scratch,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("scratch") && err.contains("needs"), "{err}");
+}
