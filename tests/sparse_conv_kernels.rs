@@ -58,10 +58,10 @@ fn masks(g: &ConvGeom, seed: u32) -> Vec<(&'static str, Vec<f32>)> {
     let cout = g.cout;
     let random = mask(len, 0.3, seed);
     let mut rows = random.clone();
-    for q in 0..len {
+    for (q, v) in rows.iter_mut().enumerate() {
         match q % cout {
-            0 => rows[q] = 0.0,
-            1 => rows[q] = 1.0,
+            0 => *v = 0.0,
+            1 => *v = 1.0,
             _ => {}
         }
     }
