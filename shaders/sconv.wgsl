@@ -63,6 +63,7 @@ override WG: u32 = 64u;
 override V: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
+// The layer index (forward) or the input gradient's row pointers.
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var nzmeta: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var srct: texture_storage_2d<rgba32float, read>;
@@ -216,20 +217,8 @@ fn spconv(
     bs.b6 = base(b0 + 6u * WG);
     bs.b7 = base(b0 + 7u * WG);
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (FORWARD) {
-        acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
-    } else {
-        // Row (ci, py, px): the taps (ky, kx) of that phase, each a range of slots.
-        let ci = row / (S * S);
-        let py = (row % (S * S)) / S;
-        let px = row % S;
-        for (var ky = py; ky < K; ky += S) {
-            for (var kx = px; kx < K; kx += S) {
-                let kidx = (ky * K + kx) * CIN + ci;
-                acc = walk(acc, bs, idx[p.ptr_off + kidx], idx[p.ptr_off + kidx + 1u], lane);
-            }
-        }
-    }
+    // Forward: out_ptr of the index; input gradient: the row pointers of bwd_rows (sconv_meta.wgsl).
+    acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
     store(row, b0, acc.a0);
     if (V > 1u) { store(row, b0 + 1u * WG, acc.a1); }
     if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }

@@ -43,6 +43,8 @@ override STD: u32 = 1u;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var<storage, read> vals: array<f32>;
 @group(0) @binding(3) var meta_out: texture_storage_2d<rg32uint, write>;
+// Input gradient: row pointers of the rows (ci, py, px) into the slots grouped by row.
+@group(0) @binding(4) var<storage, read_write> dptr: array<u32>;
 
 // First row of phase py of the input gradient's output space, and its count (also columns).
 fn lo(pad: u32, ph: u32) -> u32 {
@@ -71,7 +73,30 @@ fn meta_fwd(
     textureStore(meta_out, tex_at(j), vec4<u32>(vc * ST + sh / 4u, bitcast<u32>(vals[slot]), 0u, 0u));
 }
 
-// Slot order (in_ptr ranges per kernel row kidx): the input gradient's source.
+// The input gradient's rows (ci, py, px) walk the slots of the taps (ky, kx) of their stride phase:
+// row pointers over the slots grouped by row, taps in (ky, kx) order, slots in flat order within a
+// tap. One invocation (rows = cin * S * S, a few thousand at most).
+@compute @workgroup_size(1)
+fn bwd_rows() {
+    let rows = CIN * S * S;
+    let in_off = 2u * p.nnz;
+    var acc = 0u;
+    for (var row = 0u; row < rows; row++) {
+        dptr[row] = acc;
+        let ci = row / (S * S);
+        let py = (row % (S * S)) / S;
+        let px = row % S;
+        for (var ky = py; ky < K; ky += S) {
+            for (var kx = px; kx < K; kx += S) {
+                let kidx = (ky * K + kx) * CIN + ci;
+                acc += idx[in_off + kidx + 1u] - idx[in_off + kidx];
+            }
+        }
+    }
+    dptr[rows] = acc;
+}
+
+// Metadata of the input gradient (bwd_rows' order): the address in the padded output gradient.
 @compute @workgroup_size(64)
 fn meta_bwd(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -82,12 +107,28 @@ fn meta_bwd(
     if (s >= p.texels) {
         return;
     }
+    let in_off = 2u * p.nnz;
     let q = idx[s];
     let co = q % COUT;
     let kidx = q / COUT;
+    let ci = kidx % CIN;
     let ky = kidx / CIN / K;
     let kx = (kidx / CIN) % K;
-    let sh = (lo(PAD_T, ky % S) + LT - ky / S) * WD + lo(PAD_L, kx % S) + LL - kx / S;
+    let py = ky % S;
+    let px = kx % S;
+    // Rank within the row: the slots of the phase's earlier taps, then those before s in its tap.
+    var rank = s - idx[in_off + kidx];
+    for (var ty = py; ty <= ky; ty += S) {
+        for (var tx = px; tx < K; tx += S) {
+            if (ty == ky && tx >= kx) {
+                break;
+            }
+            let t = (ty * K + tx) * CIN + ci;
+            rank += idx[in_off + t + 1u] - idx[in_off + t];
+        }
+    }
+    let sh = (lo(PAD_T, py) + LT - ky / S) * WD + lo(PAD_L, px) + LL - kx / S;
     let vc = (sh % 4u) * COUT + co;
-    textureStore(meta_out, tex_at(s), vec4<u32>(vc * STD + sh / 4u, bitcast<u32>(vals[s]), 0u, 0u));
+    let j = dptr[(ci * S + py) * S + px] + rank;
+    textureStore(meta_out, tex_at(j), vec4<u32>(vc * STD + sh / 4u, bitcast<u32>(vals[s]), 0u, 0u));
 }

@@ -44,7 +44,9 @@ override U4: u32 = 1u;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var planes: texture_storage_2d<rgba32float, write>;
 
-// One texel of one shifted copy of the planes.
+// Texel t of the 4 shifted copies of one plane set (phase, channel): elements 4t .. 4t + 6 read
+// once, copy r's texel = elements 4t + r .. 4t + r + 3. Elements are walked with carries instead
+// of a division each.
 @compute @workgroup_size(64)
 fn src_planes(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -55,29 +57,46 @@ fn src_planes(
     if (g >= p.texels) {
         return;
     }
-    let vc = g / ST_;
-    let t = g % ST_;
     let nph = NP * NP;
-    let c = vc % SC;
-    let ph = (vc / SC) % nph;
-    let shift = vc / (SC * nph);
+    let plane = g / ST_;
+    let t = g % ST_;
+    let c = plane % SC;
+    let ph = plane / SC;
     let py = ph / NP;
     let px = ph % NP;
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        let e = 4u * t + shift + i;
-        let img = e / SP;
-        let rem = e % SP;
-        let a = rem / WP;
-        let b = rem % WP;
+    let e0 = 4u * t;
+    var img = e0 / SP;
+    var rem = e0 % SP;
+    var a = rem / WP;
+    var b = rem % WP;
+    var e: array<f32, 7>;
+    for (var i = 0u; i < 7u; i++) {
         // Padded coordinates; the source pixel is (y - OFF_Y, x - OFF_X).
         let y = a * SS + py;
         let x = b * SS + px;
+        var v = 0.0;
         if (img < N && a < HP && y >= OFF_Y && x >= OFF_X && y - OFF_Y < SH && x - OFF_X < SW) {
-            v[i] = src[((c * N + img) * SH + y - OFF_Y) * SW + x - OFF_X];
+            v = src[((c * N + img) * SH + y - OFF_Y) * SW + x - OFF_X];
+        }
+        e[i] = v;
+        rem += 1u;
+        b += 1u;
+        if (b == WP) {
+            b = 0u;
+            a += 1u;
+        }
+        if (rem == SP) {
+            rem = 0u;
+            a = 0u;
+            b = 0u;
+            img += 1u;
         }
     }
-    textureStore(planes, tex_at(g), v);
+    let stride = nph * SC * ST_;
+    textureStore(planes, tex_at(g), vec4<f32>(e[0], e[1], e[2], e[3]));
+    textureStore(planes, tex_at(g + stride), vec4<f32>(e[1], e[2], e[3], e[4]));
+    textureStore(planes, tex_at(g + 2u * stride), vec4<f32>(e[2], e[3], e[4], e[5]));
+    textureStore(planes, tex_at(g + 3u * stride), vec4<f32>(e[3], e[4], e[5], e[6]));
 }
 
 // The output gradient [COUT, N, HO, WO] in the forward's output space (row stride WQ, U4 vec4s

@@ -1,6 +1,8 @@
 //! `rigl bench conv`: one convolution's forward, input gradient and weight gradient, dense, with
 //! the GEMM of the same work beside it (`C[cout, N·Ho·Wo] = A[cout, k·k·cin] · B[k·k·cin,
-//! N·Ho·Wo]`), so a convolution's GFLOP/s reads against the engine's plain product.
+//! N·Ho·Wo]`), so a convolution's GFLOP/s reads against the engine's plain product. With
+//! `--sparsity`, the same three products of a kernel with that fraction of its weights inactive
+//! (drawn at random), masked-dense and compressed ([`rigl::gpu::sparse_conv`]) side by side.
 
 use clap::Args;
 
@@ -37,6 +39,14 @@ pub struct ConvBenchArgs {
     /// Kernel form: direct or texture (default: what training picks for this shape).
     #[arg(long)]
     variant: Option<String>,
+    /// Fraction of inactive weights (0 to 1): times the masked-dense and the compressed
+    /// products of a random kernel with that many inactive.
+    #[arg(long, default_value_t = 0.0)]
+    sparsity: f64,
+    /// Compressed kernels' form: subgroup or portable (default: subgroup where the adapter has
+    /// subgroups).
+    #[arg(long)]
+    form: Option<String>,
     /// Timed repetitions (median reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -76,6 +86,12 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
         return Err(CliError::usage(
             "--cin, --cout, --kernel, --stride, --hw and --batch must be at least 1",
         ));
+    }
+    if !(0.0..1.0).contains(&args.sparsity) {
+        return Err(CliError::usage(format!(
+            "--sparsity {}: expected a fraction in [0, 1)",
+            args.sparsity
+        )));
     }
     let g = ConvGeom {
         window: Window {
@@ -137,6 +153,9 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
             conv::weight_grad_with(&ctx, variant, g, &x, &dy, &dw, false)?,
         ),
     ];
+    if args.sparsity > 0.0 {
+        return sparse(&ctx, &args, g, variant, (&x, &w, &dy, &y, &dx, &dw));
+    }
     let flops = g.flops();
     let mut rows = Vec::new();
     for (name, op) in &ops {
@@ -200,4 +219,134 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
         println!("[wall timing, median of {}]", args.reps);
     }
     Ok(())
+}
+
+/// `--sparsity`: the masked-dense products and the compressed ones of the same random kernel.
+fn sparse(
+    ctx: &GpuContext,
+    args: &ConvBenchArgs,
+    g: ConvGeom,
+    variant: ConvVariant,
+    (x, w, dy, y, dx, dw): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+) -> CliResult {
+    use rand::SeedableRng;
+    use rigl::gpu::sparse_conv::{self as sc, Layout, Scratch, SparseConvForm};
+    let form = match args.form.as_deref() {
+        None => SparseConvForm::pick(ctx),
+        Some("subgroup") => SparseConvForm::Subgroup,
+        Some("portable") => SparseConvForm::Portable,
+        Some(other) => {
+            return Err(CliError::usage(format!(
+                "--form {other}: expected subgroup or portable"
+            )))
+        }
+    };
+    sc::supports(ctx, &g, form).map_err(|e| {
+        CliError::usage(format!(
+            "the compressed {} kernels cannot run this convolution on {}: {e}",
+            form.as_str(),
+            ctx.info.name
+        ))
+    })?;
+    let len = g.weight_len();
+    let nnz = (((1.0 - args.sparsity) * len as f64).round() as usize).max(1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut pos: Vec<u32> = rand::seq::index::sample(&mut rng, len, nnz)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    pos.sort_unstable();
+    let k = g.window.k * g.window.k * g.cin;
+    let index = rigl::sparse::csr::CsrIndex::from_positions(k, g.cout, pos);
+    let mask = Tensor::from_f32(ctx, "mask", &index.mask())?;
+    let idx = Tensor::from_u32(ctx, "index", &index.to_words())?;
+    let vals = Tensor::from_f32(ctx, "values", &fill(nnz, 6))?;
+    let grad = Tensor::zeros(ctx, "slot gradient", nnz)?;
+    let lay = Layout::new(g)?;
+    let scratch = Scratch::new(ctx, &[lay], nnz)?;
+    let masked = [
+        conv::forward_with(ctx, variant, g, x, w, Some(&mask), None, y)?,
+        conv::input_grad_with(ctx, variant, g, dy, w, Some(&mask), dx, false)?,
+        conv::weight_grad_with(ctx, variant, g, x, dy, dw, false)?,
+    ];
+    let compressed = [
+        sc::forward(ctx, form, &lay, nnz, &idx, &vals, None, x, y, &scratch)?,
+        sc::input_grad(ctx, form, &lay, nnz, &idx, &vals, dy, dx, false, &scratch)?,
+        sc::weight_grad(ctx, form, &lay, nnz, &idx, x, dy, &grad, &scratch)?,
+    ];
+    let useful = sc::sparse_flops(&lay, nnz);
+    let mut rows = Vec::new();
+    for (name, (m, c)) in ["forward", "input_grad", "weight_grad"]
+        .into_iter()
+        .zip(masked.iter().zip(&compressed))
+    {
+        // Alternated, so drift in the machine's speed falls on both alike.
+        let (mut mt, mut ct) = (Vec::new(), Vec::new());
+        rigl::gpu::ops::run(ctx, "warm-up", &[m, c])?;
+        for _ in 0..args.reps {
+            mt.push(profile::time_ops(ctx, &[m], 0, 1, true)?.0);
+            ct.push(profile::time_ops(ctx, &[c], 0, 1, true)?.0);
+        }
+        rows.push((name, median(&mut mt), median(&mut ct)));
+    }
+    let density = nnz as f64 / len as f64;
+    if args.json {
+        let kernels: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, m, c)| {
+                serde_json::json!({"kernel": n, "masked_ms": m, "compressed_ms": c,
+                    "ratio": c / m, "useful_gflops": useful / (c * 1e6)})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "cin": args.cin, "cout": args.cout, "kernel": args.kernel,
+                "stride": args.stride, "hw": args.hw, "batch": args.batch,
+                "padding": args.padding, "sparsity": args.sparsity, "active": nnz,
+                "density": density, "masked_variant": variant.as_str(),
+                "compressed_form": form.as_str(), "useful_flops": useful,
+                "forward_overhead": lay.fwd_overhead(), "kernels": kernels,
+                "adapter": ctx.info.name, "timing": "wall", "reps": args.reps,
+            })
+        );
+    } else {
+        println!(
+            "conv {k0}x{k0} {} -> {} at {}x{} stride {} {}, batch {}, {nnz} of {len} weights \
+             active ({:.1}%) on {}: {:.3} useful GFLOP per product",
+            args.cin,
+            args.cout,
+            args.hw,
+            args.hw,
+            args.stride,
+            args.padding,
+            args.batch,
+            100.0 * density,
+            ctx.info.name,
+            useful / 1e9,
+            k0 = args.kernel,
+        );
+        println!(
+            "  {:<12} {:>12} {:>14} {:>8} {:>16}",
+            "product",
+            format!("masked ({})", variant.as_str()),
+            format!("compressed ({})", form.as_str()),
+            "ratio",
+            "useful GFLOP/s"
+        );
+        for (n, m, c) in &rows {
+            println!(
+                "  {n:<12} {m:>9.3} ms {c:>11.3} ms {:>7.2}x {:>16.1}",
+                c / m,
+                useful / (c * 1e6)
+            );
+        }
+        println!("[wall timing, median of {} alternated runs]", args.reps);
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

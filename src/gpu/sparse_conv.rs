@@ -225,6 +225,11 @@ impl Layout {
             / (self.geom.window.n * self.ho * self.wo).max(1) as f64
     }
 
+    /// Rows of the input-gradient product: (input channel, stride phase).
+    pub fn bwd_rows(&self) -> usize {
+        self.geom.cin * self.geom.window.stride * self.geom.window.stride
+    }
+
     /// Rows of the kernel matrix (`k·k·cin`).
     pub fn in_dim(&self) -> usize {
         self.geom.window.k * self.geom.window.k * self.geom.cin
@@ -261,6 +266,8 @@ pub struct Scratch {
     pub meta: Texture,
     /// The output gradient in the forward's output space.
     pub dspace: Texture,
+    /// The input gradient's row pointers (`bwd_rows` in `shaders/sconv_meta.wgsl`).
+    pub rows: Tensor,
 }
 
 fn linear_texture(ctx: &GpuContext, label: &str, texels: usize) -> Result<Texture> {
@@ -284,6 +291,11 @@ impl Scratch {
             planes: linear_texture(ctx, "sparse convolution planes", planes)?,
             meta: meta_texture(ctx, "sparse convolution metadata", max_nnz)?,
             dspace: linear_texture(ctx, "sparse convolution output gradient", dspace)?,
+            rows: Tensor::zeros(
+                ctx,
+                "sparse convolution row pointers",
+                layouts.iter().map(Layout::bwd_rows).max().unwrap_or(0) + 1,
+            )?,
         })
     }
 
@@ -297,6 +309,14 @@ impl Scratch {
             (&self.meta, nnz, META_WIDTH),
             (&self.dspace, lay.dy_space_texels(), TEX_WIDTH),
         ];
+        if self.rows.len < lay.bwd_rows() + 1 {
+            return Err(RiglError::invalid(format!(
+                "sparse convolution scratch '{}' holds {} row pointers, the layer needs {}",
+                self.rows.label,
+                self.rows.len,
+                lay.bwd_rows() + 1
+            )));
+        }
         for (t, n, width) in need {
             if t.rows * width < n {
                 return Err(RiglError::invalid(format!(
@@ -350,6 +370,7 @@ const META: &[Binding] = &[
     Binding::Read,
     Binding::Read,
     Binding::MetaWrite,
+    Binding::ReadWrite,
 ];
 const SPCONV: &[Binding] = &[
     Binding::Uniform,
@@ -402,7 +423,8 @@ fn src_planes(
     st: usize,
     planes: &Texture,
 ) -> Result<Dispatch> {
-    let texels = 4 * np * np * c * st;
+    // One invocation per texel of the unshifted copy writes all 4 copies.
+    let texels = np * np * c * st;
     let mut spec = KernelSpec::new("sconv_src", "src_planes", SRC);
     for (name, v) in [
         ("N", n),
@@ -431,7 +453,7 @@ fn src_planes(
         &[Res::Buf(src), Res::Tex(planes)],
         texels.div_ceil(64) as u64,
     )?
-    .with_cost(0.0, 20.0 * texels as f64))
+    .with_cost(0.0, 92.0 * texels as f64))
 }
 
 fn meta(
@@ -441,7 +463,7 @@ fn meta(
     nnz: usize,
     idx: &Tensor,
     vals: &Tensor,
-    out: &Texture,
+    sc: &Scratch,
 ) -> Result<Dispatch> {
     let mut spec = lay.geometry(KernelSpec::new("sconv_meta", entry, META));
     for (name, v) in [
@@ -460,12 +482,22 @@ fn meta(
         texels: u(nnz, "slots")?,
         ..Params::default()
     };
+    let workgroups = if entry == "bwd_rows" {
+        1
+    } else {
+        nnz.div_ceil(64) as u64
+    };
     Ok(Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
-        &[Res::Buf(idx), Res::Buf(vals), Res::Tex(out)],
-        nnz.div_ceil(64) as u64,
+        &[
+            Res::Buf(idx),
+            Res::Buf(vals),
+            Res::Tex(&sc.meta),
+            Res::Buf(&sc.rows),
+        ],
+        workgroups,
     )?
     .with_cost(0.0, 20.0 * nnz as f64))
 }
@@ -500,16 +532,17 @@ fn spconv(
     let g = lay.geom;
     let n = g.window.n;
     let s = g.window.stride;
-    let (rows, u_sp, roww, p_src, ptr_off) = if forward {
+    let (rows, u_sp, roww, p_src, ptr_off, ptrs) = if forward {
         (
             g.cout,
             lay.u_fwd,
             lay.wq,
             lay.p_fwd,
             2 * nnz + lay.in_dim() + 1,
+            idx,
         )
     } else {
-        (g.cin * s * s, lay.u_bwd, lay.wd, lay.p_bwd, 2 * nnz)
+        (g.cin * s * s, lay.u_bwd, lay.wd, lay.p_bwd, 0, &sc.rows)
     };
     let total4 = n * u_sp / 4;
     let wg = 64usize;
@@ -541,7 +574,7 @@ fn spconv(
         &spec,
         bytemuck::bytes_of(&params),
         &[
-            Res::Buf(idx),
+            Res::Buf(ptrs),
             Res::Tex(&sc.meta),
             Res::Tex(&sc.planes),
             Res::Buf(out),
@@ -580,7 +613,7 @@ pub fn forward(
     }
     let win = g.window;
     let ops = vec![
-        meta(ctx, lay, "meta_fwd", nnz, idx, vals, &sc.meta)?,
+        meta(ctx, lay, "meta_fwd", nnz, idx, vals, sc)?,
         src_planes(
             ctx,
             x,
@@ -620,7 +653,8 @@ pub fn input_grad(
     check_len(dy, g.output_len()?, "output gradient")?;
     check_len(dx, g.input_len(), "input gradient")?;
     let ops = vec![
-        meta(ctx, lay, "meta_bwd", nnz, idx, vals, &sc.meta)?,
+        meta(ctx, lay, "bwd_rows", nnz, idx, vals, sc)?,
+        meta(ctx, lay, "meta_bwd", nnz, idx, vals, sc)?,
         src_planes(
             ctx,
             dy,
@@ -712,7 +746,7 @@ pub fn weight_grad(
     )?
     .with_cost(0.0, 32.0 * nnz as f64 * (win.n * lay.u_fwd / 4) as f64);
     let ops = vec![
-        meta(ctx, lay, "meta_fwd", nnz, idx, grad, &sc.meta)?,
+        meta(ctx, lay, "meta_fwd", nnz, idx, grad, sc)?,
         src_planes(
             ctx,
             x,
