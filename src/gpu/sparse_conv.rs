@@ -546,7 +546,17 @@ fn spconv(
     };
     let total4 = n * u_sp / 4;
     let wg = 64usize;
-    let v = total4.div_ceil(wg).clamp(1, VMAX);
+    // The rows of one block of positions read every source plane's texels of that block: keep
+    // them within about 512 KiB (a core's L2) so the block stays cached while its rows run
+    // (docs/performance.md#sparse-convolutions).
+    let planes = if forward {
+        4 * lay.npy * lay.npy * g.cin
+    } else {
+        4 * g.cout
+    };
+    let v = ((512 << 10) / (planes * 16 * wg))
+        .min(total4.div_ceil(wg))
+        .clamp(1, VMAX);
     let blocks = total4.div_ceil(wg * v);
     let spec = lay
         .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
