@@ -2,7 +2,8 @@
 //! dense) against the CPU twin (`cpu::model::HostModel`): the loss, every parameter gradient
 //! (weights at every position, biases, batch-norm scales and shifts), the running statistics,
 //! and the weights after an SGD step, for LeNet-5 and two small residual nets (projection and
-//! identity shortcuts, dropout, pooling on both paddings), at batch 1 and 3.
+//! identity shortcuts, dropout, pooling on both paddings), at batch 1 and 3; and the same step
+//! with the convolutions on the compressed sparse kernels (gradients and weights at the slots).
 
 mod common;
 
@@ -11,18 +12,63 @@ use common::{assert_close, ctx, data};
 use rigl::cpu::dense::sgd;
 use rigl::cpu::model::{HostModel, Mode};
 use rigl::gpu::ops::{self, SgdConfig};
-use rigl::nn::model::{GpuModel, RunMode};
+use rigl::gpu::{gemm, Tensor};
+use rigl::nn::model::{GpuModel, ModelOptions, RunMode};
 use rigl::nn::spec::ModelSpec;
+use rigl::sparse::csr::CsrIndex;
 
 const SEED: u32 = 5;
 const STEP: u32 = 17;
 
-fn check(mut host: HostModel, n: usize, what: &str) {
+fn check(host: HostModel, n: usize, what: &str) {
+    check_with(host, n, what, false)
+}
+
+/// The slots of a param's mask (compressed params) or every position.
+fn at_slots(host: &HostModel, i: usize, compressed: bool, dense: &[f32]) -> Vec<f32> {
+    let w = &host.weights[i];
+    if !compressed {
+        return dense.to_vec();
+    }
+    let cout = *w.shape.last().expect("shape");
+    CsrIndex::from_mask(w.mask.len() / cout, cout, &w.mask)
+        .expect("index")
+        .gather(dense)
+}
+
+fn check_with(mut host: HostModel, n: usize, what: &str, compressed_conv: bool) {
     let ctx = ctx();
     let input = host.spec.input_shape();
     let x = data(input.len() * n, 77);
     let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + 1) % 10 % 3).collect();
-    let gpu = GpuModel::new(ctx, &host, n, SEED).expect("GPU model");
+    let opts = ModelOptions {
+        masked: true,
+        label_smoothing: 0.0,
+        sgd: SgdConfig {
+            lr: 0.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        gemm: gemm::choose_variant(ctx).expect("variant"),
+        compressed_conv,
+    };
+    let gpu = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("GPU model");
+    let convs = gpu.compressed.iter().flatten().count();
+    if compressed_conv {
+        assert!(convs > 0, "{what}: no compressed convolution");
+    }
+    // A param's gradient and weights: its slots when compressed.
+    let slot_grad = |i: usize| -> &Tensor {
+        gpu.compressed[i]
+            .as_ref()
+            .map_or(&gpu.params[i].grad, |c| &c.grad)
+    };
+    let slot_w = |i: usize| -> &Tensor {
+        gpu.compressed[i]
+            .as_ref()
+            .map_or(&gpu.params[i].w, |c| &c.vals)
+    };
     gpu.input.write_f32(ctx, &x).expect("input");
     ctx.queue.write_buffer(
         &gpu.labels.buffer,
@@ -63,7 +109,8 @@ fn check(mut host: HostModel, n: usize, what: &str) {
     );
     assert_eq!(correct, want.correct, "{what}: correct");
     for (i, p) in gpu.params.iter().enumerate() {
-        let g = p.grad.read_f32(ctx).expect("grad");
+        let g = slot_grad(i).read_f32(ctx).expect("grad");
+        let c = gpu.compressed[i].is_some();
         let scale = want.grads.w[i]
             .iter()
             .fold(0.0f32, |m, v| m.max(v.abs()))
@@ -71,7 +118,7 @@ fn check(mut host: HostModel, n: usize, what: &str) {
         assert_close(
             &format!("{what}: {} gradient", p.name),
             &g,
-            &want.grads.w[i],
+            &at_slots(&host, i, c, &want.grads.w[i]),
             2e-4 * scale,
             2e-3,
         );
@@ -125,10 +172,12 @@ fn check(mut host: HostModel, n: usize, what: &str) {
         let mut mom = vec![0.0; hw.w.len()];
         sgd(&want.grads.w[i], &mut hw.w, &mut mom, Some(&hw.mask), cfg);
         let scale = hw.w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let c = gpu.compressed[i].is_some();
+        let want_w = at_slots(&host, i, c, &host.weights[i].w);
         assert_close(
             &format!("{what}: {} after SGD", p.name),
-            &p.w.read_f32(ctx).expect("w"),
-            &hw.w,
+            &slot_w(i).read_f32(ctx).expect("w"),
+            &want_w,
             1e-5 * scale,
             1e-4,
         );
@@ -146,6 +195,19 @@ fn residual_nets_step_like_the_twin() {
 fn lenet5_steps_like_the_twin() {
     let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
     check(model(spec, 4), 2, "lenet5 batch 2");
+}
+
+#[test]
+fn compressed_convolutions_step_like_the_twin() {
+    check_with(
+        model(residual_net(), 1),
+        3,
+        "compressed residual batch 3",
+        true,
+    );
+    check_with(model(pooled_net(), 3), 1, "compressed pooled batch 1", true);
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    check_with(model(spec, 4), 2, "compressed lenet5 batch 2", true);
 }
 
 #[test]

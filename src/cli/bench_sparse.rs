@@ -197,8 +197,9 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
 
 #[derive(Args, Debug)]
 pub struct StepBenchArgs {
-    /// A model of layers: lenet5, wrn-22-2 or resnet-50 (masked-dense kernels, the training
-    /// of these models is in progress); mlp (default) is the trainer's own MLP.
+    /// A model of layers: lenet5, wrn-22-2 or resnet-50 (`--kernels sparse`: its convolutions
+    /// on the compressed kernels; `auto` and `masked`: masked-dense); mlp (default) is the
+    /// trainer's own MLP.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
     /// Hidden widths of the fully connected model, comma-separated.
@@ -335,6 +336,20 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
         args.sparsity
     };
     let dc = rigl::sparse::DistributionConfig::new(dist, sparsity);
+    let compressed = match args.kernels.as_str() {
+        "sparse" if method == rigl::sparse::Method::Dense => {
+            return Err(CliError::usage(
+                "--kernels sparse with --method dense: a dense model has nothing to compress",
+            ))
+        }
+        "sparse" => true,
+        "auto" | "masked" => false,
+        other => {
+            return Err(CliError::usage(format!(
+                "--kernels {other}: expected auto, sparse or masked"
+            )))
+        }
+    };
     let ctx = GpuContext::new()?;
     let r = rigl::train::bench::bench_model_step(
         &ctx,
@@ -342,6 +357,7 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
         args.batch,
         sparsity,
         dc,
+        compressed,
         args.warmup,
         args.reps,
         args.profile,

@@ -18,10 +18,12 @@ use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom};
 use crate::gpu::image::{self, ImageShape};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
+use crate::gpu::sparse_conv::{self, Layout, Scratch, SparseConvForm};
 use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
 use crate::nn::loss::LossHead;
 use crate::nn::mlp::ALIGN;
 use crate::nn::spec::{Layer, ModelSpec, Shape, ShortcutFrom};
+use crate::sparse::csr::CsrIndex;
 use crate::sparse::update::LayerPlacement;
 
 mod trainable;
@@ -98,6 +100,31 @@ pub struct ModelOptions {
     pub sgd: SgdConfig,
     /// Preferred GEMM variant of the fully connected layers (resolved per product shape).
     pub gemm: GemmVariant,
+    /// Convolutions on the compressed sparse kernels ([`crate::gpu::sparse_conv`]): each
+    /// kernel's active weights as slots with their own gradient and momentum
+    /// ([`GpuModel::compressed`]), the products over them, and [`GpuModel::sgd_ops`] over the
+    /// slots. The step and its optimizer only, so far: the trainer's mask updates and state
+    /// read the flat buffers, so it does not build such a model yet (`rigl bench step
+    /// --kernels sparse` does).
+    pub compressed_conv: bool,
+}
+
+/// A convolution kernel kept compressed: its active weights as the slots of an index, with
+/// their gradient (the SDDMM's, active positions only) and momentum.
+#[derive(Debug)]
+pub struct CompressedConv {
+    /// The product geometry.
+    pub layout: Layout,
+    /// Active weights.
+    pub nnz: usize,
+    /// Index words ([`crate::sparse::csr::CsrIndex::to_words`]).
+    pub idx: Tensor,
+    /// Value per slot.
+    pub vals: Tensor,
+    /// Gradient per slot.
+    pub grad: Tensor,
+    /// Momentum per slot.
+    pub mom: Tensor,
 }
 
 /// One prebuilt optimizer dispatch: over how many elements, and whether weight decay applies.
@@ -150,6 +177,10 @@ pub struct GpuModel {
     ema_op: Dispatch,
     ever_op: Dispatch,
     total_w: usize,
+    /// Per param: its compressed form, when [`ModelOptions::compressed_conv`] made one.
+    pub compressed: Vec<Option<CompressedConv>>,
+    /// Textures the compressed convolutions share.
+    _scratch: Option<Scratch>,
 }
 
 /// Builds the dispatch lists while walking the layers.
@@ -165,6 +196,9 @@ struct Builder<'a> {
     switches: Vec<Switch>,
     dropouts: u32,
     seed: u32,
+    compressed: Vec<Option<CompressedConv>>,
+    scratch: Option<Scratch>,
+    sform: SparseConvForm,
 }
 
 fn image_shape(s: Shape, n: usize) -> ImageShape {
@@ -310,6 +344,30 @@ impl Builder<'_> {
                 let y = self.act(Shape { c: *out, h, w }, &format!("{name} output"))?;
                 let p = &self.params[idx];
                 let bias = p.bias.as_ref().map(|b| &b[0]);
+                if let (Some(c), Some(sc)) = (&self.compressed[idx], &self.scratch) {
+                    let (f, lay) = (self.sform, &c.layout);
+                    if lay.geom != g {
+                        return Err(RiglError::invalid(format!(
+                            "convolution {name}: compressed for {:?}, built for {g:?}",
+                            lay.geom
+                        )));
+                    }
+                    self.forward.push(sparse_conv::forward(
+                        ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
+                    )?);
+                    if let Some([_, gb, _]) = &p.bias {
+                        bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
+                    }
+                    bwd.push(sparse_conv::weight_grad(
+                        ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
+                    )?);
+                    if needs_grad {
+                        bwd.push(sparse_conv::input_grad(
+                            ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
+                        )?);
+                    }
+                    return Ok((y, bwd));
+                }
                 self.forward.push(conv::forward(
                     ctx,
                     g,
@@ -592,6 +650,7 @@ impl GpuModel {
                 nesterov: false,
             },
             gemm: gemm::choose_variant(ctx)?,
+            compressed_conv: false,
         };
         Self::with_options(ctx, host, batch, seed, opts)
     }
@@ -678,6 +737,11 @@ impl GpuModel {
                 bias,
             });
         }
+        let (compressed, scratch) = if opts.compressed_conv {
+            compress_convs(ctx, host, batch)?
+        } else {
+            (host.weights.iter().map(|_| None).collect(), None)
+        };
         let input = host.spec.input_shape();
         let mut b = Builder {
             ctx,
@@ -690,6 +754,9 @@ impl GpuModel {
             switches: Vec::new(),
             dropouts: 0,
             seed,
+            compressed,
+            scratch,
+            sform: SparseConvForm::pick(ctx),
         };
         let x = b.act(input, "input")?;
         let layers = host.spec.layers.clone();
@@ -769,6 +836,8 @@ impl GpuModel {
             ema_op,
             ever_op,
             total_w,
+            compressed: b.compressed,
+            _scratch: b.scratch,
         };
         model.load_norms(ctx, host)?;
         Ok(model)
@@ -853,16 +922,11 @@ impl GpuModel {
             ..cfg
         };
         let mut out = Vec::new();
-        for p in &self.params {
-            out.push(ops::sgd(
-                ctx,
-                &p.grad,
-                &p.w,
-                &p.mom,
-                Some(&p.mask),
-                p.w.len,
-                cfg,
-            )?);
+        for (p, c) in self.params.iter().zip(&self.compressed) {
+            out.push(match c {
+                Some(c) => ops::sgd(ctx, &c.grad, &c.vals, &c.mom, None, c.nnz, cfg)?,
+                None => ops::sgd(ctx, &p.grad, &p.w, &p.mom, Some(&p.mask), p.w.len, cfg)?,
+            });
             if let Some([b, gb, mb]) = &p.bias {
                 out.push(ops::sgd(ctx, gb, b, mb, None, b.len, no_decay)?);
             }
@@ -889,4 +953,54 @@ impl GpuModel {
         let correct = s[n..2 * n].iter().filter(|&&c| c > 0.0).count();
         Ok((loss, correct))
     }
+}
+
+/// The compressed form of every convolution kernel of `host` for batches of `n`, and the
+/// textures they share.
+#[allow(clippy::type_complexity)]
+fn compress_convs(
+    ctx: &GpuContext,
+    host: &HostModel,
+    n: usize,
+) -> Result<(Vec<Option<CompressedConv>>, Option<Scratch>)> {
+    let (_, layers) = host.spec.infer()?;
+    let form = SparseConvForm::pick(ctx);
+    let mut out = Vec::with_capacity(host.weights.len());
+    for (wl, hw) in layers.iter().zip(&host.weights) {
+        let Some(g) = wl.conv_geom(n) else {
+            out.push(None);
+            continue;
+        };
+        sparse_conv::supports(ctx, &g, form).map_err(|e| {
+            RiglError::invalid(format!(
+                "convolution {}: the compressed kernels cannot run it: {e}",
+                hw.name
+            ))
+        })?;
+        let index = CsrIndex::from_mask(g.window.k * g.window.k * g.cin, g.cout, &hw.mask)?;
+        let nnz = index.nnz();
+        if nnz == 0 {
+            return Err(RiglError::invalid(format!(
+                "convolution {}: no active weights to compress",
+                hw.name
+            )));
+        }
+        let label = |what: &str| format!("{} {what}", hw.name);
+        out.push(Some(CompressedConv {
+            layout: Layout::new(g)?,
+            nnz,
+            idx: Tensor::from_u32(ctx, &label("index"), &index.to_words())?,
+            vals: Tensor::from_f32(ctx, &label("slot values"), &index.gather(&hw.w))?,
+            grad: Tensor::zeros(ctx, &label("slot gradients"), nnz)?,
+            mom: Tensor::zeros(ctx, &label("slot momentum"), nnz)?,
+        }));
+    }
+    let layouts: Vec<Layout> = out.iter().flatten().map(|c| c.layout).collect();
+    let scratch = if layouts.is_empty() {
+        None
+    } else {
+        let max_nnz = out.iter().flatten().map(|c| c.nnz).max().unwrap_or(1);
+        Some(Scratch::new(ctx, &layouts, max_nnz)?)
+    };
+    Ok((out, scratch))
 }

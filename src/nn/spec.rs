@@ -229,6 +229,29 @@ pub struct WeightLayer {
     pub input: Shape,
     /// Whether the layer has a bias.
     pub bias: bool,
+    /// Stride and padding (a linear layer: 1 and valid).
+    pub stride: usize,
+    /// Padding of a convolution.
+    pub padding: Padding,
+}
+
+impl WeightLayer {
+    /// A convolution's geometry over `n` images (`None` for a linear layer).
+    pub fn conv_geom(&self, n: usize) -> Option<crate::gpu::conv::ConvGeom> {
+        let s = &self.spec.layer.shape;
+        (s.len() == 4).then(|| crate::gpu::conv::ConvGeom {
+            window: crate::shape::Window {
+                n,
+                h: self.input.h,
+                w: self.input.w,
+                k: s[0],
+                stride: self.stride,
+                padding: self.padding,
+            },
+            cin: s[2],
+            cout: s[3],
+        })
+    }
 }
 
 /// Walks layers, inferring shapes and collecting weight tensors.
@@ -284,6 +307,8 @@ impl Walker {
                     },
                     input: s,
                     bias: *bias,
+                    stride: 1,
+                    padding: Padding::Valid,
                 });
                 Ok(Shape {
                     c: *out,
@@ -325,6 +350,8 @@ impl Walker {
                     },
                     input: s,
                     bias: *bias,
+                    stride: *stride,
+                    padding: *padding,
                 });
                 Ok(Shape { c: *out, h, w })
             }

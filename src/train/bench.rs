@@ -225,7 +225,7 @@ pub fn bench_step(
     })
 }
 
-/// What `rigl bench step --model` reports for a model of layers (masked-dense kernels).
+/// What `rigl bench step --model` reports for a model of layers.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelStepBench {
     /// Model name.
@@ -234,7 +234,8 @@ pub struct ModelStepBench {
     pub batch: usize,
     /// Global target sparsity (ERK) of the masks.
     pub sparsity: f64,
-    /// Kernels: `masked` (masked-dense convolutions and GEMMs).
+    /// Kernels: `masked` (masked-dense convolutions and GEMMs) or `sparse` (convolutions on the
+    /// compressed kernels, linear layers masked-dense).
     pub kernels: &'static str,
     /// Median time of a training step (forward, loss, backward, SGD), ms.
     pub step_ms: f64,
@@ -254,8 +255,9 @@ pub struct ModelStepBench {
     pub profile: Vec<(String, f64)>,
 }
 
-/// Times a training step of a model of layers on the masked-dense path, its masks drawn at
-/// `sparsity` with `distribution` (exact active counts per param) and He-normal weights.
+/// Times a training step of a model of layers on the masked-dense path (or, with
+/// `compressed_conv`, its convolutions on the compressed kernels), its masks drawn at `sparsity`
+/// with `distribution` (exact active counts per param) and He-normal weights.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_model_step(
     ctx: &GpuContext,
@@ -263,6 +265,7 @@ pub fn bench_model_step(
     batch: usize,
     sparsity: f64,
     distribution: crate::sparse::DistributionConfig,
+    compressed_conv: bool,
     warmup: usize,
     reps: usize,
     with_profile: bool,
@@ -291,7 +294,19 @@ pub fn bench_model_step(
     for (w, m) in host.weights.iter_mut().zip(masks) {
         w.mask = m;
     }
-    let model = GpuModel::new(ctx, &host, batch, 0)?;
+    let opts = crate::nn::model::ModelOptions {
+        masked: true,
+        label_smoothing: 0.0,
+        sgd: crate::gpu::ops::SgdConfig {
+            lr: 0.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        gemm: crate::gpu::gemm::choose_variant(ctx)?,
+        compressed_conv,
+    };
+    let model = GpuModel::with_options(ctx, &host, batch, 0, opts)?;
     let input = spec.input_shape();
     let x: Vec<f32> = (0..input.len() * batch)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -330,7 +345,7 @@ pub fn bench_model_step(
         model: spec.name.clone(),
         batch,
         sparsity,
-        kernels: "masked",
+        kernels: if compressed_conv { "sparse" } else { "masked" },
         step_ms,
         samples_per_sec: batch as f64 / (step_ms / 1000.0),
         step_dispatches: ops.len(),

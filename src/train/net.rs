@@ -310,6 +310,8 @@ fn build_model(
             label_smoothing: cfg.label_smoothing,
             sgd,
             gemm: gemm_variant,
+            // The trainer's mask updates and state read the flat buffers.
+            compressed_conv: false,
         },
     )?;
     let rule = grow_rule(cfg.method);
