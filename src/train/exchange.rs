@@ -205,6 +205,19 @@ impl Run<'_> {
         }
     }
 
+    /// The running loss and accuracy sums over every rank (a data-parallel checkpoint saves
+    /// them), waiting for the step in flight; `None` in a run of one.
+    pub(super) fn window_sums_over_ranks(&mut self) -> Result<Option<[f32; 2]>> {
+        if self.dist.is_none() {
+            return Ok(None);
+        }
+        self.wait_pending()?;
+        let s = self.parts.model().read_sums_f32(self.ctx)?;
+        let mut sums = [f64::from(s[0]), f64::from(s[1])];
+        self.sum_over_ranks(&mut sums);
+        Ok(Some([sums[0] as f32, sums[1] as f32]))
+    }
+
     /// Whether any rank asks for `flag` (a stop, a skipped batch), when there are ranks.
     pub(super) fn any_rank(&self, flag: bool) -> bool {
         match &self.dist {

@@ -474,6 +474,10 @@ impl<'a> Run<'a> {
         if let Some(ck) = resume {
             load_resumed(ctx, parts.model(), ck)?;
             c = Counters::resumed(ck);
+            // The checkpoint's window sums are every rank's: rank 0 carries them on.
+            if dist.as_ref().is_some_and(|d| d.rank != 0) {
+                parts.model().set_sums(ctx, [0.0, 0.0])?;
+            }
         }
         let flops = Flops::new(&layers, &plan);
         let metrics = match run_dir {
@@ -563,8 +567,13 @@ impl<'a> Run<'a> {
                 .checkpoint_every
                 .is_some_and(|n| done.is_multiple_of(n));
         let mut written = None;
+        // A data-parallel checkpoint holds the window's loss sums over every rank.
+        let window_sums = match due || stop {
+            true => self.window_sums_over_ranks()?,
+            false => None,
+        };
         if let Some(dir) = self.run_dir.filter(|_| due || stop) {
-            written = Some(self.checkpoint_now(dir, done)?);
+            written = Some(self.checkpoint_now(dir, done, window_sums)?);
         }
         if !stop {
             return Ok(None);
@@ -579,13 +588,21 @@ impl<'a> Run<'a> {
 
     /// Waits for the step in flight, reads the model back, refuses non-finite values (naming
     /// them and the last good checkpoint) and writes the checkpoint of `done` steps.
-    fn checkpoint_now(&mut self, dir: &Path, done: u64) -> Result<PathBuf> {
+    fn checkpoint_now(
+        &mut self,
+        dir: &Path,
+        done: u64,
+        window_sums: Option<[f32; 2]>,
+    ) -> Result<PathBuf> {
         self.wait_pending()?;
         let model = self.parts.model();
-        let state = self.ctx.scoped(
+        let mut state = self.ctx.scoped(
             &format!("reading the model state back for the checkpoint of step {done}"),
             || model.read_state(self.ctx),
         )?;
+        if let Some(sums) = window_sums {
+            state.loss_sums = sums;
+        }
         let mut bad = state.non_finite(&self.layer_names);
         if !state.loss_sums.iter().all(|v| v.is_finite()) {
             bad.insert(
