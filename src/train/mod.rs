@@ -2,6 +2,7 @@
 //! FLOPs accounting, the ITOP rate, checkpoints with exact resume, and the final model file.
 
 pub mod bench;
+pub mod bench_dist;
 pub mod checkpoint;
 pub mod config;
 mod exchange;
