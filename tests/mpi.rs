@@ -100,7 +100,7 @@ fn assert_close(what: &str, reference: &Path, other: &Path, rtol: f64) -> f64 {
     for (name, ta) in &a {
         match (ta, &b[name]) {
             (T::Bytes(x), T::Bytes(y)) => {
-                sparse |= name.ends_with(".mask") && x.iter().any(|&v| v == 0);
+                sparse |= name.ends_with(".mask") && x.contains(&0);
                 assert!(x == y, "{what}: {name} differs between 1 and 2 ranks");
             }
             (T::F32(x), T::F32(y)) if name.ends_with(".weight") || name.ends_with(".bias") => {
