@@ -91,6 +91,18 @@ pub enum RiglError {
         message: String,
     },
 
+    /// The ranks of a data-parallel run hold different masks after a mask update (their inputs
+    /// differed): the run stops rather than train replicas that silently disagree.
+    #[error("the ranks' masks of layer {layer} differ after the mask update of step {step} (checksums {checksums})")]
+    MasksDiverged {
+        /// The first layer whose masks differ.
+        layer: String,
+        /// Steps done.
+        step: u64,
+        /// The lowest and highest checksum over the ranks.
+        checksums: String,
+    },
+
     /// An I/O failure on a named file.
     #[error("{path}: {source}")]
     Io {

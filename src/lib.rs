@@ -6,12 +6,14 @@
 //! [`cpu`] (the reference twin of every kernel), [`sparse`] (distributions, schedules, masks and
 //! their updates), [`npy`] (NumPy `.npy` reading, `.npz` writing) and [`data`] (the IDX reader,
 //! datasets, the synthetic task and feature-major batching). [`embed`] is the API for other
-//! trainers: rigl as the sparse backend of their own training loop.
+//! trainers: rigl as the sparse backend of their own training loop. [`dist`] holds what a
+//! data-parallel run needs of its ranks (MPI behind the cargo feature `mpi`).
 #![warn(missing_docs)]
 
 pub mod canonical;
 pub mod cpu;
 pub mod data;
+pub mod dist;
 pub mod embed;
 pub mod error;
 pub mod gpu;

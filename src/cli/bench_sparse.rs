@@ -9,6 +9,7 @@ use rigl::sparse::active_count;
 use rigl::sparse::csr::CsrIndex;
 use rigl::sparse::init::{init_layer, WeightInit};
 
+use super::dist::Ranks;
 use super::{CliError, CliResult};
 
 #[derive(Args, Debug)]
@@ -241,9 +242,21 @@ pub struct StepBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// The step of a data-parallel run, as under `mpirun` (there it is the default): compute
+    /// time, gradient exchange time and bytes exchanged per ordinary and per mask-update step,
+    /// for the method and for the same model trained dense, through the trainer's own steps
+    /// (ΔT 10, `--warmup` steps, then `--reps` steps timed). In one process it gives the
+    /// baseline of one rank.
+    #[arg(long)]
+    exchange: bool,
 }
 
 pub fn step(args: StepBenchArgs) -> CliResult {
+    let ranks = Ranks::start()?;
+    if args.exchange || ranks.size() > 1 {
+        let result = exchange_step(&args, &ranks);
+        return ranks.finish(result, 0);
+    }
     if let Some(name) = args
         .model
         .as_deref()
@@ -389,4 +402,110 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// `rigl bench step` of a data-parallel run: the method's step and the dense one's, on every
+/// rank; rank 0 prints.
+fn exchange_step(args: &StepBenchArgs, ranks: &Ranks) -> CliResult {
+    let method = rigl::sparse::Method::parse(&args.method)?;
+    let mut cfg = rigl::train::TrainConfig {
+        batch: args.batch,
+        sparsity: args.sparsity,
+        method,
+        distribution: rigl::sparse::Distribution::parse(&args.distribution)?,
+        kernels: rigl::nn::choice::KernelChoice::parse(&args.kernels)?,
+        alpha: args.alpha,
+        delta_t: 10,
+        ..Default::default()
+    };
+    super::train::apply_model_flags(&mut cfg, args.model.as_deref(), None)?;
+    if cfg.model_spec()?.is_none() {
+        cfg.hidden = parse_widths(&args.hidden)?;
+    }
+    cfg.validate()?;
+    rigl::dist::shard_size(cfg.batch, ranks.size()).map_err(CliError::usage)?;
+    let ctx = ranks.context()?;
+    let mut results = Vec::new();
+    let dense = rigl::sparse::Method::Dense;
+    let methods = if method == dense {
+        vec![dense]
+    } else {
+        vec![method, dense]
+    };
+    for m in methods {
+        // The dense model has no sparse layers to choose kernels for.
+        let kernels = match m {
+            rigl::sparse::Method::Dense => rigl::nn::choice::KernelChoice::Auto,
+            _ => cfg.kernels,
+        };
+        let c = rigl::train::TrainConfig {
+            method: m,
+            kernels,
+            ..cfg.clone()
+        };
+        results.push(rigl::train::bench_dist::bench_distributed(
+            &ctx,
+            &c,
+            args.features,
+            args.classes,
+            ranks.comm(),
+            args.warmup,
+            args.reps,
+        )?);
+    }
+    if !ranks.is_writer() {
+        return Ok(());
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&results).map_err(|e| CliError::usage(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let dense_bytes = results.last().map_or(0.0, |d| d.bytes_per_step);
+    for r in &results {
+        let upd = match (
+            r.update_step_ms,
+            r.update_exchange_ms,
+            r.bytes_per_update_step,
+        ) {
+            (Some(s), Some(x), Some(b)) => format!(
+                "; update step {s:.3} ms, exchange {x:.3} ms, {b:.0} bytes ({} steps)",
+                r.update_steps
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "step {} ({} kernels), {} rank(s), batch {} in shards of {} on {}: step {:.3} ms = \
+             compute {:.3} ms + exchange {:.3} ms; {:.0} bytes exchanged ({:.3}x dense) \
+             [median of {}]{upd}",
+            r.method,
+            r.kernels,
+            r.ranks,
+            r.batch,
+            r.shard,
+            r.adapter,
+            r.step_ms,
+            r.compute_ms,
+            r.exchange_ms,
+            r.bytes_per_step,
+            r.bytes_per_step / dense_bytes.max(1.0),
+            r.steps
+        );
+    }
+    Ok(())
+}
+
+/// `--hidden` widths.
+fn parse_widths(hidden: &str) -> Result<Vec<usize>, CliError> {
+    hidden
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| CliError::usage(format!("--hidden: '{s}' is not a width")))
+        })
+        .collect()
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_conv;
 mod bench_sparse;
+mod dist;
 mod eval;
 mod info;
 mod mask_update;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rigl::data::{DataSource, IdxFiles, SyntheticSpec};
-use rigl::gpu::GpuContext;
 use rigl::sparse::plan::shape_text;
 use rigl::sparse::{Distribution, DropSchedule, Method};
 use rigl::train::checkpoint;
@@ -18,6 +17,7 @@ use rigl::train::{
     TrainSummary,
 };
 
+use super::dist::Ranks;
 use super::{CliError, CliResult};
 
 /// Flags of `rigl train`. Every one is optional: unset flags take the value from `--config` or
@@ -534,8 +534,40 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 pub fn run(args: TrainArgs) -> CliResult {
+    let ranks = Ranks::start()?;
+    let result = run_rank(args, &ranks);
+    ranks.finish(result, EXIT_STOPPED)
+}
+
+/// The checkpoint `--resume PATH` names: the newest good one of a run directory. The ranks of a
+/// data-parallel run resume from the one rank 0 found.
+fn find_resume(path: &std::path::Path, ranks: &Ranks) -> Result<checkpoint::Found, CliError> {
+    let Some(comm) = ranks.comm() else {
+        return checkpoint::find(path).map_err(CliError::usage);
+    };
+    let mut chosen = Vec::new();
+    let found = match comm.rank() {
+        0 => {
+            let f = checkpoint::find(path).map_err(CliError::usage)?;
+            chosen = f.checkpoint.path.display().to_string().into_bytes();
+            Some(f)
+        }
+        _ => None,
+    };
+    comm.broadcast_bytes(0, &mut chosen);
+    match found {
+        Some(f) => Ok(f),
+        None => {
+            let p = PathBuf::from(String::from_utf8_lossy(&chosen).into_owned());
+            checkpoint::find(&p).map_err(CliError::usage)
+        }
+    }
+}
+
+fn run_rank(args: TrainArgs, ranks: &Ranks) -> CliResult {
+    let writer = ranks.is_writer();
     let found = match &args.resume {
-        Some(p) => Some(checkpoint::find(p).map_err(CliError::usage)?),
+        Some(p) => Some(find_resume(p, ranks)?),
         None => None,
     };
     if let Some(f) = &found {
@@ -551,6 +583,8 @@ pub fn run(args: TrainArgs) -> CliResult {
     }
     let resume = found.map(|f| f.checkpoint);
     let cfg = args.config_over(resume.as_ref().map(|c| &c.config))?;
+    // Each rank trains on an equal shard of every global batch.
+    rigl::dist::shard_size(cfg.batch, ranks.size()).map_err(CliError::usage)?;
     let data = load_data(&cfg)?;
     if let Some(ck) = &resume {
         let sizes = cfg
@@ -566,8 +600,8 @@ pub fn run(args: TrainArgs) -> CliResult {
         Some(p) => Some(KernelRecord::read(p).map_err(CliError::usage)?),
         None => None,
     };
-    let ctx = GpuContext::new()?;
-    if ctx.is_software() && !args.json {
+    let ctx = ranks.context()?;
+    if ctx.is_software() && !args.json && writer {
         eprintln!(
             "note: running on the software adapter '{}' (no GPU driver found or chosen)",
             ctx.info.name
@@ -592,7 +626,7 @@ pub fn run(args: TrainArgs) -> CliResult {
                 ck.trainer.adapter, ctx.info.name
             );
         }
-        if !args.json {
+        if !args.json && writer {
             eprintln!(
                 "resuming {} from {} at step {} of {}",
                 out.display(),
@@ -601,12 +635,14 @@ pub fn run(args: TrainArgs) -> CliResult {
                 ck.trainer.total_steps
             );
         }
-        checkpoint::remove_stale_temporaries(&out)?;
-        for p in checkpoint::remove_newer(&out, ck.trainer.step)? {
-            eprintln!(
-                "rigl: removed {}, newer than the checkpoint resumed from",
-                p.display()
-            );
+        if writer {
+            checkpoint::remove_stale_temporaries(&out)?;
+            for p in checkpoint::remove_newer(&out, ck.trainer.step)? {
+                eprintln!(
+                    "rigl: removed {}, newer than the checkpoint resumed from",
+                    p.display()
+                );
+            }
         }
     }
     let before = resume.as_ref().map(|c| &c.trainer);
@@ -629,8 +665,18 @@ pub fn run(args: TrainArgs) -> CliResult {
         stop_after_steps: args.stop_after_steps,
         stall_checkpoint_write: args.test_stall_checkpoint_write,
         kernels_from: kernels_from.map(|(r, _)| r),
+        comm: ranks.comm(),
     };
-    let mut progress = CliProgress::new(args.json);
+    if let (Some(comm), true) = (ranks.comm(), writer) {
+        eprintln!(
+            "data-parallel over {} ranks: a global batch of {} in shards of {}",
+            comm.size(),
+            cfg.batch,
+            cfg.batch / comm.size()
+        );
+    }
+    // The other ranks of a data-parallel run stay quiet; rank 0 reports.
+    let mut progress = CliProgress::new(args.json || !writer);
     let end = train::train_with(
         &ctx,
         &cfg,
@@ -642,6 +688,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     )?;
     let summary = match end {
         RunEnd::Finished(s) => s,
+        RunEnd::Stopped { .. } if !writer => return Err(CliError::exit(EXIT_STOPPED)),
         RunEnd::Stopped { step, checkpoint } => {
             let at = checkpoint.map_or_else(|| "-".to_string(), |p| p.display().to_string());
             eprintln!(
@@ -651,6 +698,9 @@ pub fn run(args: TrainArgs) -> CliResult {
             return Err(CliError::exit(EXIT_STOPPED));
         }
     };
+    if !writer {
+        return Ok(());
+    }
     if args.json {
         println!(
             "{}",

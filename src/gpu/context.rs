@@ -127,6 +127,26 @@ pub fn choose_adapter(infos: &[wgpu::AdapterInfo], name_filter: Option<&str>) ->
         })
 }
 
+/// The adapter of the `local_rank`-th process on a machine (data-parallel runs, one process per
+/// adapter): with a name filter, the best match (ranks share it); otherwise the suitable adapters
+/// are those of the best device type and backend found, and rank `i` takes the `i`-th of them
+/// (modulo their number, so ranks share adapters when there are more ranks than adapters).
+pub fn choose_adapter_for_rank(
+    infos: &[wgpu::AdapterInfo],
+    name_filter: Option<&str>,
+    local_rank: usize,
+) -> Result<usize> {
+    let best = choose_adapter(infos, name_filter)?;
+    if name_filter.is_some() {
+        return Ok(best);
+    }
+    let class = |i: &wgpu::AdapterInfo| (backend_rank(i.backend), type_rank(i.device_type));
+    let suitable: Vec<usize> = (0..infos.len())
+        .filter(|&i| class(&infos[i]) == class(&infos[best]))
+        .collect();
+    Ok(suitable[local_rank % suitable.len()])
+}
+
 impl GpuContext {
     /// Creates a device on the best adapter: discrete > integrated > virtual > CPU, or the one whose
     /// name contains `$RIGL_ADAPTER`. `WGPU_BACKEND` restricts the backends searched.
@@ -140,7 +160,21 @@ impl GpuContext {
         pollster::block_on(Self::new_async(name_filter))
     }
 
+    /// The context of the `local_rank`-th process on this machine
+    /// ([`choose_adapter_for_rank`]; `$RIGL_ADAPTER` still filters by name).
+    pub fn for_local_rank(local_rank: usize) -> Result<Self> {
+        let filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
+        pollster::block_on(Self::open(|infos| {
+            choose_adapter_for_rank(infos, filter.as_deref(), local_rank)
+        }))
+    }
+
     async fn new_async(name_filter: Option<&str>) -> Result<Self> {
+        Self::open(|infos| choose_adapter(infos, name_filter)).await
+    }
+
+    /// A device on the adapter `pick` chooses among those found.
+    async fn open(pick: impl FnOnce(&[wgpu::AdapterInfo]) -> Result<usize>) -> Result<Self> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         // Validation layers slow every dispatch; wgpu's own validation still runs.
         desc.flags.remove(wgpu::InstanceFlags::VALIDATION);
@@ -152,7 +186,7 @@ impl GpuContext {
         let instance = wgpu::Instance::new(desc);
         let adapters = instance.enumerate_adapters(backends).await;
         let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
-        let idx = choose_adapter(&infos, name_filter)?;
+        let idx = pick(&infos)?;
         let adapter = &adapters[idx];
         let info = infos[idx].clone();
         if info.device_type == wgpu::DeviceType::Cpu {

@@ -118,6 +118,8 @@ pub struct SparseMlp {
     drop: MaskUpdater,
     grows: Vec<MaskUpdater>,
     dense_grad: Vec<Dispatch>,
+    /// Per layer: the view of the dense gradient scratch its `dense_grad` op writes.
+    dense_grad_views: Vec<Tensor>,
     rebuild: Vec<(Vec<Dispatch>, Vec<Dispatch>)>,
     total_slots: usize,
     total_b: usize,
@@ -547,6 +549,7 @@ impl SparseMlp {
         let variant = cfg.gemm;
         let mut grows = Vec::new();
         let mut dense_grad = Vec::new();
+        let mut dense_grad_views = Vec::new();
         let mut rebuild = Vec::new();
         for (l, ly) in layers.iter().enumerate() {
             let n = ly.shape.in_dim * ly.shape.out_dim;
@@ -565,6 +568,7 @@ impl SparseMlp {
             )?);
             let input = if l == 0 { &x } else { &acts[l - 1] };
             dense_grad.push(dense_wgrad_op(ctx, variant, ly, b, input, &dacts[l], &g)?);
+            dense_grad_views.push(g);
             let dropsel = drop.selection().slice(
                 ctx,
                 ly.slot_offset,
@@ -629,6 +633,7 @@ impl SparseMlp {
             drop,
             grows,
             dense_grad,
+            dense_grad_views,
             rebuild,
             total_slots,
             total_b,
@@ -839,6 +844,27 @@ impl SparseMlp {
         }
         v.extend(self.meta_ops.iter());
         Ok(v)
+    }
+
+    /// [`Self::update_ops`] cut after each layer's dense gradient (RigL's grow score), for a
+    /// data-parallel run to average it over the ranks before that layer's grow selection reads
+    /// it: segment `l` ends with layer `l`'s dense gradient, written to `views[l]` (a view of the
+    /// one scratch, so it must be averaged before the next segment runs); the last segment has
+    /// the rest. The segments in order are exactly [`Self::update_ops`]`(GrowRule::Score)`.
+    pub fn update_segments(&self) -> (Vec<Vec<&Dispatch>>, &[Tensor]) {
+        let mut segments = Vec::with_capacity(self.n_layers() + 1);
+        let mut v = self.drop.drop_dispatches();
+        v.extend(self.unpack_ops.iter());
+        for l in 0..self.n_layers() {
+            v.push(&self.dense_grad[l]);
+            segments.push(std::mem::take(&mut v));
+            v.extend(self.rebuild[l].0.iter());
+            v.extend(self.grows[l].grow_dispatches(GrowRule::Score));
+            v.extend(self.rebuild[l].1.iter());
+        }
+        v.extend(self.meta_ops.iter());
+        segments.push(v);
+        (segments, &self.dense_grad_views)
     }
 
     /// New connections per layer made by the last mask update.

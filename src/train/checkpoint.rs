@@ -86,6 +86,10 @@ pub struct RunOptions {
     pub stall_checkpoint_write: Option<u64>,
     /// Replay another run's kernel choices (`--kernels-from`) instead of the tuning cache's.
     pub kernels_from: Option<crate::train::kernels::KernelRecord>,
+    /// The ranks of a data-parallel run (SPEC §9): with two or more, each rank trains on its
+    /// shard of every global batch and the gradients are averaged over the ranks; rank 0 alone
+    /// writes the run directory and evaluates. `None` (or one rank): a run of one process.
+    pub comm: Option<std::rc::Rc<dyn crate::dist::Collective>>,
 }
 
 impl Default for RunOptions {
@@ -99,6 +103,7 @@ impl Default for RunOptions {
             stop_after_steps: None,
             stall_checkpoint_write: None,
             kernels_from: None,
+            comm: None,
         }
     }
 }

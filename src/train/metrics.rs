@@ -18,6 +18,10 @@ impl Run<'_> {
         let (ctx, model) = (self.ctx, self.parts.model());
         let (loss_sum, correct) = model.read_sums(ctx)?;
         model.reset_sums(ctx)?;
+        // Over every rank's shard of the window's batches.
+        let mut sums = [loss_sum, correct];
+        self.sum_over_ranks(&mut sums);
+        let [loss_sum, correct] = sums;
         // A window of skipped batches only has no loss (NaN, written as null).
         let samples = self.c.window_samples as f64;
         let loss = loss_sum / samples;
@@ -56,7 +60,11 @@ impl Run<'_> {
         let (ctx, model) = (self.ctx, self.parts.model());
         self.c.final_train_loss = self.c.epoch_loss.0 / self.c.epoch_loss.1.max(1) as f64;
         self.c.epoch_loss = (0.0, 0);
-        self.c.last_eval = evaluate(ctx, model, self.test)?;
+        // A data-parallel run evaluates on rank 0 (the model is the same on every rank).
+        self.c.last_eval = match self.is_writer() {
+            true => evaluate(ctx, model, self.test)?,
+            false => (f64::NAN, f64::NAN),
+        };
         let line = MetricsLine {
             kind: "eval",
             step: step + 1,

@@ -2,8 +2,10 @@
 //! FLOPs accounting, the ITOP rate, checkpoints with exact resume, and the final model file.
 
 pub mod bench;
+pub mod bench_dist;
 pub mod checkpoint;
 pub mod config;
+mod exchange;
 pub mod kernels;
 mod metrics;
 pub mod model_file;
@@ -120,6 +122,47 @@ pub struct TrainSummary {
     pub kernels: Decision,
     /// GPU memory of the model against the dense model.
     pub gpu_memory: GpuMemory,
+    /// A data-parallel run's ranks and gradient exchange (absent for a run of one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistReport>,
+}
+
+/// The ranks of a data-parallel run and what its gradient exchange sent (per rank, the payload
+/// of its all-reduces) and cost, per ordinary step and per mask-update step.
+#[derive(Clone, Debug, Serialize)]
+pub struct DistReport {
+    /// Ranks.
+    pub ranks: usize,
+    /// Samples per rank of each global batch.
+    pub shard: usize,
+    /// Bytes exchanged in an ordinary step.
+    pub bytes_per_step: f64,
+    /// Bytes exchanged in a mask-update step.
+    pub bytes_per_update_step: f64,
+    /// Mean exchange time of an ordinary step (read back, all-reduce, write back), ms.
+    pub exchange_ms_per_step: f64,
+    /// Mean exchange time of a mask-update step, ms.
+    pub exchange_ms_per_update_step: f64,
+    /// Ordinary and update steps counted (this process's, after a resume).
+    pub steps: u64,
+    /// Mask-update steps counted.
+    pub update_steps: u64,
+}
+
+impl DistReport {
+    pub(crate) fn new(ranks: usize, shard: usize, s: &crate::dist::ExchangeStats) -> Self {
+        let ms = |d: std::time::Duration, n: u64| 1e3 * d.as_secs_f64() / n.max(1) as f64;
+        DistReport {
+            ranks,
+            shard,
+            bytes_per_step: s.bytes_per_step(),
+            bytes_per_update_step: s.bytes_per_update(),
+            exchange_ms_per_step: ms(s.time, s.steps),
+            exchange_ms_per_update_step: ms(s.update_time, s.update_steps),
+            steps: s.steps,
+            update_steps: s.update_steps,
+        }
+    }
 }
 
 /// GPU memory of the trained model's weights, gradients and momentum (with masks or indexes),

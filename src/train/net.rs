@@ -5,7 +5,7 @@ use crate::cpu::model::HostModel;
 use crate::error::{Result, RiglError};
 use crate::gpu::buffer::f32_bytes;
 use crate::gpu::ops::{Dispatch, SgdConfig};
-use crate::gpu::{GemmVariant, GpuContext};
+use crate::gpu::{GemmVariant, GpuContext, Tensor};
 use crate::nn::choice::{self, Decision, KernelChoice};
 use crate::nn::model::{GpuModel, ModelOptions};
 use crate::nn::spec::ModelSpec;
@@ -40,6 +40,26 @@ impl Net {
             Net::Masked(m) => Some(m.ema_op()),
             Net::Model(m) => Some(m.ema_op()),
             Net::Sparse(_) => None,
+        }
+    }
+
+    /// The gradients the optimizer reads, as a data-parallel run averages them over the ranks:
+    /// the compressed model's slot gradients (its active weights only) and biases; the masked
+    /// and dense models' dense weight gradients, biases, and batch-norm gamma and beta.
+    pub(crate) fn grad_tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Net::Masked(m) => vec![&m.grad, &m.bgrad],
+            Net::Sparse(s) => vec![&s.grad, &s.bgrad],
+            Net::Model(m) => {
+                let mut v = vec![&m.grad];
+                v.extend(
+                    m.params
+                        .iter()
+                        .filter_map(|p| p.bias.as_ref().map(|b| &b[1])),
+                );
+                v.extend(m.norms.iter().map(|n| &n.grad));
+                v
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use crate::sparse::update::{GrowRule, MaskUpdater};
 use crate::sparse::{LayerSparsity, LayerSpec, PruneSchedule, UpdateSchedule};
 
 use super::checkpoint::{self, Checkpoint, NanPolicy, RunOptions, TrainerState};
+use super::exchange::Dist;
 use super::kernels::KernelRecord;
 use super::metrics::MetricsWriter;
 use super::net::{build, Built, Net};
@@ -181,6 +182,8 @@ pub(super) struct Run<'a> {
     /// Learning rate of the last step.
     pub(super) lr: f32,
     pub(super) c: Counters,
+    /// The ranks of a data-parallel run (two or more), if it is one.
+    pub(super) dist: Option<Dist>,
 }
 
 /// The kernels a run's model is built with, and the choices it replays.
@@ -304,6 +307,36 @@ struct Assembled {
     active: Vec<usize>,
 }
 
+/// The model of a data-parallel rank: rank 0 chooses the kernels (timing them, or replaying a
+/// resumed run's or `--kernels-from` choices) and hands its record to the other ranks, which
+/// replay it, so that every rank runs the same kernels and sums in the same order.
+fn assemble_rank(
+    ctx: &GpuContext,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    sizes: &[usize],
+    plan: &[LayerSparsity],
+    sgd: SgdConfig,
+    dist: &Dist,
+) -> Result<Assembled> {
+    let mut bytes = Vec::new();
+    if dist.rank == 0 {
+        let a = assemble(ctx, cfg, opts, sizes, plan, sgd)?;
+        bytes = serde_json::to_vec(&a.record)
+            .map_err(|e| RiglError::invalid(format!("kernel record to JSON: {e}")))?;
+        dist.comm.broadcast_bytes(0, &mut bytes);
+        return Ok(a);
+    }
+    dist.comm.broadcast_bytes(0, &mut bytes);
+    let record: KernelRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| RiglError::invalid(format!("rank 0's kernel record: {e}")))?;
+    let mut replay = opts.clone();
+    if replay.resume.is_none() {
+        replay.kernels_from = Some(record);
+    }
+    assemble(ctx, cfg, &replay, sizes, plan, sgd)
+}
+
 /// Chooses the kernels (or replays a run's choices) and builds the model with them.
 fn assemble(
     ctx: &GpuContext,
@@ -411,17 +444,40 @@ impl<'a> Run<'a> {
         }
         let (update, prune) = schedules(cfg, total_steps)?;
         let sgd = cfg.sgd();
+        // A data-parallel rank builds its model for its shard of the global batch.
+        let dist = match opts.comm.as_ref().filter(|c| c.size() > 1) {
+            Some(comm) => {
+                let shard = crate::dist::shard_size(cfg.batch, comm.size())?;
+                Some(Dist::new(comm.clone(), train.features, shard))
+            }
+            None => None,
+        };
         let Assembled {
             parts,
             decision,
             gemm_variant,
             record,
             active,
-        } = assemble(ctx, cfg, opts, &sizes, &plan, sgd)?;
+        } = match &dist {
+            Some(d) => {
+                let shard_cfg = TrainConfig {
+                    batch: d.x.len() / train.features.max(1),
+                    ..cfg.clone()
+                };
+                assemble_rank(ctx, &shard_cfg, opts, &sizes, &plan, sgd, d)?
+            }
+            None => assemble(ctx, cfg, opts, &sizes, &plan, sgd)?,
+        };
+        // Rank 0 alone writes the run directory (metrics, checkpoints, summary, model).
+        let run_dir = run_dir.filter(|_| dist.as_ref().is_none_or(|d| d.rank == 0));
         let mut c = Counters::fresh(active);
         if let Some(ck) = resume {
             load_resumed(ctx, parts.model(), ck)?;
             c = Counters::resumed(ck);
+            // The checkpoint's window sums are every rank's: rank 0 carries them on.
+            if dist.as_ref().is_some_and(|d| d.rank != 0) {
+                parts.model().set_sums(ctx, [0.0, 0.0])?;
+            }
         }
         let flops = Flops::new(&layers, &plan);
         let metrics = match run_dir {
@@ -466,6 +522,7 @@ impl<'a> Run<'a> {
             pending: None,
             lr: 0.0,
             c,
+            dist,
         };
         run.begin()?;
         Ok(run)
@@ -502,14 +559,21 @@ impl<'a> Run<'a> {
     pub(super) fn checkpoint(&mut self, step: u64, end_of_epoch: bool) -> Result<Option<RunEnd>> {
         let done = step + 1;
         let stop = self.opts.stop_requested() || self.opts.stop_after_steps == Some(done);
+        // The ranks of a data-parallel run stop together, at the step one of them was asked to.
+        let stop = self.any_rank(stop);
         let due = end_of_epoch
             || self
                 .opts
                 .checkpoint_every
                 .is_some_and(|n| done.is_multiple_of(n));
         let mut written = None;
+        // A data-parallel checkpoint holds the window's loss sums over every rank.
+        let window_sums = match due || stop {
+            true => self.window_sums_over_ranks()?,
+            false => None,
+        };
         if let Some(dir) = self.run_dir.filter(|_| due || stop) {
-            written = Some(self.checkpoint_now(dir, done)?);
+            written = Some(self.checkpoint_now(dir, done, window_sums)?);
         }
         if !stop {
             return Ok(None);
@@ -524,13 +588,21 @@ impl<'a> Run<'a> {
 
     /// Waits for the step in flight, reads the model back, refuses non-finite values (naming
     /// them and the last good checkpoint) and writes the checkpoint of `done` steps.
-    fn checkpoint_now(&mut self, dir: &Path, done: u64) -> Result<PathBuf> {
+    fn checkpoint_now(
+        &mut self,
+        dir: &Path,
+        done: u64,
+        window_sums: Option<[f32; 2]>,
+    ) -> Result<PathBuf> {
         self.wait_pending()?;
         let model = self.parts.model();
-        let state = self.ctx.scoped(
+        let mut state = self.ctx.scoped(
             &format!("reading the model state back for the checkpoint of step {done}"),
             || model.read_state(self.ctx),
         )?;
+        if let Some(sums) = window_sums {
+            state.loss_sums = sums;
+        }
         let mut bad = state.non_finite(&self.layer_names);
         if !state.loss_sums.iter().all(|v| v.is_finite()) {
             bad.insert(
@@ -662,6 +734,10 @@ impl<'a> Run<'a> {
                 ..self.decision.clone()
             },
             gpu_memory: GpuMemory::new(ctx, model.memory(), total),
+            distributed: self
+                .dist
+                .as_ref()
+                .map(|d| super::DistReport::new(d.size, d.labels.len(), &d.stats)),
         };
         if let Some(dir) = self.run_dir {
             model_file::save(ctx, model, cfg, &self.sizes, &dir.join("model.safetensors"))?;

@@ -19,6 +19,9 @@ use super::run::{ModelParts, Run};
 impl Run<'_> {
     /// Runs step `step` (counted from 0): submits it and waits for the one before.
     pub(super) fn step(&mut self, step: u64) -> Result<()> {
+        if self.dist.is_some() {
+            return self.step_distributed(step);
+        }
         let t0 = Instant::now();
         // GPU faults of this step come back as errors naming it, not as panics.
         let oom_scope = self
@@ -75,12 +78,19 @@ impl Run<'_> {
 
     /// Uploads the next batch, sets training mode and this step's learning rate; returns the
     /// batch's samples.
-    fn load_batch(&mut self, step: u64) -> Result<usize> {
+    pub(super) fn load_batch(&mut self, step: u64) -> Result<usize> {
         let model = self.parts.model();
         let info = self
             .batcher
             .next_batch(self.train, &mut self.x, &mut self.labels)?;
-        model.set_batch(self.ctx, &self.x, &self.labels)?;
+        match self.dist.as_mut() {
+            // A data-parallel rank trains on its shard of the global batch.
+            Some(d) => {
+                let (x, labels) = d.shard(&self.x, &self.labels, self.train.features);
+                model.set_batch(self.ctx, x, labels)?;
+            }
+            None => model.set_batch(self.ctx, &self.x, &self.labels)?,
+        }
         model.set_mode(self.ctx, RunMode::Train { step: step as u32 })?;
         self.lr = self.cfg.lr_at(step, self.total_steps, self.steps_per_epoch);
         model.set_sgd(
@@ -96,7 +106,7 @@ impl Run<'_> {
     /// `--on-nan skip`: runs forward and backward alone and looks at this batch's loss before
     /// anything changes the weights; a non-finite one is taken out of the sums and the step
     /// skipped (returns true). Without it, nothing runs here.
-    fn skip_non_finite(&mut self, step: u64) -> Result<bool> {
+    pub(super) fn skip_non_finite(&mut self, step: u64) -> Result<bool> {
         if self.opts.on_nan != NanPolicy::Skip {
             return Ok(false);
         }
@@ -107,7 +117,9 @@ impl Run<'_> {
         fb.extend(model.backward_ops());
         crate::gpu::ops::run(ctx, &format!("training step {}", step + 1), &fb)?;
         let after = model.read_sums_f32(ctx)?;
-        if after[0].is_finite() && after[1].is_finite() {
+        // Every rank of a data-parallel run skips the batch if one of them must.
+        let bad = !(after[0].is_finite() && after[1].is_finite());
+        if !self.any_rank(bad) {
             return Ok(false);
         }
         model.set_sums(ctx, before)?;
@@ -156,7 +168,7 @@ impl Run<'_> {
     }
 
     /// Counts a mask update planned at `step`: the active counts it leaves.
-    fn note_update(&mut self, step: u64, counts: &[LayerCounts]) {
+    pub(super) fn note_update(&mut self, step: u64, counts: &[LayerCounts]) {
         for (a, c) in self.c.active.iter_mut().zip(counts) {
             *a = c.k_keep + c.k_grow;
         }
@@ -165,7 +177,7 @@ impl Run<'_> {
     }
 
     /// FLOPs of this step (SPEC §6), counted with the masks in force after its update.
-    fn count_flops(&mut self, is_update: bool) {
+    pub(super) fn count_flops(&mut self, is_update: bool) {
         let (fs, fd) = (self.flops.sparse(&self.c.active), self.flops.dense);
         let batch = self.cfg.batch as f64;
         self.c.train_flops += batch
@@ -217,8 +229,23 @@ impl ModelParts {
             ops = model.forward_ops();
             ops.extend(model.backward_ops());
         }
-        // A data-parallel gradient exchange (all-reduce) goes here: after backward, before
-        // anything reads the gradients.
+        ops.extend(self.after_backward_ops(ctx, method, step, skipped, counts)?);
+        Ok(ops)
+    }
+
+    /// The dispatches of a step after its backward pass, in order: the SNFS gradient average,
+    /// the optimizer and the mask update of `counts`. A data-parallel run averages the
+    /// gradients over its ranks before them (`exchange.rs`).
+    pub(super) fn after_backward_ops(
+        &self,
+        ctx: &GpuContext,
+        method: Method,
+        step: u64,
+        skipped: bool,
+        counts: Option<&[LayerCounts]>,
+    ) -> Result<Vec<&Dispatch>> {
+        let model = self.model();
+        let mut ops = Vec::new();
         if let (Some(ema), Method::Snfs, false) = (self.net.ema_op(), method, skipped) {
             ops.push(ema);
         }
@@ -236,11 +263,15 @@ impl ModelParts {
         // The official RigL spends the batch of an update step on the update. The other methods
         // (SET, SNFS, prune) step the optimizer first, as the official code: the update then drops
         // by the stepped weights and leaves new connections at 0.
-        let skip_optimizer = skipped || (counts.is_some() && method == Method::Rigl);
-        if !skip_optimizer {
+        if !skips_optimizer(method, skipped, counts.is_some()) {
             ops.extend(model.sgd_ops());
         }
         ops.extend(update_ops);
         Ok(ops)
     }
+}
+
+/// Whether a step leaves the optimizer out: a skipped batch, and RigL's update steps.
+pub(super) fn skips_optimizer(method: Method, skipped: bool, is_update: bool) -> bool {
+    skipped || (is_update && method == Method::Rigl)
 }
