@@ -456,6 +456,20 @@ fn src_planes(
     .with_cost(0.0, 92.0 * texels as f64))
 }
 
+/// The launch writing the forward source: the phase planes of the input `x`.
+fn input_planes(ctx: &GpuContext, lay: &Layout, x: &Tensor, sc: &Scratch) -> Result<Dispatch> {
+    let (g, win) = (lay.geom, lay.geom.window);
+    src_planes(
+        ctx,
+        x,
+        (g.cin, win.n, win.h, win.w),
+        (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
+        (lay.pad_t, lay.pad_l),
+        lay.st,
+        &sc.planes,
+    )
+}
+
 fn meta(
     ctx: &GpuContext,
     lay: &Layout,
@@ -621,18 +635,9 @@ pub fn forward(
     if let Some(b) = bias {
         check_len(b, g.cout, "bias")?;
     }
-    let win = g.window;
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, vals, sc)?,
-        src_planes(
-            ctx,
-            x,
-            (g.cin, win.n, win.h, win.w),
-            (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
-            (lay.pad_t, lay.pad_l),
-            lay.st,
-            &sc.planes,
-        )?,
+        input_planes(ctx, lay, x, sc)?,
         spconv(ctx, lay, form, true, nnz, idx, sc, y, bias, false)?,
     ];
     chain(ops, sparse_flops(lay, nnz))
@@ -757,15 +762,7 @@ pub fn weight_grad(
     .with_cost(0.0, 32.0 * nnz as f64 * (win.n * lay.u_fwd / 4) as f64);
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, grad, sc)?,
-        src_planes(
-            ctx,
-            x,
-            (g.cin, win.n, win.h, win.w),
-            (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
-            (lay.pad_t, lay.pad_l),
-            lay.st,
-            &sc.planes,
-        )?,
+        input_planes(ctx, lay, x, sc)?,
         dspace,
         sddmm,
     ];
