@@ -1,7 +1,9 @@
 //! Models of layers through the trainer (`train_with`): LeNet-5 with RigL at 90% keeps exact
 //! per-layer active counts and learns, its first step equals the CPU twin's, a residual model
 //! file with batch norm and dropout resumes bit for bit mid-epoch, and `rigl eval` of a CNN run
-//! gives the run's final test accuracy.
+//! gives the run's final test accuracy; the same model file with its convolutions compressed
+//! (`--kernels sparse`) keeps the masked path's masks through RigL and SET updates, its weights to
+//! float tolerance, and resumes bit for bit.
 
 mod common;
 
@@ -397,15 +399,125 @@ fn cli_trains_and_evaluates_lenet5() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("150528") && err.contains("784"), "{err}");
+    // Compressed convolutions run static, SET and RigL only.
     let mut c = rigl();
-    c.args(["train", "--model", "lenet5", "--kernels", "sparse", "--out"])
-        .arg(dir.path().join("sp"));
+    c.args([
+        "train",
+        "--model",
+        "lenet5",
+        "--kernels",
+        "sparse",
+        "--method",
+        "snfs",
+        "--out",
+    ])
+    .arg(dir.path().join("sp"));
     data_flags(&mut c, dir.path());
     let out = c.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("sparse convolutions are not built yet"),
+        err.contains("--kernels sparse") && err.contains("SNFS"),
         "{err}"
     );
+}
+
+#[test]
+fn compressed_convolutions_train_like_the_masked_path_and_resume_exactly() {
+    let ctx = ctx();
+    let data = Dataset::synthetic(48, 16, 64, 10, 5).unwrap();
+    for method in [Method::Rigl, Method::Set] {
+        let cfg = |kernels| TrainConfig {
+            dataset: "synthetic".into(),
+            model_toml: Some(TINY_RESNET.into()),
+            method,
+            sparsity: 0.5,
+            batch: 8,
+            epochs: 2,
+            lr: 0.1,
+            delta_t: 2,
+            log_every: 2,
+            kernels,
+            ..TrainConfig::default()
+        };
+        let run = |cfg: &TrainConfig, dir: &Path, opts: &RunOptions| {
+            train::train_with(
+                ctx,
+                cfg,
+                &data.train,
+                &data.test,
+                Some(dir),
+                &mut NoProgress,
+                opts,
+            )
+            .unwrap()
+        };
+        let what = method.as_str();
+        let sparse = cfg(rigl::nn::choice::KernelChoice::Sparse);
+        let masked = cfg(rigl::nn::choice::KernelChoice::Masked);
+        let a = tempfile::tempdir().unwrap();
+        let m = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            run(&sparse, a.path(), &RunOptions::default()),
+            RunEnd::Finished(_)
+        ));
+        assert!(matches!(
+            run(&masked, m.path(), &RunOptions::default()),
+            RunEnd::Finished(_)
+        ));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(a.path().join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["kernels"]["kernels"], "sparse", "{what}");
+        // The updates changed the masks, and both paths chose the same connections.
+        let changes: u64 = train_lines(a.path())
+            .iter()
+            .filter_map(|l| l["mask_changes"].as_u64())
+            .sum();
+        assert!(changes > 0, "{what}: no mask changed");
+        let fa = model_file::read(&a.path().join("model.safetensors")).unwrap();
+        let fm = model_file::read(&m.path().join("model.safetensors")).unwrap();
+        for (l, ((ma, mm), (wa, wm))) in fa
+            .masks
+            .iter()
+            .zip(&fm.masks)
+            .zip(fa.weights.iter().zip(&fm.weights))
+            .enumerate()
+        {
+            assert_eq!(ma, mm, "{what}: layer {l} masks differ between the paths");
+            let scale = wm.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-3);
+            assert_close(
+                &format!("{what}: layer {l} weights"),
+                wa,
+                wm,
+                1e-4 * scale,
+                1e-3,
+            );
+        }
+        // Stopped mid-run and resumed: the same bytes as the uninterrupted run.
+        let b = tempfile::tempdir().unwrap();
+        let stop = RunOptions {
+            stop_after_steps: Some(5),
+            ..RunOptions::default()
+        };
+        assert!(matches!(
+            run(&sparse, b.path(), &stop),
+            RunEnd::Stopped { step: 5, .. }
+        ));
+        let ck = checkpoint::find(b.path()).unwrap().checkpoint;
+        let resume = RunOptions {
+            resume: Some(ck),
+            ..RunOptions::default()
+        };
+        assert!(matches!(
+            run(&sparse, b.path(), &resume),
+            RunEnd::Finished(_)
+        ));
+        let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+        assert!(
+            bytes(a.path()) == bytes(b.path()),
+            "{what}: model.safetensors differs after the resume"
+        );
+        assert_eq!(train_lines(a.path()), train_lines(b.path()), "{what}");
+    }
 }

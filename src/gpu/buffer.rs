@@ -153,6 +153,23 @@ impl Tensor {
         Ok(())
     }
 
+    /// Overwrites the contents from u32 `data` (which must have `len` elements).
+    pub fn write_u32(&self, ctx: &GpuContext, data: &[u32]) -> Result<()> {
+        if data.len() != self.len {
+            return Err(RiglError::invalid(format!(
+                "{}: writing {} words into a tensor of {}",
+                self.label,
+                data.len(),
+                self.len
+            )));
+        }
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
     /// Size in bytes of the data (not of the padding).
     pub fn bytes(&self) -> u64 {
         (self.len * 4) as u64

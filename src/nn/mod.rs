@@ -268,6 +268,8 @@ impl Network for model::GpuModel {
         Ok((f64::from(s[0]), f64::from(s[1])))
     }
     fn read_weights(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        // Compressed kernels: their slots into the dense copies first.
+        self.sync_dense(ctx)?;
         self.read_layers(ctx, &self.w)
     }
     fn read_masks(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {

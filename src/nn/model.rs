@@ -102,10 +102,10 @@ pub struct ModelOptions {
     pub gemm: GemmVariant,
     /// Convolutions on the compressed sparse kernels ([`crate::gpu::sparse_conv`]): each
     /// kernel's active weights as slots with their own gradient and momentum
-    /// ([`GpuModel::compressed`]), the products over them, and [`GpuModel::sgd_ops`] over the
-    /// slots. The step and its optimizer only, so far: the trainer's mask updates and state
-    /// read the flat buffers, so it does not build such a model yet (`rigl bench step
-    /// --kernels sparse` does).
+    /// ([`GpuModel::compressed`]), the products and the optimizer over them. The flat buffers
+    /// keep a dense copy of such a kernel for the mask update and the saved state:
+    /// [`GpuModel::sync_dense`] writes the slots into it, [`GpuModel::sync_slots`] rebuilds the
+    /// slots from it.
     pub compressed_conv: bool,
 }
 
@@ -125,6 +125,11 @@ pub struct CompressedConv {
     pub grad: Tensor,
     /// Momentum per slot.
     pub mom: Tensor,
+    /// The index on the host (what [`GpuModel::sync_dense`] scatters through).
+    index: std::sync::Mutex<CsrIndex>,
+    /// The dense kernel gradient into the param's flat gradient (RigL's grow score, run at
+    /// mask updates only).
+    dense_grad: Option<Dispatch>,
 }
 
 /// One prebuilt optimizer dispatch: over how many elements, and whether weight decay applies.
@@ -365,6 +370,10 @@ impl Builder<'_> {
                         bwd.push(sparse_conv::input_grad(
                             ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
                         )?);
+                    }
+                    let dense = conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?;
+                    if let Some(c) = self.compressed[idx].as_mut() {
+                        c.dense_grad = Some(dense);
                     }
                     return Ok((y, bwd));
                 }
@@ -783,6 +792,13 @@ impl GpuModel {
             len: total_w,
             decay: true,
         }];
+        for c in b.compressed.iter().flatten() {
+            sgd.push(SgdOp {
+                op: ops::sgd(ctx, &c.grad, &c.vals, &c.mom, None, c.nnz, opts.sgd)?,
+                len: c.nnz,
+                decay: true,
+            });
+        }
         for p in &b.params {
             if let Some([bias, gb, mb]) = &p.bias {
                 sgd.push(SgdOp {
@@ -945,6 +961,65 @@ impl GpuModel {
         Ok(out)
     }
 
+    /// Whether some convolution runs on the compressed kernels.
+    pub fn has_compressed(&self) -> bool {
+        self.compressed.iter().any(Option::is_some)
+    }
+
+    /// The dense kernel gradients of the compressed convolutions into their params' flat
+    /// gradients (after a backward pass): what RigL's grow phase reads at a mask update.
+    pub fn dense_grad_ops(&self) -> Vec<&Dispatch> {
+        self.compressed
+            .iter()
+            .flatten()
+            .filter_map(|c| c.dense_grad.as_ref())
+            .collect()
+    }
+
+    /// Writes every compressed kernel's slot values and momentum into its dense copy in the
+    /// flat buffers (zeros elsewhere), for the mask update and the saved state. Waits for the
+    /// GPU.
+    pub fn sync_dense(&self, ctx: &GpuContext) -> Result<()> {
+        for (p, c) in self.params.iter().zip(&self.compressed) {
+            let Some(c) = c else { continue };
+            let index = c
+                .index
+                .lock()
+                .map_err(|_| RiglError::invalid("a compressed kernel's index lock is poisoned"))?;
+            p.w.write_f32(ctx, &index.scatter(&c.vals.read_f32(ctx)?))?;
+            p.mom
+                .write_f32(ctx, &index.scatter(&c.mom.read_f32(ctx)?))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every compressed kernel's slots from the flat buffers (its mask, weights and
+    /// momentum): after a mask update, and after a saved state is loaded. The active count must
+    /// not change. Waits for the GPU.
+    pub fn sync_slots(&self, ctx: &GpuContext) -> Result<()> {
+        for (p, c) in self.params.iter().zip(&self.compressed) {
+            let Some(c) = c else { continue };
+            let cout = *p.shape.last().unwrap_or(&1);
+            let mask = p.mask.read_f32(ctx)?;
+            let index = CsrIndex::from_mask(mask.len() / cout.max(1), cout, &mask)?;
+            if index.nnz() != c.nnz {
+                return Err(RiglError::invalid(format!(
+                    "convolution {}: {} active weights, its compressed form holds {}",
+                    p.name,
+                    index.nnz(),
+                    c.nnz
+                )));
+            }
+            c.idx.write_u32(ctx, &index.to_words())?;
+            c.vals.write_f32(ctx, &index.gather(&p.w.read_f32(ctx)?))?;
+            c.mom.write_f32(ctx, &index.gather(&p.mom.read_f32(ctx)?))?;
+            *c.index.lock().map_err(|_| {
+                RiglError::invalid("a compressed kernel's index lock is poisoned")
+            })? = index;
+        }
+        Ok(())
+    }
+
     /// Mean loss and correct predictions of the last step (waits for the GPU).
     pub fn read_loss(&self, ctx: &GpuContext) -> Result<(f32, usize)> {
         let s = self.loss_stats.read_f32(ctx)?;
@@ -993,6 +1068,8 @@ fn compress_convs(
             vals: Tensor::from_f32(ctx, &label("slot values"), &index.gather(&hw.w))?,
             grad: Tensor::zeros(ctx, &label("slot gradients"), nnz)?,
             mom: Tensor::zeros(ctx, &label("slot momentum"), nnz)?,
+            index: std::sync::Mutex::new(index),
+            dense_grad: None,
         }));
     }
     let layouts: Vec<Layout> = out.iter().flatten().map(|c| c.layout).collect();

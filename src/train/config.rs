@@ -280,11 +280,13 @@ impl TrainConfig {
         self.augmentation()?;
         if let Some(spec) = self.model_spec()? {
             if self.kernels == KernelChoice::Sparse {
-                return bad(format!(
-                    "--kernels sparse with model '{}': {}",
-                    spec.name,
-                    crate::train::SPARSE_CONV_MISSING
-                ));
+                if let Err(why) = crate::train::sparse_method_support(self.method) {
+                    return bad(format!(
+                        "--kernels sparse with model '{}' and --method {}: {why}",
+                        spec.name,
+                        self.method.as_str()
+                    ));
+                }
             }
         }
         Ok(())

@@ -468,6 +468,12 @@ impl<'a> Run<'a> {
             }
             None => assemble(ctx, cfg, opts, &sizes, &plan, sgd)?,
         };
+        if dist.is_some() && parts.has_compressed_convs() {
+            return Err(RiglError::invalid(
+                "--kernels sparse with a model of layers does not run data-parallel yet (its \
+                 compressed convolutions' gradients are not exchanged): use --kernels masked",
+            ));
+        }
         // Rank 0 alone writes the run directory (metrics, checkpoints, summary, model).
         let run_dir = run_dir.filter(|_| dist.as_ref().is_none_or(|d| d.rank == 0));
         let mut c = Counters::fresh(active);

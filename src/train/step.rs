@@ -43,6 +43,22 @@ impl Run<'_> {
         }
         let is_update = counts.is_some();
         self.count_flops(is_update);
+        if let (true, Some(c)) = (self.parts.has_compressed_convs(), counts.as_deref()) {
+            let done = self.compressed_update_step(step, skipped, c);
+            let validation = pollster::block_on(validation_scope.pop());
+            let oom = pollster::block_on(oom_scope.pop());
+            done?;
+            if let Some(err) = validation.or(oom) {
+                return Err(RiglError::Gpu {
+                    what: format!("running training step {}", step + 1),
+                    message: err.to_string(),
+                });
+            }
+            self.c.train_seconds += t0.elapsed().as_secs_f64();
+            self.c.window_samples += samples as u64;
+            self.progress.step(step + 1);
+            return Ok(());
+        }
         let ops = self.parts.step_ops(
             self.ctx,
             self.cfg.method,
@@ -73,6 +89,56 @@ impl Run<'_> {
             self.c.window_samples += samples as u64;
         }
         self.progress.step(step + 1);
+        Ok(())
+    }
+
+    /// A mask update of a model whose convolutions are compressed, in phases with host work
+    /// between them: forward and backward (and SET's optimizer step), RigL's dense kernel
+    /// gradients; the slots written into the dense copies; the masked path's updater over them;
+    /// the slots rebuilt from the new masks. Waits for the GPU.
+    fn compressed_update_step(
+        &mut self,
+        step: u64,
+        skipped: bool,
+        counts: &[LayerCounts],
+    ) -> Result<()> {
+        if let Some(prev) = self.pending.take() {
+            self.ctx.wait("training step", prev)?;
+        }
+        let (ctx, method) = (self.ctx, self.cfg.method);
+        let what = format!("training step {}", step + 1);
+        let (super::net::Net::Model(model), Some(rule)) = (&self.parts.net, self.parts.rule) else {
+            return Err(RiglError::invalid(
+                "a compressed-convolution update without a model of layers or a grow rule",
+            ));
+        };
+        let mut ops = Vec::new();
+        if self.opts.on_nan != NanPolicy::Skip {
+            ops = model.forward_loss_ops();
+            ops.extend(model.backward_ops());
+        }
+        if !skips_optimizer(method, skipped, true) {
+            ops.extend(model.optimizer_ops());
+        }
+        if rule == crate::sparse::update::GrowRule::Score {
+            ops.extend(model.dense_grad_ops());
+        }
+        crate::gpu::ops::run(ctx, &what, &ops)?;
+        model.sync_dense(ctx)?;
+        let update = net::update_ops(
+            ctx,
+            &self.parts.net,
+            self.parts.updater.as_ref(),
+            step as u32,
+            counts,
+            rule,
+        )?;
+        crate::gpu::ops::run(ctx, &what, &update)?;
+        model.sync_slots(ctx)?;
+        self.c.last_changes = self
+            .parts
+            .net
+            .read_new_connections(ctx, self.parts.updater.as_ref())?;
         Ok(())
     }
 
@@ -211,6 +277,11 @@ impl Run<'_> {
 }
 
 impl ModelParts {
+    /// Whether the model's convolutions run on the compressed kernels.
+    pub(super) fn has_compressed_convs(&self) -> bool {
+        matches!(&self.net, super::net::Net::Model(m) if m.has_compressed())
+    }
+
     /// The dispatches of one step, in order: forward and backward (unless `--on-nan skip` ran
     /// them already), the SNFS gradient average, the optimizer and the mask update of `counts`.
     /// A skipped step runs nothing.

@@ -100,9 +100,11 @@ impl GpuModel {
         &self.ever_op
     }
 
-    /// `masked`, or `dense` for dense training.
+    /// `sparse` (convolutions compressed), `masked`, or `dense` for dense training.
     pub fn kernels(&self) -> &'static str {
-        if self.masked {
+        if self.has_compressed() {
+            "sparse"
+        } else if self.masked {
             "masked"
         } else {
             "dense"
@@ -188,6 +190,8 @@ impl GpuModel {
     /// Reads the whole training state back (waits for the GPU): weights, masks, momentum, EMA,
     /// ever-active record, biases and their momentum, batch norms and the running loss sums.
     pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
+        // Compressed kernels: their slots are the state, written into the dense copies.
+        self.sync_dense(ctx)?;
         let bias_mom = self
             .params
             .iter()
@@ -276,7 +280,8 @@ impl GpuModel {
                 .write_f32(ctx, &zip(&s.gamma_momentum, &s.beta_momentum))?;
             g.running.write_f32(ctx, &zip(&s.mean, &s.var))?;
         }
-        self.loss.set_sums(ctx, state.loss_sums)
+        self.loss.set_sums(ctx, state.loss_sums)?;
+        self.sync_slots(ctx)
     }
 
     /// GPU bytes of the trainable state: weights, mask, momentum and dense gradient per param
