@@ -285,15 +285,23 @@ impl GpuModel {
     }
 
     /// GPU bytes of the trainable state: weights, mask, momentum and dense gradient per param
-    /// (16 bytes per weight); the EMA and the ever-active map count as update scratch.
+    /// (16 bytes per weight), plus a compressed kernel's slots (value, gradient, momentum) and
+    /// index beside its dense copy; the EMA and the ever-active map count as update scratch.
     pub fn memory(&self) -> MemoryReport {
+        let slots = |c: &Option<super::CompressedConv>| {
+            c.as_ref()
+                .map_or(0, |c| (12 * c.nnz) as u64 + c.idx.bytes())
+        };
+        let layers: Vec<(String, u64)> = self
+            .placements
+            .iter()
+            .zip(&self.compressed)
+            .map(|(p, c)| (p.name.clone(), 16 * p.n as u64 + slots(c)))
+            .collect();
         MemoryReport {
-            layers: self
-                .placements
-                .iter()
-                .map(|p| (p.name.clone(), 16 * p.n as u64))
-                .collect(),
-            weights_grads_momentum: 16 * self.total_w as u64,
+            weights_grads_momentum: 16 * self.total_w as u64
+                + self.compressed.iter().map(slots).sum::<u64>(),
+            layers,
             update_scratch: 8 * self.total_w as u64,
         }
     }
