@@ -62,9 +62,9 @@ impl SparseConvForm {
         match self {
             SparseConvForm::Subgroup => crate::gpu::spmm::support(ctx),
             SparseConvForm::Portable => {
-                if ctx.limits.max_storage_textures_per_shader_stage < 2 {
+                if ctx.limits.max_storage_textures_per_shader_stage < 3 {
                     Err(format!(
-                        "adapter '{}' binds {} storage textures per shader stage (2 needed)",
+                        "adapter '{}' binds {} storage textures per shader stage (3 needed)",
                         ctx.info.name, ctx.limits.max_storage_textures_per_shader_stage
                     ))
                 } else {
