@@ -138,26 +138,18 @@ impl Tensor {
 
     /// Overwrites the contents from `data` (which must have `len` elements).
     pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
-        if data.len() != self.len {
-            return Err(RiglError::invalid(format!(
-                "{}: writing {} values into a tensor of {}",
-                self.label,
-                data.len(),
-                self.len
-            )));
-        }
-        if !data.is_empty() {
-            ctx.queue
-                .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
-        }
-        Ok(())
+        self.write_pod(ctx, data)
     }
 
     /// Overwrites the contents from u32 `data` (which must have `len` elements).
     pub fn write_u32(&self, ctx: &GpuContext, data: &[u32]) -> Result<()> {
+        self.write_pod(ctx, data)
+    }
+
+    fn write_pod<T: bytemuck::Pod>(&self, ctx: &GpuContext, data: &[T]) -> Result<()> {
         if data.len() != self.len {
             return Err(RiglError::invalid(format!(
-                "{}: writing {} words into a tensor of {}",
+                "{}: writing {} values into a tensor of {}",
                 self.label,
                 data.len(),
                 self.len

@@ -100,17 +100,8 @@ impl Run<'_> {
     pub(super) fn step_distributed(&mut self, step: u64) -> Result<()> {
         let t0 = Instant::now();
         self.wait_pending()?;
-        let samples = self.load_batch(step)?;
-        let skipped = self.skip_non_finite(step)?;
-        let counts = match self.parts.rule {
-            Some(_) if !skipped => self.plan_update(step),
-            _ => None,
-        };
-        if let Some(counts) = &counts {
-            self.note_update(step, counts);
-        }
+        let (samples, skipped, counts) = self.begin_step(step)?;
         let is_update = counts.is_some();
-        self.count_flops(is_update);
         let (ctx, method) = (self.ctx, self.cfg.method);
         let what = format!("running training step {}", step + 1);
         let model = self.parts.model();

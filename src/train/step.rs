@@ -32,17 +32,8 @@ impl Run<'_> {
             .ctx
             .device
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        let samples = self.load_batch(step)?;
-        let skipped = self.skip_non_finite(step)?;
-        let counts = match self.parts.rule {
-            Some(_) if !skipped => self.plan_update(step),
-            _ => None,
-        };
-        if let Some(counts) = &counts {
-            self.note_update(step, counts);
-        }
+        let (samples, skipped, counts) = self.begin_step(step)?;
         let is_update = counts.is_some();
-        self.count_flops(is_update);
         if let (true, Some(c)) = (self.parts.has_compressed_convs(), counts.as_deref()) {
             let done = self.compressed_update_step(step, skipped, c);
             let validation = pollster::block_on(validation_scope.pop());
@@ -90,6 +81,26 @@ impl Run<'_> {
         }
         self.progress.step(step + 1);
         Ok(())
+    }
+
+    /// The start of every step: the batch, the non-finite check, the mask update's plan (noted
+    /// in the counters) and the FLOPs of the step. Returns the batch's samples, whether it is
+    /// skipped, and the update's per-layer counts if this is an update step.
+    pub(super) fn begin_step(
+        &mut self,
+        step: u64,
+    ) -> Result<(usize, bool, Option<Vec<LayerCounts>>)> {
+        let samples = self.load_batch(step)?;
+        let skipped = self.skip_non_finite(step)?;
+        let counts = match self.parts.rule {
+            Some(_) if !skipped => self.plan_update(step),
+            _ => None,
+        };
+        if let Some(counts) = &counts {
+            self.note_update(step, counts);
+        }
+        self.count_flops(counts.is_some());
+        Ok((samples, skipped, counts))
     }
 
     /// A mask update of a model whose convolutions are compressed, in phases with host work
