@@ -283,7 +283,7 @@ fn sparse(
         // Alternated, so drift in the machine's speed falls on both alike.
         let (mut mt, mut ct) = (Vec::new(), Vec::new());
         rigl::gpu::ops::run(ctx, "warm-up", &[m, c])?;
-        for _ in 0..args.reps {
+        for _ in 0..args.reps.max(1) {
             mt.push(profile::time_ops(ctx, &[m], 0, 1, true)?.0);
             ct.push(profile::time_ops(ctx, &[c], 0, 1, true)?.0);
         }
@@ -307,7 +307,7 @@ fn sparse(
                 "density": density, "masked_variant": variant.as_str(),
                 "compressed_form": form.as_str(), "useful_flops": useful,
                 "forward_overhead": lay.fwd_overhead(), "kernels": kernels,
-                "adapter": ctx.info.name, "timing": "wall", "reps": args.reps,
+                "adapter": ctx.info.name, "timing": "wall", "reps": args.reps.max(1),
             })
         );
     } else {
@@ -341,7 +341,10 @@ fn sparse(
                 useful / (c * 1e6)
             );
         }
-        println!("[wall timing, median of {} alternated runs]", args.reps);
+        println!(
+            "[wall timing, median of {} alternated runs]",
+            args.reps.max(1)
+        );
     }
     Ok(())
 }
