@@ -337,3 +337,41 @@ fn shared_scratch_serves_every_layer_and_refuses_a_larger_one() {
     .to_string();
     assert!(err.contains("scratch") && err.contains("needs"), "{err}");
 }
+
+/// `rigl bench conv --sparsity` times both paths of one random kernel with exactly that many
+/// inactive weights, and refuses a sparsity outside [0, 1).
+#[test]
+fn bench_conv_times_both_paths_of_an_exact_kernel() {
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rigl"))
+            .env("NODEVICE_SELECT", "1")
+            .args([
+                "bench", "conv", "--cin", "6", "--cout", "5", "--kernel", "3",
+            ])
+            .args(["--hw", "7", "--batch", "2", "--reps", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("rigl runs")
+    };
+    let out = run(&["--sparsity", "0.75", "--stride", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let weights = 3 * 3 * 6 * 5;
+    assert_eq!(v["active"], (weights as f64 * 0.25).round() as u64);
+    let kernels = v["kernels"].as_array().expect("kernels");
+    let names: Vec<&str> = kernels
+        .iter()
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert_eq!(names, ["forward", "input_grad", "weight_grad"]);
+    for k in kernels {
+        for f in ["masked_ms", "compressed_ms", "ratio"] {
+            let x = k[f].as_f64().expect(f);
+            assert!(x.is_finite() && x > 0.0, "{f} = {x}");
+        }
+    }
+    let out = run(&["--sparsity", "1.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sparsity 1.5"));
+}
