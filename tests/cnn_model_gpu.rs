@@ -12,7 +12,7 @@ use common::{assert_close, ctx, data};
 use rigl::cpu::dense::sgd;
 use rigl::cpu::model::{HostModel, Mode};
 use rigl::gpu::ops::{self, SgdConfig};
-use rigl::gpu::{gemm, Tensor};
+use rigl::gpu::Tensor;
 use rigl::nn::model::{GpuModel, ModelOptions, RunMode};
 use rigl::nn::spec::ModelSpec;
 use rigl::sparse::csr::CsrIndex;
@@ -42,16 +42,8 @@ fn check_with(mut host: HostModel, n: usize, what: &str, compressed_conv: bool) 
     let x = data(input.len() * n, 77);
     let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + 1) % 10 % 3).collect();
     let opts = ModelOptions {
-        masked: true,
-        label_smoothing: 0.0,
-        sgd: SgdConfig {
-            lr: 0.0,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        },
-        gemm: gemm::choose_variant(ctx).expect("variant"),
         compressed_conv,
+        ..ModelOptions::plain(ctx).expect("options")
     };
     let gpu = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("GPU model");
     let convs = gpu.compressed.iter().flatten().count();

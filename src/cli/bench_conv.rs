@@ -287,7 +287,7 @@ fn sparse(
             mt.push(profile::time_ops(ctx, &[m], 0, 1, true)?.0);
             ct.push(profile::time_ops(ctx, &[c], 0, 1, true)?.0);
         }
-        rows.push((name, median(&mut mt), median(&mut ct)));
+        rows.push((name, profile::median(&mut mt), profile::median(&mut ct)));
     }
     let density = nnz as f64 / len as f64;
     if args.json {
@@ -347,9 +347,4 @@ fn sparse(
         );
     }
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -109,6 +109,26 @@ pub struct ModelOptions {
     pub compressed_conv: bool,
 }
 
+impl ModelOptions {
+    /// What [`GpuModel::new`] takes: sparse training, no label smoothing, the optimizer at rest
+    /// (learning rate 0 until [`GpuModel::set_sgd`]), the GEMM variant this adapter prefers,
+    /// masked-dense convolutions.
+    pub fn plain(ctx: &GpuContext) -> Result<Self> {
+        Ok(ModelOptions {
+            masked: true,
+            label_smoothing: 0.0,
+            sgd: SgdConfig {
+                lr: 0.0,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                nesterov: false,
+            },
+            gemm: gemm::choose_variant(ctx)?,
+            compressed_conv: false,
+        })
+    }
+}
+
 /// A convolution kernel kept compressed: its active weights as the slots of an index, with
 /// their gradient (the SDDMM's, active positions only) and momentum.
 #[derive(Debug)]
@@ -349,57 +369,58 @@ impl Builder<'_> {
                 let y = self.act(Shape { c: *out, h, w }, &format!("{name} output"))?;
                 let p = &self.params[idx];
                 let bias = p.bias.as_ref().map(|b| &b[0]);
-                if let (Some(c), Some(sc)) = (&self.compressed[idx], &self.scratch) {
-                    let (f, lay) = (self.sform, &c.layout);
-                    if lay.geom != g {
-                        return Err(RiglError::invalid(format!(
-                            "convolution {name}: compressed for {:?}, built for {g:?}",
-                            lay.geom
-                        )));
+                // The three products: on the compressed kernels (and the dense kernel gradient
+                // the mask update reads), or masked-dense.
+                let (fwd, dw, dx, dense) = match (&self.compressed[idx], &self.scratch) {
+                    (Some(c), Some(sc)) => {
+                        let (f, lay) = (self.sform, &c.layout);
+                        if lay.geom != g {
+                            return Err(RiglError::invalid(format!(
+                                "convolution {name}: compressed for {:?}, built for {g:?}",
+                                lay.geom
+                            )));
+                        }
+                        (
+                            sparse_conv::forward(
+                                ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
+                            )?,
+                            sparse_conv::weight_grad(
+                                ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
+                            )?,
+                            if needs_grad {
+                                Some(sparse_conv::input_grad(
+                                    ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
+                                )?)
+                            } else {
+                                None
+                            },
+                            Some(conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?),
+                        )
                     }
-                    self.forward.push(sparse_conv::forward(
-                        ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
-                    )?);
-                    if let Some([_, gb, _]) = &p.bias {
-                        bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
+                    _ => {
+                        let m = Some(&p.mask);
+                        (
+                            conv::forward(ctx, g, &x.t, &p.w, m, bias, &y.t)?,
+                            conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?,
+                            if needs_grad {
+                                Some(conv::input_grad(ctx, g, &y.g, &p.w, m, &x.g, false)?)
+                            } else {
+                                None
+                            },
+                            None,
+                        )
                     }
-                    bwd.push(sparse_conv::weight_grad(
-                        ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
-                    )?);
-                    if needs_grad {
-                        bwd.push(sparse_conv::input_grad(
-                            ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
-                        )?);
-                    }
-                    let dense = conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?;
-                    if let Some(c) = self.compressed[idx].as_mut() {
-                        c.dense_grad = Some(dense);
-                    }
-                    return Ok((y, bwd));
-                }
-                self.forward.push(conv::forward(
-                    ctx,
-                    g,
-                    &x.t,
-                    &p.w,
-                    Some(&p.mask),
-                    bias,
-                    &y.t,
-                )?);
+                };
+                self.forward.push(fwd);
                 if let Some([_, gb, _]) = &p.bias {
                     bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
                 }
-                bwd.push(conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?);
-                if needs_grad {
-                    bwd.push(conv::input_grad(
-                        ctx,
-                        g,
-                        &y.g,
-                        &p.w,
-                        Some(&p.mask),
-                        &x.g,
-                        false,
-                    )?);
+                bwd.push(dw);
+                if let Some(dx) = dx {
+                    bwd.push(dx);
+                }
+                if let Some(c) = self.compressed[idx].as_mut() {
+                    c.dense_grad = dense;
                 }
                 Ok((y, bwd))
             }
@@ -649,19 +670,7 @@ impl GpuModel {
     /// parameters and running statistics), for batches of `batch`, dropout seeded by `seed`;
     /// sparse training, no label smoothing, the GEMM variant this adapter prefers.
     pub fn new(ctx: &GpuContext, host: &HostModel, batch: usize, seed: u32) -> Result<Self> {
-        let opts = ModelOptions {
-            masked: true,
-            label_smoothing: 0.0,
-            sgd: SgdConfig {
-                lr: 0.0,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                nesterov: false,
-            },
-            gemm: gemm::choose_variant(ctx)?,
-            compressed_conv: false,
-        };
-        Self::with_options(ctx, host, batch, seed, opts)
+        Self::with_options(ctx, host, batch, seed, ModelOptions::plain(ctx)?)
     }
 
     /// [`GpuModel::new`] with the trainer's options. Momentum and the EMA start at zero, the

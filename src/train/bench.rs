@@ -295,16 +295,8 @@ pub fn bench_model_step(
         w.mask = m;
     }
     let opts = crate::nn::model::ModelOptions {
-        masked: true,
-        label_smoothing: 0.0,
-        sgd: crate::gpu::ops::SgdConfig {
-            lr: 0.0,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        },
-        gemm: crate::gpu::gemm::choose_variant(ctx)?,
         compressed_conv,
+        ..crate::nn::model::ModelOptions::plain(ctx)?
     };
     let model = GpuModel::with_options(ctx, &host, batch, 0, opts)?;
     let input = spec.input_shape();
