@@ -3,7 +3,9 @@
 //! (weights at every position, biases, batch-norm scales and shifts), the running statistics,
 //! and the weights after an SGD step, for LeNet-5 and two small residual nets (projection and
 //! identity shortcuts, dropout, pooling on both paddings), at batch 1 and 3; and the same step
-//! with the convolutions on the compressed sparse kernels (gradients and weights at the slots).
+//! with the convolutions, and the linear layers, on the compressed sparse kernels (gradients and
+//! weights at the slots; after the optimizer, the forward pass equals that of a model loaded
+//! from the state read back).
 
 mod common;
 
@@ -13,7 +15,7 @@ use rigl::cpu::dense::sgd;
 use rigl::cpu::model::{HostModel, Mode};
 use rigl::gpu::ops::{self, SgdConfig};
 use rigl::gpu::Tensor;
-use rigl::nn::model::{GpuModel, ModelOptions, RunMode};
+use rigl::nn::model::{CompressedKind, GpuModel, ModelOptions, RunMode};
 use rigl::nn::spec::ModelSpec;
 use rigl::sparse::csr::CsrIndex;
 
@@ -21,7 +23,7 @@ const SEED: u32 = 5;
 const STEP: u32 = 17;
 
 fn check(host: HostModel, n: usize, what: &str) {
-    check_with(host, n, what, false)
+    check_with(host, n, what, false, false)
 }
 
 /// The slots of a param's mask (compressed params) or every position.
@@ -36,30 +38,50 @@ fn at_slots(host: &HostModel, i: usize, compressed: bool, dense: &[f32]) -> Vec<
         .gather(dense)
 }
 
-fn check_with(mut host: HostModel, n: usize, what: &str, compressed_conv: bool) {
+fn check_with(
+    mut host: HostModel,
+    n: usize,
+    what: &str,
+    compressed_conv: bool,
+    compressed_linear: bool,
+) {
     let ctx = ctx();
     let input = host.spec.input_shape();
     let x = data(input.len() * n, 77);
     let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + 1) % 10 % 3).collect();
     let opts = ModelOptions {
         compressed_conv,
+        compressed_linear,
         ..ModelOptions::plain(ctx).expect("options")
     };
     let gpu = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("GPU model");
-    let convs = gpu.compressed.iter().flatten().count();
+    let count = |linear: bool| {
+        gpu.compressed
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c.kind, CompressedKind::Linear(_)) == linear)
+            .count()
+    };
     if compressed_conv {
-        assert!(convs > 0, "{what}: no compressed convolution");
+        assert!(count(false) > 0, "{what}: no compressed convolution");
+    }
+    if compressed_linear {
+        assert!(count(true) > 0, "{what}: no compressed linear layer");
     }
     // A param's gradient and weights: its slots when compressed.
     let slot_grad = |i: usize| -> &Tensor {
-        gpu.compressed[i]
-            .as_ref()
-            .map_or(&gpu.params[i].grad, |c| &c.grad)
+        match (&gpu.compressed[i], &gpu.params[i].flat) {
+            (Some(c), _) => &c.grad,
+            (None, Some(f)) => &f.grad,
+            (None, None) => panic!("param {i} has no storage"),
+        }
     };
     let slot_w = |i: usize| -> &Tensor {
-        gpu.compressed[i]
-            .as_ref()
-            .map_or(&gpu.params[i].w, |c| &c.vals)
+        match (&gpu.compressed[i], &gpu.params[i].flat) {
+            (Some(c), _) => &c.vals,
+            (None, Some(f)) => &f.w,
+            (None, None) => panic!("param {i} has no storage"),
+        }
     };
     gpu.input.write_f32(ctx, &x).expect("input");
     ctx.queue.write_buffer(
@@ -174,6 +196,23 @@ fn check_with(mut host: HostModel, n: usize, what: &str, compressed_conv: bool) 
             1e-4,
         );
     }
+    // After the optimizer, a forward pass reads the stepped weights (the compressed linear
+    // layers through the value texture the optimizer writes): it equals that of a model built
+    // from the same host and loaded with the state read back.
+    let state = gpu.read_state(ctx).expect("state");
+    let again = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("second model");
+    again.load_state(ctx, &state).expect("load state");
+    let mut logits = Vec::new();
+    for m in [&gpu, &again] {
+        m.input.write_f32(ctx, &x).expect("input");
+        m.set_mode(ctx, RunMode::Eval).expect("mode");
+        ops::run(ctx, "forward", &m.forward_ops()).expect("forward");
+        logits.push(m.logits.read_f32(ctx).expect("logits"));
+    }
+    assert_eq!(
+        logits[0], logits[1],
+        "{what}: forward after the optimizer step"
+    );
 }
 
 #[test]
@@ -196,10 +235,37 @@ fn compressed_convolutions_step_like_the_twin() {
         3,
         "compressed residual batch 3",
         true,
+        false,
     );
-    check_with(model(pooled_net(), 3), 1, "compressed pooled batch 1", true);
+    check_with(
+        model(pooled_net(), 3),
+        1,
+        "compressed pooled batch 1",
+        true,
+        false,
+    );
     let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
-    check_with(model(spec, 4), 2, "compressed lenet5 batch 2", true);
+    check_with(model(spec, 4), 2, "compressed lenet5 batch 2", true, false);
+}
+
+#[test]
+fn compressed_linear_layers_step_like_the_twin() {
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    check_with(model(spec, 4), 4, "compressed lenet5 batch 4", true, true);
+    check_with(
+        model(residual_net(), 1),
+        4,
+        "compressed residual batch 4",
+        true,
+        true,
+    );
+    check_with(
+        model(pooled_net(), 3),
+        8,
+        "linear only, pooled batch 8",
+        false,
+        true,
+    );
 }
 
 #[test]

@@ -469,6 +469,14 @@ fn compressed_convolutions_train_like_the_masked_path_and_resume_exactly() {
             serde_json::from_str(&std::fs::read_to_string(a.path().join("summary.json")).unwrap())
                 .unwrap();
         assert_eq!(summary["kernels"]["kernels"], "sparse", "{what}");
+        // Batch 8 on an adapter with subgroups: the linear layer is compressed too.
+        if rigl::nn::model::linear_support(ctx, 8).is_ok() {
+            assert_eq!(
+                summary["kernels"]["reason"],
+                "--kernels sparse: convolutions and linear layers compressed",
+                "{what}"
+            );
+        }
         // The updates changed the masks, and both paths chose the same connections.
         let changes: u64 = train_lines(a.path())
             .iter()

@@ -268,12 +268,10 @@ impl Network for model::GpuModel {
         Ok((f64::from(s[0]), f64::from(s[1])))
     }
     fn read_weights(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        // Compressed kernels: their slots into the dense copies first.
-        self.sync_dense(ctx)?;
-        self.read_layers(ctx, &self.w)
+        self.read_params(ctx, model::ParamTensor::Weights)
     }
     fn read_masks(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        self.read_layers(ctx, &self.mask)
+        self.read_params(ctx, model::ParamTensor::Masks)
     }
     fn read_biases(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
         model::GpuModel::read_biases(self, ctx)

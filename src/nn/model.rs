@@ -18,24 +18,39 @@ use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom};
 use crate::gpu::image::{self, ImageShape};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
-use crate::gpu::sparse_conv::{self, Layout, Scratch, SparseConvForm};
+use crate::gpu::sparse_conv::{self, SparseConvForm};
+use crate::gpu::spmm::{self, Epilogue, Metadata, PackOp};
+use crate::gpu::texture::Texture;
 use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
 use crate::nn::loss::LossHead;
 use crate::nn::mlp::ALIGN;
 use crate::nn::spec::{Layer, ModelSpec, Shape, ShortcutFrom};
-use crate::sparse::csr::CsrIndex;
 use crate::sparse::update::LayerPlacement;
 
+mod compressed;
 mod trainable;
+pub use compressed::{
+    linear_support, CompressedKind, CompressedParam, LinearMeta, ParamTensor, Slots,
+};
 pub use trainable::features_to_images;
 
-/// A weight tensor on the GPU: views into the model's flat buffers.
+/// A weight tensor on the GPU.
 #[derive(Debug)]
 pub struct Param {
     /// Name.
     pub name: String,
     /// `[in, out]` or `[kh, kw, cin, cout]`.
     pub shape: Vec<usize>,
+    /// Its views of the model's flat buffers; `None` for a kernel kept compressed (its state is
+    /// [`GpuModel::compressed`]).
+    pub flat: Option<FlatParam>,
+    /// Bias, its gradient and momentum.
+    pub bias: Option<[Tensor; 3]>,
+}
+
+/// A param's views of the model's flat buffers.
+#[derive(Debug)]
+pub struct FlatParam {
     /// Weights (a view of [`GpuModel::w`]).
     pub w: Tensor,
     /// 0/1 mask (a view of [`GpuModel::mask`]).
@@ -44,8 +59,18 @@ pub struct Param {
     pub grad: Tensor,
     /// Momentum (a view of [`GpuModel::mom`]).
     pub mom: Tensor,
-    /// Bias, its gradient and momentum.
-    pub bias: Option<[Tensor; 3]>,
+}
+
+impl Param {
+    /// Its flat views, or an error naming it if it is kept compressed.
+    pub fn flat(&self) -> Result<&FlatParam> {
+        self.flat.as_ref().ok_or_else(|| {
+            RiglError::invalid(format!(
+                "weight tensor {} is compressed: it has no dense views",
+                self.name
+            ))
+        })
+    }
 }
 
 /// A batch norm on the GPU: gamma and beta interleaved `[2C]`, their gradient and momentum, the
@@ -102,11 +127,13 @@ pub struct ModelOptions {
     pub gemm: GemmVariant,
     /// Convolutions on the compressed sparse kernels ([`crate::gpu::sparse_conv`]): each
     /// kernel's active weights as slots with their own gradient and momentum
-    /// ([`GpuModel::compressed`]), the products and the optimizer over them. The flat buffers
-    /// keep a dense copy of such a kernel for the mask update and the saved state:
-    /// [`GpuModel::sync_dense`] writes the slots into it, [`GpuModel::sync_slots`] rebuilds the
-    /// slots from it.
+    /// ([`GpuModel::compressed`]), the products, the optimizer and the mask update over them;
+    /// nothing dense of such a kernel is kept (the flat buffers hold the other params).
     pub compressed_conv: bool,
+    /// Linear layers on the compressed sparse matrix kernels ([`crate::gpu::spmm`]) where the
+    /// adapter and the batch allow ([`linear_support`]; masked-dense otherwise), kept as
+    /// [`ModelOptions::compressed_conv`] keeps convolutions.
+    pub compressed_linear: bool,
 }
 
 impl ModelOptions {
@@ -125,31 +152,9 @@ impl ModelOptions {
             },
             gemm: gemm::choose_variant(ctx)?,
             compressed_conv: false,
+            compressed_linear: false,
         })
     }
-}
-
-/// A convolution kernel kept compressed: its active weights as the slots of an index, with
-/// their gradient (the SDDMM's, active positions only) and momentum.
-#[derive(Debug)]
-pub struct CompressedConv {
-    /// The product geometry.
-    pub layout: Layout,
-    /// Active weights.
-    pub nnz: usize,
-    /// Index words ([`crate::sparse::csr::CsrIndex::to_words`]).
-    pub idx: Tensor,
-    /// Value per slot.
-    pub vals: Tensor,
-    /// Gradient per slot.
-    pub grad: Tensor,
-    /// Momentum per slot.
-    pub mom: Tensor,
-    /// The index on the host (what [`GpuModel::sync_dense`] scatters through).
-    index: std::sync::Mutex<CsrIndex>,
-    /// The dense kernel gradient into the param's flat gradient (RigL's grow score, run at
-    /// mask updates only).
-    dense_grad: Option<Dispatch>,
 }
 
 /// One prebuilt optimizer dispatch: over how many elements, and whether weight decay applies.
@@ -168,7 +173,8 @@ pub struct GpuModel {
     pub batch: usize,
     /// Weight tensors in [`ModelSpec::infer`]'s order.
     pub params: Vec<Param>,
-    /// Where each param lies in the flat buffers.
+    /// Where each param kept in the flat buffers lies there (its `id` is its index in
+    /// [`GpuModel::params`]); compressed kernels have none.
     pub placements: Vec<LayerPlacement>,
     /// Flat weights.
     pub w: Tensor,
@@ -202,10 +208,12 @@ pub struct GpuModel {
     ema_op: Dispatch,
     ever_op: Dispatch,
     total_w: usize,
-    /// Per param: its compressed form, when [`ModelOptions::compressed_conv`] made one.
-    pub compressed: Vec<Option<CompressedConv>>,
-    /// Textures the compressed convolutions share.
-    _scratch: Option<Scratch>,
+    /// Per param: its compressed form, when [`ModelOptions::compressed_conv`] or
+    /// [`ModelOptions::compressed_linear`] made one.
+    pub compressed: Vec<Option<CompressedParam>>,
+    /// What the compressed kernels share (their flat slot buffers among it).
+    pub slots: Option<Slots>,
+    slot_update: Option<compressed::SlotUpdate>,
 }
 
 /// Builds the dispatch lists while walking the layers.
@@ -221,9 +229,95 @@ struct Builder<'a> {
     switches: Vec<Switch>,
     dropouts: u32,
     seed: u32,
-    compressed: Vec<Option<CompressedConv>>,
-    scratch: Option<Scratch>,
+    compressed: Vec<Option<CompressedParam>>,
+    slots: Option<Slots>,
     sform: SparseConvForm,
+}
+
+/// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
+/// with the bias) and backward ones (the output gradient into a texture, the weight gradient at
+/// the slots with the bias gradient, the input gradient when `needs_grad`).
+#[allow(clippy::too_many_arguments)]
+fn compressed_linear(
+    ctx: &GpuContext,
+    c: &CompressedParam,
+    slots: &Slots,
+    p: &Param,
+    x: &Act,
+    y: &Act,
+    n: usize,
+    needs_grad: bool,
+) -> Result<(Vec<Dispatch>, Vec<Dispatch>)> {
+    let (CompressedKind::Linear(m), Some(values)) = (&c.kind, &slots.values) else {
+        return Err(RiglError::invalid(format!(
+            "linear layer {}: its compressed form is not a linear layer's",
+            p.name
+        )));
+    };
+    let (fwd_meta, bwd_meta) = (&m.fwd_meta, &m.bwd_meta);
+    let s = c.shape(n);
+    let xt = Texture::new(ctx, &format!("{} input texture", p.name), s.in_dim, n)?;
+    let dyt = Texture::new(
+        ctx,
+        &format!("{} output gradient texture", p.name),
+        s.out_dim,
+        n,
+    )?;
+    let epilogue = match &p.bias {
+        Some([b, _, _]) => Epilogue::BiasAct {
+            bias: b,
+            relu: false,
+        },
+        None => Epilogue::None,
+    };
+    let fwd = vec![
+        spmm::pack(ctx, PackOp::Copy, &x.t, &xt)?,
+        spmm::spmm_stores(
+            ctx,
+            s,
+            &c.idx,
+            &Metadata {
+                index: fwd_meta,
+                values,
+            },
+            &xt,
+            &y.t,
+            true,
+            epilogue,
+            None,
+            true,
+        )?,
+    ];
+    let mut bwd = vec![
+        spmm::pack(ctx, PackOp::Copy, &y.g, &dyt)?,
+        spmm::sddmm_with_bias(
+            ctx,
+            s,
+            &c.idx,
+            &xt,
+            &dyt,
+            &c.grad,
+            p.bias.as_ref().map(|b| &b[1]),
+        )?,
+    ];
+    if needs_grad {
+        bwd.push(spmm::spmm_stores(
+            ctx,
+            s,
+            &c.idx,
+            &Metadata {
+                index: bwd_meta,
+                values,
+            },
+            &dyt,
+            &x.g,
+            false,
+            Epilogue::None,
+            None,
+            true,
+        )?);
+    }
+    Ok((fwd, bwd))
 }
 
 fn image_shape(s: Shape, n: usize) -> ImageShape {
@@ -316,19 +410,6 @@ impl Builder<'_> {
                     },
                     &format!("{name} output"),
                 )?;
-                let p = &self.params[idx];
-                let fwd = GemmShape {
-                    m: fout,
-                    n,
-                    k: fin,
-                    trans_a: true,
-                    trans_b: false,
-                };
-                let mut f = vec![self.gemm(fwd, &p.w, &x.t, &y.t, Some(&p.mask))?];
-                if let Some([b, gb, _]) = &p.bias {
-                    f.push(ops::bias_act(ctx, b, &y.t, fout, n, false)?);
-                    bwd.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
-                }
                 let dw = GemmShape {
                     m: fin,
                     n: fout,
@@ -336,10 +417,43 @@ impl Builder<'_> {
                     trans_a: false,
                     trans_b: true,
                 };
-                bwd.push(self.gemm(dw, &x.t, &y.g, &p.grad, None)?);
+                if let (Some(c), Some(slots)) = (&self.compressed[idx], &self.slots) {
+                    let p = &self.params[idx];
+                    // The dense weight gradient (RigL's grow score at mask updates): the masked
+                    // path's GEMM, into the shared scratch.
+                    let gv = slots.dense_grad.slice(
+                        ctx,
+                        0,
+                        fin * fout,
+                        &format!("{name} dense gradient"),
+                    )?;
+                    let dense = self.gemm(dw, &x.t, &y.g, &gv, None)?;
+                    let (f, b) = compressed_linear(ctx, c, slots, p, &x, &y, n, needs_grad)?;
+                    self.forward.extend(f);
+                    bwd.ops.extend(b);
+                    if let Some(c) = self.compressed[idx].as_mut() {
+                        c.dense_grad = Some(dense);
+                    }
+                    return Ok((y, bwd));
+                }
+                let p = &self.params[idx];
+                let pf = p.flat()?;
+                let fwd = GemmShape {
+                    m: fout,
+                    n,
+                    k: fin,
+                    trans_a: true,
+                    trans_b: false,
+                };
+                let mut f = vec![self.gemm(fwd, &pf.w, &x.t, &y.t, Some(&pf.mask))?];
+                if let Some([b, gb, _]) = &p.bias {
+                    f.push(ops::bias_act(ctx, b, &y.t, fout, n, false)?);
+                    bwd.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
+                }
+                bwd.push(self.gemm(dw, &x.t, &y.g, &pf.grad, None)?);
                 if needs_grad {
                     let dx = GemmShape::nn(fin, n, fout);
-                    bwd.push(self.gemm(dx, &p.w, &y.g, &x.g, Some(&p.mask))?);
+                    bwd.push(self.gemm(dx, &pf.w, &y.g, &x.g, Some(&pf.mask))?);
                 }
                 self.forward.extend(f);
                 Ok((y, bwd))
@@ -371,9 +485,15 @@ impl Builder<'_> {
                 let bias = p.bias.as_ref().map(|b| &b[0]);
                 // The three products: on the compressed kernels (and the dense kernel gradient
                 // the mask update reads), or masked-dense.
-                let (fwd, dw, dx, dense) = match (&self.compressed[idx], &self.scratch) {
-                    (Some(c), Some(sc)) => {
-                        let (f, lay) = (self.sform, &c.layout);
+                let (fwd, dw, dx, dense) = match (&self.compressed[idx], &self.slots) {
+                    (Some(c), Some(slots)) => {
+                        let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures)
+                        else {
+                            return Err(RiglError::invalid(format!(
+                                "convolution {name}: its compressed form is not a convolution's"
+                            )));
+                        };
+                        let f = self.sform;
                         if lay.geom != g {
                             return Err(RiglError::invalid(format!(
                                 "convolution {name}: compressed for {:?}, built for {g:?}",
@@ -394,16 +514,29 @@ impl Builder<'_> {
                             } else {
                                 None
                             },
-                            Some(conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?),
+                            Some(conv::weight_grad(
+                                ctx,
+                                g,
+                                &x.t,
+                                &y.g,
+                                &slots.dense_grad.slice(
+                                    ctx,
+                                    0,
+                                    c.rows() * c.cols(),
+                                    &format!("{name} dense gradient"),
+                                )?,
+                                false,
+                            )?),
                         )
                     }
                     _ => {
-                        let m = Some(&p.mask);
+                        let pf = p.flat()?;
+                        let m = Some(&pf.mask);
                         (
-                            conv::forward(ctx, g, &x.t, &p.w, m, bias, &y.t)?,
-                            conv::weight_grad(ctx, g, &x.t, &y.g, &p.grad, false)?,
+                            conv::forward(ctx, g, &x.t, &pf.w, m, bias, &y.t)?,
+                            conv::weight_grad(ctx, g, &x.t, &y.g, &pf.grad, false)?,
                             if needs_grad {
-                                Some(conv::input_grad(ctx, g, &y.g, &p.w, m, &x.g, false)?)
+                                Some(conv::input_grad(ctx, g, &y.g, &pf.w, m, &x.g, false)?)
                             } else {
                                 None
                             },
@@ -692,9 +825,22 @@ impl GpuModel {
                 host.spec.name, out.c, out.h, out.w
             )));
         }
+        // Compressed kernels first: the flat buffers hold the other params only.
+        let (compressed, slots) = if opts.compressed_conv || opts.compressed_linear {
+            let which = compressed::Compress {
+                convs: opts.compressed_conv,
+                linears: opts.compressed_linear,
+            };
+            compressed::compress_params(ctx, host, batch, which)?
+        } else {
+            (host.weights.iter().map(|_| None).collect(), None)
+        };
         let mut placements = Vec::with_capacity(host.weights.len());
         let mut off = 0usize;
         for (i, w) in host.weights.iter().enumerate() {
+            if compressed.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
             let n = w.w.len();
             if w.mask.len() != n {
                 return Err(RiglError::invalid(format!(
@@ -711,9 +857,11 @@ impl GpuModel {
             });
             off += n.div_ceil(ALIGN) * ALIGN;
         }
-        let total_w = off;
+        // At least one aligned block, so every flat buffer and its dispatches exist.
+        let total_w = off.max(ALIGN);
         let (mut flat_w, mut flat_m) = (vec![0.0f32; total_w], vec![0.0f32; total_w]);
-        for (p, w) in placements.iter().zip(&host.weights) {
+        for p in &placements {
+            let w = &host.weights[p.id as usize];
             for i in 0..p.n {
                 let mk = w.mask[i];
                 if mk != 0.0 && mk != 1.0 {
@@ -734,9 +882,22 @@ impl GpuModel {
         let mom = Tensor::zeros(ctx, "momentum", total_w)?;
         let ema = Tensor::zeros(ctx, "gradient EMA", total_w)?;
         let mut params = Vec::with_capacity(host.weights.len());
-        for (p, hw) in placements.iter().zip(&host.weights) {
-            let view =
-                |t: &Tensor, what: &str| t.slice(ctx, p.offset, p.n, &format!("{} {what}", p.name));
+        let mut flat_at = placements.iter().peekable();
+        for (i, hw) in host.weights.iter().enumerate() {
+            let flat = match flat_at.next_if(|p| p.id as usize == i) {
+                Some(p) => {
+                    let view = |t: &Tensor, what: &str| {
+                        t.slice(ctx, p.offset, p.n, &format!("{} {what}", p.name))
+                    };
+                    Some(FlatParam {
+                        w: view(&w, "weights")?,
+                        mask: view(&mask, "mask")?,
+                        grad: view(&grad, "gradient")?,
+                        mom: view(&mom, "momentum")?,
+                    })
+                }
+                None => None,
+            };
             let bias = match &hw.bias {
                 Some(b) => Some([
                     Tensor::from_f32(ctx, &format!("{} bias", hw.name), b)?,
@@ -748,18 +909,10 @@ impl GpuModel {
             params.push(Param {
                 name: hw.name.clone(),
                 shape: hw.shape.clone(),
-                w: view(&w, "weights")?,
-                mask: view(&mask, "mask")?,
-                grad: view(&grad, "gradient")?,
-                mom: view(&mom, "momentum")?,
+                flat,
                 bias,
             });
         }
-        let (compressed, scratch) = if opts.compressed_conv {
-            compress_convs(ctx, host, batch)?
-        } else {
-            (host.weights.iter().map(|_| None).collect(), None)
-        };
         let input = host.spec.input_shape();
         let mut b = Builder {
             ctx,
@@ -773,7 +926,7 @@ impl GpuModel {
             dropouts: 0,
             seed,
             compressed,
-            scratch,
+            slots,
             sform: SparseConvForm::pick(ctx),
         };
         let x = b.act(input, "input")?;
@@ -801,10 +954,20 @@ impl GpuModel {
             len: total_w,
             decay: true,
         }];
-        for c in b.compressed.iter().flatten() {
+        if let Some(sl) = &b.slots {
+            // One dispatch over every compressed kernel's slots (padding slots stay 0).
             sgd.push(SgdOp {
-                op: ops::sgd(ctx, &c.grad, &c.vals, &c.mom, None, c.nnz, opts.sgd)?,
-                len: c.nnz,
+                op: ops::sgd_mirrored(
+                    ctx,
+                    &sl.grad,
+                    &sl.vals,
+                    &sl.mom,
+                    None,
+                    sl.total,
+                    opts.sgd,
+                    sl.values.as_ref(),
+                )?,
+                len: sl.total,
                 decay: true,
             });
         }
@@ -835,6 +998,19 @@ impl GpuModel {
         }
         let ema_op = ops::ema(ctx, &grad, &ema, total_w, 0.9)?;
         let ever_op = ops::max_into(ctx, &mask, &ever, total_w)?;
+        let slot_update = match &b.slots {
+            Some(sl) => {
+                let names: Vec<String> = b.params.iter().map(|p| p.name.clone()).collect();
+                Some(compressed::slot_update(
+                    ctx,
+                    &b.compressed,
+                    sl,
+                    &names,
+                    seed,
+                )?)
+            }
+            None => None,
+        };
         let model = GpuModel {
             spec: host.spec.clone(),
             batch,
@@ -862,9 +1038,11 @@ impl GpuModel {
             ever_op,
             total_w,
             compressed: b.compressed,
-            _scratch: b.scratch,
+            slots: b.slots,
+            slot_update,
         };
         model.load_norms(ctx, host)?;
+        model.write_meta(ctx)?;
         Ok(model)
     }
 
@@ -940,18 +1118,40 @@ impl GpuModel {
             .collect()
     }
 
-    /// SGD over every param (masked weights held at zero) and batch-norm parameter.
+    /// SGD over every param (masked weights held at zero; the compressed ones in one dispatch
+    /// over their slots) and batch-norm parameter.
     pub fn sgd_ops(&self, ctx: &GpuContext, cfg: SgdConfig) -> Result<Vec<Dispatch>> {
         let no_decay = SgdConfig {
             weight_decay: 0.0,
             ..cfg
         };
         let mut out = Vec::new();
-        for (p, c) in self.params.iter().zip(&self.compressed) {
-            out.push(match c {
-                Some(c) => ops::sgd(ctx, &c.grad, &c.vals, &c.mom, None, c.nnz, cfg)?,
-                None => ops::sgd(ctx, &p.grad, &p.w, &p.mom, Some(&p.mask), p.w.len, cfg)?,
-            });
+        // The compressed params in one dispatch over their slots, which also keeps the value
+        // texture of the compressed linear layers current.
+        if let Some(sl) = &self.slots {
+            out.push(ops::sgd_mirrored(
+                ctx,
+                &sl.grad,
+                &sl.vals,
+                &sl.mom,
+                None,
+                sl.total,
+                cfg,
+                sl.values.as_ref(),
+            )?);
+        }
+        for p in &self.params {
+            if let Some(f) = &p.flat {
+                out.push(ops::sgd(
+                    ctx,
+                    &f.grad,
+                    &f.w,
+                    &f.mom,
+                    Some(&f.mask),
+                    f.w.len,
+                    cfg,
+                )?);
+            }
             if let Some([b, gb, mb]) = &p.bias {
                 out.push(ops::sgd(ctx, gb, b, mb, None, b.len, no_decay)?);
             }
@@ -970,65 +1170,6 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// Whether some convolution runs on the compressed kernels.
-    pub fn has_compressed(&self) -> bool {
-        self.compressed.iter().any(Option::is_some)
-    }
-
-    /// The dense kernel gradients of the compressed convolutions into their params' flat
-    /// gradients (after a backward pass): what RigL's grow phase reads at a mask update.
-    pub fn dense_grad_ops(&self) -> Vec<&Dispatch> {
-        self.compressed
-            .iter()
-            .flatten()
-            .filter_map(|c| c.dense_grad.as_ref())
-            .collect()
-    }
-
-    /// Writes every compressed kernel's slot values and momentum into its dense copy in the
-    /// flat buffers (zeros elsewhere), for the mask update and the saved state. Waits for the
-    /// GPU.
-    pub fn sync_dense(&self, ctx: &GpuContext) -> Result<()> {
-        for (p, c) in self.params.iter().zip(&self.compressed) {
-            let Some(c) = c else { continue };
-            let index = c
-                .index
-                .lock()
-                .map_err(|_| RiglError::invalid("a compressed kernel's index lock is poisoned"))?;
-            p.w.write_f32(ctx, &index.scatter(&c.vals.read_f32(ctx)?))?;
-            p.mom
-                .write_f32(ctx, &index.scatter(&c.mom.read_f32(ctx)?))?;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds every compressed kernel's slots from the flat buffers (its mask, weights and
-    /// momentum): after a mask update, and after a saved state is loaded. The active count must
-    /// not change. Waits for the GPU.
-    pub fn sync_slots(&self, ctx: &GpuContext) -> Result<()> {
-        for (p, c) in self.params.iter().zip(&self.compressed) {
-            let Some(c) = c else { continue };
-            let cout = *p.shape.last().unwrap_or(&1);
-            let mask = p.mask.read_f32(ctx)?;
-            let index = CsrIndex::from_mask(mask.len() / cout.max(1), cout, &mask)?;
-            if index.nnz() != c.nnz {
-                return Err(RiglError::invalid(format!(
-                    "convolution {}: {} active weights, its compressed form holds {}",
-                    p.name,
-                    index.nnz(),
-                    c.nnz
-                )));
-            }
-            c.idx.write_u32(ctx, &index.to_words())?;
-            c.vals.write_f32(ctx, &index.gather(&p.w.read_f32(ctx)?))?;
-            c.mom.write_f32(ctx, &index.gather(&p.mom.read_f32(ctx)?))?;
-            *c.index.lock().map_err(|_| {
-                RiglError::invalid("a compressed kernel's index lock is poisoned")
-            })? = index;
-        }
-        Ok(())
-    }
-
     /// Mean loss and correct predictions of the last step (waits for the GPU).
     pub fn read_loss(&self, ctx: &GpuContext) -> Result<(f32, usize)> {
         let s = self.loss_stats.read_f32(ctx)?;
@@ -1037,56 +1178,4 @@ impl GpuModel {
         let correct = s[n..2 * n].iter().filter(|&&c| c > 0.0).count();
         Ok((loss, correct))
     }
-}
-
-/// The compressed form of every convolution kernel of `host` for batches of `n`, and the
-/// textures they share.
-#[allow(clippy::type_complexity)]
-fn compress_convs(
-    ctx: &GpuContext,
-    host: &HostModel,
-    n: usize,
-) -> Result<(Vec<Option<CompressedConv>>, Option<Scratch>)> {
-    let (_, layers) = host.spec.infer()?;
-    let form = SparseConvForm::pick(ctx);
-    let mut out = Vec::with_capacity(host.weights.len());
-    for (wl, hw) in layers.iter().zip(&host.weights) {
-        let Some(g) = wl.conv_geom(n) else {
-            out.push(None);
-            continue;
-        };
-        sparse_conv::supports(ctx, &g, form).map_err(|e| {
-            RiglError::invalid(format!(
-                "convolution {}: the compressed kernels cannot run it: {e}",
-                hw.name
-            ))
-        })?;
-        let index = CsrIndex::from_mask(g.window.k * g.window.k * g.cin, g.cout, &hw.mask)?;
-        let nnz = index.nnz();
-        if nnz == 0 {
-            return Err(RiglError::invalid(format!(
-                "convolution {}: no active weights to compress",
-                hw.name
-            )));
-        }
-        let label = |what: &str| format!("{} {what}", hw.name);
-        out.push(Some(CompressedConv {
-            layout: Layout::new(g)?,
-            nnz,
-            idx: Tensor::from_u32(ctx, &label("index"), &index.to_words())?,
-            vals: Tensor::from_f32(ctx, &label("slot values"), &index.gather(&hw.w))?,
-            grad: Tensor::zeros(ctx, &label("slot gradients"), nnz)?,
-            mom: Tensor::zeros(ctx, &label("slot momentum"), nnz)?,
-            index: std::sync::Mutex::new(index),
-            dense_grad: None,
-        }));
-    }
-    let layouts: Vec<Layout> = out.iter().flatten().map(|c| c.layout).collect();
-    let scratch = if layouts.is_empty() {
-        None
-    } else {
-        let max_nnz = out.iter().flatten().map(|c| c.nnz).max().unwrap_or(1);
-        Some(Scratch::new(ctx, &layouts, max_nnz)?)
-    };
-    Ok((out, scratch))
 }

@@ -255,8 +255,8 @@ pub struct ModelStepBench {
     pub profile: Vec<(String, f64)>,
 }
 
-/// Times a training step of a model of layers on the masked-dense path (or, with
-/// `compressed_conv`, its convolutions on the compressed kernels), its masks drawn at `sparsity`
+/// Times a training step of a model of layers on the masked-dense path (or, with `compressed`,
+/// its convolutions and linear layers on the compressed kernels), its masks drawn at `sparsity`
 /// with `distribution` (exact active counts per param) and He-normal weights.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_model_step(
@@ -265,7 +265,7 @@ pub fn bench_model_step(
     batch: usize,
     sparsity: f64,
     distribution: crate::sparse::DistributionConfig,
-    compressed_conv: bool,
+    compressed: bool,
     warmup: usize,
     reps: usize,
     with_profile: bool,
@@ -295,7 +295,8 @@ pub fn bench_model_step(
         w.mask = m;
     }
     let opts = crate::nn::model::ModelOptions {
-        compressed_conv,
+        compressed_conv: compressed,
+        compressed_linear: compressed,
         ..crate::nn::model::ModelOptions::plain(ctx)?
     };
     let model = GpuModel::with_options(ctx, &host, batch, 0, opts)?;
@@ -337,7 +338,7 @@ pub fn bench_model_step(
         model: spec.name.clone(),
         batch,
         sparsity,
-        kernels: if compressed_conv { "sparse" } else { "masked" },
+        kernels: if compressed { "sparse" } else { "masked" },
         step_ms,
         samples_per_sec: batch as f64 / (step_ms / 1000.0),
         step_dispatches: ops.len(),

@@ -69,10 +69,14 @@ impl Net {
         ctx: &GpuContext,
         updater: Option<&MaskUpdater>,
     ) -> Result<usize> {
-        Ok(match (self, updater) {
-            (Net::Sparse(sp), _) => sp.read_new_connections(ctx)?.iter().sum(),
-            (_, Some(up)) => up.read_new_connections(ctx)?.iter().sum(),
-            (_, None) => 0,
+        let flat = match updater {
+            Some(up) => up.read_new_connections(ctx)?.iter().sum(),
+            None => 0,
+        };
+        Ok(match self {
+            Net::Sparse(sp) => sp.read_new_connections(ctx)?.iter().sum(),
+            Net::Model(m) if m.has_compressed() => flat + m.compressed_new_connections(ctx)?,
+            _ => flat,
         })
     }
 
@@ -85,7 +89,7 @@ impl Net {
                 .map(|e| count_active(e))
                 .sum(),
             Net::Model(m) => m
-                .read_layers(ctx, &m.ever)?
+                .read_params(ctx, crate::nn::model::ParamTensor::Ever)?
                 .iter()
                 .map(|e| count_active(e))
                 .sum(),
@@ -95,8 +99,9 @@ impl Net {
 }
 
 /// Writes the per-layer counts of a mask update at `step` and returns its dispatches: the masked
-/// model's updater followed by its ever-active record, or the compressed model's own update. The
-/// trainer and `rigl bench step` build update steps with it.
+/// model's updater followed by its ever-active record, or the compressed model's own update; a
+/// model of layers with compressed kernels runs the updater over its flat params, then its
+/// compressed kernels' update. The trainer and `rigl bench step` build update steps with it.
 pub(crate) fn update_ops<'a>(
     ctx: &GpuContext,
     net: &'a Net,
@@ -110,6 +115,17 @@ pub(crate) fn update_ops<'a>(
             up.prepare(ctx, step, counts)?;
             let mut v = up.dispatches(rule);
             v.push(m.ever_op());
+            Ok(v)
+        }
+        (Net::Model(m), up) if m.has_compressed() => {
+            let mut v = Vec::new();
+            if let Some(up) = up {
+                up.prepare(ctx, step, &m.flat_counts(counts)?)?;
+                v = up.dispatches(rule);
+                v.push(m.ever_op());
+            }
+            m.prepare_compressed(ctx, step, counts)?;
+            v.extend(m.compressed_update_ops(rule)?);
             Ok(v)
         }
         (Net::Model(m), Some(up)) => {
@@ -336,11 +352,13 @@ fn build_model(
             sgd,
             gemm: gemm_variant,
             compressed_conv,
+            compressed_linear: compressed_conv,
         },
     )?;
     let rule = grow_rule(cfg.method);
+    // Over the flat buffers: every param, or those the compressed kernels leave there.
     let updater = match rule {
-        Some(_) => Some(MaskUpdater::new(
+        Some(_) if !model.placements.is_empty() => Some(MaskUpdater::new(
             ctx,
             model.placements.clone(),
             &model.w,
@@ -353,15 +371,18 @@ fn build_model(
             },
             cfg.seed as u32,
         )?),
-        None => None,
+        _ => None,
     };
     let decision = Decision {
         kernels: model.kernels(),
         reason: match kernels {
             KernelChoice::Masked => "--kernels masked".to_string(),
-            KernelChoice::Sparse => {
-                "--kernels sparse: convolutions compressed, linear layers masked-dense".to_string()
-            }
+            KernelChoice::Sparse => match crate::nn::model::linear_support(ctx, cfg.batch) {
+                Ok(()) => "--kernels sparse: convolutions and linear layers compressed".to_string(),
+                Err(why) => format!(
+                    "--kernels sparse: convolutions compressed, linear layers masked-dense ({why})"
+                ),
+            },
             KernelChoice::Auto => SPARSE_CONV_MISSING.to_string(),
         },
         layers: Vec::new(),

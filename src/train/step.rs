@@ -34,22 +34,6 @@ impl Run<'_> {
             .push_error_scope(wgpu::ErrorFilter::Validation);
         let (samples, skipped, counts) = self.begin_step(step)?;
         let is_update = counts.is_some();
-        if let (true, Some(c)) = (self.parts.has_compressed_convs(), counts.as_deref()) {
-            let done = self.compressed_update_step(step, skipped, c);
-            let validation = pollster::block_on(validation_scope.pop());
-            let oom = pollster::block_on(oom_scope.pop());
-            done?;
-            if let Some(err) = validation.or(oom) {
-                return Err(RiglError::Gpu {
-                    what: format!("running training step {}", step + 1),
-                    message: err.to_string(),
-                });
-            }
-            self.c.train_seconds += t0.elapsed().as_secs_f64();
-            self.c.window_samples += samples as u64;
-            self.progress.step(step + 1);
-            return Ok(());
-        }
         let ops = self.parts.step_ops(
             self.ctx,
             self.cfg.method,
@@ -101,56 +85,6 @@ impl Run<'_> {
         }
         self.count_flops(counts.is_some());
         Ok((samples, skipped, counts))
-    }
-
-    /// A mask update of a model whose convolutions are compressed, in phases with host work
-    /// between them: forward and backward (and SET's optimizer step), RigL's dense kernel
-    /// gradients; the slots written into the dense copies; the masked path's updater over them;
-    /// the slots rebuilt from the new masks. Waits for the GPU.
-    fn compressed_update_step(
-        &mut self,
-        step: u64,
-        skipped: bool,
-        counts: &[LayerCounts],
-    ) -> Result<()> {
-        if let Some(prev) = self.pending.take() {
-            self.ctx.wait("training step", prev)?;
-        }
-        let (ctx, method) = (self.ctx, self.cfg.method);
-        let what = format!("training step {}", step + 1);
-        let (super::net::Net::Model(model), Some(rule)) = (&self.parts.net, self.parts.rule) else {
-            return Err(RiglError::invalid(
-                "a compressed-convolution update without a model of layers or a grow rule",
-            ));
-        };
-        let mut ops = Vec::new();
-        if self.opts.on_nan != NanPolicy::Skip {
-            ops = model.forward_loss_ops();
-            ops.extend(model.backward_ops());
-        }
-        if !skips_optimizer(method, skipped, true) {
-            ops.extend(model.optimizer_ops());
-        }
-        if rule == crate::sparse::update::GrowRule::Score {
-            ops.extend(model.dense_grad_ops());
-        }
-        crate::gpu::ops::run(ctx, &what, &ops)?;
-        model.sync_dense(ctx)?;
-        let update = net::update_ops(
-            ctx,
-            &self.parts.net,
-            self.parts.updater.as_ref(),
-            step as u32,
-            counts,
-            rule,
-        )?;
-        crate::gpu::ops::run(ctx, &what, &update)?;
-        model.sync_slots(ctx)?;
-        self.c.last_changes = self
-            .parts
-            .net
-            .read_new_connections(ctx, self.parts.updater.as_ref())?;
-        Ok(())
     }
 
     /// Uploads the next batch, sets training mode and this step's learning rate; returns the

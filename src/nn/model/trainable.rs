@@ -8,7 +8,7 @@
 //! pass over the batch, before the upload (for `C = 1` the two layouts differ only in where the
 //! sample index sits).
 
-use super::{GpuModel, RunMode};
+use super::{GpuModel, ParamTensor, RunMode};
 use crate::cpu::model::HostNorm;
 use crate::error::{Result, RiglError};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
@@ -126,7 +126,29 @@ impl GpuModel {
         self.loss.read_sums_f32(ctx)
     }
 
-    /// Reads one flat tensor back, split per param.
+    /// Reads one state tensor back per param, dense in the param's shape, compressed kernels
+    /// included (from their slots and index).
+    pub fn read_params(&self, ctx: &GpuContext, kind: ParamTensor) -> Result<Vec<Vec<f32>>> {
+        let flat = match kind {
+            ParamTensor::Weights => &self.w,
+            ParamTensor::Masks => &self.mask,
+            ParamTensor::Momentum => &self.mom,
+            ParamTensor::Ema => &self.ema,
+            ParamTensor::Ever => &self.ever,
+        };
+        let mut out = vec![Vec::new(); self.params.len()];
+        for (p, v) in self.placements.iter().zip(self.read_layers(ctx, flat)?) {
+            out[p.id as usize] = v;
+        }
+        for c in self.compressed.iter().flatten() {
+            out[c.param] = c.read(ctx, kind)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads one flat tensor back, split per param kept in the flat buffers (in
+    /// [`GpuModel::placements`]' order; compressed kernels are not there: see
+    /// [`GpuModel::read_params`]).
     pub fn read_layers(&self, ctx: &GpuContext, t: &Tensor) -> Result<Vec<Vec<f32>>> {
         let all = t.read_f32(ctx)?;
         Ok(self
@@ -190,8 +212,6 @@ impl GpuModel {
     /// Reads the whole training state back (waits for the GPU): weights, masks, momentum, EMA,
     /// ever-active record, biases and their momentum, batch norms and the running loss sums.
     pub fn read_state(&self, ctx: &GpuContext) -> Result<ModelState> {
-        // Compressed kernels: their slots are the state, written into the dense copies.
-        self.sync_dense(ctx)?;
         let bias_mom = self
             .params
             .iter()
@@ -201,13 +221,13 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ModelState {
-            weights: self.read_layers(ctx, &self.w)?,
-            masks: self.read_layers(ctx, &self.mask)?,
-            momentum: self.read_layers(ctx, &self.mom)?,
+            weights: self.read_params(ctx, ParamTensor::Weights)?,
+            masks: self.read_params(ctx, ParamTensor::Masks)?,
+            momentum: self.read_params(ctx, ParamTensor::Momentum)?,
             biases: self.read_biases(ctx)?,
             bias_momentum: bias_mom,
-            ema: self.read_layers(ctx, &self.ema)?,
-            ever: self.read_layers(ctx, &self.ever)?,
+            ema: self.read_params(ctx, ParamTensor::Ema)?,
+            ever: self.read_params(ctx, ParamTensor::Ever)?,
             loss_sums: self.loss.read_sums_f32(ctx)?,
             norms: self.read_norms(ctx)?,
         })
@@ -217,8 +237,22 @@ impl GpuModel {
     /// shape is checked before anything is written.
     pub fn load_state(&self, ctx: &GpuContext, state: &ModelState) -> Result<()> {
         let n = self.params.len();
+        for (what, layers) in state.tensors() {
+            if layers.len() != n {
+                return Err(RiglError::invalid(format!(
+                    "model state: {} {what} tensors, the model has {n}",
+                    layers.len()
+                )));
+            }
+        }
+        // The params kept in the flat buffers; the compressed kernels below.
         let flat = |what: &str, layers: &Vec<Vec<f32>>| {
-            crate::sparse::update::flatten_layers(&self.placements, self.total_w, layers, what)
+            let mine: Vec<Vec<f32>> = self
+                .placements
+                .iter()
+                .map(|p| layers[p.id as usize].clone())
+                .collect();
+            crate::sparse::update::flatten_layers(&self.placements, self.total_w, &mine, what)
         };
         let w = flat("weight", &state.weights)?;
         let m = flat("mask", &state.masks)?;
@@ -280,29 +314,47 @@ impl GpuModel {
                 .write_f32(ctx, &zip(&s.gamma_momentum, &s.beta_momentum))?;
             g.running.write_f32(ctx, &zip(&s.mean, &s.var))?;
         }
-        self.loss.set_sums(ctx, state.loss_sums)?;
-        self.sync_slots(ctx)
+        for c in self.compressed.iter().flatten() {
+            let i = c.param;
+            c.load(
+                ctx,
+                &self.params[i].name,
+                &state.weights[i],
+                &state.masks[i],
+                &state.momentum[i],
+                &state.ever[i],
+            )?;
+        }
+        self.write_meta(ctx)?;
+        self.loss.set_sums(ctx, state.loss_sums)
     }
 
     /// GPU bytes of the trainable state: weights, mask, momentum and dense gradient per param
-    /// (16 bytes per weight), plus a compressed kernel's slots (value, gradient, momentum) and
-    /// index beside its dense copy; the EMA and the ever-active map count as update scratch.
+    /// in the flat buffers (16 bytes per weight); a compressed kernel's slots (value, gradient,
+    /// momentum) and index. Update scratch: the flat EMA and ever-active map, and for
+    /// compressed kernels their update statistics, the dense gradient, grow flags and rebuild
+    /// scratch of the largest kernel, and the drop phase's selection.
     pub fn memory(&self) -> MemoryReport {
-        let slots = |c: &Option<super::CompressedConv>| {
-            c.as_ref()
-                .map_or(0, |c| (12 * c.nnz) as u64 + c.idx.bytes())
-        };
-        let layers: Vec<(String, u64)> = self
-            .placements
-            .iter()
-            .zip(&self.compressed)
-            .map(|(p, c)| (p.name.clone(), 16 * p.n as u64 + slots(c)))
-            .collect();
+        let mut layers: Vec<(String, u64)> =
+            self.params.iter().map(|p| (p.name.clone(), 0)).collect();
+        for p in &self.placements {
+            layers[p.id as usize].1 = 16 * p.n as u64;
+        }
+        let mut scratch = 8 * self.total_w as u64;
+        for c in self.compressed.iter().flatten() {
+            layers[c.param].1 = 12 * c.nnz as u64 + c.idx.bytes();
+            scratch += c.stats.bytes();
+        }
+        if let Some(sl) = &self.slots {
+            scratch += sl.update_scratch_bytes();
+        }
+        if let Some(up) = &self.slot_update {
+            scratch += up.selection_bytes();
+        }
         MemoryReport {
-            weights_grads_momentum: 16 * self.total_w as u64
-                + self.compressed.iter().map(slots).sum::<u64>(),
+            weights_grads_momentum: layers.iter().map(|l| l.1).sum(),
             layers,
-            update_scratch: 8 * self.total_w as u64,
+            update_scratch: scratch,
         }
     }
 
