@@ -5,7 +5,8 @@
 //! identity shortcuts, dropout, pooling on both paddings), at batch 1 and 3; and the same step
 //! with the convolutions, and the linear layers, on the compressed sparse kernels (gradients and
 //! weights at the slots; after the optimizer, the forward pass equals that of a model loaded
-//! from the state read back).
+//! from the state read back), and with compressed params on the dense products over their
+//! scattered slots (what `--kernels auto` picks where those measure faster).
 
 mod common;
 
@@ -26,6 +27,16 @@ fn check(host: HostModel, n: usize, what: &str) {
     check_with(host, n, what, false, false)
 }
 
+fn check_with(
+    host: HostModel,
+    n: usize,
+    what: &str,
+    compressed_conv: bool,
+    compressed_linear: bool,
+) {
+    check_paths(host, n, what, compressed_conv, compressed_linear, &[])
+}
+
 /// The slots of a param's mask (compressed params) or every position.
 fn at_slots(host: &HostModel, i: usize, compressed: bool, dense: &[f32]) -> Vec<f32> {
     let w = &host.weights[i];
@@ -38,12 +49,15 @@ fn at_slots(host: &HostModel, i: usize, compressed: bool, dense: &[f32]) -> Vec<
         .gather(dense)
 }
 
-fn check_with(
+/// The step of [`check`] with compressed params, those with `dense_products[i]` on the dense
+/// products over their scattered slots.
+fn check_paths(
     mut host: HostModel,
     n: usize,
     what: &str,
     compressed_conv: bool,
     compressed_linear: bool,
+    dense_products: &[bool],
 ) {
     let ctx = ctx();
     let input = host.spec.input_shape();
@@ -54,7 +68,8 @@ fn check_with(
         compressed_linear,
         ..ModelOptions::plain(ctx).expect("options")
     };
-    let gpu = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("GPU model");
+    let gpu =
+        GpuModel::with_products(ctx, &host, n, SEED, opts, dense_products).expect("GPU model");
     let count = |linear: bool| {
         gpu.compressed
             .iter()
@@ -200,7 +215,8 @@ fn check_with(
     // layers through the value texture the optimizer writes): it equals that of a model built
     // from the same host and loaded with the state read back.
     let state = gpu.read_state(ctx).expect("state");
-    let again = GpuModel::with_options(ctx, &host, n, SEED, opts).expect("second model");
+    let again =
+        GpuModel::with_products(ctx, &host, n, SEED, opts, dense_products).expect("second model");
     again.load_state(ctx, &state).expect("load state");
     let mut logits = Vec::new();
     for m in [&gpu, &again] {
@@ -265,6 +281,38 @@ fn compressed_linear_layers_step_like_the_twin() {
         "linear only, pooled batch 8",
         false,
         true,
+    );
+}
+
+#[test]
+fn dense_products_over_compressed_slots_step_like_the_twin() {
+    // Every other weight tensor on the dense products over its slots, the rest compressed.
+    let alternate: Vec<bool> = (0..16).map(|i| i % 2 == 0).collect();
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    check_paths(
+        model(spec, 4),
+        4,
+        "lenet5 mixed products",
+        true,
+        true,
+        &alternate,
+    );
+    let all = vec![true; 16];
+    check_paths(
+        model(residual_net(), 1),
+        4,
+        "residual dense products",
+        true,
+        true,
+        &all,
+    );
+    check_paths(
+        model(residual_net(), 2),
+        3,
+        "residual mixed products batch 3",
+        true,
+        false,
+        &alternate[1..],
     );
 }
 

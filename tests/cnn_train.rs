@@ -370,7 +370,13 @@ fn cli_trains_and_evaluates_lenet5() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["kernels"]["kernels"], "masked");
+    // `auto` timed every weight tensor's products both ways and kept the faster per tensor.
+    let reason = s["kernels"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("auto: the weight tensors' products take"),
+        "{reason}"
+    );
+    assert_eq!(s["kernels"]["layers"].as_array().map(Vec::len), Some(4));
     assert_eq!(s["layers"][0]["shape"], serde_json::json!([5, 5, 1, 20]));
     let out = rigl()
         .args(["eval", "--batch", "8", "--json", "--checkpoint"])

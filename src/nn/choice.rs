@@ -189,6 +189,106 @@ fn measure_layer(
     Ok((sparse_ms, masked_ms))
 }
 
+/// Times one convolution kernel's training products (forward, weight gradient, and the input
+/// gradient unless it is the first layer) over `nnz` active weights on both ways a compressed
+/// kernel can run (ms): (the compressed kernels, the dense products over its slots scattered
+/// into a dense scratch, gathers and scatters included). Cached like [`time_layer`].
+pub fn time_conv(
+    ctx: &GpuContext,
+    g: crate::gpu::conv::ConvGeom,
+    nnz: usize,
+    first: bool,
+) -> Result<(f64, f64)> {
+    let form = crate::gpu::sparse_conv::SparseConvForm::pick(ctx);
+    let w = &g.window;
+    let key = format!(
+        "conv path|{}|{}x{} k{} s{} {:?}|{}->{}|nnz {nnz}|batch {}|{}|{}",
+        tuning::device_key(ctx),
+        w.h,
+        w.w,
+        w.k,
+        w.stride,
+        w.padding,
+        g.cin,
+        g.cout,
+        w.n,
+        if first { "first" } else { "inner" },
+        form.as_str(),
+    );
+    tuning::get_or_measure(&key, || measure_conv(ctx, g, nnz, first, form))
+}
+
+/// [`time_conv`]'s measurement.
+fn measure_conv(
+    ctx: &GpuContext,
+    g: crate::gpu::conv::ConvGeom,
+    nnz: usize,
+    first: bool,
+    form: crate::gpu::sparse_conv::SparseConvForm,
+) -> Result<(f64, f64)> {
+    use crate::gpu::conv;
+    use crate::gpu::sparse_conv::{self as sc, Layout, Scratch};
+    use crate::gpu::spmm::SlotOp;
+    let (rows, cols) = (g.window.k * g.window.k * g.cin, g.cout);
+    let init = init_layer(0, 0, &[rows, cols], nnz, WeightInit::GlorotUniform)?;
+    let idx = CsrIndex::from_mask(rows, cols, &init.mask)?;
+    let (ho, wo) = g.out()?;
+    let n = g.window.n;
+    let fill = |len: usize| vec![0.5f32; len];
+    let idx_t = Tensor::from_u32(ctx, "timing index", &idx.to_words())?;
+    let vals = Tensor::from_f32(ctx, "timing values", &idx.gather(&init.weights))?;
+    let x = Tensor::from_f32(
+        ctx,
+        "timing input",
+        &fill(g.cin * n * g.window.h * g.window.w),
+    )?;
+    let dy = Tensor::from_f32(ctx, "timing output gradient", &fill(cols * n * ho * wo))?;
+    let y = Tensor::zeros(ctx, "timing output", cols * n * ho * wo)?;
+    let dx = Tensor::zeros(ctx, "timing input gradient", x.len)?;
+    let grad = Tensor::zeros(ctx, "timing slot gradient", nnz)?;
+    let wd = Tensor::zeros(ctx, "timing dense weights", rows * cols)?;
+    let gd = Tensor::zeros(ctx, "timing dense gradient", rows * cols)?;
+    let lay = Layout::new(g)?;
+    let scratch = Scratch::new(ctx, &[lay], nnz)?;
+    let s = SparseShape {
+        in_dim: rows,
+        out_dim: cols,
+        nnz,
+        batch: n,
+    };
+    let slot = |op: SlotOp, dense: &Tensor| spmm::slots(ctx, op, s, &idx_t, &vals, dense, &grad);
+    let mut sparse_ops = vec![
+        sc::forward(ctx, form, &lay, nnz, &idx_t, &vals, None, &x, &y, &scratch)?,
+        sc::weight_grad(ctx, form, &lay, nnz, &idx_t, &x, &dy, &grad, &scratch)?,
+    ];
+    let mut dense_ops = vec![
+        slot(SlotOp::Zero, &wd)?,
+        slot(SlotOp::Scatter, &wd)?,
+        conv::forward(ctx, g, &x, &wd, None, None, &y)?,
+        conv::weight_grad(ctx, g, &x, &dy, &gd, false)?,
+        slot(SlotOp::Gather, &gd)?,
+    ];
+    if !first {
+        sparse_ops.push(sc::input_grad(
+            ctx, form, &lay, nnz, &idx_t, &vals, &dy, &dx, false, &scratch,
+        )?);
+        dense_ops.push(slot(SlotOp::Zero, &wd)?);
+        dense_ops.push(slot(SlotOp::Scatter, &wd)?);
+        dense_ops.push(conv::input_grad(ctx, g, &dy, &wd, None, &dx, false)?);
+    }
+    let sp: Vec<_> = sparse_ops.iter().collect();
+    let dn: Vec<_> = dense_ops.iter().collect();
+    // Alternated rounds, so a drift of the machine's speed falls on both alike.
+    let (mut st, mut dt) = (Vec::new(), Vec::new());
+    crate::gpu::ops::run(ctx, "timing warm-up", &sp)?;
+    crate::gpu::ops::run(ctx, "timing warm-up", &dn)?;
+    for _ in 0..3 {
+        st.push(profile::time_ops(ctx, &sp, 0, 1, true)?.0);
+        dt.push(profile::time_ops(ctx, &dn, 0, 1, true)?.0);
+    }
+    Ok((profile::median(&mut st), profile::median(&mut dt)))
+}
+
 impl Decision {
     /// Per layer, whether a compressed model runs it on dense GEMMs: where its measured
     /// masked-dense products were faster (all false without per-layer timings).
@@ -302,6 +402,122 @@ pub fn decide(
                 reason: format!(
                     "auto: the layers' products take {sparse:.2} ms sparse, {masked:.2} ms \
                      masked, {best:.2} ms choosing per layer on this adapter{split}"
+                ),
+                layers,
+            })
+        }
+    }
+}
+
+/// One weight tensor of a model of layers, as [`decide_model`] times it.
+#[derive(Clone, Debug)]
+pub struct ParamShape {
+    /// Name.
+    pub name: String,
+    /// A convolution's geometry over the batch (None: a linear layer).
+    pub conv: Option<crate::gpu::conv::ConvGeom>,
+    /// Rows of the weight matrix (`kh·kw·cin`, or inputs).
+    pub rows: usize,
+    /// Columns (outputs).
+    pub cols: usize,
+    /// Active weights.
+    pub active: usize,
+}
+
+/// Decides the kernels of a model of layers. `sparse` keeps every weight tensor compressed
+/// (linear layers where [`crate::nn::model::linear_support`] allows) and runs the compressed
+/// products; `auto` times, per tensor, the compressed products against the dense products over
+/// its scattered slots and keeps the faster (`layers` holds the timings; every tensor faster
+/// dense gives the masked-dense model); `masked` and the methods the compressed path does not
+/// run (`method_ok`) give the masked-dense model.
+pub fn decide_model(
+    ctx: &GpuContext,
+    choice: KernelChoice,
+    params: &[ParamShape],
+    batch: usize,
+    method_ok: std::result::Result<(), String>,
+) -> Result<Decision> {
+    let linear = crate::nn::model::linear_support(ctx, batch);
+    let linear_note = match &linear {
+        Ok(()) => "convolutions and linear layers compressed".to_string(),
+        Err(why) => format!("convolutions compressed, linear layers masked-dense ({why})"),
+    };
+    match (choice, method_ok) {
+        (KernelChoice::Masked, _) => Ok(Decision {
+            kernels: "masked",
+            reason: "--kernels masked".into(),
+            layers: vec![],
+        }),
+        (KernelChoice::Sparse, Err(why)) => Err(RiglError::invalid(format!(
+            "--kernels sparse is not available: {why}"
+        ))),
+        (KernelChoice::Sparse, Ok(())) => Ok(Decision {
+            kernels: "sparse",
+            reason: format!("--kernels sparse: {linear_note}"),
+            layers: vec![],
+        }),
+        (KernelChoice::Auto, Err(why)) => Ok(Decision {
+            kernels: "masked",
+            reason: format!("auto: {why}"),
+            layers: vec![],
+        }),
+        (KernelChoice::Auto, Ok(())) => {
+            let mut layers = Vec::with_capacity(params.len());
+            for (i, p) in params.iter().enumerate() {
+                let first = i == 0;
+                let (sparse_ms, masked_ms) = match (&p.conv, &linear) {
+                    (Some(g), _) => time_conv(ctx, *g, p.active, first)?,
+                    (None, Ok(())) => time_layer(
+                        ctx,
+                        SparseShape {
+                            in_dim: p.rows,
+                            out_dim: p.cols,
+                            nnz: p.active,
+                            batch,
+                        },
+                        first,
+                    )?,
+                    // Not compressible here: it stays masked-dense whatever the timings say.
+                    (None, Err(_)) => (0.0, 0.0),
+                };
+                layers.push(LayerTiming {
+                    name: p.name.clone(),
+                    sparse_ms,
+                    masked_ms,
+                });
+            }
+            let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
+            let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
+            let best: f64 = layers.iter().map(|t| t.sparse_ms.min(t.masked_ms)).sum();
+            let on_dense = dense_layers(&layers, layers.len());
+            let n_dense = on_dense.iter().filter(|&&d| d).count();
+            let kernels = if n_dense == layers.len() {
+                "masked"
+            } else {
+                "sparse"
+            };
+            let split = if kernels == "sparse" && n_dense > 0 {
+                let names: Vec<&str> = layers
+                    .iter()
+                    .zip(&on_dense)
+                    .filter(|(_, &d)| d)
+                    .map(|(t, _)| t.name.as_str())
+                    .collect();
+                format!("; dense products over the slots of {}", names.join(", "))
+            } else {
+                String::new()
+            };
+            let what = if kernels == "sparse" {
+                format!("; {linear_note}")
+            } else {
+                String::new()
+            };
+            Ok(Decision {
+                kernels,
+                reason: format!(
+                    "auto: the weight tensors' products take {sparse:.2} ms compressed, \
+                     {masked:.2} ms dense, {best:.2} ms choosing per tensor on this \
+                     adapter{what}{split}"
                 ),
                 layers,
             })

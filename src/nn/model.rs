@@ -19,7 +19,7 @@ use crate::gpu::conv::{self, ConvGeom};
 use crate::gpu::image::{self, ImageShape};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::sparse_conv::{self, SparseConvForm};
-use crate::gpu::spmm::{self, Epilogue, Metadata, PackOp};
+use crate::gpu::spmm::{self, Epilogue, Metadata, PackOp, SlotOp};
 use crate::gpu::texture::Texture;
 use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
 use crate::nn::loss::LossHead;
@@ -232,6 +232,8 @@ struct Builder<'a> {
     compressed: Vec<Option<CompressedParam>>,
     slots: Option<Slots>,
     sform: SparseConvForm,
+    /// Per param: a compressed one runs the dense products over its scattered slots.
+    dense_products: Vec<bool>,
 }
 
 /// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
@@ -428,7 +430,41 @@ impl Builder<'_> {
                         &format!("{name} dense gradient"),
                     )?;
                     let dense = self.gemm(dw, &x.t, &y.g, &gv, None)?;
-                    let (f, b) = compressed_linear(ctx, c, slots, p, &x, &y, n, needs_grad)?;
+                    let (f, b) = if self.dense_products.get(idx).copied().unwrap_or(false) {
+                        // Dense GEMMs over the slots scattered into a scratch.
+                        let wv = slots.dense_weights(ctx, c, &name)?;
+                        let slot = |op: SlotOp, d: &Tensor| {
+                            spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
+                        };
+                        let fwd = GemmShape {
+                            m: fout,
+                            n,
+                            k: fin,
+                            trans_a: true,
+                            trans_b: false,
+                        };
+                        let mut f = vec![
+                            slot(SlotOp::Zero, &wv)?,
+                            slot(SlotOp::Scatter, &wv)?,
+                            self.gemm(fwd, &wv, &x.t, &y.t, None)?,
+                        ];
+                        let mut b = Vec::new();
+                        if let Some([bias, gb, _]) = &p.bias {
+                            f.push(ops::bias_act(ctx, bias, &y.t, fout, n, false)?);
+                            b.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
+                        }
+                        b.push(self.gemm(dw, &x.t, &y.g, &gv, None)?);
+                        b.push(slot(SlotOp::Gather, &gv)?);
+                        if needs_grad {
+                            b.push(slot(SlotOp::Zero, &wv)?);
+                            b.push(slot(SlotOp::Scatter, &wv)?);
+                            let dx = GemmShape::nn(fin, n, fout);
+                            b.push(self.gemm(dx, &wv, &y.g, &x.g, None)?);
+                        }
+                        (f, b)
+                    } else {
+                        compressed_linear(ctx, c, slots, p, &x, &y, n, needs_grad)?
+                    };
                     self.forward.extend(f);
                     bwd.ops.extend(b);
                     if let Some(c) = self.compressed[idx].as_mut() {
@@ -483,8 +519,10 @@ impl Builder<'_> {
                 let y = self.act(Shape { c: *out, h, w }, &format!("{name} output"))?;
                 let p = &self.params[idx];
                 let bias = p.bias.as_ref().map(|b| &b[0]);
-                // The three products: on the compressed kernels (and the dense kernel gradient
-                // the mask update reads), or masked-dense.
+                // The three products: on the compressed kernels, dense over a compressed
+                // kernel's slots scattered into a scratch, or masked-dense; a compressed kernel
+                // also gets the dense kernel gradient the mask update reads.
+                let dense_products = self.dense_products.get(idx).copied().unwrap_or(false);
                 let (fwd, dw, dx, dense) = match (&self.compressed[idx], &self.slots) {
                     (Some(c), Some(slots)) => {
                         let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures)
@@ -493,65 +531,81 @@ impl Builder<'_> {
                                 "convolution {name}: its compressed form is not a convolution's"
                             )));
                         };
-                        let f = self.sform;
                         if lay.geom != g {
                             return Err(RiglError::invalid(format!(
                                 "convolution {name}: compressed for {:?}, built for {g:?}",
                                 lay.geom
                             )));
                         }
-                        (
-                            sparse_conv::forward(
-                                ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
-                            )?,
-                            sparse_conv::weight_grad(
-                                ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
-                            )?,
+                        let gv = slots.dense_grad.slice(
+                            ctx,
+                            0,
+                            c.rows() * c.cols(),
+                            &format!("{name} dense gradient"),
+                        )?;
+                        let dense = conv::weight_grad(ctx, g, &x.t, &y.g, &gv, false)?;
+                        if dense_products {
+                            let wv = slots.dense_weights(ctx, c, &name)?;
+                            let slot = |op: SlotOp, d: &Tensor| {
+                                spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
+                            };
+                            let scatter = || -> Result<Vec<Dispatch>> {
+                                Ok(vec![slot(SlotOp::Zero, &wv)?, slot(SlotOp::Scatter, &wv)?])
+                            };
+                            let mut f = scatter()?;
+                            f.push(conv::forward(ctx, g, &x.t, &wv, None, bias, &y.t)?);
+                            let dw = vec![
+                                conv::weight_grad(ctx, g, &x.t, &y.g, &gv, false)?,
+                                slot(SlotOp::Gather, &gv)?,
+                            ];
+                            let mut dx = Vec::new();
                             if needs_grad {
-                                Some(sparse_conv::input_grad(
+                                // The scratch is shared: another layer's weights are there now.
+                                dx = scatter()?;
+                                dx.push(conv::input_grad(ctx, g, &y.g, &wv, None, &x.g, false)?);
+                            }
+                            (f, dw, dx, Some(dense))
+                        } else {
+                            let f = self.sform;
+                            let mut dx = Vec::new();
+                            if needs_grad {
+                                dx.push(sparse_conv::input_grad(
                                     ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
-                                )?)
-                            } else {
-                                None
-                            },
-                            Some(conv::weight_grad(
-                                ctx,
-                                g,
-                                &x.t,
-                                &y.g,
-                                &slots.dense_grad.slice(
-                                    ctx,
-                                    0,
-                                    c.rows() * c.cols(),
-                                    &format!("{name} dense gradient"),
-                                )?,
-                                false,
-                            )?),
-                        )
+                                )?);
+                            }
+                            (
+                                vec![sparse_conv::forward(
+                                    ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
+                                )?],
+                                vec![sparse_conv::weight_grad(
+                                    ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
+                                )?],
+                                dx,
+                                Some(dense),
+                            )
+                        }
                     }
                     _ => {
                         let pf = p.flat()?;
                         let m = Some(&pf.mask);
+                        let mut dx = Vec::new();
+                        if needs_grad {
+                            dx.push(conv::input_grad(ctx, g, &y.g, &pf.w, m, &x.g, false)?);
+                        }
                         (
-                            conv::forward(ctx, g, &x.t, &pf.w, m, bias, &y.t)?,
-                            conv::weight_grad(ctx, g, &x.t, &y.g, &pf.grad, false)?,
-                            if needs_grad {
-                                Some(conv::input_grad(ctx, g, &y.g, &pf.w, m, &x.g, false)?)
-                            } else {
-                                None
-                            },
+                            vec![conv::forward(ctx, g, &x.t, &pf.w, m, bias, &y.t)?],
+                            vec![conv::weight_grad(ctx, g, &x.t, &y.g, &pf.grad, false)?],
+                            dx,
                             None,
                         )
                     }
                 };
-                self.forward.push(fwd);
+                self.forward.extend(fwd);
                 if let Some([_, gb, _]) = &p.bias {
                     bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
                 }
-                bwd.push(dw);
-                if let Some(dx) = dx {
-                    bwd.push(dx);
-                }
+                bwd.ops.extend(dw);
+                bwd.ops.extend(dx);
                 if let Some(c) = self.compressed[idx].as_mut() {
                     c.dense_grad = dense;
                 }
@@ -815,6 +869,22 @@ impl GpuModel {
         seed: u32,
         opts: ModelOptions,
     ) -> Result<Self> {
+        Self::with_products(ctx, host, batch, seed, opts, &[])
+    }
+
+    /// [`GpuModel::with_options`] where a compressed param `i` with `dense_products[i]` runs
+    /// dense products over its slots scattered into a scratch shared by such params (its
+    /// memory stays in proportion to its density; the products are the masked path's): what
+    /// `--kernels auto` picks for a tensor whose dense products measured faster. A short or
+    /// empty slice means compressed products for the rest.
+    pub fn with_products(
+        ctx: &GpuContext,
+        host: &HostModel,
+        batch: usize,
+        seed: u32,
+        opts: ModelOptions,
+        dense_products: &[bool],
+    ) -> Result<Self> {
         if batch == 0 {
             return Err(RiglError::invalid("batch size must be at least 1"));
         }
@@ -831,7 +901,7 @@ impl GpuModel {
                 convs: opts.compressed_conv,
                 linears: opts.compressed_linear,
             };
-            compressed::compress_params(ctx, host, batch, which)?
+            compressed::compress_params(ctx, host, batch, which, dense_products)?
         } else {
             (host.weights.iter().map(|_| None).collect(), None)
         };
@@ -928,6 +998,7 @@ impl GpuModel {
             compressed,
             slots,
             sform: SparseConvForm::pick(ctx),
+            dense_products: dense_products.to_vec(),
         };
         let x = b.act(input, "input")?;
         let layers = host.spec.layers.clone();

@@ -30,7 +30,7 @@ use crate::sparse::{
 
 pub use checkpoint::{NanPolicy, RunOptions};
 pub use config::{LrSchedule, TrainConfig};
-pub use net::{sparse_method_support, SPARSE_CONV_MISSING};
+pub use net::sparse_method_support;
 use run::Run;
 
 /// One line of `metrics.jsonl`.

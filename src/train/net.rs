@@ -202,9 +202,20 @@ pub(crate) fn build(
     kernels: KernelChoice,
     gemm_variant: GemmVariant,
     resumed_layers: Option<&[choice::LayerTiming]>,
+    parallel: bool,
 ) -> Result<Built> {
     if let Some(spec) = cfg.model_spec()? {
-        return build_model(ctx, cfg, spec, plan, sgd, kernels, gemm_variant);
+        return build_model(
+            ctx,
+            cfg,
+            spec,
+            plan,
+            sgd,
+            kernels,
+            gemm_variant,
+            resumed_layers,
+            parallel,
+        );
     }
     check_fits(ctx, cfg.batch, sizes, plan)?;
     let starts_dense = matches!(cfg.method, Method::Dense | Method::Prune);
@@ -294,15 +305,12 @@ fn grow_rule(method: Method) -> Option<GrowRule> {
     }
 }
 
-/// Why `--kernels auto` trains a model of layers masked-dense: there is no timed choice for
-/// convolutions yet, so their compressed kernels are taken only when asked for.
-pub const SPARSE_CONV_MISSING: &str =
-    "a model of layers trains masked-dense unless --kernels sparse (no timed choice of convolution kernels yet)";
-
 /// A model of layers: initial weights and masks per weight tensor as the MLP's (`init_layer`
 /// with the tensor's index and its own shape, so kernel dims set the fans), biases zero, batch
-/// norms at gamma 1, beta 0; on the GPU masked-dense, with its mask updater over the flat
-/// buffers.
+/// norms at gamma 1, beta 0; on the GPU with the kernels [`choice::decide_model`] picks
+/// (per tensor as timed, or as the continued run timed them), its mask updater over the flat
+/// buffers (the compressed tensors carry their own).
+#[allow(clippy::too_many_arguments)]
 fn build_model(
     ctx: &GpuContext,
     cfg: &TrainConfig,
@@ -311,9 +319,10 @@ fn build_model(
     sgd: SgdConfig,
     kernels: KernelChoice,
     gemm_variant: GemmVariant,
+    resumed_layers: Option<&[choice::LayerTiming]>,
+    parallel: bool,
 ) -> Result<Built> {
-    let compressed_conv = kernels == KernelChoice::Sparse;
-    if compressed_conv {
+    if kernels == KernelChoice::Sparse {
         sparse_method_support(cfg.method).map_err(|why| {
             RiglError::invalid(format!(
                 "--kernels sparse with model '{}' and --method {}: {why}",
@@ -341,7 +350,40 @@ fn build_model(
         hw.mask = init.mask.clone();
         masks.push(init.mask);
     }
-    let model = GpuModel::with_options(
+    let (_, layers) = host.spec.infer()?;
+    let shapes: Vec<choice::ParamShape> = layers
+        .iter()
+        .zip(&host.weights)
+        .map(|(wl, hw)| {
+            let cols = hw.shape.last().copied().unwrap_or(1).max(1);
+            choice::ParamShape {
+                name: hw.name.clone(),
+                conv: wl.conv_geom(cfg.batch),
+                rows: hw.w.len() / cols,
+                cols,
+                active: count_active(&hw.mask),
+            }
+        })
+        .collect();
+    // A data-parallel run does not exchange compressed tensors' gradients yet (`--kernels
+    // sparse` is refused there).
+    let method_ok = sparse_method_support(cfg.method).and_then(|()| match parallel {
+        true => Err(
+            "a data-parallel run trains a model of layers masked-dense (the gradients of \
+             compressed tensors are not exchanged yet)"
+                .to_string(),
+        ),
+        false => Ok(()),
+    });
+    let decision = choice::decide_model(ctx, kernels, &shapes, cfg.batch, method_ok)?;
+    let compressed = decision.kernels == "sparse";
+    // Per tensor: compressed products or dense ones over its slots, as measured (on resume, as
+    // the run that is continued measured them).
+    let dense_products = match resumed_layers {
+        Some(t) => choice::dense_layers(t, shapes.len()),
+        None => decision.dense_layers(shapes.len()),
+    };
+    let model = GpuModel::with_products(
         ctx,
         &host,
         cfg.batch,
@@ -351,9 +393,10 @@ fn build_model(
             label_smoothing: cfg.label_smoothing,
             sgd,
             gemm: gemm_variant,
-            compressed_conv,
-            compressed_linear: compressed_conv,
+            compressed_conv: compressed,
+            compressed_linear: compressed,
         },
+        &dense_products,
     )?;
     let rule = grow_rule(cfg.method);
     // Over the flat buffers: every param, or those the compressed kernels leave there.
@@ -375,17 +418,7 @@ fn build_model(
     };
     let decision = Decision {
         kernels: model.kernels(),
-        reason: match kernels {
-            KernelChoice::Masked => "--kernels masked".to_string(),
-            KernelChoice::Sparse => match crate::nn::model::linear_support(ctx, cfg.batch) {
-                Ok(()) => "--kernels sparse: convolutions and linear layers compressed".to_string(),
-                Err(why) => format!(
-                    "--kernels sparse: convolutions compressed, linear layers masked-dense ({why})"
-                ),
-            },
-            KernelChoice::Auto => SPARSE_CONV_MISSING.to_string(),
-        },
-        layers: Vec::new(),
+        ..decision
     };
     Ok(Built {
         net: Net::Model(Box::new(model)),

@@ -321,7 +321,7 @@ fn assemble_rank(
 ) -> Result<Assembled> {
     let mut bytes = Vec::new();
     if dist.rank == 0 {
-        let a = assemble(ctx, cfg, opts, sizes, plan, sgd)?;
+        let a = assemble(ctx, cfg, opts, sizes, plan, sgd, true)?;
         bytes = serde_json::to_vec(&a.record)
             .map_err(|e| RiglError::invalid(format!("kernel record to JSON: {e}")))?;
         dist.comm.broadcast_bytes(0, &mut bytes);
@@ -334,7 +334,7 @@ fn assemble_rank(
     if replay.resume.is_none() {
         replay.kernels_from = Some(record);
     }
-    assemble(ctx, cfg, &replay, sizes, plan, sgd)
+    assemble(ctx, cfg, &replay, sizes, plan, sgd, true)
 }
 
 /// Chooses the kernels (or replays a run's choices) and builds the model with them.
@@ -345,6 +345,7 @@ fn assemble(
     sizes: &[usize],
     plan: &[LayerSparsity],
     sgd: SgdConfig,
+    parallel: bool,
 ) -> Result<Assembled> {
     let kp = KernelPlan::choose(ctx, cfg, opts)?;
     let replayed = kp.same_kernels().map(|r| r.layers.as_slice());
@@ -357,6 +358,7 @@ fn assemble(
         kp.kernels,
         kp.gemm_variant,
         replayed,
+        parallel,
     )?;
     let Built {
         net,
@@ -466,7 +468,7 @@ impl<'a> Run<'a> {
                 };
                 assemble_rank(ctx, &shard_cfg, opts, &sizes, &plan, sgd, d)?
             }
-            None => assemble(ctx, cfg, opts, &sizes, &plan, sgd)?,
+            None => assemble(ctx, cfg, opts, &sizes, &plan, sgd, false)?,
         };
         if dist.is_some() && parts.has_compressed_convs() {
             return Err(RiglError::invalid(

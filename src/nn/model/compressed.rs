@@ -98,8 +98,12 @@ pub struct Slots {
     /// Slot values as the linear layers' products read them (None without compressed linear
     /// layers); the optimizer writes it with the values.
     pub(super) values: Option<Texture>,
-    /// One kernel's dense gradient at a mask update (the largest kernel's size).
+    /// One tensor's dense gradient (at a mask update, and in the backward pass of a tensor on
+    /// dense products), the largest tensor's size.
     pub(super) dense_grad: Tensor,
+    /// One tensor's weights scattered from its slots, for the tensors on dense products (None
+    /// without any).
+    pub(super) dense_w: Option<Tensor>,
     /// One kernel's grow selection flags.
     gsel: Tensor,
     /// One kernel's index rebuild scratch.
@@ -115,9 +119,33 @@ pub(super) struct SlotUpdate {
 }
 
 impl Slots {
-    /// Bytes of the scratch used at mask updates only.
+    /// Bytes of the scratch shared by the compressed tensors (dense gradient, grow flags, index
+    /// rebuild, and the dense weights of the tensors on dense products).
     pub fn update_scratch_bytes(&self) -> u64 {
-        self.dense_grad.bytes() + self.gsel.bytes() + self.rebuild.bytes()
+        self.dense_grad.bytes()
+            + self.gsel.bytes()
+            + self.rebuild.bytes()
+            + self.dense_w.as_ref().map_or(0, Tensor::bytes)
+    }
+
+    /// The dense weight scratch viewed as `c`'s weight matrix.
+    pub(super) fn dense_weights(
+        &self,
+        ctx: &GpuContext,
+        c: &CompressedParam,
+        name: &str,
+    ) -> Result<Tensor> {
+        let w = self.dense_w.as_ref().ok_or_else(|| {
+            RiglError::invalid(format!(
+                "{name}: no dense weight scratch for its dense products"
+            ))
+        })?;
+        w.slice(
+            ctx,
+            0,
+            c.rows() * c.cols(),
+            &format!("{name} dense weights"),
+        )
     }
 }
 
@@ -286,6 +314,7 @@ pub(super) fn compress_params(
     host: &HostModel,
     n: usize,
     which: Compress,
+    dense_products: &[bool],
 ) -> Result<(Vec<Option<CompressedParam>>, Option<Slots>)> {
     let (_, layers) = host.spec.infer()?;
     let form = SparseConvForm::pick(ctx);
@@ -293,8 +322,9 @@ pub(super) fn compress_params(
     // First pass: kind, shape, active counts and offsets.
     let mut plan = Vec::with_capacity(host.weights.len());
     let (mut total, mut n_max, mut rb_max) = (0usize, 1usize, 1usize);
+    let mut dense_max = 0usize;
     let mut any_linear = false;
-    for (wl, hw) in layers.iter().zip(&host.weights) {
+    for (i, (wl, hw)) in layers.iter().zip(&host.weights).enumerate() {
         let (geom, rows, cols) = match wl.conv_geom(n) {
             Some(g) if which.convs => {
                 sparse_conv::supports(ctx, &g, form).map_err(|e| {
@@ -332,6 +362,9 @@ pub(super) fn compress_params(
         plan.push(Some((geom, rows, cols, nnz, total)));
         total += align(nnz);
         n_max = n_max.max(rows * cols);
+        if dense_products.get(i).copied().unwrap_or(false) {
+            dense_max = dense_max.max(rows * cols);
+        }
         rb_max = rb_max.max(spmm::rebuild_scratch_len(rows, nnz));
     }
     if total == 0 {
@@ -433,6 +466,11 @@ pub(super) fn compress_params(
         },
         values,
         dense_grad: t("dense gradient scratch", n_max)?,
+        dense_w: if dense_max > 0 {
+            Some(t("dense weight scratch", dense_max)?)
+        } else {
+            None
+        },
         gsel: t("grow selection scratch", n_max)?,
         rebuild: t("index rebuild scratch", rb_max)?,
     };
