@@ -198,9 +198,9 @@ pub fn run(kernel: SparseKernel, args: SparseBenchArgs) -> CliResult {
 
 #[derive(Args, Debug)]
 pub struct StepBenchArgs {
-    /// A model of layers: lenet5, wrn-22-2 or resnet-50 (`--kernels sparse`: its convolutions
-    /// on the compressed kernels; `auto` and `masked`: masked-dense); mlp (default) is the
-    /// trainer's own MLP.
+    /// A model of layers: lenet5, wrn-22-2 or resnet-50, on the kernels the trainer chooses
+    /// (`sparse`: every weight tensor compressed; `auto`: compressed, each tensor's products
+    /// timed both ways; `masked`: masked-dense); mlp (default) is the trainer's own MLP.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
     /// Hidden widths of the fully connected model, comma-separated.
@@ -337,7 +337,7 @@ pub fn step(args: StepBenchArgs) -> CliResult {
     Ok(())
 }
 
-/// `rigl bench step --model NAME`: a model of layers on the masked-dense path.
+/// `rigl bench step --model NAME`: a model of layers on the kernels the trainer chooses.
 fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
     let spec = rigl::nn::spec::ModelSpec::builtin(name, &[])
         .map_err(|e| CliError::usage(format!("--model: {e}")))?;
@@ -349,20 +349,13 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
         args.sparsity
     };
     let dc = rigl::sparse::DistributionConfig::new(dist, sparsity);
-    let compressed = match args.kernels.as_str() {
-        "sparse" if method == rigl::sparse::Method::Dense => {
-            return Err(CliError::usage(
-                "--kernels sparse with --method dense: a dense model has nothing to compress",
-            ))
-        }
-        "sparse" => true,
-        "auto" | "masked" => false,
-        other => {
-            return Err(CliError::usage(format!(
-                "--kernels {other}: expected auto, sparse or masked"
-            )))
-        }
-    };
+    let kernels = rigl::nn::choice::KernelChoice::parse(&args.kernels)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    if kernels == rigl::nn::choice::KernelChoice::Sparse && method == rigl::sparse::Method::Dense {
+        return Err(CliError::usage(
+            "--kernels sparse with --method dense: a dense model has nothing to compress",
+        ));
+    }
     let ctx = GpuContext::new()?;
     let r = rigl::train::bench::bench_model_step(
         &ctx,
@@ -370,7 +363,8 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
         args.batch,
         sparsity,
         dc,
-        compressed,
+        kernels,
+        rigl::train::sparse_method_support(method),
         args.warmup,
         args.reps,
         args.profile,
@@ -385,18 +379,23 @@ fn model_step(args: &StepBenchArgs, name: &str) -> CliResult {
             println!("  {ms:9.3} ms  {name}");
         }
         println!(
-            "step {} at sparsity {:.3}, batch {} on {}: {} kernels; step {:.3} ms ({:.0} \
-             samples/s, {} dispatches; {:.1} MFLOPs dense forward per sample) [{} timing, \
-             median of {}]",
+            "step {} at sparsity {:.3}, batch {} on {}: {} kernels ({}); step {:.3} ms ({:.0} \
+             samples/s, {} dispatches; {:.1} MFLOPs dense forward per sample); weights, \
+             gradients, momentum and masks/indexes {:.2} MiB ({:.3}x the dense model's), \
+             {:.1} MiB held [{} timing, median of {}]",
             r.model,
             r.sparsity,
             r.batch,
             r.adapter,
             r.kernels,
+            r.reason,
             r.step_ms,
             r.samples_per_sec,
             r.step_dispatches,
             r.dense_forward_flops / 1e6,
+            r.model_bytes as f64 / 1048576.0,
+            r.model_bytes as f64 / r.dense_bytes.max(1) as f64,
+            r.held_bytes as f64 / 1048576.0,
             r.timing,
             r.reps
         );

@@ -235,9 +235,18 @@ pub struct ModelStepBench {
     pub batch: usize,
     /// Global target sparsity (ERK) of the masks.
     pub sparsity: f64,
-    /// Kernels: `masked` (masked-dense convolutions and GEMMs) or `sparse` (convolutions on the
-    /// compressed kernels, linear layers masked-dense).
+    /// Kernels: `masked` (masked-dense convolutions and GEMMs) or `sparse` (weight tensors
+    /// compressed, each on the products the choice gave it).
     pub kernels: &'static str,
+    /// Why: the trainer's kernel decision for this model and batch.
+    pub reason: String,
+    /// GPU bytes of the weights, gradients, momentum and masks or indexes (the run summary's
+    /// figure).
+    pub model_bytes: u64,
+    /// The same for the dense model: 12 bytes (weight, gradient, momentum) per weight.
+    pub dense_bytes: u64,
+    /// Every buffer and texture rigl holds on the GPU (activations and scratch included).
+    pub held_bytes: u64,
     /// Median time of a training step (forward, loss, backward, SGD), ms.
     pub step_ms: f64,
     /// batch / step time.
@@ -256,9 +265,10 @@ pub struct ModelStepBench {
     pub profile: Vec<(String, f64)>,
 }
 
-/// Times a training step of a model of layers on the masked-dense path (or, with `compressed`,
-/// its convolutions and linear layers on the compressed kernels), its masks drawn at `sparsity`
-/// with `distribution` (exact active counts per param) and He-normal weights.
+/// Times a training step of a model of layers on the kernels the trainer would choose with
+/// `kernels` (`method_ok`: whether the method runs on the compressed path, and why not), its
+/// masks drawn at `sparsity` with `distribution` (exact active counts per param) and He-normal
+/// weights.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_model_step(
     ctx: &GpuContext,
@@ -266,7 +276,8 @@ pub fn bench_model_step(
     batch: usize,
     sparsity: f64,
     distribution: crate::sparse::DistributionConfig,
-    compressed: bool,
+    kernels: crate::nn::choice::KernelChoice,
+    method_ok: std::result::Result<(), String>,
     warmup: usize,
     reps: usize,
     with_profile: bool,
@@ -295,12 +306,36 @@ pub fn bench_model_step(
     for (w, m) in host.weights.iter_mut().zip(masks) {
         w.mask = m;
     }
+    let (_, wls) = spec.infer()?;
+    let shapes: Vec<crate::nn::choice::ParamShape> = wls
+        .iter()
+        .zip(&host.weights)
+        .map(|(wl, hw)| {
+            let cols = hw.shape.last().copied().unwrap_or(1).max(1);
+            crate::nn::choice::ParamShape {
+                name: hw.name.clone(),
+                conv: wl.conv_geom(batch),
+                rows: hw.w.len() / cols,
+                cols,
+                active: crate::sparse::init::count_active(&hw.mask),
+            }
+        })
+        .collect();
+    let decision = crate::nn::choice::decide_model(ctx, kernels, &shapes, batch, method_ok)?;
+    let compressed = decision.kernels == "sparse";
     let opts = crate::nn::model::ModelOptions {
         compressed_conv: compressed,
         compressed_linear: compressed,
         ..crate::nn::model::ModelOptions::plain(ctx)?
     };
-    let model = GpuModel::with_options(ctx, &host, batch, 0, opts)?;
+    let model = GpuModel::with_products(
+        ctx,
+        &host,
+        batch,
+        0,
+        opts,
+        &decision.dense_layers(shapes.len()),
+    )?;
     let input = spec.input_shape();
     let x: Vec<f32> = (0..input.len() * batch)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -340,6 +375,10 @@ pub fn bench_model_step(
         batch,
         sparsity,
         kernels: if compressed { "sparse" } else { "masked" },
+        reason: decision.reason,
+        model_bytes: model.memory().weights_grads_momentum,
+        dense_bytes: 12 * host.weights.iter().map(|w| w.w.len() as u64).sum::<u64>(),
+        held_bytes: ctx.gpu_bytes_held(),
         step_ms,
         samples_per_sec: batch as f64 / (step_ms / 1000.0),
         step_dispatches: ops.len(),
