@@ -227,12 +227,21 @@ fn two_ranks_at_half_the_batch_train_as_one_rank_masked_snfs() {
 
 #[test]
 fn two_ranks_at_half_the_batch_train_as_one_rank_lenet5() {
-    // Masked on both sides: a data-parallel run trains a model of layers masked-dense (the
-    // compressed tensors' gradients are not exchanged yet), where `auto` would compress the
-    // one-rank run's.
     one_rank_against_two(
         "lenet5 rigl",
         &["--model", "lenet5", "--kernels", "masked"],
+        1,
+        50,
+    );
+}
+
+#[test]
+fn two_ranks_at_half_the_batch_train_as_one_rank_lenet5_compressed() {
+    // Every weight tensor compressed: slot gradients exchanged, and at each RigL update every
+    // tensor's dense gradient averaged before its grow selection.
+    one_rank_against_two(
+        "lenet5 compressed rigl",
+        &["--model", "lenet5", "--kernels", "sparse"],
         1,
         50,
     );

@@ -88,7 +88,6 @@ impl StepRunner {
             cfg.kernels,
             crate::gpu::gemm::choose_variant(ctx)?,
             None,
-            false,
         )?;
         let b = cfg.batch;
         let x: Vec<f32> = (0..features * b)

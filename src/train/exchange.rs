@@ -1,11 +1,11 @@
 //! The exchange phase of a data-parallel run (SPEC §9): each rank trains on its shard of the
 //! global batch, and between the backward pass and the optimizer the gradients are averaged over
 //! the ranks, so every rank applies the mean gradient of the whole batch and the replicas stay
-//! equal. Compressed layers send their active values only; masked and dense layers their dense
-//! gradient; biases and batch-norm gamma and beta too. At a RigL update step of the compressed
-//! model each layer's dense gradient is averaged before its grow selection reads it, so the
-//! selection runs on identical inputs on every rank; after every update the ranks compare their
-//! masks' checksums.
+//! equal. Compressed layers and weight tensors send their active values only; masked and dense
+//! ones their dense gradient; biases and batch-norm gamma and beta too. At a RigL update step
+//! each compressed layer's or tensor's dense gradient is averaged before its grow selection
+//! reads it, so the selection runs on identical inputs on every rank; after every update the
+//! ranks compare their masks' checksums.
 //!
 //! The exchange reads the GPU buffers back, all-reduces on the host and writes them back: simple
 //! and correct on every adapter; its bytes and time are counted ([`ExchangeStats`]).
@@ -120,6 +120,12 @@ impl Run<'_> {
             (Net::Sparse(sp), Some(GrowRule::Score), Some(c)) => Some((sp, c)),
             _ => None,
         };
+        // So does a model of layers' for its compressed tensors, after the updater over its
+        // flat params (which reads their averaged dense gradients).
+        let model_grow = match (&self.parts.net, self.parts.rule, counts.as_deref()) {
+            (Net::Model(m), Some(GrowRule::Score), Some(c)) if m.has_compressed() => Some((m, c)),
+            _ => None,
+        };
         let optimizer = !skips_optimizer(method, skipped, is_update);
         // The compressed model's slot gradients are read by the optimizer alone.
         let needs_grads = match &self.parts.net {
@@ -131,8 +137,31 @@ impl Run<'_> {
             bytes += dist.average(ctx, &self.parts.net.grad_tensors())?;
             spent += t.elapsed();
         }
-        match sparse_grow {
-            Some((sp, c)) => {
+        match (sparse_grow, model_grow) {
+            (_, Some((m, c))) => {
+                let mut pre: Vec<&Dispatch> = Vec::new();
+                if optimizer {
+                    pre = model.sgd_ops();
+                }
+                if let Some(up) = self.parts.updater.as_ref() {
+                    up.prepare(ctx, step as u32, &m.flat_counts(c)?)?;
+                    pre.extend(up.dispatches(GrowRule::Score));
+                    pre.push(m.ever_op());
+                }
+                m.prepare_compressed(ctx, step as u32, c)?;
+                let (segments, views) = m.compressed_update_segments(ctx)?;
+                for (l, seg) in segments.into_iter().enumerate() {
+                    let mut ops = std::mem::take(&mut pre);
+                    ops.extend(seg);
+                    run_ops(ctx, &what, &ops)?;
+                    if let Some(v) = views.get(l) {
+                        let t = Instant::now();
+                        bytes += dist.average(ctx, &[v])?;
+                        spent += t.elapsed();
+                    }
+                }
+            }
+            (Some((sp, c)), None) => {
                 sp.prepare_update(ctx, step as u32, c)?;
                 let mut pre: Vec<&Dispatch> = Vec::new();
                 if optimizer {
@@ -150,7 +179,7 @@ impl Run<'_> {
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let ops =
                     self.parts
                         .after_backward_ops(ctx, method, step, skipped, counts.as_deref())?;

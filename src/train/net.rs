@@ -45,13 +45,16 @@ impl Net {
 
     /// The gradients the optimizer reads, as a data-parallel run averages them over the ranks:
     /// the compressed model's slot gradients (its active weights only) and biases; the masked
-    /// and dense models' dense weight gradients, biases, and batch-norm gamma and beta.
+    /// and dense models' dense weight gradients, biases, and batch-norm gamma and beta; a model
+    /// of layers' flat dense gradients, the slot gradients of its compressed tensors, biases,
+    /// and batch-norm gamma and beta.
     pub(crate) fn grad_tensors(&self) -> Vec<&Tensor> {
         match self {
             Net::Masked(m) => vec![&m.grad, &m.bgrad],
             Net::Sparse(s) => vec![&s.grad, &s.bgrad],
             Net::Model(m) => {
                 let mut v = vec![&m.grad];
+                v.extend(m.slots.as_ref().map(|s| &s.grad));
                 v.extend(
                     m.params
                         .iter()
@@ -202,7 +205,6 @@ pub(crate) fn build(
     kernels: KernelChoice,
     gemm_variant: GemmVariant,
     resumed_layers: Option<&[choice::LayerTiming]>,
-    parallel: bool,
 ) -> Result<Built> {
     if let Some(spec) = cfg.model_spec()? {
         return build_model(
@@ -214,7 +216,6 @@ pub(crate) fn build(
             kernels,
             gemm_variant,
             resumed_layers,
-            parallel,
         );
     }
     check_fits(ctx, cfg.batch, sizes, plan)?;
@@ -320,7 +321,6 @@ fn build_model(
     kernels: KernelChoice,
     gemm_variant: GemmVariant,
     resumed_layers: Option<&[choice::LayerTiming]>,
-    parallel: bool,
 ) -> Result<Built> {
     if kernels == KernelChoice::Sparse {
         sparse_method_support(cfg.method).map_err(|why| {
@@ -365,17 +365,13 @@ fn build_model(
             }
         })
         .collect();
-    // A data-parallel run does not exchange compressed tensors' gradients yet (`--kernels
-    // sparse` is refused there).
-    let method_ok = sparse_method_support(cfg.method).and_then(|()| match parallel {
-        true => Err(
-            "a data-parallel run trains a model of layers masked-dense (the gradients of \
-             compressed tensors are not exchanged yet)"
-                .to_string(),
-        ),
-        false => Ok(()),
-    });
-    let decision = choice::decide_model(ctx, kernels, &shapes, cfg.batch, method_ok)?;
+    let decision = choice::decide_model(
+        ctx,
+        kernels,
+        &shapes,
+        cfg.batch,
+        sparse_method_support(cfg.method),
+    )?;
     let compressed = decision.kernels == "sparse";
     // Per tensor: compressed products or dense ones over its slots, as measured (on resume, as
     // the run that is continued measured them).

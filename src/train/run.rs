@@ -321,7 +321,7 @@ fn assemble_rank(
 ) -> Result<Assembled> {
     let mut bytes = Vec::new();
     if dist.rank == 0 {
-        let a = assemble(ctx, cfg, opts, sizes, plan, sgd, true)?;
+        let a = assemble(ctx, cfg, opts, sizes, plan, sgd)?;
         bytes = serde_json::to_vec(&a.record)
             .map_err(|e| RiglError::invalid(format!("kernel record to JSON: {e}")))?;
         dist.comm.broadcast_bytes(0, &mut bytes);
@@ -334,7 +334,7 @@ fn assemble_rank(
     if replay.resume.is_none() {
         replay.kernels_from = Some(record);
     }
-    assemble(ctx, cfg, &replay, sizes, plan, sgd, true)
+    assemble(ctx, cfg, &replay, sizes, plan, sgd)
 }
 
 /// Chooses the kernels (or replays a run's choices) and builds the model with them.
@@ -345,7 +345,6 @@ fn assemble(
     sizes: &[usize],
     plan: &[LayerSparsity],
     sgd: SgdConfig,
-    parallel: bool,
 ) -> Result<Assembled> {
     let kp = KernelPlan::choose(ctx, cfg, opts)?;
     let replayed = kp.same_kernels().map(|r| r.layers.as_slice());
@@ -358,7 +357,6 @@ fn assemble(
         kp.kernels,
         kp.gemm_variant,
         replayed,
-        parallel,
     )?;
     let Built {
         net,
@@ -468,14 +466,8 @@ impl<'a> Run<'a> {
                 };
                 assemble_rank(ctx, &shard_cfg, opts, &sizes, &plan, sgd, d)?
             }
-            None => assemble(ctx, cfg, opts, &sizes, &plan, sgd, false)?,
+            None => assemble(ctx, cfg, opts, &sizes, &plan, sgd)?,
         };
-        if dist.is_some() && parts.has_compressed_convs() {
-            return Err(RiglError::invalid(
-                "--kernels sparse with a model of layers does not run data-parallel yet (its \
-                 compressed convolutions' gradients are not exchanged): use --kernels masked",
-            ));
-        }
         // Rank 0 alone writes the run directory (metrics, checkpoints, summary, model).
         let run_dir = run_dir.filter(|_| dist.as_ref().is_none_or(|d| d.rank == 0));
         let mut c = Counters::fresh(active);

@@ -222,11 +222,6 @@ impl Run<'_> {
 }
 
 impl ModelParts {
-    /// Whether the model's convolutions run on the compressed kernels.
-    pub(super) fn has_compressed_convs(&self) -> bool {
-        matches!(&self.net, super::net::Net::Model(m) if m.has_compressed())
-    }
-
     /// The dispatches of one step, in order: forward and backward (unless `--on-nan skip` ran
     /// them already), the SNFS gradient average, the optimizer and the mask update of `counts`.
     /// A skipped step runs nothing.

@@ -638,6 +638,44 @@ impl GpuModel {
         Ok(v)
     }
 
+    /// [`GpuModel::compressed_update_ops`]`(GrowRule::Score)` cut after each tensor's dense
+    /// gradient, for a data-parallel run to average it over the ranks before that tensor's grow
+    /// selection reads it: segment `l` ends with the `l`-th compressed tensor's dense gradient,
+    /// written to `views[l]` (a view of the one scratch, so it must be averaged before the next
+    /// segment runs); the last segment has the rest. In order, the segments are exactly
+    /// [`GpuModel::compressed_update_ops`]`(GrowRule::Score)`.
+    pub fn compressed_update_segments(
+        &self,
+        ctx: &GpuContext,
+    ) -> Result<(Vec<Vec<&Dispatch>>, Vec<Tensor>)> {
+        let (Some(up), Some(slots)) = (&self.slot_update, &self.slots) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut segments = Vec::new();
+        let mut views = Vec::new();
+        let mut v = up.drop.drop_dispatches();
+        for (i, c) in self.compressed.iter().flatten().enumerate() {
+            let name = &self.params[c.param].name;
+            let dg = c.dense_grad.as_ref().ok_or_else(|| {
+                RiglError::invalid(format!("{name} has no dense gradient dispatch"))
+            })?;
+            v.push(dg);
+            segments.push(std::mem::take(&mut v));
+            views.push(slots.dense_grad.slice(
+                ctx,
+                0,
+                c.rows() * c.cols(),
+                &format!("{name} dense gradient"),
+            )?);
+            v.extend(up.rebuild[i].0.iter());
+            v.extend(up.grows[i].grow_dispatches(GrowRule::Score));
+            v.extend(up.rebuild[i].1.iter());
+        }
+        v.extend(self.meta_ops());
+        segments.push(v);
+        Ok((segments, views))
+    }
+
     /// The compressed linear layers' metadata rewrites (after loading and after every mask
     /// update).
     pub(super) fn meta_ops(&self) -> Vec<&Dispatch> {
