@@ -135,5 +135,95 @@ fn sparse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, sparse);
+/// The three products of a 3x3 64-to-64 convolution at 16x16 (WRN-22-2's second group), batch
+/// 32, with 90% of the kernel inactive: compressed (`gpu::sparse_conv`) against masked-dense
+/// (`gpu::conv`), as `rigl bench conv --cin 64 --cout 64 --hw 16 --batch 32 --sparsity 0.9`.
+fn sparse_conv(c: &mut Criterion) {
+    use rigl::gpu::conv::{self, ConvGeom};
+    use rigl::gpu::sparse_conv::{self as sc, Layout, Scratch, SparseConvForm};
+    use rigl::shape::{Padding, Window};
+    use rigl::sparse::csr::CsrIndex;
+    use rigl::sparse::init::{init_layer, WeightInit};
+    let Ok(ctx) = GpuContext::new() else {
+        eprintln!("skipping GPU benches: no adapter");
+        return;
+    };
+    let g = ConvGeom {
+        window: Window {
+            n: 32,
+            h: 16,
+            w: 16,
+            k: 3,
+            stride: 1,
+            padding: Padding::Same,
+        },
+        cin: 64,
+        cout: 64,
+    };
+    let form = SparseConvForm::pick(&ctx);
+    let (rows, cols) = (9 * g.cin, g.cout);
+    let nnz = rows * cols / 10;
+    let setup = || -> rigl::error::Result<_> {
+        sc::supports(&ctx, &g, form).map_err(rigl::error::RiglError::invalid)?;
+        let init = init_layer(0, 0, &[rows, cols], nnz, WeightInit::GlorotUniform)?;
+        let idx = CsrIndex::from_mask(rows, cols, &init.mask)?;
+        let (ho, wo) = g.out()?;
+        let n_in = g.cin * g.window.n * g.window.h * g.window.w;
+        let n_out = cols * g.window.n * ho * wo;
+        let t = |label: &str, v: Vec<f32>| Tensor::from_f32(&ctx, label, &v);
+        let idx_t = Tensor::from_u32(&ctx, "index", &idx.to_words())?;
+        let vals = t("values", idx.gather(&init.weights))?;
+        let (w, mask) = (t("w", init.weights)?, t("mask", init.mask)?);
+        let (x, dy) = (t("x", vec![0.5; n_in])?, t("dy", vec![0.25; n_out])?);
+        let (y, dx) = (
+            Tensor::zeros(&ctx, "y", n_out)?,
+            Tensor::zeros(&ctx, "dx", n_in)?,
+        );
+        let (gs, gd) = (
+            Tensor::zeros(&ctx, "slot gradient", nnz)?,
+            Tensor::zeros(&ctx, "dense gradient", rows * cols)?,
+        );
+        let lay = Layout::new(g)?;
+        let scratch = Scratch::new(&ctx, &[lay], nnz)?;
+        Ok([
+            (
+                "forward",
+                sc::forward(&ctx, form, &lay, nnz, &idx_t, &vals, None, &x, &y, &scratch)?,
+                conv::forward(&ctx, g, &x, &w, Some(&mask), None, &y)?,
+            ),
+            (
+                "input grad",
+                sc::input_grad(
+                    &ctx, form, &lay, nnz, &idx_t, &vals, &dy, &dx, false, &scratch,
+                )?,
+                conv::input_grad(&ctx, g, &dy, &w, Some(&mask), &dx, false)?,
+            ),
+            (
+                "weight grad",
+                sc::weight_grad(&ctx, form, &lay, nnz, &idx_t, &x, &dy, &gs, &scratch)?,
+                conv::weight_grad(&ctx, g, &x, &dy, &gd, false)?,
+            ),
+        ])
+    };
+    let products = match setup() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping sparse convolution benches: {e}");
+            return;
+        }
+    };
+    let mut group = c.benchmark_group("sparse_conv 3x3 64-64 16x16 batch 32 90%");
+    group.sample_size(10);
+    for (name, compressed, masked) in &products {
+        group.bench_function(format!("{name} compressed"), |bch| {
+            bch.iter(|| ops::run(&ctx, "bench", &[compressed]))
+        });
+        group.bench_function(format!("{name} masked"), |bch| {
+            bch.iter(|| ops::run(&ctx, "bench", &[masked]))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmul, sparse, sparse_conv);
 criterion_main!(benches);
