@@ -137,7 +137,9 @@ pub struct SparseLinear {
     updater: Option<MaskUpdater>,
 }
 
-fn check_io(ctx: &GpuContext, t: &Tensor, role: &str, len: usize) -> Result<()> {
+/// Checks a caller's (or rigl's) activation buffer for the role `role` of a layer: at least
+/// `len` elements, `STORAGE` usage, an offset the device can bind, a size it can bind.
+pub(crate) fn check_io(ctx: &GpuContext, t: &Tensor, role: &str, len: usize) -> Result<()> {
     let bad = |message: String| RiglError::BadBuffer {
         buffer: t.label.clone(),
         role: role.to_string(),
@@ -161,6 +163,73 @@ fn check_io(ctx: &GpuContext, t: &Tensor, role: &str, len: usize) -> Result<()> 
         )));
     }
     ctx.check_storage_size(role, t.bytes())
+}
+
+/// The mask updater of a whole layer whose method drops and grows (none for static masks): one
+/// placement over its `n` weights.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_updater(
+    ctx: &GpuContext,
+    scheduler: &SchedulerConfig,
+    name: &str,
+    n: usize,
+    w: &Tensor,
+    mask: &Tensor,
+    mom: &Tensor,
+    grad: &Tensor,
+) -> Result<Option<MaskUpdater>> {
+    if !scheduler.method.drops_and_grows() {
+        return Ok(None);
+    }
+    let placement = crate::sparse::update::LayerPlacement {
+        name: name.to_string(),
+        offset: 0,
+        n,
+        id: 0,
+    };
+    Ok(Some(MaskUpdater::new(
+        ctx,
+        vec![placement],
+        w,
+        mask,
+        mom,
+        grad,
+        scheduler.seed as u32,
+    )?))
+}
+
+/// The end of training step `step` of a whole layer, into `enc`: its `sgd` dispatches (except
+/// at a RigL update step, which spends the batch on the update), then the mask update when
+/// `step` is an update step.
+pub(crate) fn encode_layer_step(
+    core: &mut Core,
+    updater: Option<&MaskUpdater>,
+    sgd: &[Dispatch],
+    ctx: &GpuContext,
+    step: u64,
+    enc: &mut wgpu::CommandEncoder,
+    label: &str,
+) -> Result<Option<MaskUpdateInfo>> {
+    core.step = core.step.max(step + 1);
+    let mut ops: Vec<&Dispatch> = Vec::new();
+    if !core.needs_dense_gradient(step) {
+        ops.extend(sgd.iter());
+    }
+    let mut info = None;
+    if let Some(up) = updater.filter(|_| core.is_update_step(step)) {
+        let (df, counts) = core.counts(step)?;
+        up.prepare(ctx, step as u32, &counts)?;
+        ops.extend(up.dispatches(core.rule()));
+        info = Some(Core::info(step, df, &counts));
+    }
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    for op in ops {
+        op.encode(&mut pass);
+    }
+    Ok(info)
 }
 
 impl SparseLinear {
@@ -262,25 +331,7 @@ impl SparseLinear {
             ops::sgd(ctx, &grad, &w, &mom, Some(&mask), n, cfg.sgd)?,
             ops::sgd(ctx, &bgrad, &bias, &bmom, None, fout, bias_sgd)?,
         ];
-        let updater = if cfg.scheduler.method.drops_and_grows() {
-            let placement = crate::sparse::update::LayerPlacement {
-                name: name.clone(),
-                offset: 0,
-                n,
-                id: 0,
-            };
-            Some(MaskUpdater::new(
-                ctx,
-                vec![placement],
-                &w,
-                &mask,
-                &mom,
-                &grad,
-                cfg.scheduler.seed as u32,
-            )?)
-        } else {
-            None
-        };
+        let updater = layer_updater(ctx, &cfg.scheduler, name, n, &w, &mask, &mom, &grad)?;
         Ok(SparseLinear {
             cfg,
             core,
@@ -337,30 +388,15 @@ impl SparseLinear {
         step: u64,
         enc: &mut wgpu::CommandEncoder,
     ) -> Result<Option<MaskUpdateInfo>> {
-        self.core.step = self.core.step.max(step + 1);
-        let mut ops: Vec<&Dispatch> = Vec::new();
-        if !self.core.needs_dense_gradient(step) {
-            ops.extend(self.sgd.iter());
-        }
-        let mut info = None;
-        if let Some(up) = self
-            .updater
-            .as_ref()
-            .filter(|_| self.core.is_update_step(step))
-        {
-            let (df, counts) = self.core.counts(step)?;
-            up.prepare(ctx, step as u32, &counts)?;
-            ops.extend(up.dispatches(self.core.rule()));
-            info = Some(Core::info(step, df, &counts));
-        }
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("sparse linear step"),
-            timestamp_writes: None,
-        });
-        for op in ops {
-            op.encode(&mut pass);
-        }
-        Ok(info)
+        encode_layer_step(
+            &mut self.core,
+            self.updater.as_ref(),
+            &self.sgd,
+            ctx,
+            step,
+            enc,
+            "sparse linear step",
+        )
     }
 
     /// Sets the optimizer's hyper-parameters (e.g. a new learning rate) from the next submit.
