@@ -115,11 +115,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conv;
 pub mod cpu;
 pub mod gpu;
 pub mod layer;
 pub mod state;
 
+pub use conv::{ConvIo, SparseConv2d, SparseConv2dConfig};
 pub use cpu::{CpuLayer, CpuScheduler};
 pub use gpu::{BufferRegion, LayerBuffers, SparseScheduler};
 pub use layer::{LinearIo, SparseLinear, SparseLinearConfig};
