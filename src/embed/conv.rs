@@ -16,7 +16,7 @@
 //! The storage (masked dense today, on the kernels of [`crate::gpu::conv`]) is private, so it
 //! can change (to the compressed convolutions) without changing this API.
 
-use crate::embed::layer::{check_io, encode_layer_step, layer_updater};
+use crate::embed::layer::{check_layer_io, encode_layer_step, layer_updater, LayerSgd};
 use crate::embed::{Core, MaskUpdateInfo, SchedulerConfig, SparseLayerSpec};
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom, ConvVariant};
@@ -185,6 +185,10 @@ impl SparseConv2dConfig {
 }
 
 /// The activations a [`SparseConv2d`] reads and writes: rigl's or the caller's buffers.
+///
+/// Views of one `wgpu::Buffer` are fine (at the device's `min_storage_buffer_offset_alignment`)
+/// except for the pairs one dispatch reads and writes together: `x` and `y`, `y` and `dy`, `dy`
+/// and `dx` must lie in different buffers (refused with [`RiglError::BadBuffer`] otherwise).
 #[derive(Debug, Clone)]
 pub struct ConvIo {
     /// Input `[cin, N, H, W]` (read).
@@ -234,7 +238,7 @@ pub struct SparseConv2d {
     bgrad: Tensor,
     fwd: Vec<Dispatch>,
     bwd: Vec<Dispatch>,
-    sgd: Vec<Dispatch>,
+    sgd: LayerSgd,
     updater: Option<MaskUpdater>,
 }
 
@@ -261,17 +265,14 @@ impl SparseConv2d {
         core.active = core.check_masks(std::slice::from_ref(&init.mask))?;
         let name = &cfg.name;
         let (n_in, n_out, n) = (g.input_len(), g.output_len()?, g.weight_len());
-        check_io(ctx, &io.x, &format!("input of layer {name}"), n_in)?;
-        check_io(ctx, &io.y, &format!("output of layer {name}"), n_out)?;
-        check_io(
+        check_layer_io(
             ctx,
-            &io.dy,
-            &format!("output gradient of layer {name}"),
+            name,
+            [&io.x, &io.y, &io.dy],
+            io.dx.as_ref(),
+            n_in,
             n_out,
         )?;
-        if let Some(dx) = &io.dx {
-            check_io(ctx, dx, &format!("input gradient of layer {name}"), n_in)?;
-        }
         let w = Tensor::from_f32(ctx, &format!("{name} weights"), &init.weights)?;
         let mask = Tensor::from_f32(ctx, &format!("{name} mask"), &init.mask)?;
         let mom = Tensor::zeros(ctx, &format!("{name} momentum"), n)?;
@@ -316,14 +317,12 @@ impl SparseConv2d {
                 false,
             )?);
         }
-        let bias_sgd = SgdConfig {
-            weight_decay: 0.0,
-            ..cfg.sgd
-        };
-        let sgd = vec![
-            ops::sgd(ctx, &grad, &w, &mom, Some(&mask), n, cfg.sgd)?,
-            ops::sgd(ctx, &bgrad, &bias, &bmom, None, cout, bias_sgd)?,
-        ];
+        let sgd = LayerSgd::new(
+            ctx,
+            cfg.sgd,
+            [&grad, &w, &mom, &mask],
+            [&bgrad, &bias, &bmom],
+        )?;
         let updater = layer_updater(ctx, &cfg.scheduler, name, n, &w, &mask, &mom, &grad)?;
         Ok(SparseConv2d {
             cfg,
@@ -391,7 +390,7 @@ impl SparseConv2d {
         encode_layer_step(
             &mut self.core,
             self.updater.as_ref(),
-            &self.sgd,
+            self.sgd.dispatches(),
             ctx,
             step,
             enc,
@@ -399,15 +398,12 @@ impl SparseConv2d {
         )
     }
 
-    /// Sets the optimizer's hyper-parameters (e.g. a new learning rate) from the next submit.
-    pub fn set_sgd(&mut self, ctx: &GpuContext, sgd: SgdConfig) {
-        ops::set_sgd(ctx, &self.sgd[0], self.geom.weight_len(), sgd);
-        let b = SgdConfig {
-            weight_decay: 0.0,
-            ..sgd
-        };
-        ops::set_sgd(ctx, &self.sgd[1], self.cfg.out_channels, b);
+    /// Sets the optimizer's hyper-parameters (e.g. a new learning rate) from the next submit
+    /// (a change of `nesterov` rebuilds the two SGD kernels; an error only when that fails).
+    pub fn set_sgd(&mut self, ctx: &GpuContext, sgd: SgdConfig) -> Result<()> {
+        self.sgd.set(ctx, sgd)?;
         self.cfg.sgd = sgd;
+        Ok(())
     }
 
     /// Overwrites weights (`[k, k, cin, cout]`, zeroed outside the mask) and bias; resets
