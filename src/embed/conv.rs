@@ -109,8 +109,9 @@ impl SparseConv2dConfig {
         }
     }
 
-    /// The geometry, checked: every dimension positive, a `VALID` window that fits, and every
-    /// tensor's flat index within the kernels' 32 bits.
+    /// The geometry, checked: every dimension positive and a `VALID` window that fits
+    /// ([`RiglError::InvalidArgument`] otherwise), every tensor's flat index within the
+    /// kernels' 32 bits ([`RiglError::TooLarge`] otherwise).
     pub fn geom(&self) -> Result<ConvGeom> {
         let c = self;
         let dims = [
@@ -246,8 +247,12 @@ impl SparseConv2d {
     /// Builds the layer: weights from `cfg.init` and an exact random mask from the scheduler's
     /// seed (streams `2 * layer_index` and `2 * layer_index + 1`, as `rigl train`), zero bias,
     /// and every dispatch of a step on `io` (each buffer checked: length, `STORAGE` usage,
-    /// offset alignment, the device's binding size; a bad one is [`RiglError::BadBuffer`]
-    /// naming its role).
+    /// offset alignment, the device's binding size, no buffer shared by a pair one dispatch
+    /// reads and writes; a bad one is [`RiglError::BadBuffer`] naming its role). A zero
+    /// dimension, a `VALID` window that does not fit, a sparsity outside `[0, 1)`, a method
+    /// other than RigL, SET or static, or a kernel form `cfg.conv` the device cannot run is
+    /// [`RiglError::InvalidArgument`]; tensors past the kernels' 32-bit indexing or a device
+    /// short of a limit is [`RiglError::TooLarge`].
     pub fn new(ctx: &GpuContext, cfg: SparseConv2dConfig, io: ConvIo) -> Result<Self> {
         let g = cfg.geom()?;
         crate::embed::gpu::check_device_limits(ctx)?;
