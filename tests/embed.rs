@@ -712,13 +712,22 @@ fn sparse_linear_layer_matches_cpu_twins() {
         "no optimizer step at a RigL update"
     );
 
-    // Step 1: SGD on the active weights, as the CPU twin.
+    // Step 1: SGD on the active weights, as the CPU twin, with a new optimizer from set_sgd
+    // (Nesterov switched on: a pipeline constant, so the kernels are rebuilt).
+    let sgd = SgdConfig {
+        lr: 0.05,
+        momentum: 0.8,
+        weight_decay: 1e-2,
+        nesterov: !cfg.sgd.nesterov,
+    };
+    layer.set_sgd(ctx, sgd).unwrap();
+    assert_eq!(layer.config().sgd, sgd);
     fwd_bwd(&layer, 1);
     let grad = layer.read_weight_gradient(ctx).unwrap();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     assert!(layer.encode_step(ctx, 1, &mut enc).unwrap().is_none());
     ctx.submit_and_wait("step 1", [enc.finish()]).unwrap();
-    dense::sgd(&grad, &mut w_cpu, &mut m_cpu, Some(&mask_cpu), cfg.sgd);
+    dense::sgd(&grad, &mut w_cpu, &mut m_cpu, Some(&mask_cpu), sgd);
     common::assert_close(
         "w after SGD",
         &layer.read_weights(ctx).unwrap(),
@@ -746,10 +755,33 @@ fn sparse_linear_layer_matches_cpu_twins() {
         wgpu::BufferUsages::empty(),
     )
     .unwrap();
-    match SparseLinear::new(ctx, cfg, bad_io) {
+    match SparseLinear::new(ctx, cfg.clone(), bad_io) {
         Err(RiglError::BadBuffer { role, message, .. }) => {
             assert_eq!(role, "input of layer fc");
             assert!(message.contains("STORAGE"), "{message}");
+        }
+        other => panic!("expected BadBuffer, got {other:?}"),
+    }
+    // x and y as views of one buffer (one dispatch reads one and writes the other, which wgpu
+    // forbids): refused, not a panic at encoding.
+    let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment.max(4));
+    let off = (4 * (fin * b) as u64).div_ceil(align) * align;
+    let shared = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: off + (4 * fout * b) as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let view = |o: u64, len: usize| {
+        Tensor::from_buffer(&shared, o, len, "host", "host", wgpu::BufferUsages::STORAGE).unwrap()
+    };
+    let mut bad_io = io.clone();
+    bad_io.x = view(0, fin * b);
+    bad_io.y = view(off, fout * b);
+    match SparseLinear::new(ctx, cfg, bad_io) {
+        Err(RiglError::BadBuffer { role, message, .. }) => {
+            assert_eq!(role, "output of layer fc");
+            assert!(message.contains("same wgpu buffer"), "{message}");
         }
         other => panic!("expected BadBuffer, got {other:?}"),
     }

@@ -78,6 +78,10 @@ impl SparseLinearConfig {
 }
 
 /// The activations a [`SparseLinear`] reads and writes: rigl's or the caller's buffers.
+///
+/// Views of one `wgpu::Buffer` are fine (at the device's `min_storage_buffer_offset_alignment`)
+/// except for the pairs one dispatch reads and writes together: `x` and `y`, `y` and `dy`, `dy`
+/// and `dx` must lie in different buffers (refused with [`RiglError::BadBuffer`] otherwise).
 #[derive(Debug, Clone)]
 pub struct LinearIo {
     /// Input `[in, batch]` (read).
@@ -133,10 +137,12 @@ pub struct SparseLinear {
     bgrad: Tensor,
     fwd: Vec<Dispatch>,
     bwd: Vec<Dispatch>,
-    sgd: Vec<Dispatch>,
+    sgd: LayerSgd,
     updater: Option<MaskUpdater>,
 }
 
+/// Checks a caller's (or rigl's) activation buffer for the role `role` of a layer: at least
+/// `len` elements, `STORAGE` usage, an offset the device can bind, a size it can bind.
 fn check_io(ctx: &GpuContext, t: &Tensor, role: &str, len: usize) -> Result<()> {
     let bad = |message: String| RiglError::BadBuffer {
         buffer: t.label.clone(),
@@ -161,6 +167,185 @@ fn check_io(ctx: &GpuContext, t: &Tensor, role: &str, len: usize) -> Result<()> 
         )));
     }
     ctx.check_storage_size(role, t.bytes())
+}
+
+/// Checks a whole layer's activations: `x` and `dx` of `n_in` elements, `y` and `dy` of
+/// `n_out` ([`check_io`] each, naming its role in layer `name`), and [`check_apart`].
+pub(crate) fn check_layer_io(
+    ctx: &GpuContext,
+    name: &str,
+    [x, y, dy]: [&Tensor; 3],
+    dx: Option<&Tensor>,
+    n_in: usize,
+    n_out: usize,
+) -> Result<()> {
+    let (rx, ry) = (
+        format!("input of layer {name}"),
+        format!("output of layer {name}"),
+    );
+    let rdy = format!("output gradient of layer {name}");
+    let rdx = format!("input gradient of layer {name}");
+    check_io(ctx, x, &rx, n_in)?;
+    check_io(ctx, y, &ry, n_out)?;
+    check_io(ctx, dy, &rdy, n_out)?;
+    if let Some(dx) = dx {
+        check_io(ctx, dx, &rdx, n_in)?;
+        check_apart(&[(dy, &rdy, dx, &rdx)])?;
+    }
+    check_apart(&[(x, &rx, y, &ry), (y, &ry, dy, &rdy)])
+}
+
+/// Refuses activation buffers that one dispatch of a layer binds together with one of them
+/// written (`x` with `y`, `y` with `dy`, `dy` with `dx`) when they are views of the same
+/// `wgpu::Buffer`: wgpu forbids a buffer bound read-only and read-write in one dispatch, even at
+/// disjoint ranges, and would panic at encoding time.
+pub(crate) fn check_apart(pairs: &[(&Tensor, &str, &Tensor, &str)]) -> Result<()> {
+    for (a, a_role, b, b_role) in pairs {
+        if a.buffer == b.buffer {
+            return Err(RiglError::BadBuffer {
+                buffer: b.label.clone(),
+                role: b_role.to_string(),
+                message: format!(
+                    "is in the same wgpu buffer as the {a_role} ('{}'): one dispatch reads one \
+                     and writes the other, which wgpu forbids even at disjoint ranges; give them \
+                     separate buffers",
+                    a.label
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The optimizer of a whole layer: SGD with momentum on its masked weights (with weight decay)
+/// and on its bias (without).
+#[derive(Debug)]
+pub(crate) struct LayerSgd {
+    /// Gradient, weights, momentum and mask of the weights.
+    w: [Tensor; 4],
+    /// Gradient, values and momentum of the bias.
+    b: [Tensor; 3],
+    ops: Vec<Dispatch>,
+    cfg: SgdConfig,
+}
+
+impl LayerSgd {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        cfg: SgdConfig,
+        w: [&Tensor; 4],
+        b: [&Tensor; 3],
+    ) -> Result<Self> {
+        let w = w.map(Tensor::clone);
+        let b = b.map(Tensor::clone);
+        let ops = Self::build(ctx, cfg, &w, &b)?;
+        Ok(LayerSgd { w, b, ops, cfg })
+    }
+
+    fn build(
+        ctx: &GpuContext,
+        cfg: SgdConfig,
+        w: &[Tensor; 4],
+        b: &[Tensor; 3],
+    ) -> Result<Vec<Dispatch>> {
+        let [grad, wt, mom, mask] = w;
+        let [bgrad, bias, bmom] = b;
+        Ok(vec![
+            ops::sgd(ctx, grad, wt, mom, Some(mask), wt.len, cfg)?,
+            ops::sgd(ctx, bgrad, bias, bmom, None, bias.len, Self::bias_cfg(cfg))?,
+        ])
+    }
+
+    fn bias_cfg(cfg: SgdConfig) -> SgdConfig {
+        SgdConfig {
+            weight_decay: 0.0,
+            ..cfg
+        }
+    }
+
+    pub(crate) fn dispatches(&self) -> &[Dispatch] {
+        &self.ops
+    }
+
+    /// New hyper-parameters from the next submit: written into the kernels' parameters, or the
+    /// kernels rebuilt when Nesterov changes (a pipeline constant).
+    pub(crate) fn set(&mut self, ctx: &GpuContext, cfg: SgdConfig) -> Result<()> {
+        if cfg.nesterov != self.cfg.nesterov {
+            self.ops = Self::build(ctx, cfg, &self.w, &self.b)?;
+        } else {
+            ops::set_sgd(ctx, &self.ops[0], self.w[1].len, cfg);
+            ops::set_sgd(ctx, &self.ops[1], self.b[1].len, Self::bias_cfg(cfg));
+        }
+        self.cfg = cfg;
+        Ok(())
+    }
+}
+
+/// The mask updater of a whole layer whose method drops and grows (none for static masks): one
+/// placement over its `n` weights.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_updater(
+    ctx: &GpuContext,
+    scheduler: &SchedulerConfig,
+    name: &str,
+    n: usize,
+    w: &Tensor,
+    mask: &Tensor,
+    mom: &Tensor,
+    grad: &Tensor,
+) -> Result<Option<MaskUpdater>> {
+    if !scheduler.method.drops_and_grows() {
+        return Ok(None);
+    }
+    let placement = crate::sparse::update::LayerPlacement {
+        name: name.to_string(),
+        offset: 0,
+        n,
+        id: 0,
+    };
+    Ok(Some(MaskUpdater::new(
+        ctx,
+        vec![placement],
+        w,
+        mask,
+        mom,
+        grad,
+        scheduler.seed as u32,
+    )?))
+}
+
+/// The end of training step `step` of a whole layer, into `enc`: its `sgd` dispatches (except
+/// at a RigL update step, which spends the batch on the update), then the mask update when
+/// `step` is an update step.
+pub(crate) fn encode_layer_step(
+    core: &mut Core,
+    updater: Option<&MaskUpdater>,
+    sgd: &[Dispatch],
+    ctx: &GpuContext,
+    step: u64,
+    enc: &mut wgpu::CommandEncoder,
+    label: &str,
+) -> Result<Option<MaskUpdateInfo>> {
+    core.step = core.step.max(step + 1);
+    let mut ops: Vec<&Dispatch> = Vec::new();
+    if !core.needs_dense_gradient(step) {
+        ops.extend(sgd.iter());
+    }
+    let mut info = None;
+    if let Some(up) = updater.filter(|_| core.is_update_step(step)) {
+        let (df, counts) = core.counts(step)?;
+        up.prepare(ctx, step as u32, &counts)?;
+        ops.extend(up.dispatches(core.rule()));
+        info = Some(Core::info(step, df, &counts));
+    }
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    for op in ops {
+        op.encode(&mut pass);
+    }
+    Ok(info)
 }
 
 impl SparseLinear {
@@ -198,17 +383,14 @@ impl SparseLinear {
             *w *= m;
         }
         let name = &cfg.name;
-        check_io(ctx, &io.x, &format!("input of layer {name}"), fin * b)?;
-        check_io(ctx, &io.y, &format!("output of layer {name}"), fout * b)?;
-        check_io(
+        check_layer_io(
             ctx,
-            &io.dy,
-            &format!("output gradient of layer {name}"),
+            name,
+            [&io.x, &io.y, &io.dy],
+            io.dx.as_ref(),
+            fin * b,
             fout * b,
         )?;
-        if let Some(dx) = &io.dx {
-            check_io(ctx, dx, &format!("input gradient of layer {name}"), fin * b)?;
-        }
         let n = fin * fout;
         let w = Tensor::from_f32(ctx, &format!("{name} weights"), &w_v)?;
         let mask = Tensor::from_f32(ctx, &format!("{name} mask"), &mask_v)?;
@@ -254,33 +436,13 @@ impl SparseLinear {
                 Some(&mask),
             )?);
         }
-        let bias_sgd = SgdConfig {
-            weight_decay: 0.0,
-            ..cfg.sgd
-        };
-        let sgd = vec![
-            ops::sgd(ctx, &grad, &w, &mom, Some(&mask), n, cfg.sgd)?,
-            ops::sgd(ctx, &bgrad, &bias, &bmom, None, fout, bias_sgd)?,
-        ];
-        let updater = if cfg.scheduler.method.drops_and_grows() {
-            let placement = crate::sparse::update::LayerPlacement {
-                name: name.clone(),
-                offset: 0,
-                n,
-                id: 0,
-            };
-            Some(MaskUpdater::new(
-                ctx,
-                vec![placement],
-                &w,
-                &mask,
-                &mom,
-                &grad,
-                cfg.scheduler.seed as u32,
-            )?)
-        } else {
-            None
-        };
+        let sgd = LayerSgd::new(
+            ctx,
+            cfg.sgd,
+            [&grad, &w, &mom, &mask],
+            [&bgrad, &bias, &bmom],
+        )?;
+        let updater = layer_updater(ctx, &cfg.scheduler, name, n, &w, &mask, &mom, &grad)?;
         Ok(SparseLinear {
             cfg,
             core,
@@ -337,42 +499,23 @@ impl SparseLinear {
         step: u64,
         enc: &mut wgpu::CommandEncoder,
     ) -> Result<Option<MaskUpdateInfo>> {
-        self.core.step = self.core.step.max(step + 1);
-        let mut ops: Vec<&Dispatch> = Vec::new();
-        if !self.core.needs_dense_gradient(step) {
-            ops.extend(self.sgd.iter());
-        }
-        let mut info = None;
-        if let Some(up) = self
-            .updater
-            .as_ref()
-            .filter(|_| self.core.is_update_step(step))
-        {
-            let (df, counts) = self.core.counts(step)?;
-            up.prepare(ctx, step as u32, &counts)?;
-            ops.extend(up.dispatches(self.core.rule()));
-            info = Some(Core::info(step, df, &counts));
-        }
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("sparse linear step"),
-            timestamp_writes: None,
-        });
-        for op in ops {
-            op.encode(&mut pass);
-        }
-        Ok(info)
+        encode_layer_step(
+            &mut self.core,
+            self.updater.as_ref(),
+            self.sgd.dispatches(),
+            ctx,
+            step,
+            enc,
+            "sparse linear step",
+        )
     }
 
-    /// Sets the optimizer's hyper-parameters (e.g. a new learning rate) from the next submit.
-    pub fn set_sgd(&mut self, ctx: &GpuContext, sgd: SgdConfig) {
-        let n = self.cfg.in_features * self.cfg.out_features;
-        ops::set_sgd(ctx, &self.sgd[0], n, sgd);
-        let b = SgdConfig {
-            weight_decay: 0.0,
-            ..sgd
-        };
-        ops::set_sgd(ctx, &self.sgd[1], self.cfg.out_features, b);
+    /// Sets the optimizer's hyper-parameters (e.g. a new learning rate) from the next submit
+    /// (a change of `nesterov` rebuilds the two SGD kernels; an error only when that fails).
+    pub fn set_sgd(&mut self, ctx: &GpuContext, sgd: SgdConfig) -> Result<()> {
+        self.sgd.set(ctx, sgd)?;
         self.cfg.sgd = sgd;
+        Ok(())
     }
 
     /// Overwrites weights (`[in, out]`, zeroed outside the mask) and bias; resets momentum.

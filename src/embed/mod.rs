@@ -2,9 +2,10 @@
 //! optimizer and training loop, and hands the sparsity to rigl.
 //!
 //! Three ways in:
-//! - *whole layers*: [`crate::embed::layer::SparseLinear`], a sparse linear layer with
-//!   forward, backward and SGD step on GPU buffers (rigl's or the caller's), on rigl's device
-//!   or the caller's ([`crate::gpu::GpuContext::from_device`]);
+//! - *whole layers*: [`crate::embed::layer::SparseLinear`], a sparse linear layer, and
+//!   [`crate::embed::conv::SparseConv2d`], a sparse 2-D convolution, each with forward,
+//!   backward, SGD step and its own mask updates on GPU buffers (rigl's or the caller's), on
+//!   rigl's device or the caller's ([`crate::gpu::GpuContext::from_device`]);
 //! - *scheduler only*: [`SparseScheduler`] holds the masks of the caller's layers, applies them
 //!   to the caller's weight and optimizer-slot buffers, says at each step whether a dense
 //!   gradient is needed, and performs the mask update (drop/grow, zeroing new weights and the
@@ -114,12 +115,41 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! A whole convolution, activations `[C, N, H, W]`, weights `[k, k, cin, cout]`:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let ctx = rigl::gpu::GpuContext::new()?;
+//! # let (batch, total_steps) = (100usize, 1000u64);
+//! # use rigl::embed::SchedulerConfig;
+//! use rigl::embed::{ConvIo, SparseConv2d, SparseConv2dConfig};
+//! use rigl::shape::Padding;
+//!
+//! let mut cfg = SparseConv2dConfig::new("conv1", 3, 16, 3, 32, 32, batch, 0.9,
+//!                                       SchedulerConfig::rigl(total_steps, 0));
+//! cfg.stride = 2;                                  // 32x32 -> 16x16, SAME padding
+//! cfg.padding = Padding::Same;
+//! cfg.relu = true;
+//! let io = ConvIo::allocate(&ctx, &cfg, false)?;   // or your STORAGE buffers
+//! let mut layer = SparseConv2d::new(&ctx, cfg, io.clone())?;
+//! assert_eq!(layer.output_hw(), (16, 16));
+//! for step in 0..total_steps {
+//!     let mut enc = ctx.device.create_command_encoder(&Default::default());
+//!     { let mut pass = enc.begin_compute_pass(&Default::default());
+//!       layer.encode_forward(&mut pass); /* your loss writes io.dy */ layer.encode_backward(&mut pass); }
+//!     layer.encode_step(&ctx, step, &mut enc)?;
+//!     ctx.queue.submit([enc.finish()]);
+//! }
+//! # Ok(()) }
+//! ```
 
+pub mod conv;
 pub mod cpu;
 pub mod gpu;
 pub mod layer;
 pub mod state;
 
+pub use conv::{ConvIo, SparseConv2d, SparseConv2dConfig};
 pub use cpu::{CpuLayer, CpuScheduler};
 pub use gpu::{BufferRegion, LayerBuffers, SparseScheduler};
 pub use layer::{LinearIo, SparseLinear, SparseLinearConfig};
