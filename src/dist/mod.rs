@@ -2,7 +2,7 @@
 //! global batch into equal shards, the mask checksums ranks compare at every update, and the
 //! count of what the gradient exchange sends.
 //!
-//! The trainer speaks to [`Collective`] only; the MPI implementation ([`mpi`], cargo feature
+//! The trainer speaks to [`Collective`] only; the MPI implementation (the `mpi` module, cargo feature
 //! `mpi`) is one such communicator, so the library and its default build need no MPI.
 //! [`Single`] is the communicator of a run of one process.
 

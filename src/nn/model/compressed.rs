@@ -32,8 +32,8 @@ pub enum CompressedKind {
     /// A convolution kernel on [`crate::gpu::sparse_conv`], with its product geometry.
     Conv(Layout),
     /// A linear layer on [`crate::gpu::spmm`]: its metadata textures (forward and input
-    /// gradient orders) and the dispatch that rewrites them and its values in
-    /// [`Slots::values`] from the index (after loading and after every mask update).
+    /// gradient orders) and the dispatch that rewrites them and its values in the value texture
+    /// of [`Slots`] from the index (after loading and after every mask update).
     Linear(Box<LinearMeta>),
 }
 
@@ -44,8 +44,8 @@ pub struct LinearMeta {
     pub fwd_meta: Texture,
     /// Input-gradient metadata.
     pub bwd_meta: Texture,
-    /// The dispatch that rewrites both, and the layer's values in [`Slots::values`], from the
-    /// index.
+    /// The dispatch that rewrites both, and the layer's values in the value texture of
+    /// [`Slots`], from the index.
     pub meta: Dispatch,
 }
 
