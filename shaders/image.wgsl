@@ -1,7 +1,10 @@
 // The image layers besides convolution: batch normalisation (per-channel reductions, forward
 // and backward), max pooling (with its argmax) and average pooling forward and backward, global
-// average pooling, flatten and its inverse, counter-based dropout and the residual add. Portable
-// forms: no subgroups; the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs.
+// average pooling, flatten and its inverse, counter-based dropout and the residual add, and the
+// fused forms the model builder picks (batch norm + ReLU [+ dropout] forward and backward in the
+// batch norm's own passes). Portable forms: no subgroups;
+// the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs (the fused kernels
+// are checked against the unfused twins composed).
 //
 // Activations are channel-major [C, N, H, W]: x[((c * n + img) * h + y) * w + x]; a batch
 // norm's channel is the contiguous run x[c * m .. (c + 1) * m] with m = N*H*W.
@@ -53,6 +56,9 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> d: array<f32>;
+// Bindings 6 and 7 (after the argmax at 5): the batch norm backward's further read inputs.
+@group(0) @binding(6) var<storage, read> e: array<f32>;
+@group(0) @binding(7) var<storage, read> e2: array<f32>;
 
 var<workgroup> red0: array<f32, 256>;
 var<workgroup> red1: array<f32, 256>;
@@ -120,26 +126,89 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     }
 }
 
-// ---- bn_apply: y = gamma * (x - mean) / sqrt(var + f1) + beta with the statistics bn_stats
-// left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
+// ---- Fused epilogues, chosen per pipeline by G_EPI (0: none): what follows a batch norm in the
+// same pass. Bit 0: a ReLU. Bit 1: a dropout after it, with the keep mask
+// of the dropout kernel below for flat element i (p.seed, p.step, p.flags = layer id,
+// p.threshold, p.f0 = the kept units' scale). Bit 2 (bn_bwd_apply): e2[i] is added to dx (the
+// other consumer's gradient of a residual block's input).
+override G_EPI: u32 = 0u;
+const EPI_RELU: u32 = 1u;
+const EPI_DROPOUT: u32 = 2u;
+const EPI_PLUS: u32 = 4u;
+
+// The batch norm's output for input value xv: one expression for the forward and for the
+// backward's recomputation of the ReLU mask, so the two agree bit for bit.
+fn bn_z(xv: f32, mean: f32, inv_std: f32, gamma: f32, beta: f32) -> f32 {
+    return gamma * (xv - mean) * inv_std + beta;
+}
+
+// y from the batch norm's output z at flat index i.
+fn epilogue(z: f32, i: u32) -> f32 {
+    var v = z;
+    if ((G_EPI & EPI_RELU) != 0u) {
+        v = max(v, 0.0);
+    }
+    if ((G_EPI & EPI_DROPOUT) != 0u) {
+        v = select(v * p.f0, 0.0, dropped(i));
+    }
+    return v;
+}
+
+// dL/dz from dL/dy at flat index i (z the batch norm's output there).
+fn epilogue_grad(z: f32, dy: f32, i: u32) -> f32 {
+    var g = dy;
+    if ((G_EPI & EPI_DROPOUT) != 0u) {
+        g = select(g * p.f0, 0.0, dropped(i));
+    }
+    if ((G_EPI & EPI_RELU) != 0u) {
+        g = select(0.0, g, z > 0.0);
+    }
+    return g;
+}
+
+// The per-channel element kernels (bn_apply, bn_bwd_apply): workgroup g covers RUN * WG
+// consecutive elements of one channel, g / per_channel(), each invocation RUN of them WG apart,
+// so a channel's statistics are loaded once per RUN elements, not per element (every storage
+// load is a per-lane loop on lavapipe). src/gpu/image.rs dispatches channels * per_channel().
+const RUN: u32 = 8u;
+
+fn per_channel() -> u32 {
+    return (G_N * G_H * G_W + WG * RUN - 1u) / (WG * RUN);
+}
+
+// ---- bn_apply: y = epilogue(gamma * (x - mean) / sqrt(var + f1) + beta) with the statistics
+// bn_stats left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
 // 3 rw y ; 4 rw stats [4C]
 
 @compute @workgroup_size(256)
-fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid3: vec3<u32>) {
     let m = G_N * G_H * G_W;
-    if (i >= G_C * m) {
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel();
+    if (ch >= G_C) {
         return;
     }
-    let ch = i / m;
+    let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    c[i] = b[2u * ch] * (a[i] - d[2u * ch]) * inv_std + b[2u * ch + 1u];
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
+    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
+    let end = ch * m + m;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        c[i] = epilogue(bn_z(a[i], mean, inv_std, gamma, beta), i);
+    }
 }
 
-// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dy * xhat), dbeta = sum(dy), with
-// xhat recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the
-// layout of gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
-// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C]
+// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dz * xhat), dbeta = sum(dz), with
+// dz = dL/dz from dy through the epilogue (z and the ReLU mask recomputed from x) and xhat
+// recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the layout of
+// gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
+// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C] ; 5 unused ; 6 read gamma_beta
 
 @compute @workgroup_size(256)
 fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -148,12 +217,20 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let m = G_N * G_H * G_W;
     let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    var gamma = 0.0;
+    var beta = 0.0;
+    if (G_EPI != 0u) {
+        gamma = e[2u * ch];
+        beta = e[2u * ch + 1u];
+    }
     var sdy = 0.0;
     var sdx = 0.0;
     for (var i = lid; i < m; i += WG) {
-        let dy = b[ch * m + i];
-        sdy += dy;
-        sdx += dy * (a[ch * m + i] - mean) * inv_std;
+        let at = ch * m + i;
+        let xv = a[at];
+        let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), b[at], at);
+        sdy += dz;
+        sdx += dz * (xv - mean) * inv_std;
     }
     red0[lid] = sdx;
     red1[lid] = sdy;
@@ -166,24 +243,44 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
-// ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dy - sum(dy) - xhat * sum(dy * xhat)), in
-// place over dy. 1 read x ; 2 read gamma_beta ; 3 rw dy -> dx ; 4 rw stats [4C]: the batch
-// statistics (mean, var) at 2c, 2c+1 and bn_bwd_reduce's sums (dgamma, dbeta) at 2C + 2c, +1.
+// ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dz - sum(dz) - xhat * sum(dz * xhat))
+// [+ e2], dz from dy through the epilogue as in bn_bwd_reduce. 1 read x ; 2 read gamma_beta ;
+// 3 rw dx ; 4 rw stats [4C]: the batch statistics (mean, var) at 2c, 2c+1 and bn_bwd_reduce's
+// sums (dgamma, dbeta) at 2C + 2c, +1 ; 5 unused ; 6 read dy ; 7 read the gradient added
+// (EPI_PLUS; else unused).
 
 @compute @workgroup_size(256)
-fn bn_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+fn bn_bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid3: vec3<u32>) {
     let m = G_N * G_H * G_W;
-    if (i >= G_C * m) {
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel();
+    if (ch >= G_C) {
         return;
     }
-    let ch = i / m;
+    let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let xhat = (a[i] - d[2u * ch]) * inv_std;
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
     let sum_dy_xh = d[2u * G_C + 2u * ch];
     let sum_dy = d[2u * G_C + 2u * ch + 1u];
-    let k = b[2u * ch] * inv_std / f32(m);
-    c[i] = k * (f32(m) * c[i] - sum_dy - xhat * sum_dy_xh);
+    let k = gamma * inv_std / f32(m);
+    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
+    let end = ch * m + m;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        let xv = a[i];
+        let xhat = (xv - mean) * inv_std;
+        let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), e[i], i);
+        var v = k * (f32(m) * dz - sum_dy - xhat * sum_dy_xh);
+        if ((G_EPI & EPI_PLUS) != 0u) {
+            v += e2[i];
+        }
+        c[i] = v;
+    }
 }
 
 // ---- Pooling. The input position of tap (ky, kx) of output (oy, ox), or -1 in the padding.
@@ -397,6 +494,15 @@ fn fmix32(x: u32) -> u32 {
     return h;
 }
 
+// Whether the dropout drops element i: SET's counter-based hash of (seed, step, layer, i).
+fn dropped(i: u32) -> bool {
+    var h = fmix32(p.seed ^ 0x9e3779b9u);
+    h = fmix32(h ^ p.step);
+    h = fmix32(h ^ p.flags);
+    h = fmix32(h ^ i);
+    return h < p.threshold;
+}
+
 // ---- dropout: out[i] = in[i] * (hash(seed, step, layer, i) < threshold ? 0 : f0), SET's
 // counter-based hash, so forward and backward (the same call on dy) and a resumed run agree.
 // 1 read in ; 3 rw out ; G_C holds the element count
@@ -407,11 +513,7 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (i >= G_C) {
         return;
     }
-    var h = fmix32(p.seed ^ 0x9e3779b9u);
-    h = fmix32(h ^ p.step);
-    h = fmix32(h ^ p.flags);
-    h = fmix32(h ^ i);
-    c[i] = select(a[i] * p.f0, 0.0, h < p.threshold);
+    c[i] = select(a[i] * p.f0, 0.0, dropped(i));
 }
 
 // ---- add: out[i] += in[i] (the residual add). 1 read in ; 3 rw out ; G_C holds the count
