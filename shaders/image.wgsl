@@ -2,7 +2,7 @@
 // and backward), max pooling (with its argmax) and average pooling forward and backward, global
 // average pooling, flatten and its inverse, counter-based dropout and the residual add, and the
 // fused forms the model builder picks (batch norm + ReLU [+ dropout] forward and backward in the
-// batch norm's own passes). Portable forms: no subgroups;
+// batch norm's own passes, ReLU + max pooling in the pooling's). Portable forms: no subgroups;
 // the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs (the fused kernels
 // are checked against the unfused twins composed).
 //
@@ -126,8 +126,8 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     }
 }
 
-// ---- Fused epilogues, chosen per pipeline by G_EPI (0: none): what follows a batch norm in the
-// same pass. Bit 0: a ReLU. Bit 1: a dropout after it, with the keep mask
+// ---- Fused epilogues, chosen per pipeline by G_EPI (0: none): what follows a batch norm (or a
+// max pooling) in the same pass. Bit 0: a ReLU. Bit 1: a dropout after it, with the keep mask
 // of the dropout kernel below for flat element i (p.seed, p.step, p.flags = layer id,
 // p.threshold, p.f0 = the kept units' scale). Bit 2 (bn_bwd_apply): e2[i] is added to dx (the
 // other consumer's gradient of a residual block's input).
@@ -295,8 +295,14 @@ fn tap(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
 
 @group(0) @binding(5) var<storage, read_write> arg: array<u32>;
 
+// No argmax: a fused ReLU zeroed the output, so no input gets its gradient.
+const NO_ARG: u32 = 0xffffffffu;
+
 // ---- max_pool_fwd: y and, per output, the flat input index of the first maximum in window
-// order. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
+// order. With EPI_RELU, the pooling of relu(x) in the same pass: y = max(max(x), 0) and the
+// argmax NO_ARG where that maximum is <= 0 (where relu(x) is 0 at every tap, and the ReLU passes
+// no gradient), so max_pool_bwd, unchanged, writes relu's and the pooling's input gradient at
+// once. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
 
 @compute @workgroup_size(256)
 fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -324,8 +330,13 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             }
         }
     }
-    c[i] = best;
-    arg[i] = at;
+    if ((G_EPI & EPI_RELU) != 0u && !(best > 0.0)) {
+        c[i] = 0.0;
+        arg[i] = NO_ARG;
+    } else {
+        c[i] = best;
+        arg[i] = at;
+    }
 }
 
 // The output index o covering input (iy, ix) through tap (ky, kx), or -1.
@@ -344,7 +355,7 @@ fn out_of(iy: u32, ix: u32, ky: u32, kx: u32) -> i32 {
 }
 
 // ---- max_pool_bwd: dx[j] = sum of dy over the outputs whose argmax is j (a gather over the
-// windows covering j). 1 read dy ; 2 unused ; 3 rw dx ; 4 unused ; 5 rw arg (read)
+// windows covering j; NO_ARG is never j). 1 read dy ; 2 unused ; 3 rw dx ; 4 unused ; 5 rw arg (read)
 
 @compute @workgroup_size(256)
 fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -3,8 +3,8 @@
 //! average pooling on both paddings, windows that overhang the image, batch 1 and one channel;
 //! global average pooling, flatten both ways, dropout (the exact keep mask) and the residual add;
 //! and the fused kernels against the unfused twins composed: batch norm with a ReLU and/or a
-//! dropout after it (forward and backward, with and without a residual gradient added into dx).
-//! Fused outputs start as NaN, so an element left unwritten fails.
+//! dropout after it (forward and backward, with and without a residual gradient added into dx),
+//! and max pooling of relu(x). Fused outputs start as NaN, so an element left unwritten fails.
 
 mod common;
 
@@ -292,6 +292,54 @@ fn a_batch_norm_backward_without_dx_writes_the_parameter_gradients_only() {
     };
     grad.plus = None;
     assert!(image::bn_backward(ctx, s, grad, bad).is_err());
+}
+
+#[test]
+fn relu_max_pooling_equals_the_composed_twins() {
+    let ctx = ctx();
+    let mut checked = 0;
+    for (i, s) in fused_shapes().into_iter().enumerate() {
+        for (j, g) in windows(s).into_iter().enumerate() {
+            let seed = 2000 + 100 * i as u32 + j as u32;
+            // Ties, zeros and windows with nothing positive.
+            let x: Vec<f32> = data(s.len(), seed)
+                .iter()
+                .map(|v| (v * 4.0 - 1.0).round())
+                .collect();
+            let (ho, wo) = g.out().unwrap();
+            let o = ImageShape { h: ho, w: wo, ..s };
+            let dy = data(o.len(), seed + 7);
+            let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+            let ty = Tensor::from_f32(ctx, "y", &nan(o.len())).unwrap();
+            let targ = Tensor::from_f32(ctx, "arg", &nan(o.len())).unwrap();
+            let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+            let tdx = Tensor::from_f32(ctx, "dx", &nan(s.len())).unwrap();
+            let ops_ = [
+                image::max_pool_relu(ctx, s, g, &tx, &ty, &targ).unwrap(),
+                image::max_pool_backward(ctx, s, g, &tdy, &tdx, &targ).unwrap(),
+            ];
+            ops::run(ctx, "relu max pool", &[&ops_[0], &ops_[1]]).unwrap();
+            let r: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+            let (want_y, arg) = cpu::max_pool_forward(&r, s.c, g);
+            let pooled_dx = cpu::max_pool_backward(&dy, &arg, s.len());
+            let want_dx: Vec<f32> = pooled_dx
+                .iter()
+                .zip(&r)
+                .map(|(d, rv)| if *rv > 0.0 { *d } else { 0.0 })
+                .collect();
+            let what = format!("{s:?} {g:?}");
+            assert_eq!(ty.read_f32(ctx).unwrap(), want_y, "relu max {what}");
+            assert_close(
+                &format!("relu max dx {what}"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-6,
+                1e-6,
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
 }
 
 fn windows(s: ImageShape) -> Vec<Window> {

@@ -1,7 +1,8 @@
 //! Host side of `shaders/image.wgsl`: batch normalisation, max/average/global average pooling,
 //! flatten, counter-based dropout and the residual add (CPU twins in [`crate::cpu::conv`]), and
 //! the fused forms: a batch norm's passes can apply a ReLU and a dropout after it ([`Epilogue`])
-//! and add a residual gradient into its input gradient. On lavapipe every storage load and store is a per-lane loop, so a pass
+//! and add a residual gradient into its input gradient, max pooling can pool `relu(x)`
+//! ([`max_pool_relu`]). On lavapipe every storage load and store is a per-lane loop, so a pass
 //! saved is worth its whole traffic.
 //!
 //! A batch norm keeps its `gamma` and `beta` interleaved in one `[2C]` buffer (`gamma[c]` at `2c`,
@@ -469,18 +470,46 @@ pub fn max_pool(
     y: &Tensor,
     arg: &Tensor,
 ) -> Result<Dispatch> {
+    max_pool_epi(ctx, s, g, x, y, arg, 0)
+}
+
+/// Max pooling of `relu(x)` in one pass: `y = max(max(x), 0)` per window (`max` and ReLU
+/// commute), and in `arg` the flat input index of the maximum, or `u32::MAX` where it is `<= 0`
+/// (the ReLU passes no gradient there). [`max_pool_backward`] over this `arg` is then the
+/// gradient of both layers: `dx` nonzero only at argmaxes whose value was positive.
+pub fn max_pool_relu(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    x: &Tensor,
+    y: &Tensor,
+    arg: &Tensor,
+) -> Result<Dispatch> {
+    max_pool_epi(ctx, s, g, x, y, arg, EPI_RELU)
+}
+
+fn max_pool_epi(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    x: &Tensor,
+    y: &Tensor,
+    arg: &Tensor,
+    epi: u32,
+) -> Result<Dispatch> {
     let (p, o) = window_params(s, g)?;
     check(x, s.len(), "max pooling input")?;
     check(y, o.len(), "max pooling output")?;
     check(arg, o.len(), "max pooling argmax")?;
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
-    build(
+    build_epi(
         ctx,
         "max_pool_fwd",
         &p,
         &[x, &pad, y, &pad2, arg],
         (o.len() as u64).div_ceil(WG),
+        epi,
     )
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Fusion (a peephole over every layer sequence, residual branches included, [`peephole`]): a
 //! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
-//! ([`image::Epilogue`]).
+//! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's.
 
 use crate::cpu::conv::Window;
 use crate::cpu::model::HostModel;
@@ -147,6 +147,8 @@ enum Fused {
     /// A batch norm, then a ReLU (`relu`), then a dropout at this rate (`dropout`): the batch
     /// norm's passes with the rest as their epilogue.
     Norm { relu: bool, dropout: Option<f32> },
+    /// A ReLU then a max pooling: the pooling's passes over `relu(x)`.
+    ReluMaxPool,
 }
 
 impl Fused {
@@ -156,6 +158,7 @@ impl Fused {
             Fused::Norm { relu, dropout } => {
                 1 + usize::from(*relu) + usize::from(dropout.is_some())
             }
+            Fused::ReluMaxPool => 2,
         }
     }
 }
@@ -176,6 +179,7 @@ fn peephole(layers: &[Layer]) -> Option<Fused> {
             };
             (relu || dropout.is_some()).then_some(Fused::Norm { relu, dropout })
         }
+        [Layer::Relu, Layer::MaxPool { .. }, ..] => Some(Fused::ReluMaxPool),
         _ => None,
     }
 }
@@ -382,6 +386,10 @@ impl Builder<'_> {
                     let (y, b) = self.norm(x, relu, dropout, grad)?;
                     (y, b, f.len())
                 }
+                Some(f @ Fused::ReluMaxPool) => {
+                    let (y, b) = self.pool(&layers[i + 1], x, grad, true)?;
+                    (y, b, f.len())
+                }
                 None => {
                     let (y, b) = self.layer(&layers[i], x, grad)?;
                     (y, b, 1)
@@ -534,7 +542,7 @@ impl Builder<'_> {
                 }
                 Ok((y, bwd))
             }
-            Layer::MaxPool { .. } | Layer::AvgPool { .. } => self.pool(layer, x, needs_grad),
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => self.pool(layer, x, needs_grad, false),
             Layer::GlobalAvgPool => {
                 let y = self.act(
                     Shape {
@@ -776,8 +784,9 @@ impl Builder<'_> {
         Ok((y, bwd))
     }
 
-    /// A max or average pooling `layer`.
-    fn pool(&mut self, layer: &Layer, x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
+    /// A max or average pooling `layer`; `relu`: a max pooling of `relu(x)` (the peephole fused
+    /// the ReLU before it), one pass each way.
+    fn pool(&mut self, layer: &Layer, x: Act, needs_grad: bool, relu: bool) -> Result<(Act, Bwd)> {
         let (ctx, n) = (self.ctx, self.n);
         let mut bwd = Bwd::default();
         let (g, (h, w)) = layer
@@ -788,11 +797,16 @@ impl Builder<'_> {
         let s = image_shape(x.s, n);
         if matches!(layer, Layer::MaxPool { .. }) {
             let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
-            self.forward
-                .push(image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?);
+            self.forward.push(if relu {
+                image::max_pool_relu(ctx, s, g, &x.t, &y.t, &arg)?
+            } else {
+                image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?
+            });
             if needs_grad {
                 bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
             }
+        } else if relu {
+            return Err(RiglError::invalid("a ReLU fused into an average pooling"));
         } else {
             self.forward
                 .push(image::avg_pool(ctx, s, g, &x.t, &y.t, false)?);
@@ -1253,7 +1267,7 @@ mod tests {
     }
 
     #[test]
-    fn the_peephole_fuses_what_follows_a_batch_norm() {
+    fn the_peephole_fuses_what_follows_a_batch_norm_and_a_relu_before_max_pooling() {
         let drop = Layer::Dropout { rate: 0.3 };
         let norm = |relu, dropout| Some(Fused::Norm { relu, dropout });
         let cases = [
@@ -1270,7 +1284,7 @@ mod tests {
             ),
             (vec![Layer::BatchNorm], None),
             (vec![Layer::BatchNorm, Layer::Flatten], None),
-            (vec![Layer::Relu, pool(true)], None),
+            (vec![Layer::Relu, pool(true)], Some(Fused::ReluMaxPool)),
             (vec![Layer::Relu, pool(false)], None),
             (vec![Layer::Relu, Layer::BatchNorm], None),
             (vec![drop, Layer::Relu], None),
