@@ -10,7 +10,7 @@
 //!
 //! Backward: every layer's backward pass overwrites its input's gradient; where an activation
 //! feeds two layers (a residual block's input or its `pre` output and the shortcut), the second
-//! contribution is added after the first.
+//! contribution is added after the first (in the first's last pass when that is a batch norm's).
 //!
 //! Fusion (a peephole over every layer sequence, residual branches included, [`peephole`]): a
 //! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
@@ -331,12 +331,27 @@ fn image_shape(s: Shape, n: usize) -> ImageShape {
     }
 }
 
-/// A backward list under construction: dispatches in execution order, and the dropouts among
-/// them (index in this list, site).
+/// A backward list under construction: dispatches in execution order, the dropouts among them
+/// (index in this list, site), and the pass that writes the input's gradient last, when it is a
+/// batch norm's that can add another contribution in the same pass.
 #[derive(Default)]
 struct Bwd {
     ops: Vec<Dispatch>,
     dropouts: Vec<(usize, DropSite)>,
+    input_grad: Option<(usize, NormGrad)>,
+}
+
+/// What rebuilds a batch norm's input-gradient pass with a contribution added
+/// ([`Bwd::absorb_add`]).
+struct NormGrad {
+    shape: ImageShape,
+    x: Tensor,
+    gamma_beta: Tensor,
+    stats: Tensor,
+    dy: Tensor,
+    grads: Tensor,
+    dx: Tensor,
+    epilogue: Epilogue,
 }
 
 impl Bwd {
@@ -344,11 +359,44 @@ impl Bwd {
         self.ops.push(d);
     }
 
+    /// Appends the passes of `other` (run after these); the input gradient is `other`'s.
     fn append(&mut self, other: Bwd) {
         let base = self.ops.len();
         self.ops.extend(other.ops);
         self.dropouts
             .extend(other.dropouts.into_iter().map(|(i, d)| (base + i, d)));
+        self.input_grad = other.input_grad.map(|(i, g)| (base + i, g));
+    }
+
+    /// Makes the last pass of this list add `extra` into `target`, when that pass is a batch
+    /// norm's writing `target` as its input gradient; false if it cannot (the caller adds).
+    fn absorb_add(&mut self, ctx: &GpuContext, extra: &Tensor, target: &Tensor) -> Result<bool> {
+        let Some((at, g)) = self.input_grad.take() else {
+            return Ok(false);
+        };
+        if at + 1 != self.ops.len() || g.dx.buffer != target.buffer || g.dx.offset != target.offset
+        {
+            return Ok(false);
+        }
+        let mut ops = image::bn_backward(
+            ctx,
+            g.shape,
+            BnGrad {
+                x: &g.x,
+                gamma_beta: &g.gamma_beta,
+                stats: &g.stats,
+                dy: &g.dy,
+                grads: &g.grads,
+                dx: Some(&g.dx),
+                plus: Some(extra),
+            },
+            g.epilogue,
+        )?;
+        let apply = ops.pop().ok_or_else(|| {
+            RiglError::invalid("a batch norm backward without its input-gradient pass")
+        })?;
+        self.ops[at] = apply;
+        Ok(true)
     }
 }
 
@@ -648,19 +696,27 @@ impl Builder<'_> {
                     &short_in.g
                 };
                 let from_len = from.s.len() * n;
-                let add_short = if from_needs_grad {
-                    Some(image::add(ctx, contribution, &from.g, from_len)?)
-                } else {
-                    None
+                // The shortcut's part is added by the pass that wrote `from`'s gradient last
+                // when that is a batch norm's (the body's first layer for `pre`, or `pre`'s
+                // first, or the body's when `pre` is empty and `from` is the input), else by an
+                // add pass after it.
+                let add_short = |bwd: &mut Bwd| -> Result<()> {
+                    if from_needs_grad && !bwd.absorb_add(ctx, contribution, &from.g)? {
+                        bwd.push(image::add(ctx, contribution, &from.g, from_len)?);
+                    }
+                    bwd.input_grad = None;
+                    Ok(())
                 };
                 match shortcut_from {
                     ShortcutFrom::Pre => {
-                        bwd.ops.extend(add_short);
+                        add_short(&mut bwd)?;
                         bwd.append(pre_bwd);
                     }
                     ShortcutFrom::Input => {
-                        bwd.append(pre_bwd);
-                        bwd.ops.extend(add_short);
+                        if !pre.is_empty() {
+                            bwd.append(pre_bwd);
+                        }
+                        add_short(&mut bwd)?;
                     }
                 }
                 Ok((y, bwd))
@@ -779,6 +835,21 @@ impl Builder<'_> {
                 bwd.dropouts.push((bwd.ops.len(), site));
             }
             bwd.push(op);
+        }
+        if needs_grad {
+            bwd.input_grad = Some((
+                bwd.ops.len() - 1,
+                NormGrad {
+                    shape: s,
+                    x: x.t.clone(),
+                    gamma_beta: norm.gamma_beta.clone(),
+                    stats: norm.stats.clone(),
+                    dy: y.g.clone(),
+                    grads: norm.grad.clone(),
+                    dx: x.g.clone(),
+                    epilogue,
+                },
+            ));
         }
         self.norms.push(norm);
         Ok((y, bwd))
