@@ -62,6 +62,7 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 var<workgroup> red0: array<f32, 256>;
 var<workgroup> red1: array<f32, 256>;
+var<workgroup> red2: array<f32, 256>;
 
 // Sums red0 and red1 over the workgroup; the totals end in red0[0] and red1[0].
 fn reduce2(lid: u32) {
@@ -75,11 +76,29 @@ fn reduce2(lid: u32) {
     workgroupBarrier();
 }
 
+// Combines the (count, mean, sum of squared deviations) triples in red0, red1, red2 over the
+// workgroup with Chan et al.'s pairwise update; the totals end in red0[0], red1[0], red2[0].
+fn reduce_moments(lid: u32) {
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (lid < s && red0[lid + s] > 0.0) {
+            let na = red0[lid];
+            let n = na + red0[lid + s];
+            let f = red0[lid + s] / n;
+            let delta = red1[lid + s] - red1[lid];
+            red1[lid] += delta * f;
+            red2[lid] += red2[lid + s] + delta * delta * na * f;
+            red0[lid] = n;
+        }
+    }
+    workgroupBarrier();
+}
+
 // A batch norm's stats buffer holds 4C values: (mean, var) per channel at 2c, 2c+1 as the
 // forward used them, then the backward's (sum dy*xhat, sum dy) per channel at 2C + 2c, +1.
 
 // ---- bn_stats: one workgroup per channel (workgroup id = channel). Training (flags 1): the
-// batch mean and biased variance (two passes) into stats[2c], stats[2c+1], and the running
+// batch mean and biased variance (one pass over x) into stats[2c], stats[2c+1], and the running
 // statistics move: running = f0 * running + (1 - f0) * batch (the variance with Bessel's
 // correction). Evaluation (flags 0): stats := the running statistics.
 // 1 read x ; 2 unused (any buffer) ; 3 rw stats [4C] ; 4 rw running [2C] (mean, var per channel)
@@ -96,32 +115,31 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         }
         return;
     }
-    var s = 0.0;
+    // Welford over this invocation's elements, then Chan's pairwise combination: one read of x.
+    var cnt = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
     for (var i = lid; i < m; i += WG) {
-        s += a[ch * m + i];
+        let v = a[ch * m + i];
+        cnt += 1.0;
+        let dv = v - mean;
+        mean += dv / cnt;
+        m2 += dv * (v - mean);
     }
-    red0[lid] = s;
-    red1[lid] = 0.0;
-    reduce2(lid);
-    let mean = red0[0] / f32(m);
-    workgroupBarrier();
-    var q = 0.0;
-    for (var i = lid; i < m; i += WG) {
-        let dv = a[ch * m + i] - mean;
-        q += dv * dv;
-    }
-    red0[lid] = 0.0;
-    red1[lid] = q;
-    reduce2(lid);
+    red0[lid] = cnt;
+    red1[lid] = mean;
+    red2[lid] = m2;
+    reduce_moments(lid);
     if (lid == 0u) {
-        let var_ = red1[0] / f32(m);
-        c[2u * ch] = mean;
+        let batch_mean = red1[0];
+        let var_ = red2[0] / f32(m);
+        c[2u * ch] = batch_mean;
         c[2u * ch + 1u] = var_;
         var unbiased = var_;
         if (m > 1u) {
             unbiased = var_ * f32(m) / f32(m - 1u);
         }
-        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * mean;
+        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
         d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
     }
 }
