@@ -400,6 +400,55 @@ fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     c[j] = acc;
 }
 
+// ---- max_pool_bwd_cells: max_pool_bwd where windows do not overlap (stride >= window, as
+// LeNet-5's 2x2 pools): a scatter instead of a gather. The input splits into cells of stride x
+// stride positions, cell (cy, cx) starting at (cy * stride - pad_t, cx * stride - pad_l), and
+// window o lies inside cell o, so its argmax does; one invocation per cell reads the output's
+// argmax and gradient once and writes every input of the cell (dy at the argmax, 0 elsewhere,
+// and 0 in the cells past the last window). Cells: ceil((H + pad_t) / stride) by the same in W.
+// Bindings as max_pool_bwd.
+
+fn cells_h() -> u32 {
+    return (G_H + G_PAD_T + G_STRIDE - 1u) / G_STRIDE;
+}
+
+fn cells_w() -> u32 {
+    return (G_W + G_PAD_L + G_STRIDE - 1u) / G_STRIDE;
+}
+
+@compute @workgroup_size(256)
+fn max_pool_bwd_cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_index(gid, nwg);
+    let plane = cells_h() * cells_w();
+    if (q >= G_C * G_N * plane) {
+        return;
+    }
+    let ci = q / plane;
+    let cy = (q % plane) / cells_w();
+    let cx = q % cells_w();
+    var at = NO_ARG;
+    var g = 0.0;
+    if (cy < G_HO && cx < G_WO) {
+        let o = (ci * G_HO + cy) * G_WO + cx;
+        at = arg[o];
+        g = a[o];
+    }
+    for (var ty = 0u; ty < G_STRIDE; ty++) {
+        let iy = i32(cy * G_STRIDE + ty) - i32(G_PAD_T);
+        if (iy < 0 || iy >= i32(G_H)) {
+            continue;
+        }
+        for (var tx = 0u; tx < G_STRIDE; tx++) {
+            let ix = i32(cx * G_STRIDE + tx) - i32(G_PAD_L);
+            if (ix < 0 || ix >= i32(G_W)) {
+                continue;
+            }
+            let j = (ci * G_H + u32(iy)) * G_W + u32(ix);
+            c[j] = select(0.0, g, j == at);
+        }
+    }
+}
+
 // Taps of output (oy, ox) inside the image.
 fn taps_inside(oy: u32, ox: u32) -> u32 {
     var n = 0u;

@@ -513,7 +513,10 @@ fn max_pool_epi(
     )
 }
 
-/// Max pooling backward: `dx[j]` = the sum of `dy` over the outputs whose argmax is `j`.
+/// Max pooling backward: `dx[j]` = the sum of `dy` over the outputs whose argmax is `j`. Where
+/// the windows do not overlap (stride >= window) one invocation per window writes its inputs
+/// (`max_pool_bwd_cells`, a quarter of the loads for 2x2 windows); elsewhere one per input
+/// gathers over the windows covering it.
 pub fn max_pool_backward(
     ctx: &GpuContext,
     s: ImageShape,
@@ -528,12 +531,21 @@ pub fn max_pool_backward(
     check(arg, o.len(), "max pooling argmax")?;
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
+    let (entry, invocations) = if g.stride >= g.k {
+        let (pad_t, pad_l) = g.pad();
+        let cells = (s.h + pad_t).div_ceil(g.stride) * (s.w + pad_l).div_ceil(g.stride);
+        let n = s.c * s.n * cells;
+        u(n, "max pooling cells")?;
+        ("max_pool_bwd_cells", n)
+    } else {
+        ("max_pool_bwd", s.len())
+    };
     build(
         ctx,
-        "max_pool_bwd",
+        entry,
         &p,
         &[dy, &pad, dx, &pad2, arg],
-        (s.len() as u64).div_ceil(WG),
+        (invocations as u64).div_ceil(WG),
     )
 }
 
