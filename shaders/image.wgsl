@@ -1,7 +1,10 @@
 // The image layers besides convolution: batch normalisation (per-channel reductions, forward
 // and backward), max pooling (with its argmax) and average pooling forward and backward, global
-// average pooling, flatten and its inverse, counter-based dropout and the residual add. Portable
-// forms: no subgroups; the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs.
+// average pooling, flatten and its inverse, counter-based dropout and the residual add, and the
+// fused forms the model builder picks (batch norm + ReLU [+ dropout] forward and backward in the
+// batch norm's own passes, ReLU + max pooling in the pooling's). Portable forms: no subgroups;
+// the reductions use one workgroup per channel. CPU twins: src/cpu/conv.rs (the fused kernels
+// are checked against the unfused twins composed).
 //
 // Activations are channel-major [C, N, H, W]: x[((c * n + img) * h + y) * w + x]; a batch
 // norm's channel is the contiguous run x[c * m .. (c + 1) * m] with m = N*H*W.
@@ -53,9 +56,13 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> d: array<f32>;
+// Bindings 6 and 7 (after the argmax at 5): the batch norm backward's further read inputs.
+@group(0) @binding(6) var<storage, read> e: array<f32>;
+@group(0) @binding(7) var<storage, read> e2: array<f32>;
 
 var<workgroup> red0: array<f32, 256>;
 var<workgroup> red1: array<f32, 256>;
+var<workgroup> red2: array<f32, 256>;
 
 // Sums red0 and red1 over the workgroup; the totals end in red0[0] and red1[0].
 fn reduce2(lid: u32) {
@@ -69,11 +76,29 @@ fn reduce2(lid: u32) {
     workgroupBarrier();
 }
 
+// Combines the (count, mean, sum of squared deviations) triples in red0, red1, red2 over the
+// workgroup with Chan et al.'s pairwise update; the totals end in red0[0], red1[0], red2[0].
+fn reduce_moments(lid: u32) {
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (lid < s && red0[lid + s] > 0.0) {
+            let na = red0[lid];
+            let n = na + red0[lid + s];
+            let f = red0[lid + s] / n;
+            let delta = red1[lid + s] - red1[lid];
+            red1[lid] += delta * f;
+            red2[lid] += red2[lid + s] + delta * delta * na * f;
+            red0[lid] = n;
+        }
+    }
+    workgroupBarrier();
+}
+
 // A batch norm's stats buffer holds 4C values: (mean, var) per channel at 2c, 2c+1 as the
 // forward used them, then the backward's (sum dy*xhat, sum dy) per channel at 2C + 2c, +1.
 
 // ---- bn_stats: one workgroup per channel (workgroup id = channel). Training (flags 1): the
-// batch mean and biased variance (two passes) into stats[2c], stats[2c+1], and the running
+// batch mean and biased variance (one pass over x) into stats[2c], stats[2c+1], and the running
 // statistics move: running = f0 * running + (1 - f0) * batch (the variance with Bessel's
 // correction). Evaluation (flags 0): stats := the running statistics.
 // 1 read x ; 2 unused (any buffer) ; 3 rw stats [4C] ; 4 rw running [2C] (mean, var per channel)
@@ -90,56 +115,118 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         }
         return;
     }
-    var s = 0.0;
+    // Welford over this invocation's elements, then Chan's pairwise combination: one read of x.
+    var cnt = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
     for (var i = lid; i < m; i += WG) {
-        s += a[ch * m + i];
+        let v = a[ch * m + i];
+        cnt += 1.0;
+        let dv = v - mean;
+        mean += dv / cnt;
+        m2 += dv * (v - mean);
     }
-    red0[lid] = s;
-    red1[lid] = 0.0;
-    reduce2(lid);
-    let mean = red0[0] / f32(m);
-    workgroupBarrier();
-    var q = 0.0;
-    for (var i = lid; i < m; i += WG) {
-        let dv = a[ch * m + i] - mean;
-        q += dv * dv;
-    }
-    red0[lid] = 0.0;
-    red1[lid] = q;
-    reduce2(lid);
+    red0[lid] = cnt;
+    red1[lid] = mean;
+    red2[lid] = m2;
+    reduce_moments(lid);
     if (lid == 0u) {
-        let var_ = red1[0] / f32(m);
-        c[2u * ch] = mean;
+        let batch_mean = red1[0];
+        let var_ = red2[0] / f32(m);
+        c[2u * ch] = batch_mean;
         c[2u * ch + 1u] = var_;
         var unbiased = var_;
         if (m > 1u) {
             unbiased = var_ * f32(m) / f32(m - 1u);
         }
-        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * mean;
+        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
         d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
     }
 }
 
-// ---- bn_apply: y = gamma * (x - mean) / sqrt(var + f1) + beta with the statistics bn_stats
-// left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
+// ---- Fused epilogues, chosen per pipeline by G_EPI (0: none): what follows a batch norm (or a
+// max pooling) in the same pass. Bit 0: a ReLU. Bit 1: a dropout after it, with the keep mask
+// of the dropout kernel below for flat element i (p.seed, p.step, p.flags = layer id,
+// p.threshold, p.f0 = the kept units' scale). Bit 2 (bn_bwd_apply): e2[i] is added to dx (the
+// other consumer's gradient of a residual block's input).
+override G_EPI: u32 = 0u;
+const EPI_RELU: u32 = 1u;
+const EPI_DROPOUT: u32 = 2u;
+const EPI_PLUS: u32 = 4u;
+
+// The batch norm's output for input value xv: one expression for the forward and for the
+// backward's recomputation of the ReLU mask, so the two agree bit for bit.
+fn bn_z(xv: f32, mean: f32, inv_std: f32, gamma: f32, beta: f32) -> f32 {
+    return gamma * (xv - mean) * inv_std + beta;
+}
+
+// y from the batch norm's output z at flat index i.
+fn epilogue(z: f32, i: u32) -> f32 {
+    var v = z;
+    if ((G_EPI & EPI_RELU) != 0u) {
+        v = max(v, 0.0);
+    }
+    if ((G_EPI & EPI_DROPOUT) != 0u) {
+        v = select(v * p.f0, 0.0, dropped(i));
+    }
+    return v;
+}
+
+// dL/dz from dL/dy at flat index i (z the batch norm's output there).
+fn epilogue_grad(z: f32, dy: f32, i: u32) -> f32 {
+    var g = dy;
+    if ((G_EPI & EPI_DROPOUT) != 0u) {
+        g = select(g * p.f0, 0.0, dropped(i));
+    }
+    if ((G_EPI & EPI_RELU) != 0u) {
+        g = select(0.0, g, z > 0.0);
+    }
+    return g;
+}
+
+// The per-channel element kernels (bn_apply, bn_bwd_apply): workgroup g covers RUN * WG
+// consecutive elements of one channel, g / per_channel(), each invocation RUN of them WG apart,
+// so a channel's statistics are loaded once per RUN elements, not per element (every storage
+// load is a per-lane loop on lavapipe). src/gpu/image.rs dispatches channels * per_channel().
+const RUN: u32 = 8u;
+
+fn per_channel() -> u32 {
+    return (G_N * G_H * G_W + WG * RUN - 1u) / (WG * RUN);
+}
+
+// ---- bn_apply: y = epilogue(gamma * (x - mean) / sqrt(var + f1) + beta) with the statistics
+// bn_stats left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
 // 3 rw y ; 4 rw stats [4C]
 
 @compute @workgroup_size(256)
-fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid3: vec3<u32>) {
     let m = G_N * G_H * G_W;
-    if (i >= G_C * m) {
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel();
+    if (ch >= G_C) {
         return;
     }
-    let ch = i / m;
+    let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    c[i] = b[2u * ch] * (a[i] - d[2u * ch]) * inv_std + b[2u * ch + 1u];
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
+    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
+    let end = ch * m + m;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        c[i] = epilogue(bn_z(a[i], mean, inv_std, gamma, beta), i);
+    }
 }
 
-// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dy * xhat), dbeta = sum(dy), with
-// xhat recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the
-// layout of gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
-// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C]
+// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dz * xhat), dbeta = sum(dz), with
+// dz = dL/dz from dy through the epilogue (z and the ReLU mask recomputed from x) and xhat
+// recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the layout of
+// gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
+// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C] ; 5 unused ; 6 read gamma_beta
 
 @compute @workgroup_size(256)
 fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -148,12 +235,20 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let m = G_N * G_H * G_W;
     let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    var gamma = 0.0;
+    var beta = 0.0;
+    if (G_EPI != 0u) {
+        gamma = e[2u * ch];
+        beta = e[2u * ch + 1u];
+    }
     var sdy = 0.0;
     var sdx = 0.0;
     for (var i = lid; i < m; i += WG) {
-        let dy = b[ch * m + i];
-        sdy += dy;
-        sdx += dy * (a[ch * m + i] - mean) * inv_std;
+        let at = ch * m + i;
+        let xv = a[at];
+        let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), b[at], at);
+        sdy += dz;
+        sdx += dz * (xv - mean) * inv_std;
     }
     red0[lid] = sdx;
     red1[lid] = sdy;
@@ -166,24 +261,44 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
-// ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dy - sum(dy) - xhat * sum(dy * xhat)), in
-// place over dy. 1 read x ; 2 read gamma_beta ; 3 rw dy -> dx ; 4 rw stats [4C]: the batch
-// statistics (mean, var) at 2c, 2c+1 and bn_bwd_reduce's sums (dgamma, dbeta) at 2C + 2c, +1.
+// ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dz - sum(dz) - xhat * sum(dz * xhat))
+// [+ e2], dz from dy through the epilogue as in bn_bwd_reduce. 1 read x ; 2 read gamma_beta ;
+// 3 rw dx ; 4 rw stats [4C]: the batch statistics (mean, var) at 2c, 2c+1 and bn_bwd_reduce's
+// sums (dgamma, dbeta) at 2C + 2c, +1 ; 5 unused ; 6 read dy ; 7 read the gradient added
+// (EPI_PLUS; else unused).
 
 @compute @workgroup_size(256)
-fn bn_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+fn bn_bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid3: vec3<u32>) {
     let m = G_N * G_H * G_W;
-    if (i >= G_C * m) {
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel();
+    if (ch >= G_C) {
         return;
     }
-    let ch = i / m;
+    let mean = d[2u * ch];
     let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let xhat = (a[i] - d[2u * ch]) * inv_std;
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
     let sum_dy_xh = d[2u * G_C + 2u * ch];
     let sum_dy = d[2u * G_C + 2u * ch + 1u];
-    let k = b[2u * ch] * inv_std / f32(m);
-    c[i] = k * (f32(m) * c[i] - sum_dy - xhat * sum_dy_xh);
+    let k = gamma * inv_std / f32(m);
+    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
+    let end = ch * m + m;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        let xv = a[i];
+        let xhat = (xv - mean) * inv_std;
+        let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), e[i], i);
+        var v = k * (f32(m) * dz - sum_dy - xhat * sum_dy_xh);
+        if ((G_EPI & EPI_PLUS) != 0u) {
+            v += e2[i];
+        }
+        c[i] = v;
+    }
 }
 
 // ---- Pooling. The input position of tap (ky, kx) of output (oy, ox), or -1 in the padding.
@@ -198,8 +313,14 @@ fn tap(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
 
 @group(0) @binding(5) var<storage, read_write> arg: array<u32>;
 
+// No argmax: a fused ReLU zeroed the output, so no input gets its gradient.
+const NO_ARG: u32 = 0xffffffffu;
+
 // ---- max_pool_fwd: y and, per output, the flat input index of the first maximum in window
-// order. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
+// order. With EPI_RELU, the pooling of relu(x) in the same pass: y = max(max(x), 0) and the
+// argmax NO_ARG where that maximum is <= 0 (where relu(x) is 0 at every tap, and the ReLU passes
+// no gradient), so max_pool_bwd, unchanged, writes relu's and the pooling's input gradient at
+// once. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
 
 @compute @workgroup_size(256)
 fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -227,8 +348,13 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             }
         }
     }
-    c[i] = best;
-    arg[i] = at;
+    if ((G_EPI & EPI_RELU) != 0u && !(best > 0.0)) {
+        c[i] = 0.0;
+        arg[i] = NO_ARG;
+    } else {
+        c[i] = best;
+        arg[i] = at;
+    }
 }
 
 // The output index o covering input (iy, ix) through tap (ky, kx), or -1.
@@ -247,7 +373,7 @@ fn out_of(iy: u32, ix: u32, ky: u32, kx: u32) -> i32 {
 }
 
 // ---- max_pool_bwd: dx[j] = sum of dy over the outputs whose argmax is j (a gather over the
-// windows covering j). 1 read dy ; 2 unused ; 3 rw dx ; 4 unused ; 5 rw arg (read)
+// windows covering j; NO_ARG is never j). 1 read dy ; 2 unused ; 3 rw dx ; 4 unused ; 5 rw arg (read)
 
 @compute @workgroup_size(256)
 fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -272,6 +398,55 @@ fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         }
     }
     c[j] = acc;
+}
+
+// ---- max_pool_bwd_cells: max_pool_bwd where windows do not overlap (stride >= window, as
+// LeNet-5's 2x2 pools): a scatter instead of a gather. The input splits into cells of stride x
+// stride positions, cell (cy, cx) starting at (cy * stride - pad_t, cx * stride - pad_l), and
+// window o lies inside cell o, so its argmax does; one invocation per cell reads the output's
+// argmax and gradient once and writes every input of the cell (dy at the argmax, 0 elsewhere,
+// and 0 in the cells past the last window). Cells: ceil((H + pad_t) / stride) by the same in W.
+// Bindings as max_pool_bwd.
+
+fn cells_h() -> u32 {
+    return (G_H + G_PAD_T + G_STRIDE - 1u) / G_STRIDE;
+}
+
+fn cells_w() -> u32 {
+    return (G_W + G_PAD_L + G_STRIDE - 1u) / G_STRIDE;
+}
+
+@compute @workgroup_size(256)
+fn max_pool_bwd_cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_index(gid, nwg);
+    let plane = cells_h() * cells_w();
+    if (q >= G_C * G_N * plane) {
+        return;
+    }
+    let ci = q / plane;
+    let cy = (q % plane) / cells_w();
+    let cx = q % cells_w();
+    var at = NO_ARG;
+    var g = 0.0;
+    if (cy < G_HO && cx < G_WO) {
+        let o = (ci * G_HO + cy) * G_WO + cx;
+        at = arg[o];
+        g = a[o];
+    }
+    for (var ty = 0u; ty < G_STRIDE; ty++) {
+        let iy = i32(cy * G_STRIDE + ty) - i32(G_PAD_T);
+        if (iy < 0 || iy >= i32(G_H)) {
+            continue;
+        }
+        for (var tx = 0u; tx < G_STRIDE; tx++) {
+            let ix = i32(cx * G_STRIDE + tx) - i32(G_PAD_L);
+            if (ix < 0 || ix >= i32(G_W)) {
+                continue;
+            }
+            let j = (ci * G_H + u32(iy)) * G_W + u32(ix);
+            c[j] = select(0.0, g, j == at);
+        }
+    }
 }
 
 // Taps of output (oy, ox) inside the image.
@@ -397,6 +572,15 @@ fn fmix32(x: u32) -> u32 {
     return h;
 }
 
+// Whether the dropout drops element i: SET's counter-based hash of (seed, step, layer, i).
+fn dropped(i: u32) -> bool {
+    var h = fmix32(p.seed ^ 0x9e3779b9u);
+    h = fmix32(h ^ p.step);
+    h = fmix32(h ^ p.flags);
+    h = fmix32(h ^ i);
+    return h < p.threshold;
+}
+
 // ---- dropout: out[i] = in[i] * (hash(seed, step, layer, i) < threshold ? 0 : f0), SET's
 // counter-based hash, so forward and backward (the same call on dy) and a resumed run agree.
 // 1 read in ; 3 rw out ; G_C holds the element count
@@ -407,11 +591,7 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (i >= G_C) {
         return;
     }
-    var h = fmix32(p.seed ^ 0x9e3779b9u);
-    h = fmix32(h ^ p.step);
-    h = fmix32(h ^ p.flags);
-    h = fmix32(h ^ i);
-    c[i] = select(a[i] * p.f0, 0.0, h < p.threshold);
+    c[i] = select(a[i] * p.f0, 0.0, dropped(i));
 }
 
 // ---- add: out[i] += in[i] (the residual add). 1 read in ; 3 rw out ; G_C holds the count

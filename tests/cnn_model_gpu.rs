@@ -6,7 +6,8 @@
 //! with the convolutions, and the linear layers, on the compressed sparse kernels (gradients and
 //! weights at the slots; after the optimizer, the forward pass equals that of a model loaded
 //! from the state read back), and with compressed params on the dense products over their
-//! scattered slots (what `--kernels auto` picks where those measure faster).
+//! scattered slots (what `--kernels auto` picks where those measure faster); and which passes
+//! the builder's fusion leaves in a step.
 
 mod common;
 
@@ -329,4 +330,49 @@ fn evaluation_mode_uses_the_running_statistics() {
     let want = host.forward(&x, n, Mode::Eval).expect("host");
     let got = gpu.logits.read_f32(ctx).expect("logits");
     assert_close("eval logits", &got, &want, 1e-4, 1e-3);
+}
+
+/// How many dispatches of each image kernel a step of `host` at batch `n` runs.
+fn image_kernels(host: &HostModel, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let ctx = ctx();
+    let gpu = GpuModel::new(ctx, host, n, SEED).expect("GPU model");
+    let mut out = std::collections::BTreeMap::new();
+    for d in gpu.step_ops() {
+        if let Some(entry) = d.name.strip_prefix("image.wgsl:") {
+            *out.entry(entry.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_builder_fuses_the_elementwise_passes_of_any_model() {
+    let count = |m: &std::collections::BTreeMap<String, usize>, k: &str| *m.get(k).unwrap_or(&0);
+    // A model of layers not built in: conv, ReLU, max pool (fused); batch norm + ReLU in a
+    // block's pre and body (fused); a block with an empty pre whose body starts with batch norm +
+    // ReLU (the identity shortcut's gradient added in that batch norm's backward).
+    let k = image_kernels(&model(residual_net(), 1), 1);
+    for gone in ["relu", "relu_bwd_to", "dropout"] {
+        assert_eq!(count(&k, gone), 0, "{gone}: {k:?}");
+    }
+    // The one copy left is the projection shortcut's output gradient.
+    assert_eq!(count(&k, "copy"), 1, "{k:?}");
+    assert_eq!(count(&k, "bn_apply"), 3, "{k:?}");
+    assert_eq!(count(&k, "bn_bwd_apply"), 3, "{k:?}");
+    // Two residual adds forward; backward only the projection block's (its body starts with a
+    // convolution).
+    assert_eq!(count(&k, "add"), 3, "{k:?}");
+    // Batch norm, ReLU, dropout: one pass each way besides the statistics and the reduction.
+    let k = image_kernels(&model(pooled_net(), 1), 1);
+    for gone in ["relu", "relu_bwd_to", "copy", "dropout"] {
+        assert_eq!(count(&k, gone), 0, "{gone}: {k:?}");
+    }
+    // LeNet-5: only the fully connected ReLU is left.
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    let k = image_kernels(&model(spec, 4), 1);
+    assert_eq!(count(&k, "relu"), 1, "{k:?}");
+    assert_eq!(count(&k, "relu_bwd_to"), 1, "{k:?}");
+    assert_eq!(count(&k, "max_pool_fwd"), 2, "{k:?}");
+    // Its 2x2 windows do not overlap: the backward is the scatter form.
+    assert_eq!(count(&k, "max_pool_bwd_cells"), 2, "{k:?}");
 }

@@ -1,13 +1,16 @@
 //! The image-layer kernels (`shaders/image.wgsl`) against their CPU twins: batch norm forward in
 //! both modes with its running statistics and backward; max pooling (argmax and gradient) and
 //! average pooling on both paddings, windows that overhang the image, batch 1 and one channel;
-//! global average pooling, flatten both ways, dropout (the exact keep mask) and the residual add.
+//! global average pooling, flatten both ways, dropout (the exact keep mask) and the residual add;
+//! and the fused kernels against the unfused twins composed: batch norm with a ReLU and/or a
+//! dropout after it (forward and backward, with and without a residual gradient added into dx),
+//! and max pooling of relu(x). Fused outputs start as NaN, so an element left unwritten fails.
 
 mod common;
 
 use common::{assert_close, ctx, data};
 use rigl::cpu::conv::{self as cpu, Window};
-use rigl::gpu::image::{self, ImageShape};
+use rigl::gpu::image::{self, BnGrad, DropoutKey, Epilogue, ImageShape};
 use rigl::gpu::{ops, Tensor};
 use rigl::nn::spec::Padding;
 
@@ -45,7 +48,7 @@ fn batch_norm_equals_the_twin() {
         // Evaluation: the running statistics, untouched.
         let eval = [
             image::bn_stats(ctx, s, &tx, &tstats, &trun, false).unwrap(),
-            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats).unwrap(),
+            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats, Epilogue::default()).unwrap(),
         ];
         ops::run(ctx, "bn eval", &[&eval[0], &eval[1]]).unwrap();
         let want = cpu::batch_norm_eval(&x, &gamma, &beta, &mean0, &var0);
@@ -60,10 +63,21 @@ fn batch_norm_equals_the_twin() {
         // Training: batch statistics, the running ones moved, then the backward pass.
         let train = [
             image::bn_stats(ctx, s, &tx, &tstats, &trun, true).unwrap(),
-            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats).unwrap(),
+            image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats, Epilogue::default()).unwrap(),
         ];
-        let [reduce, apply] = image::bn_backward(ctx, s, &tx, &tgb, &tdy, &tg, &tstats).unwrap();
-        ops::run(ctx, "bn train", &[&train[0], &train[1], &reduce, &apply]).unwrap();
+        let tdx = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; s.len()]).unwrap();
+        let grad = BnGrad {
+            x: &tx,
+            gamma_beta: &tgb,
+            stats: &tstats,
+            dy: &tdy,
+            grads: &tg,
+            dx: Some(&tdx),
+            plus: None,
+        };
+        let bwd = image::bn_backward(ctx, s, grad, Epilogue::default()).unwrap();
+        assert_eq!(bwd.len(), 2);
+        ops::run(ctx, "bn train", &[&train[0], &train[1], &bwd[0], &bwd[1]]).unwrap();
         let (mut mean, mut var) = (mean0.clone(), var0.clone());
         let (want_y, saved) = cpu::batch_norm_train(&x, &gamma, &beta, &mut mean, &mut var);
         let (want_dx, dgamma, dbeta) = cpu::batch_norm_backward(&dy, &gamma, &saved);
@@ -91,18 +105,252 @@ fn batch_norm_equals_the_twin() {
         );
         assert_close(
             &format!("dx {what}"),
-            &tdy.read_f32(ctx).unwrap(),
+            &tdx.read_f32(ctx).unwrap(),
             &want_dx,
             1e-4,
             1e-3,
         );
+        assert_eq!(tdy.read_f32(ctx).unwrap(), dy, "dy is only read {what}");
     }
+}
+
+/// Odd shapes for the fused kernels: batch 1, one channel, odd sizes, several channels, and
+/// channels longer than one workgroup's run (`RUN * WG` = 2048 elements) with a partial last.
+fn fused_shapes() -> Vec<ImageShape> {
+    [
+        (1, 1, 5, 7),
+        (3, 2, 6, 6),
+        (5, 3, 9, 4),
+        (2, 4, 1, 1),
+        (3, 2, 37, 29),
+        (1, 1, 64, 32),
+    ]
+    .into_iter()
+    .map(|(c, n, h, w)| ImageShape { c, n, h, w })
+    .collect()
+}
+
+fn nan(len: usize) -> Vec<f32> {
+    vec![f32::NAN; len]
+}
+
+#[test]
+fn fused_batch_norm_equals_the_composed_twins() {
+    let ctx = ctx();
+    let mut checked = 0;
+    for (i, s) in fused_shapes().into_iter().enumerate() {
+        for (j, (relu, drop, plus)) in [
+            (true, false, false),
+            (true, true, false),
+            (false, true, false),
+            (true, false, true),
+            (true, true, true),
+            (false, false, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = 500 + 20 * i as u32 + j as u32;
+            // The last case far from zero: the statistics must not lose the variance.
+            let offset = if j == 5 { 40.0 } else { -0.3 };
+            let x: Vec<f32> = data(s.len(), seed)
+                .iter()
+                .map(|v| 2.0 * v + offset)
+                .collect();
+            let gamma: Vec<f32> = data(s.c, seed + 1).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let beta: Vec<f32> = data(s.c, seed + 2).iter().map(|v| 0.5 * v).collect();
+            let running = interleave(&vec![0.0; s.c], &vec![1.0; s.c]);
+            let dy = data(s.len(), seed + 3);
+            let extra = data(s.len(), seed + 4);
+            let dropout = drop.then_some(DropoutKey {
+                seed: 7,
+                step: 42 + j as u32,
+                layer: 3,
+                rate: 0.3,
+            });
+            let epi = Epilogue { relu, dropout };
+            let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+            let tgb = Tensor::from_f32(ctx, "gamma beta", &interleave(&gamma, &beta)).unwrap();
+            let tstats = Tensor::from_f32(ctx, "stats", &nan(4 * s.c)).unwrap();
+            let trun = Tensor::from_f32(ctx, "running", &running).unwrap();
+            let ty = Tensor::from_f32(ctx, "y", &nan(s.len())).unwrap();
+            let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+            let textra = Tensor::from_f32(ctx, "extra", &extra).unwrap();
+            let tg = Tensor::from_f32(ctx, "grads", &nan(2 * s.c)).unwrap();
+            let tdx = Tensor::from_f32(ctx, "dx", &nan(s.len())).unwrap();
+            let grad = BnGrad {
+                x: &tx,
+                gamma_beta: &tgb,
+                stats: &tstats,
+                dy: &tdy,
+                grads: &tg,
+                dx: Some(&tdx),
+                plus: plus.then_some(&textra),
+            };
+            let mut all = vec![
+                image::bn_stats(ctx, s, &tx, &tstats, &trun, true).unwrap(),
+                image::bn_apply(ctx, s, &tx, &tgb, &ty, &tstats, epi).unwrap(),
+            ];
+            all.extend(image::bn_backward(ctx, s, grad, epi).unwrap());
+            let refs: Vec<&ops::Dispatch> = all.iter().collect();
+            ops::run(ctx, "fused bn", &refs).unwrap();
+
+            // The twins composed: batch norm, ReLU, dropout; backward in reverse.
+            let (mut mean, mut var) = (vec![0.0; s.c], vec![1.0; s.c]);
+            let (z, saved) = cpu::batch_norm_train(&x, &gamma, &beta, &mut mean, &mut var);
+            let r: Vec<f32> = if relu {
+                z.iter().map(|v| v.max(0.0)).collect()
+            } else {
+                z.clone()
+            };
+            let keep = match dropout {
+                Some(k) => cpu::dropout_mask(k.seed, k.step, k.layer, s.len(), k.rate),
+                None => vec![1.0; s.len()],
+            };
+            let want_y: Vec<f32> = r.iter().zip(&keep).map(|(a, k)| a * k).collect();
+            let dz: Vec<f32> = dy
+                .iter()
+                .zip(&keep)
+                .zip(&r)
+                .map(|((d, k), rv)| if !relu || *rv > 0.0 { d * k } else { 0.0 })
+                .collect();
+            let (mut want_dx, dgamma, dbeta) = cpu::batch_norm_backward(&dz, &gamma, &saved);
+            if plus {
+                for (d, e) in want_dx.iter_mut().zip(&extra) {
+                    *d += e;
+                }
+            }
+            let what = format!("{s:?} relu {relu} dropout {drop} plus {plus}");
+            let m = (s.n * s.h * s.w) as f32;
+            assert_close(
+                &format!("y {what}"),
+                &ty.read_f32(ctx).unwrap(),
+                &want_y,
+                1e-4,
+                1e-4,
+            );
+            assert_close(
+                &format!("running {what}"),
+                &trun.read_f32(ctx).unwrap(),
+                &interleave(&mean, &var),
+                1e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("dgamma dbeta {what}"),
+                &tg.read_f32(ctx).unwrap(),
+                &interleave(&dgamma, &dbeta),
+                1e-5 * m,
+                1e-4,
+            );
+            assert_close(
+                &format!("dx {what}"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-4,
+                1e-3,
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36);
+}
+
+#[test]
+fn a_batch_norm_backward_without_dx_writes_the_parameter_gradients_only() {
+    let ctx = ctx();
+    let s = ImageShape {
+        c: 2,
+        n: 1,
+        h: 3,
+        w: 5,
+    };
+    let t = Tensor::zeros(ctx, "t", s.len()).unwrap();
+    let gb = Tensor::zeros(ctx, "gb", 2 * s.c).unwrap();
+    let stats = Tensor::zeros(ctx, "stats", 4 * s.c).unwrap();
+    let mut grad = BnGrad {
+        x: &t,
+        gamma_beta: &gb,
+        stats: &stats,
+        dy: &t,
+        grads: &gb,
+        dx: None,
+        plus: None,
+    };
+    assert_eq!(
+        image::bn_backward(ctx, s, grad, Epilogue::default())
+            .unwrap()
+            .len(),
+        1
+    );
+    // Something to add into a gradient nobody writes is refused.
+    grad.plus = Some(&t);
+    assert!(image::bn_backward(ctx, s, grad, Epilogue::default()).is_err());
+    let bad = Epilogue {
+        relu: true,
+        dropout: Some(DropoutKey {
+            seed: 1,
+            step: 1,
+            layer: 0,
+            rate: 1.0,
+        }),
+    };
+    grad.plus = None;
+    assert!(image::bn_backward(ctx, s, grad, bad).is_err());
+}
+
+#[test]
+fn relu_max_pooling_equals_the_composed_twins() {
+    let ctx = ctx();
+    let mut checked = 0;
+    for (i, s) in fused_shapes().into_iter().enumerate() {
+        for (j, g) in windows(s).into_iter().enumerate() {
+            let seed = 2000 + 100 * i as u32 + j as u32;
+            // Ties, zeros and windows with nothing positive.
+            let x: Vec<f32> = data(s.len(), seed)
+                .iter()
+                .map(|v| (v * 4.0 - 1.0).round())
+                .collect();
+            let (ho, wo) = g.out().unwrap();
+            let o = ImageShape { h: ho, w: wo, ..s };
+            let dy = data(o.len(), seed + 7);
+            let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+            let ty = Tensor::from_f32(ctx, "y", &nan(o.len())).unwrap();
+            let targ = Tensor::from_f32(ctx, "arg", &nan(o.len())).unwrap();
+            let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+            let tdx = Tensor::from_f32(ctx, "dx", &nan(s.len())).unwrap();
+            let ops_ = [
+                image::max_pool_relu(ctx, s, g, &tx, &ty, &targ).unwrap(),
+                image::max_pool_backward(ctx, s, g, &tdy, &tdx, &targ).unwrap(),
+            ];
+            ops::run(ctx, "relu max pool", &[&ops_[0], &ops_[1]]).unwrap();
+            let r: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+            let (want_y, arg) = cpu::max_pool_forward(&r, s.c, g);
+            let pooled_dx = cpu::max_pool_backward(&dy, &arg, s.len());
+            let want_dx: Vec<f32> = pooled_dx
+                .iter()
+                .zip(&r)
+                .map(|(d, rv)| if *rv > 0.0 { *d } else { 0.0 })
+                .collect();
+            let what = format!("{s:?} {g:?}");
+            assert_eq!(ty.read_f32(ctx).unwrap(), want_y, "relu max {what}");
+            assert_close(
+                &format!("relu max dx {what}"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-6,
+                1e-6,
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
 }
 
 fn windows(s: ImageShape) -> Vec<Window> {
     let mut out = Vec::new();
     for k in [1, 2, 3] {
-        for stride in [1, 2] {
+        for stride in [1, 2, 3] {
             for padding in [Padding::Same, Padding::Valid] {
                 let g = Window {
                     n: s.n,
@@ -140,7 +388,8 @@ fn pooling_equals_the_twin() {
             let ty = Tensor::zeros(ctx, "y", o.len()).unwrap();
             let targ = Tensor::zeros(ctx, "arg", o.len()).unwrap();
             let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
-            let tdx = Tensor::zeros(ctx, "dx", s.len()).unwrap();
+            // NaN: the scatter form (stride >= window) must write every input, the gaps too.
+            let tdx = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; s.len()]).unwrap();
             let what = format!("{s:?} {g:?}");
 
             let ops_ = [

@@ -1,5 +1,9 @@
 //! Host side of `shaders/image.wgsl`: batch normalisation, max/average/global average pooling,
-//! flatten, counter-based dropout and the residual add (CPU twins in [`crate::cpu::conv`]).
+//! flatten, counter-based dropout and the residual add (CPU twins in [`crate::cpu::conv`]), and
+//! the fused forms: a batch norm's passes can apply a ReLU and a dropout after it ([`Epilogue`])
+//! and add a residual gradient into its input gradient, max pooling can pool `relu(x)`
+//! ([`max_pool_relu`]). On lavapipe every storage load and store is a per-lane loop, so a pass
+//! saved is worth its whole traffic.
 //!
 //! A batch norm keeps its `gamma` and `beta` interleaved in one `[2C]` buffer (`gamma[c]` at `2c`,
 //! `beta[c]` at `2c + 1`; its gradient has the same layout), its running statistics likewise
@@ -55,7 +59,33 @@ const B5: &[Binding] = &[
     Binding::ReadWrite,
     Binding::ReadWrite,
 ];
+const B6: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+];
+const B7: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+];
 const WG: u64 = 256;
+/// Elements per invocation of the per-channel element kernels (`RUN` in the shader).
+const RUN: u64 = 8;
+
+/// `G_EPI` bits (`shaders/image.wgsl`).
+const EPI_RELU: u32 = 1;
+const EPI_DROPOUT: u32 = 2;
+const EPI_PLUS: u32 = 4;
 
 /// `v` as a u32 kernel index, or [`RiglError::TooLarge`] naming `what`.
 pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
@@ -80,8 +110,28 @@ fn build(
     tensors: &[&Tensor],
     workgroups: u64,
 ) -> Result<Dispatch> {
-    let bindings = if tensors.len() == 5 { B5 } else { B4 };
+    build_epi(ctx, entry, p, tensors, workgroups, 0)
+}
+
+/// [`build`] with the `G_EPI` bits of a fused epilogue.
+fn build_epi(
+    ctx: &GpuContext,
+    entry: &'static str,
+    p: &ImageParams,
+    tensors: &[&Tensor],
+    workgroups: u64,
+    epi: u32,
+) -> Result<Dispatch> {
+    let bindings = match tensors.len() {
+        7 => B7,
+        6 => B6,
+        5 => B5,
+        _ => B4,
+    };
     let mut spec = KernelSpec::new("image", entry, bindings);
+    if epi != 0 {
+        spec = spec.with_override("G_EPI", f64::from(epi));
+    }
     for (name, v) in [
         ("G_C", p.c),
         ("G_N", p.n),
@@ -132,6 +182,13 @@ impl ImageShape {
             w: u(self.w, "width")?,
             ..Default::default()
         })
+    }
+
+    /// Workgroups of a per-channel element kernel (`bn_apply`, `bn_bwd_apply`): each covers
+    /// `RUN * WG` elements of one channel.
+    fn per_channel_workgroups(&self) -> u64 {
+        let m = (self.n * self.h * self.w) as u64;
+        self.c as u64 * m.div_ceil(WG * RUN)
     }
 
     fn check_channels(&self, ctx: &GpuContext) -> Result<()> {
@@ -202,7 +259,82 @@ fn dropout_params(len: usize, seed: u32, step: u32, layer: u32, rate: f32) -> Re
     })
 }
 
-/// `y = gamma * (x - mean) / sqrt(var + eps) + beta` with the statistics in `stats`.
+/// A dropout's identity: the run seed, the step, the layer id (its position among the model's
+/// dropouts) and the rate; the keep mask is [`crate::cpu::conv::dropout_mask`]'s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutKey {
+    /// Run seed.
+    pub seed: u32,
+    /// Training step.
+    pub step: u32,
+    /// Layer id.
+    pub layer: u32,
+    /// Rate in `[0, 1)` (0: the identity, as in evaluation).
+    pub rate: f32,
+}
+
+/// What a batch norm's passes apply after the normalisation, fused: `y = dropout(relu(bn(x)))`
+/// with either part optional, and in the backward pass the same chain's gradient folded into the
+/// batch norm's (the ReLU mask recomputed from `x`, the dropout mask from its hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Epilogue {
+    /// A ReLU after the batch norm.
+    pub relu: bool,
+    /// A dropout after that.
+    pub dropout: Option<DropoutKey>,
+}
+
+impl Epilogue {
+    fn bits(&self) -> u32 {
+        (if self.relu { EPI_RELU } else { 0 })
+            | (if self.dropout.is_some() {
+                EPI_DROPOUT
+            } else {
+                0
+            })
+    }
+
+    /// The parameter block of a batch norm pass of shape `s` with this epilogue.
+    fn params(&self, s: ImageShape) -> Result<ImageParams> {
+        let base = ImageParams {
+            f1: BN_EPSILON,
+            ..s.params()?
+        };
+        Ok(match self.dropout {
+            None => base,
+            Some(k) => {
+                check_rate(k.rate)?;
+                let d = dropout_params(s.len(), k.seed, k.step, k.layer, k.rate)?;
+                ImageParams {
+                    flags: d.flags,
+                    seed: d.seed,
+                    step: d.step,
+                    threshold: d.threshold,
+                    f0: d.f0,
+                    ..base
+                }
+            }
+        })
+    }
+}
+
+/// The parameter block of a [`bn_apply`] or [`bn_backward`] dispatch of shape `s` with
+/// `epilogue` (its dropout at another step, or at rate 0 for evaluation), for
+/// [`Dispatch::write_params`].
+pub fn bn_epilogue_step(s: ImageShape, epilogue: Epilogue) -> Result<Vec<u8>> {
+    Ok(bytemuck::bytes_of(&epilogue.params(s)?).to_vec())
+}
+
+fn check_rate(rate: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&rate) {
+        return Err(RiglError::invalid(format!(
+            "dropout rate must be in [0, 1), got {rate}"
+        )));
+    }
+    Ok(())
+}
+
+/// `y = epilogue(gamma * (x - mean) / sqrt(var + eps) + beta)` with the statistics in `stats`.
 pub fn bn_apply(
     ctx: &GpuContext,
     s: ImageShape,
@@ -210,53 +342,95 @@ pub fn bn_apply(
     gamma_beta: &Tensor,
     y: &Tensor,
     stats: &Tensor,
+    epilogue: Epilogue,
 ) -> Result<Dispatch> {
     check(x, s.len(), "batch norm input")?;
     check(y, s.len(), "batch norm output")?;
     check(gamma_beta, 2 * s.c, "batch norm gamma and beta")?;
     check(stats, 4 * s.c, "batch norm statistics")?;
-    let p = ImageParams {
-        f1: BN_EPSILON,
-        ..s.params()?
-    };
-    build(
+    build_epi(
         ctx,
         "bn_apply",
-        &p,
+        &epilogue.params(s)?,
         &[x, gamma_beta, y, stats],
-        (s.len() as u64).div_ceil(WG),
+        s.per_channel_workgroups(),
+        epilogue.bits(),
     )
 }
 
-/// The batch norm's backward (training mode): `grads` `[2C]` := (dgamma, dbeta) per channel, and
-/// `dy` := dx in place. Two dispatches.
+/// The tensors of a batch norm's backward pass ([`bn_backward`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BnGrad<'a> {
+    /// The batch norm's input `x`.
+    pub x: &'a Tensor,
+    /// Gamma and beta `[2C]`.
+    pub gamma_beta: &'a Tensor,
+    /// The statistics `[4C]` the forward used; the backward's sums go to its second half.
+    pub stats: &'a Tensor,
+    /// The gradient of the output (after the epilogue).
+    pub dy: &'a Tensor,
+    /// Receives (dgamma, dbeta) per channel `[2C]`.
+    pub grads: &'a Tensor,
+    /// Receives the input gradient; `None`: the parameter gradients only.
+    pub dx: Option<&'a Tensor>,
+    /// Added to `dx` (a residual block's other contribution to its input's gradient).
+    pub plus: Option<&'a Tensor>,
+}
+
+/// The batch norm's backward (training mode) through `epilogue`: `grads` := (dgamma, dbeta) per
+/// channel, then, when `t.dx` is given, `dx` := the input gradient `[+ plus]`. `dy` is only read.
+/// One dispatch, or two with `dx`.
 pub fn bn_backward(
     ctx: &GpuContext,
     s: ImageShape,
-    x: &Tensor,
-    gamma_beta: &Tensor,
-    dy: &Tensor,
-    grads: &Tensor,
-    stats: &Tensor,
-) -> Result<[Dispatch; 2]> {
+    t: BnGrad<'_>,
+    epilogue: Epilogue,
+) -> Result<Vec<Dispatch>> {
     s.check_channels(ctx)?;
-    check(x, s.len(), "batch norm input")?;
-    check(dy, s.len(), "batch norm output gradient")?;
-    check(grads, 2 * s.c, "batch norm gradient")?;
-    check(stats, 4 * s.c, "batch norm statistics")?;
-    let p = ImageParams {
-        f1: BN_EPSILON,
-        ..s.params()?
-    };
-    let reduce = build(ctx, "bn_bwd_reduce", &p, &[x, dy, grads, stats], s.c as u64)?;
-    let apply = build(
+    check(t.x, s.len(), "batch norm input")?;
+    check(t.dy, s.len(), "batch norm output gradient")?;
+    check(t.gamma_beta, 2 * s.c, "batch norm gamma and beta")?;
+    check(t.grads, 2 * s.c, "batch norm gradient")?;
+    check(t.stats, 4 * s.c, "batch norm statistics")?;
+    let p = epilogue.params(s)?;
+    let bits = epilogue.bits();
+    let arg_pad = unused(ctx)?;
+    let mut out = vec![build_epi(
         ctx,
-        "bn_bwd_apply",
+        "bn_bwd_reduce",
         &p,
-        &[x, gamma_beta, dy, stats],
-        (s.len() as u64).div_ceil(WG),
-    )?;
-    Ok([reduce, apply])
+        &[t.x, t.dy, t.grads, t.stats, &arg_pad, t.gamma_beta],
+        s.c as u64,
+        bits,
+    )?];
+    match (t.dx, t.plus) {
+        (Some(dx), plus) => {
+            check(dx, s.len(), "batch norm input gradient")?;
+            let plus_pad = unused(ctx)?;
+            let (plus, bits) = match plus {
+                Some(t) => {
+                    check(t, s.len(), "gradient added to the batch norm's")?;
+                    (t, bits | EPI_PLUS)
+                }
+                None => (&plus_pad, bits),
+            };
+            out.push(build_epi(
+                ctx,
+                "bn_bwd_apply",
+                &p,
+                &[t.x, t.gamma_beta, dx, t.stats, &arg_pad, t.dy, plus],
+                s.per_channel_workgroups(),
+                bits,
+            )?);
+        }
+        (None, Some(_)) => {
+            return Err(RiglError::invalid(
+                "a batch norm backward adds to an input gradient it does not write",
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(out)
 }
 
 fn window_params(s: ImageShape, g: Window) -> Result<(ImageParams, ImageShape)> {
@@ -296,22 +470,53 @@ pub fn max_pool(
     y: &Tensor,
     arg: &Tensor,
 ) -> Result<Dispatch> {
+    max_pool_epi(ctx, s, g, x, y, arg, 0)
+}
+
+/// Max pooling of `relu(x)` in one pass: `y = max(max(x), 0)` per window (`max` and ReLU
+/// commute), and in `arg` the flat input index of the maximum, or `u32::MAX` where it is `<= 0`
+/// (the ReLU passes no gradient there). [`max_pool_backward`] over this `arg` is then the
+/// gradient of both layers: `dx` nonzero only at argmaxes whose value was positive.
+pub fn max_pool_relu(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    x: &Tensor,
+    y: &Tensor,
+    arg: &Tensor,
+) -> Result<Dispatch> {
+    max_pool_epi(ctx, s, g, x, y, arg, EPI_RELU)
+}
+
+fn max_pool_epi(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    x: &Tensor,
+    y: &Tensor,
+    arg: &Tensor,
+    epi: u32,
+) -> Result<Dispatch> {
     let (p, o) = window_params(s, g)?;
     check(x, s.len(), "max pooling input")?;
     check(y, o.len(), "max pooling output")?;
     check(arg, o.len(), "max pooling argmax")?;
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
-    build(
+    build_epi(
         ctx,
         "max_pool_fwd",
         &p,
         &[x, &pad, y, &pad2, arg],
         (o.len() as u64).div_ceil(WG),
+        epi,
     )
 }
 
-/// Max pooling backward: `dx[j]` = the sum of `dy` over the outputs whose argmax is `j`.
+/// Max pooling backward: `dx[j]` = the sum of `dy` over the outputs whose argmax is `j`. Where
+/// the windows do not overlap (stride >= window) one invocation per window writes its inputs
+/// (`max_pool_bwd_cells`, a quarter of the loads for 2x2 windows); elsewhere one per input
+/// gathers over the windows covering it.
 pub fn max_pool_backward(
     ctx: &GpuContext,
     s: ImageShape,
@@ -326,12 +531,21 @@ pub fn max_pool_backward(
     check(arg, o.len(), "max pooling argmax")?;
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
+    let (entry, invocations) = if g.stride >= g.k {
+        let (pad_t, pad_l) = g.pad();
+        let cells = (s.h + pad_t).div_ceil(g.stride) * (s.w + pad_l).div_ceil(g.stride);
+        let n = s.c * s.n * cells;
+        u(n, "max pooling cells")?;
+        ("max_pool_bwd_cells", n)
+    } else {
+        ("max_pool_bwd", s.len())
+    };
     build(
         ctx,
-        "max_pool_bwd",
+        entry,
         &p,
         &[dy, &pad, dx, &pad2, arg],
-        (s.len() as u64).div_ceil(WG),
+        (invocations as u64).div_ceil(WG),
     )
 }
 
@@ -439,11 +653,7 @@ pub fn dropout(
     layer: u32,
     rate: f32,
 ) -> Result<Dispatch> {
-    if !(0.0..1.0).contains(&rate) {
-        return Err(RiglError::invalid(format!(
-            "dropout rate must be in [0, 1), got {rate}"
-        )));
-    }
+    check_rate(rate)?;
     check(input, len, "dropout input")?;
     check(out, len, "dropout output")?;
     let p = dropout_params(len, seed, step, layer, rate)?;

@@ -10,16 +10,20 @@
 //!
 //! Backward: every layer's backward pass overwrites its input's gradient; where an activation
 //! feeds two layers (a residual block's input or its `pre` output and the shortcut), the second
-//! contribution is added after the first.
+//! contribution is added after the first (in the first's last pass when that is a batch norm's).
+//!
+//! Fusion (a peephole over every layer sequence, residual branches included, [`peephole`]): a
+//! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
+//! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's.
 
 use crate::cpu::conv::Window;
 use crate::cpu::model::HostModel;
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom};
-use crate::gpu::image::{self, ImageShape};
+use crate::gpu::image::{self, BnGrad, DropoutKey, Epilogue, ImageShape};
 use crate::gpu::ops::{self, Dispatch, SgdConfig};
 use crate::gpu::sparse_conv::{self, SparseConvForm};
-use crate::gpu::spmm::{self, Epilogue, Metadata, PackOp, SlotOp};
+use crate::gpu::spmm::{self, Metadata, PackOp, SlotOp};
 use crate::gpu::texture::Texture;
 use crate::gpu::{gemm, GemmOp, GemmShape, GemmVariant, GpuContext, Tensor};
 use crate::nn::loss::LossHead;
@@ -107,10 +111,102 @@ enum Switch {
     Dropout {
         at: usize,
         backward: bool,
+        site: DropSite,
+    },
+}
+
+/// Where a dropout runs: a pass of its own, or fused into a batch norm's passes.
+#[derive(Clone, Copy, Debug)]
+enum DropSite {
+    /// A dropout pass over `len` elements.
+    Alone { layer: u32, len: usize, rate: f32 },
+    /// The passes of a batch norm of this shape, a ReLU between them or not.
+    Norm {
+        shape: ImageShape,
+        relu: bool,
         layer: u32,
-        len: usize,
         rate: f32,
     },
+}
+
+impl DropSite {
+    /// The dispatch's parameter block at this step (rate 0 in evaluation).
+    fn params(&self, seed: u32, mode: RunMode) -> Result<Vec<u8>> {
+        let step = |rate: f32| match mode {
+            RunMode::Train { step } => (step, rate),
+            RunMode::Eval => (0, 0.0),
+        };
+        match *self {
+            DropSite::Alone { layer, len, rate } => {
+                let (step, rate) = step(rate);
+                image::dropout_step(len, seed, step, layer, rate)
+            }
+            DropSite::Norm {
+                shape,
+                relu,
+                layer,
+                rate,
+            } => {
+                let (step, rate) = step(rate);
+                let key = DropoutKey {
+                    seed,
+                    step,
+                    layer,
+                    rate,
+                };
+                image::bn_epilogue_step(
+                    shape,
+                    Epilogue {
+                        relu,
+                        dropout: Some(key),
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// A run of layers built as fewer passes than one per layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fused {
+    /// A batch norm, then a ReLU (`relu`), then a dropout at this rate (`dropout`): the batch
+    /// norm's passes with the rest as their epilogue.
+    Norm { relu: bool, dropout: Option<f32> },
+    /// A ReLU then a max pooling: the pooling's passes over `relu(x)`.
+    ReluMaxPool,
+}
+
+impl Fused {
+    /// Layers it stands for.
+    fn len(&self) -> usize {
+        match self {
+            Fused::Norm { relu, dropout } => {
+                1 + usize::from(*relu) + usize::from(dropout.is_some())
+            }
+            Fused::ReluMaxPool => 2,
+        }
+    }
+}
+
+/// The fusion that starts `layers`, if any: the peephole the builder runs over every sequence.
+/// Only the last layer of a run is seen outside it (a sequence feeds each layer's output to the
+/// next alone), so the intermediate activations need not exist.
+fn peephole(layers: &[Layer]) -> Option<Fused> {
+    match layers {
+        [Layer::BatchNorm, rest @ ..] => {
+            let (relu, rest) = match rest {
+                [Layer::Relu, rest @ ..] => (true, rest),
+                _ => (false, rest),
+            };
+            let dropout = match rest {
+                [Layer::Dropout { rate }, ..] => Some(*rate),
+                _ => None,
+            };
+            (relu || dropout.is_some()).then_some(Fused::Norm { relu, dropout })
+        }
+        [Layer::Relu, Layer::MaxPool { .. }, ..] => Some(Fused::ReluMaxPool),
+        _ => None,
+    }
 }
 
 /// How a [`GpuModel`] trains: what [`GpuModel::with_options`] takes besides the parameters.
@@ -266,11 +362,11 @@ fn compressed_linear(
         n,
     )?;
     let epilogue = match &p.bias {
-        Some([b, _, _]) => Epilogue::BiasAct {
+        Some([b, _, _]) => spmm::Epilogue::BiasAct {
             bias: b,
             relu: false,
         },
-        None => Epilogue::None,
+        None => spmm::Epilogue::None,
     };
     let fwd = vec![
         spmm::pack(ctx, PackOp::Copy, &x.t, &xt)?,
@@ -314,7 +410,7 @@ fn compressed_linear(
             &dyt,
             &x.g,
             false,
-            Epilogue::None,
+            spmm::Epilogue::None,
             None,
             true,
         )?);
@@ -331,27 +427,72 @@ fn image_shape(s: Shape, n: usize) -> ImageShape {
     }
 }
 
-/// A backward list under construction: dispatches in execution order, and the dropouts among
-/// them (index in this list, layer, length, rate).
+/// A backward list under construction: dispatches in execution order, the dropouts among them
+/// (index in this list, site), and the pass that writes the input's gradient last, when it is a
+/// batch norm's that can add another contribution in the same pass.
 #[derive(Default)]
 struct Bwd {
     ops: Vec<Dispatch>,
-    dropouts: Vec<(usize, u32, usize, f32)>,
+    dropouts: Vec<(usize, DropSite)>,
+    input_grad: Option<(usize, NormGrad)>,
+}
+
+/// What rebuilds a batch norm's input-gradient pass with a contribution added
+/// ([`Bwd::absorb_add`]).
+struct NormGrad {
+    shape: ImageShape,
+    x: Tensor,
+    gamma_beta: Tensor,
+    stats: Tensor,
+    dy: Tensor,
+    grads: Tensor,
+    dx: Tensor,
+    epilogue: Epilogue,
 }
 
 impl Bwd {
     fn push(&mut self, d: Dispatch) {
         self.ops.push(d);
     }
+
+    /// Appends the passes of `other` (run after these); the input gradient is `other`'s.
     fn append(&mut self, other: Bwd) {
         let base = self.ops.len();
         self.ops.extend(other.ops);
-        self.dropouts.extend(
-            other
-                .dropouts
-                .into_iter()
-                .map(|(i, l, n, r)| (base + i, l, n, r)),
-        );
+        self.dropouts
+            .extend(other.dropouts.into_iter().map(|(i, d)| (base + i, d)));
+        self.input_grad = other.input_grad.map(|(i, g)| (base + i, g));
+    }
+
+    /// Makes the last pass of this list add `extra` into `target`, when that pass is a batch
+    /// norm's writing `target` as its input gradient; false if it cannot (the caller adds).
+    fn absorb_add(&mut self, ctx: &GpuContext, extra: &Tensor, target: &Tensor) -> Result<bool> {
+        let Some((at, g)) = self.input_grad.take() else {
+            return Ok(false);
+        };
+        if at + 1 != self.ops.len() || g.dx.buffer != target.buffer || g.dx.offset != target.offset
+        {
+            return Ok(false);
+        }
+        let mut ops = image::bn_backward(
+            ctx,
+            g.shape,
+            BnGrad {
+                x: &g.x,
+                gamma_beta: &g.gamma_beta,
+                stats: &g.stats,
+                dy: &g.dy,
+                grads: &g.grads,
+                dx: Some(&g.dx),
+                plus: Some(extra),
+            },
+            g.epilogue,
+        )?;
+        let apply = ops.pop().ok_or_else(|| {
+            RiglError::invalid("a batch norm backward without its input-gradient pass")
+        })?;
+        self.ops[at] = apply;
+        Ok(true)
     }
 }
 
@@ -382,11 +523,26 @@ impl Builder<'_> {
     fn seq(&mut self, layers: &[Layer], mut x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
         let mut parts = Vec::with_capacity(layers.len());
         let mut grad = needs_grad;
-        for layer in layers {
-            let (y, b) = self.layer(layer, x, grad)?;
+        let mut i = 0;
+        while i < layers.len() {
+            let (y, b, used) = match peephole(&layers[i..]) {
+                Some(f @ Fused::Norm { relu, dropout }) => {
+                    let (y, b) = self.norm(x, relu, dropout, grad)?;
+                    (y, b, f.len())
+                }
+                Some(f @ Fused::ReluMaxPool) => {
+                    let (y, b) = self.pool(&layers[i + 1], x, grad, true)?;
+                    (y, b, f.len())
+                }
+                None => {
+                    let (y, b) = self.layer(&layers[i], x, grad)?;
+                    (y, b, 1)
+                }
+            };
             parts.push(b);
             x = y;
             grad = true;
+            i += used;
         }
         let mut bwd = Bwd::default();
         for b in parts.into_iter().rev() {
@@ -611,69 +767,7 @@ impl Builder<'_> {
                 }
                 Ok((y, bwd))
             }
-            Layer::BatchNorm => {
-                let i = self.norms.len();
-                let c = x.s.c;
-                let norm = Norm {
-                    channels: c,
-                    gamma_beta: Tensor::from_f32(ctx, "batch norm", &[1.0, 0.0].repeat(c))?,
-                    grad: Tensor::zeros(ctx, "batch norm gradient", 2 * c)?,
-                    mom: Tensor::zeros(ctx, "batch norm momentum", 2 * c)?,
-                    running: Tensor::from_f32(ctx, "running statistics", &[0.0, 1.0].repeat(c))?,
-                    stats: Tensor::zeros(ctx, "batch statistics", 4 * c)?,
-                };
-                let y = self.act(x.s, &format!("batch norm {i} output"))?;
-                let s = image_shape(x.s, n);
-                self.switches.push(Switch::Norm {
-                    at: self.forward.len(),
-                    shape: s,
-                });
-                self.forward.push(image::bn_stats(
-                    ctx,
-                    s,
-                    &x.t,
-                    &norm.stats,
-                    &norm.running,
-                    true,
-                )?);
-                self.forward.push(image::bn_apply(
-                    ctx,
-                    s,
-                    &x.t,
-                    &norm.gamma_beta,
-                    &y.t,
-                    &norm.stats,
-                )?);
-                // The gradient sums read dy; dy is then copied into the input's gradient, which
-                // the apply turns into dx in place.
-                let [reduce, apply] = image::bn_backward(
-                    ctx,
-                    s,
-                    &x.t,
-                    &norm.gamma_beta,
-                    &y.g,
-                    &norm.grad,
-                    &norm.stats,
-                )?;
-                let apply_into_x = image::bn_backward(
-                    ctx,
-                    s,
-                    &x.t,
-                    &norm.gamma_beta,
-                    &x.g,
-                    &norm.grad,
-                    &norm.stats,
-                )?;
-                drop(apply);
-                let [_, apply_x] = apply_into_x;
-                bwd.push(reduce);
-                if needs_grad {
-                    bwd.push(image::copy(ctx, &y.g, &x.g, s.len())?);
-                    bwd.push(apply_x);
-                }
-                self.norms.push(norm);
-                Ok((y, bwd))
-            }
+            Layer::BatchNorm => self.norm(x, false, None, needs_grad),
             Layer::Relu => {
                 let y = self.act(x.s, "relu output")?;
                 let len = x.s.len() * n;
@@ -683,29 +777,7 @@ impl Builder<'_> {
                 }
                 Ok((y, bwd))
             }
-            Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
-                let (g, (h, w)) = layer
-                    .pool_window(x.s, n)
-                    .and_then(|g| Some((g, g.out()?)))
-                    .ok_or_else(|| RiglError::invalid("a pooling window does not fit its input"))?;
-                let y = self.act(Shape { c: x.s.c, h, w }, "pooling output")?;
-                let s = image_shape(x.s, n);
-                if matches!(layer, Layer::MaxPool { .. }) {
-                    let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
-                    self.forward
-                        .push(image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?);
-                    if needs_grad {
-                        bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
-                    }
-                } else {
-                    self.forward
-                        .push(image::avg_pool(ctx, s, g, &x.t, &y.t, false)?);
-                    if needs_grad {
-                        bwd.push(image::avg_pool(ctx, s, g, &y.g, &x.g, true)?);
-                    }
-                }
-                Ok((y, bwd))
-            }
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => self.pool(layer, x, needs_grad, false),
             Layer::GlobalAvgPool => {
                 let y = self.act(
                     Shape {
@@ -745,18 +817,21 @@ impl Builder<'_> {
                 self.dropouts += 1;
                 let y = self.act(x.s, "dropout output")?;
                 let len = x.s.len() * n;
-                self.switches.push(Switch::Dropout {
-                    at: self.forward.len(),
-                    backward: false,
+                let site = DropSite::Alone {
                     layer,
                     len,
                     rate: *rate,
+                };
+                self.switches.push(Switch::Dropout {
+                    at: self.forward.len(),
+                    backward: false,
+                    site,
                 });
                 self.forward.push(image::dropout(
                     ctx, &x.t, &y.t, len, self.seed, 0, layer, *rate,
                 )?);
                 if needs_grad {
-                    bwd.dropouts.push((bwd.ops.len(), layer, len, *rate));
+                    bwd.dropouts.push((bwd.ops.len(), site));
                     bwd.push(image::dropout(
                         ctx, &y.g, &x.g, len, self.seed, 0, layer, *rate,
                     )?);
@@ -808,19 +883,27 @@ impl Builder<'_> {
                     &short_in.g
                 };
                 let from_len = from.s.len() * n;
-                let add_short = if from_needs_grad {
-                    Some(image::add(ctx, contribution, &from.g, from_len)?)
-                } else {
-                    None
+                // The shortcut's part is added by the pass that wrote `from`'s gradient last
+                // when that is a batch norm's (the body's first layer for `pre`, or `pre`'s
+                // first, or the body's when `pre` is empty and `from` is the input), else by an
+                // add pass after it.
+                let add_short = |bwd: &mut Bwd| -> Result<()> {
+                    if from_needs_grad && !bwd.absorb_add(ctx, contribution, &from.g)? {
+                        bwd.push(image::add(ctx, contribution, &from.g, from_len)?);
+                    }
+                    bwd.input_grad = None;
+                    Ok(())
                 };
                 match shortcut_from {
                     ShortcutFrom::Pre => {
-                        bwd.ops.extend(add_short);
+                        add_short(&mut bwd)?;
                         bwd.append(pre_bwd);
                     }
                     ShortcutFrom::Input => {
-                        bwd.append(pre_bwd);
-                        bwd.ops.extend(add_short);
+                        if !pre.is_empty() {
+                            bwd.append(pre_bwd);
+                        }
+                        add_short(&mut bwd)?;
                     }
                 }
                 Ok((y, bwd))
@@ -837,6 +920,159 @@ impl Builder<'_> {
         }
         self.next_param += 1;
         Ok(i)
+    }
+
+    /// A batch norm, and the ReLU (`relu`) and the dropout (`dropout`, its rate) after it when
+    /// the peephole fused them: forward, the statistics and one apply pass writing the last
+    /// layer's output; backward, the reduction and one apply pass, both reading `dy` (the ReLU
+    /// mask recomputed from `x`, the dropout's from its hash), the second writing `x.g`.
+    fn norm(
+        &mut self,
+        x: Act,
+        relu: bool,
+        dropout: Option<f32>,
+        needs_grad: bool,
+    ) -> Result<(Act, Bwd)> {
+        let (ctx, n) = (self.ctx, self.n);
+        let mut bwd = Bwd::default();
+        let i = self.norms.len();
+        let c = x.s.c;
+        let norm = Norm {
+            channels: c,
+            gamma_beta: Tensor::from_f32(ctx, "batch norm", &[1.0, 0.0].repeat(c))?,
+            grad: Tensor::zeros(ctx, "batch norm gradient", 2 * c)?,
+            mom: Tensor::zeros(ctx, "batch norm momentum", 2 * c)?,
+            running: Tensor::from_f32(ctx, "running statistics", &[0.0, 1.0].repeat(c))?,
+            stats: Tensor::zeros(ctx, "batch statistics", 4 * c)?,
+        };
+        let what = match (relu, dropout.is_some()) {
+            (false, false) => "",
+            (true, false) => " + relu",
+            (false, true) => " + dropout",
+            (true, true) => " + relu + dropout",
+        };
+        let y = self.act(x.s, &format!("batch norm {i}{what} output"))?;
+        let s = image_shape(x.s, n);
+        let site = dropout.map(|rate| {
+            let layer = self.dropouts;
+            self.dropouts += 1;
+            DropSite::Norm {
+                shape: s,
+                relu,
+                layer,
+                rate,
+            }
+        });
+        let epilogue = Epilogue {
+            relu,
+            dropout: match site {
+                Some(DropSite::Norm { layer, rate, .. }) => Some(DropoutKey {
+                    seed: self.seed,
+                    step: 0,
+                    layer,
+                    rate,
+                }),
+                _ => None,
+            },
+        };
+        self.switches.push(Switch::Norm {
+            at: self.forward.len(),
+            shape: s,
+        });
+        self.forward.push(image::bn_stats(
+            ctx,
+            s,
+            &x.t,
+            &norm.stats,
+            &norm.running,
+            true,
+        )?);
+        if let Some(site) = site {
+            self.switches.push(Switch::Dropout {
+                at: self.forward.len(),
+                backward: false,
+                site,
+            });
+        }
+        self.forward.push(image::bn_apply(
+            ctx,
+            s,
+            &x.t,
+            &norm.gamma_beta,
+            &y.t,
+            &norm.stats,
+            epilogue,
+        )?);
+        let ops = image::bn_backward(
+            ctx,
+            s,
+            BnGrad {
+                x: &x.t,
+                gamma_beta: &norm.gamma_beta,
+                stats: &norm.stats,
+                dy: &y.g,
+                grads: &norm.grad,
+                dx: needs_grad.then_some(&x.g),
+                plus: None,
+            },
+            epilogue,
+        )?;
+        for op in ops {
+            if let Some(site) = site {
+                bwd.dropouts.push((bwd.ops.len(), site));
+            }
+            bwd.push(op);
+        }
+        if needs_grad {
+            bwd.input_grad = Some((
+                bwd.ops.len() - 1,
+                NormGrad {
+                    shape: s,
+                    x: x.t.clone(),
+                    gamma_beta: norm.gamma_beta.clone(),
+                    stats: norm.stats.clone(),
+                    dy: y.g.clone(),
+                    grads: norm.grad.clone(),
+                    dx: x.g.clone(),
+                    epilogue,
+                },
+            ));
+        }
+        self.norms.push(norm);
+        Ok((y, bwd))
+    }
+
+    /// A max or average pooling `layer`; `relu`: a max pooling of `relu(x)` (the peephole fused
+    /// the ReLU before it), one pass each way.
+    fn pool(&mut self, layer: &Layer, x: Act, needs_grad: bool, relu: bool) -> Result<(Act, Bwd)> {
+        let (ctx, n) = (self.ctx, self.n);
+        let mut bwd = Bwd::default();
+        let (g, (h, w)) = layer
+            .pool_window(x.s, n)
+            .and_then(|g| Some((g, g.out()?)))
+            .ok_or_else(|| RiglError::invalid("a pooling window does not fit its input"))?;
+        let y = self.act(Shape { c: x.s.c, h, w }, "pooling output")?;
+        let s = image_shape(x.s, n);
+        if matches!(layer, Layer::MaxPool { .. }) {
+            let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
+            self.forward.push(if relu {
+                image::max_pool_relu(ctx, s, g, &x.t, &y.t, &arg)?
+            } else {
+                image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?
+            });
+            if needs_grad {
+                bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
+            }
+        } else if relu {
+            return Err(RiglError::invalid("a ReLU fused into an average pooling"));
+        } else {
+            self.forward
+                .push(image::avg_pool(ctx, s, g, &x.t, &y.t, false)?);
+            if needs_grad {
+                bwd.push(image::avg_pool(ctx, s, g, &y.g, &x.g, true)?);
+            }
+        }
+        Ok((y, bwd))
     }
 }
 
@@ -1005,13 +1241,11 @@ impl GpuModel {
         let (y, bwd) = b.seq(&layers, x.clone(), false)?;
         let loss = LossHead::new(ctx, &y.t, &y.g, y.s.c, batch, opts.label_smoothing)?;
         let mut switches = b.switches;
-        for (at, layer, len, rate) in bwd.dropouts {
+        for (at, site) in bwd.dropouts {
             switches.push(Switch::Dropout {
                 at,
                 backward: true,
-                layer,
-                len,
-                rate,
+                site,
             });
         }
         let no_decay = SgdConfig {
@@ -1150,18 +1384,8 @@ impl GpuModel {
                     let p = image::bn_stats_mode(*shape, mode != RunMode::Eval)?;
                     self.forward[*at].write_params(ctx, &p);
                 }
-                Switch::Dropout {
-                    at,
-                    backward,
-                    layer,
-                    len,
-                    rate,
-                } => {
-                    let (step, rate) = match mode {
-                        RunMode::Train { step } => (step, *rate),
-                        RunMode::Eval => (0, 0.0),
-                    };
-                    let p = image::dropout_step(*len, self.seed, step, *layer, rate)?;
+                Switch::Dropout { at, backward, site } => {
+                    let p = site.params(self.seed, mode)?;
                     let list = if *backward {
                         &self.backward
                     } else {
@@ -1248,5 +1472,61 @@ impl GpuModel {
         let loss = s[..n].iter().sum::<f32>() / n as f32;
         let correct = s[n..2 * n].iter().filter(|&&c| c > 0.0).count();
         Ok((loss, correct))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::spec::Padding;
+
+    fn pool(max: bool) -> Layer {
+        let (size, stride, padding) = (2, None, Padding::Valid);
+        if max {
+            Layer::MaxPool {
+                size,
+                stride,
+                padding,
+            }
+        } else {
+            Layer::AvgPool {
+                size,
+                stride,
+                padding,
+            }
+        }
+    }
+
+    #[test]
+    fn the_peephole_fuses_what_follows_a_batch_norm_and_a_relu_before_max_pooling() {
+        let drop = Layer::Dropout { rate: 0.3 };
+        let norm = |relu, dropout| Some(Fused::Norm { relu, dropout });
+        let cases = [
+            (vec![Layer::BatchNorm, Layer::Relu], norm(true, None)),
+            (
+                vec![Layer::BatchNorm, Layer::Relu, drop.clone(), Layer::Relu],
+                norm(true, Some(0.3)),
+            ),
+            (vec![Layer::BatchNorm, drop.clone()], norm(false, Some(0.3))),
+            // Greedy: the batch norm takes the ReLU; the pooling then runs alone.
+            (
+                vec![Layer::BatchNorm, Layer::Relu, pool(true)],
+                norm(true, None),
+            ),
+            (vec![Layer::BatchNorm], None),
+            (vec![Layer::BatchNorm, Layer::Flatten], None),
+            (vec![Layer::Relu, pool(true)], Some(Fused::ReluMaxPool)),
+            (vec![Layer::Relu, pool(false)], None),
+            (vec![Layer::Relu, Layer::BatchNorm], None),
+            (vec![drop, Layer::Relu], None),
+            (vec![], None),
+        ];
+        for (layers, want) in cases {
+            let got = peephole(&layers);
+            assert_eq!(got, want, "{layers:?}");
+            if let Some(f) = got {
+                assert!(f.len() <= layers.len());
+            }
+        }
     }
 }
