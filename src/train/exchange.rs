@@ -137,7 +137,9 @@ impl Run<'_> {
             bytes += dist.average(ctx, &self.parts.net.grad_tensors())?;
             spent += t.elapsed();
         }
-        match (sparse_grow, model_grow) {
+        // An update whose grow selections read averaged dense gradients: the dispatches before
+        // it, and its segments, each ending with the dense gradient to average (in `views`).
+        let segmented = match (sparse_grow, model_grow) {
             (_, Some((m, c))) => {
                 let mut pre: Vec<&Dispatch> = Vec::new();
                 if optimizer {
@@ -150,16 +152,7 @@ impl Run<'_> {
                 }
                 m.prepare_compressed(ctx, step as u32, c)?;
                 let (segments, views) = m.compressed_update_segments(ctx)?;
-                for (l, seg) in segments.into_iter().enumerate() {
-                    let mut ops = std::mem::take(&mut pre);
-                    ops.extend(seg);
-                    run_ops(ctx, &what, &ops)?;
-                    if let Some(v) = views.get(l) {
-                        let t = Instant::now();
-                        bytes += dist.average(ctx, &[v])?;
-                        spent += t.elapsed();
-                    }
-                }
+                Some((pre, segments, views))
             }
             (Some((sp, c)), None) => {
                 sp.prepare_update(ctx, step as u32, c)?;
@@ -168,6 +161,12 @@ impl Run<'_> {
                     pre = model.sgd_ops();
                 }
                 let (segments, views) = sp.update_segments();
+                Some((pre, segments, views.to_vec()))
+            }
+            (None, None) => None,
+        };
+        match segmented {
+            Some((mut pre, segments, views)) => {
                 for (l, seg) in segments.into_iter().enumerate() {
                     let mut ops = std::mem::take(&mut pre);
                     ops.extend(seg);
@@ -179,7 +178,7 @@ impl Run<'_> {
                     }
                 }
             }
-            (None, None) => {
+            None => {
                 let ops =
                     self.parts
                         .after_backward_ops(ctx, method, step, skipped, counts.as_deref())?;
