@@ -424,6 +424,27 @@ pub struct ParamShape {
     pub active: usize,
 }
 
+impl ParamShape {
+    /// Every weight tensor of `host`'s model over batches of `batch`, with its active count.
+    pub fn of_model(host: &crate::cpu::model::HostModel, batch: usize) -> Result<Vec<Self>> {
+        let (_, layers) = host.spec.infer()?;
+        Ok(layers
+            .iter()
+            .zip(&host.weights)
+            .map(|(wl, hw)| {
+                let cols = hw.shape.last().copied().unwrap_or(1).max(1);
+                ParamShape {
+                    name: hw.name.clone(),
+                    conv: wl.conv_geom(batch),
+                    rows: hw.w.len() / cols,
+                    cols,
+                    active: hw.mask.iter().filter(|&&m| m != 0.0).count(),
+                }
+            })
+            .collect())
+    }
+}
+
 /// Decides the kernels of a model of layers. `sparse` keeps every weight tensor compressed
 /// (linear layers where [`crate::nn::model::linear_support`] allows) and runs the compressed
 /// products; `auto` times, per tensor, the compressed products against the dense products over

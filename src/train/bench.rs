@@ -305,21 +305,7 @@ pub fn bench_model_step(
     for (w, m) in host.weights.iter_mut().zip(masks) {
         w.mask = m;
     }
-    let (_, wls) = spec.infer()?;
-    let shapes: Vec<crate::nn::choice::ParamShape> = wls
-        .iter()
-        .zip(&host.weights)
-        .map(|(wl, hw)| {
-            let cols = hw.shape.last().copied().unwrap_or(1).max(1);
-            crate::nn::choice::ParamShape {
-                name: hw.name.clone(),
-                conv: wl.conv_geom(batch),
-                rows: hw.w.len() / cols,
-                cols,
-                active: crate::sparse::init::count_active(&hw.mask),
-            }
-        })
-        .collect();
+    let shapes = crate::nn::choice::ParamShape::of_model(&host, batch)?;
     let decision = crate::nn::choice::decide_model(ctx, kernels, &shapes, batch, method_ok)?;
     let compressed = decision.kernels == "sparse";
     let opts = crate::nn::model::ModelOptions {

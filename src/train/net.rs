@@ -350,21 +350,7 @@ fn build_model(
         hw.mask = init.mask.clone();
         masks.push(init.mask);
     }
-    let (_, layers) = host.spec.infer()?;
-    let shapes: Vec<choice::ParamShape> = layers
-        .iter()
-        .zip(&host.weights)
-        .map(|(wl, hw)| {
-            let cols = hw.shape.last().copied().unwrap_or(1).max(1);
-            choice::ParamShape {
-                name: hw.name.clone(),
-                conv: wl.conv_geom(cfg.batch),
-                rows: hw.w.len() / cols,
-                cols,
-                active: count_active(&hw.mask),
-            }
-        })
-        .collect();
+    let shapes = choice::ParamShape::of_model(&host, cfg.batch)?;
     let decision = choice::decide_model(
         ctx,
         kernels,
