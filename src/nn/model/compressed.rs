@@ -181,16 +181,6 @@ impl CompressedParam {
         }
     }
 
-    /// GPU bytes of its slots (value, gradient, momentum), index and metadata textures.
-    pub fn bytes(&self) -> u64 {
-        let meta = match &self.kind {
-            // Two `rg32uint` texels per slot.
-            CompressedKind::Linear(_) => 2 * 8 * self.nnz as u64,
-            CompressedKind::Conv(_) => 0,
-        };
-        12 * self.nnz as u64 + self.idx.bytes() + meta
-    }
-
     /// Reads the index back from the GPU.
     pub fn read_index(&self, ctx: &GpuContext) -> Result<CsrIndex> {
         CsrIndex::from_words(self.rows(), self.cols(), self.nnz, &self.idx.read_u32(ctx)?)

@@ -330,8 +330,9 @@ impl GpuModel {
     }
 
     /// GPU bytes of the trainable state: weights, mask, momentum and dense gradient per param
-    /// in the flat buffers (16 bytes per weight); a compressed kernel's slots (value, gradient,
-    /// momentum) and index. Update scratch: the flat EMA and ever-active map, and for
+    /// in the flat buffers (16 bytes per weight); a compressed tensor's slots (value, gradient,
+    /// momentum) and index (a compressed linear layer's metadata textures, 16 bytes per active
+    /// weight, are left out, as [`crate::nn::SparseMlp`]'s report leaves them out). Update scratch: the flat EMA and ever-active map, and for
     /// compressed kernels their update statistics, the dense gradient, grow flags and rebuild
     /// scratch of the largest kernel, and the drop phase's selection.
     pub fn memory(&self) -> MemoryReport {
