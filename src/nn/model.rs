@@ -1260,18 +1260,8 @@ impl GpuModel {
             decay: true,
         }];
         if let Some(sl) = &b.slots {
-            // One dispatch over every compressed kernel's slots (padding slots stay 0).
             sgd.push(SgdOp {
-                op: ops::sgd_mirrored(
-                    ctx,
-                    &sl.grad,
-                    &sl.vals,
-                    &sl.mom,
-                    None,
-                    sl.total,
-                    opts.sgd,
-                    sl.values.as_ref(),
-                )?,
+                op: sl.sgd(ctx, opts.sgd)?,
                 len: sl.total,
                 decay: true,
             });
@@ -1421,19 +1411,8 @@ impl GpuModel {
             ..cfg
         };
         let mut out = Vec::new();
-        // The compressed params in one dispatch over their slots, which also keeps the value
-        // texture of the compressed linear layers current.
         if let Some(sl) = &self.slots {
-            out.push(ops::sgd_mirrored(
-                ctx,
-                &sl.grad,
-                &sl.vals,
-                &sl.mom,
-                None,
-                sl.total,
-                cfg,
-                sl.values.as_ref(),
-            )?);
+            out.push(sl.sgd(ctx, cfg)?);
         }
         for p in &self.params {
             if let Some(f) = &p.flat {

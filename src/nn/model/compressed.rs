@@ -128,6 +128,25 @@ impl Slots {
             + self.dense_w.as_ref().map_or(0, Tensor::bytes)
     }
 
+    /// SGD over every compressed tensor's slots in one dispatch (padding slots stay 0), which
+    /// also keeps the value texture of the compressed linear layers current.
+    pub(super) fn sgd(
+        &self,
+        ctx: &GpuContext,
+        cfg: crate::gpu::ops::SgdConfig,
+    ) -> Result<Dispatch> {
+        gpu_ops::sgd_mirrored(
+            ctx,
+            &self.grad,
+            &self.vals,
+            &self.mom,
+            None,
+            self.total,
+            cfg,
+            self.values.as_ref(),
+        )
+    }
+
     /// The dense weight scratch viewed as `c`'s weight matrix.
     pub(super) fn dense_weights(
         &self,
