@@ -225,12 +225,10 @@ impl CompressedParam {
         })
     }
 
-    /// Writes the kernel from dense tensors (`[kh, kw, cin, cout]`): the index of `mask`, which
-    /// must hold this kernel's active count, the values of `w` and `mom` at its slots, the
-    /// ever-active bitmap of `ever`; the new-connection counter starts at 0.
-    pub(super) fn load(
+    /// Checks dense tensors for [`CompressedParam::load`] without writing anything: their
+    /// lengths, a 0/1 mask, and the mask's active count equal to this tensor's.
+    pub(super) fn check(
         &self,
-        ctx: &GpuContext,
         name: &str,
         w: &[f32],
         mask: &[f32],
@@ -243,7 +241,7 @@ impl CompressedParam {
             .any(|&l| l != n)
         {
             return Err(RiglError::invalid(format!(
-                "convolution {name}: weights, mask, momentum and ever-active map must be {n} \
+                "weight tensor {name}: weights, mask, momentum and ever-active map must be {n} \
                  values each (got {}, {}, {}, {})",
                 w.len(),
                 mask.len(),
@@ -253,17 +251,33 @@ impl CompressedParam {
         }
         if let Some((i, &v)) = mask.iter().enumerate().find(|(_, &v)| v != 0.0 && v != 1.0) {
             return Err(RiglError::invalid(format!(
-                "convolution {name}: mask[{i}] = {v}, expected 0 or 1"
+                "weight tensor {name}: mask[{i}] = {v}, expected 0 or 1"
             )));
         }
-        let index = CsrIndex::from_mask(self.rows(), self.cols(), mask)?;
-        if index.nnz() != self.nnz {
+        let active = mask.iter().filter(|&&m| m != 0.0).count();
+        if active != self.nnz {
             return Err(RiglError::invalid(format!(
-                "convolution {name}: {} active weights, its compressed form holds {}",
-                index.nnz(),
+                "weight tensor {name}: {active} active weights, its compressed form holds {}",
                 self.nnz
             )));
         }
+        Ok(())
+    }
+
+    /// Writes the tensor from dense tensors of its shape: the index of `mask`, which
+    /// must hold this tensor's active count, the values of `w` and `mom` at its slots, the
+    /// ever-active bitmap of `ever`; the new-connection counter starts at 0.
+    pub(super) fn load(
+        &self,
+        ctx: &GpuContext,
+        name: &str,
+        w: &[f32],
+        mask: &[f32],
+        mom: &[f32],
+        ever: &[f32],
+    ) -> Result<()> {
+        self.check(name, w, mask, mom, ever)?;
+        let index = CsrIndex::from_mask(self.rows(), self.cols(), mask)?;
         let mut stats = vec![0u32; spmm::stats_len(self.rows(), self.cols())];
         for (q, &e) in ever.iter().enumerate() {
             if e != 0.0 {

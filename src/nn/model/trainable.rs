@@ -289,6 +289,16 @@ impl GpuModel {
                 self.norms.len()
             )));
         }
+        for c in self.compressed.iter().flatten() {
+            let i = c.param;
+            c.check(
+                &self.params[i].name,
+                &state.weights[i],
+                &state.masks[i],
+                &state.momentum[i],
+                &state.ever[i],
+            )?;
+        }
         self.w.write_f32(ctx, &w)?;
         self.mask.write_f32(ctx, &m)?;
         self.mom.write_f32(ctx, &mom)?;
