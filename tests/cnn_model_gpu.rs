@@ -17,7 +17,7 @@ use rigl::cpu::dense::sgd;
 use rigl::cpu::model::{HostModel, Mode};
 use rigl::gpu::ops::{self, SgdConfig};
 use rigl::gpu::Tensor;
-use rigl::nn::model::{CompressedKind, GpuModel, ModelOptions, RunMode};
+use rigl::nn::model::{CompressedKind, DenseProducts, GpuModel, ModelOptions, RunMode};
 use rigl::nn::spec::ModelSpec;
 use rigl::sparse::csr::CsrIndex;
 
@@ -50,15 +50,15 @@ fn at_slots(host: &HostModel, i: usize, compressed: bool, dense: &[f32]) -> Vec<
         .gather(dense)
 }
 
-/// The step of [`check`] with compressed params, those with `dense_products[i]` on the dense
-/// products over their scattered slots.
+/// The step of [`check`] with compressed params, the products `dense_products[i]` names dense
+/// over their scattered slots.
 fn check_paths(
     mut host: HostModel,
     n: usize,
     what: &str,
     compressed_conv: bool,
     compressed_linear: bool,
-    dense_products: &[bool],
+    dense_products: &[DenseProducts],
 ) {
     let ctx = ctx();
     let input = host.spec.input_shape();
@@ -290,7 +290,7 @@ fn compressed_linear_layers_step_like_the_twin() {
 #[test]
 fn dense_products_over_compressed_slots_step_like_the_twin() {
     // Every other weight tensor on the dense products over its slots, the rest compressed.
-    let alternate: Vec<bool> = (0..16).map(|i| i % 2 == 0).collect();
+    let alternate: Vec<DenseProducts> = (0..16).map(|i| DenseProducts::all(i % 2 == 0)).collect();
     let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
     check_paths(
         model(spec, 4),
@@ -300,7 +300,7 @@ fn dense_products_over_compressed_slots_step_like_the_twin() {
         true,
         &alternate,
     );
-    let all = vec![true; 16];
+    let all = vec![DenseProducts::all(true); 16];
     check_paths(
         model(residual_net(), 1),
         4,
@@ -317,6 +317,75 @@ fn dense_products_over_compressed_slots_step_like_the_twin() {
         false,
         &alternate[1..],
     );
+}
+
+/// Per convolution, one of the eight ways its three products can run (the i-th tensor's bits
+/// i, i+1, i+2 of a counter from `start`); linear layers all one way.
+fn per_product(host: &HostModel, start: usize) -> Vec<DenseProducts> {
+    host.weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let c = start + i;
+            if w.shape.len() == 4 {
+                DenseProducts {
+                    forward: c & 1 != 0,
+                    weight_grad: c & 2 != 0,
+                    input_grad: c & 4 != 0,
+                }
+            } else {
+                DenseProducts::all(c % 2 == 0)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn convolution_products_mixed_within_a_tensor_step_like_the_twin() {
+    // Every combination of the three products across the runs: forward dense with the
+    // gradients compressed, and so on, the dense ones over the scattered slots.
+    for start in [1, 2, 5] {
+        let host = model(residual_net(), 1);
+        let paths = per_product(&host, start);
+        check_paths(
+            host,
+            3,
+            &format!("residual per product {start}"),
+            true,
+            true,
+            &paths,
+        );
+        let host = model(ModelSpec::builtin("lenet5", &[]).expect("lenet5"), 4);
+        let paths = per_product(&host, start);
+        check_paths(
+            host,
+            4,
+            &format!("lenet5 per product {start}"),
+            true,
+            true,
+            &paths,
+        );
+    }
+}
+
+#[test]
+fn a_linear_layer_with_mixed_products_is_refused() {
+    let ctx = ctx();
+    let host = model(ModelSpec::builtin("lenet5", &[]).expect("lenet5"), 4);
+    if rigl::nn::model::linear_support(ctx, 4).is_err() {
+        return; // linear layers stay masked-dense here: there is nothing to mix
+    }
+    let opts = ModelOptions {
+        compressed_conv: true,
+        compressed_linear: true,
+        ..ModelOptions::plain(ctx).expect("options")
+    };
+    let mut paths = vec![DenseProducts::default(); 4];
+    paths[2].forward = true; // fc3
+    let err = GpuModel::with_products(ctx, &host, 4, SEED, opts, &paths)
+        .err()
+        .expect("a mixed linear layer is an error");
+    assert!(err.to_string().contains("fc3"), "{err}");
 }
 
 #[test]

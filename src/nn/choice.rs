@@ -11,6 +11,7 @@ use crate::gpu::spmm::{self, SparseShape};
 use crate::gpu::texture::{meta_texture, Texture};
 use crate::gpu::tuning;
 use crate::gpu::{gemm, GemmOp, GemmShape, GpuContext, Tensor};
+use crate::nn::model::DenseProducts;
 use crate::sparse::csr::CsrIndex;
 use crate::sparse::init::{init_layer, WeightInit};
 
@@ -60,6 +61,99 @@ pub struct LayerTiming {
     pub sparse_ms: f64,
     /// Masked-dense GEMMs, ms.
     pub masked_ms: f64,
+    /// Each product on its own (a convolution's): what picks its path. Absent, the layer runs
+    /// all of its products on the faster path of the two sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<ProductTimings>,
+}
+
+/// One product's time both ways, ms: on the compressed kernels, and dense over the scattered
+/// slots (the scatter or gather it needs included).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductTiming {
+    /// Compressed kernels, ms.
+    pub sparse_ms: f64,
+    /// Dense over the slots, ms.
+    pub dense_ms: f64,
+}
+
+impl ProductTiming {
+    /// Whether the dense product measured faster (a tie stays compressed: its memory is the
+    /// one that follows the density).
+    pub fn dense_faster(&self) -> bool {
+        self.dense_ms < self.sparse_ms
+    }
+
+    /// The faster of the two, ms.
+    pub fn best_ms(&self) -> f64 {
+        self.sparse_ms.min(self.dense_ms)
+    }
+}
+
+/// A convolution's training products, each timed both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductTimings {
+    /// The forward product.
+    pub forward: ProductTiming,
+    /// The weight gradient.
+    pub weight_grad: ProductTiming,
+    /// The input gradient (None for the first layer, which has none).
+    pub input_grad: Option<ProductTiming>,
+}
+
+impl ProductTimings {
+    /// The products, in order.
+    fn iter(&self) -> impl Iterator<Item = &ProductTiming> {
+        [&self.forward, &self.weight_grad]
+            .into_iter()
+            .chain(self.input_grad.as_ref())
+    }
+
+    /// Sum of the compressed times, ms.
+    pub fn sparse_ms(&self) -> f64 {
+        self.iter().map(|t| t.sparse_ms).sum()
+    }
+
+    /// Sum of the dense times, ms.
+    pub fn dense_ms(&self) -> f64 {
+        self.iter().map(|t| t.dense_ms).sum()
+    }
+
+    /// Sum of the faster of each, ms.
+    pub fn best_ms(&self) -> f64 {
+        self.iter().map(ProductTiming::best_ms).sum()
+    }
+
+    /// Each product on its faster path.
+    pub fn paths(&self) -> DenseProducts {
+        DenseProducts {
+            forward: self.forward.dense_faster(),
+            weight_grad: self.weight_grad.dense_faster(),
+            // The first layer has no input gradient: it counts as following the others.
+            input_grad: self
+                .input_grad
+                .map_or(self.forward.dense_faster(), |t| t.dense_faster()),
+        }
+    }
+}
+
+impl LayerTiming {
+    /// The products of this layer that run dense.
+    pub fn paths(&self) -> DenseProducts {
+        match &self.products {
+            Some(p) => p.paths(),
+            None => DenseProducts::all(self.masked_ms < self.sparse_ms),
+        }
+    }
+
+    /// Its time with each product (or the whole layer, without per-product timings) on its
+    /// faster path, ms.
+    pub fn best_ms(&self) -> f64 {
+        match &self.products {
+            Some(p) => p.best_ms(),
+            None => self.sparse_ms.min(self.masked_ms),
+        }
+    }
 }
 
 /// The outcome of a kernel choice.
@@ -190,19 +284,20 @@ fn measure_layer(
 }
 
 /// Times one convolution kernel's training products (forward, weight gradient, and the input
-/// gradient unless it is the first layer) over `nnz` active weights on both ways a compressed
-/// kernel can run (ms): (the compressed kernels, the dense products over its slots scattered
-/// into a dense scratch, gathers and scatters included). Cached like [`time_layer`].
+/// gradient unless it is the first layer) over `nnz` active weights, each on both ways a
+/// compressed kernel can run it: the compressed kernels, and the dense product over its slots
+/// scattered into a dense scratch (the scatter, or the gradient's gather, included). Cached
+/// like [`time_layer`].
 pub fn time_conv(
     ctx: &GpuContext,
     g: crate::gpu::conv::ConvGeom,
     nnz: usize,
     first: bool,
-) -> Result<(f64, f64)> {
+) -> Result<ProductTimings> {
     let form = crate::gpu::sparse_conv::SparseConvForm::pick(ctx);
     let w = &g.window;
     let key = format!(
-        "conv path|{}|{}x{} k{} s{} {:?}|{}->{}|nnz {nnz}|batch {}|{}|{}",
+        "conv products|{}|{}x{} k{} s{} {:?}|{}->{}|nnz {nnz}|batch {}|{}|{}",
         tuning::device_key(ctx),
         w.h,
         w.w,
@@ -225,7 +320,7 @@ fn measure_conv(
     nnz: usize,
     first: bool,
     form: crate::gpu::sparse_conv::SparseConvForm,
-) -> Result<(f64, f64)> {
+) -> Result<ProductTimings> {
     use crate::gpu::conv;
     use crate::gpu::sparse_conv::{self as sc, Layout, Scratch};
     use crate::gpu::spmm::SlotOp;
@@ -257,36 +352,70 @@ fn measure_conv(
         batch: n,
     };
     let slot = |op: SlotOp, dense: &Tensor| spmm::slots(ctx, op, s, &idx_t, &vals, dense, &grad);
-    let mut sparse_ops = vec![
-        sc::forward(ctx, form, &lay, nnz, &idx_t, &vals, None, &x, &y, &scratch)?,
-        sc::weight_grad(ctx, form, &lay, nnz, &idx_t, &x, &dy, &grad, &scratch)?,
-    ];
-    let mut dense_ops = vec![
-        slot(SlotOp::Zero, &wd)?,
-        slot(SlotOp::Scatter, &wd)?,
-        conv::forward(ctx, g, &x, &wd, None, None, &y)?,
-        conv::weight_grad(ctx, g, &x, &dy, &gd, false)?,
-        slot(SlotOp::Gather, &gd)?,
+    // Per product: (compressed, dense over the slots), as the model builds them.
+    let mut products = vec![
+        (
+            vec![sc::forward(
+                ctx, form, &lay, nnz, &idx_t, &vals, None, &x, &y, &scratch,
+            )?],
+            vec![
+                slot(SlotOp::Zero, &wd)?,
+                slot(SlotOp::Scatter, &wd)?,
+                conv::forward(ctx, g, &x, &wd, None, None, &y)?,
+            ],
+        ),
+        (
+            vec![sc::weight_grad(
+                ctx, form, &lay, nnz, &idx_t, &x, &dy, &grad, &scratch,
+            )?],
+            vec![
+                conv::weight_grad(ctx, g, &x, &dy, &gd, false)?,
+                slot(SlotOp::Gather, &gd)?,
+            ],
+        ),
     ];
     if !first {
-        sparse_ops.push(sc::input_grad(
-            ctx, form, &lay, nnz, &idx_t, &vals, &dy, &dx, false, &scratch,
-        )?);
-        dense_ops.push(slot(SlotOp::Zero, &wd)?);
-        dense_ops.push(slot(SlotOp::Scatter, &wd)?);
-        dense_ops.push(conv::input_grad(ctx, g, &dy, &wd, None, &dx, false)?);
+        products.push((
+            vec![sc::input_grad(
+                ctx, form, &lay, nnz, &idx_t, &vals, &dy, &dx, false, &scratch,
+            )?],
+            vec![
+                slot(SlotOp::Zero, &wd)?,
+                slot(SlotOp::Scatter, &wd)?,
+                conv::input_grad(ctx, g, &dy, &wd, None, &dx, false)?,
+            ],
+        ));
     }
-    let sp: Vec<_> = sparse_ops.iter().collect();
-    let dn: Vec<_> = dense_ops.iter().collect();
-    // Alternated rounds, so a drift of the machine's speed falls on both alike.
-    let (mut st, mut dt) = (Vec::new(), Vec::new());
-    crate::gpu::ops::run(ctx, "timing warm-up", &sp)?;
-    crate::gpu::ops::run(ctx, "timing warm-up", &dn)?;
+    let lists: Vec<(Vec<_>, Vec<_>)> = products
+        .iter()
+        .map(|(sp, dn)| (sp.iter().collect(), dn.iter().collect()))
+        .collect();
+    // Alternated rounds, so a drift of the machine's speed falls on both ways alike.
+    let mut times = vec![(Vec::new(), Vec::new()); lists.len()];
+    for (sp, dn) in &lists {
+        crate::gpu::ops::run(ctx, "timing warm-up", sp)?;
+        crate::gpu::ops::run(ctx, "timing warm-up", dn)?;
+    }
     for _ in 0..3 {
-        st.push(profile::time_ops(ctx, &sp, 0, 1, true)?.0);
-        dt.push(profile::time_ops(ctx, &dn, 0, 1, true)?.0);
+        for ((sp, dn), (st, dt)) in lists.iter().zip(times.iter_mut()) {
+            st.push(profile::time_ops(ctx, sp, 0, 1, true)?.0);
+            dt.push(profile::time_ops(ctx, dn, 0, 1, true)?.0);
+        }
     }
-    Ok((profile::median(&mut st), profile::median(&mut dt)))
+    let mut timed = times.into_iter().map(|(mut st, mut dt)| ProductTiming {
+        sparse_ms: profile::median(&mut st),
+        dense_ms: profile::median(&mut dt),
+    });
+    let (Some(forward), Some(weight_grad)) = (timed.next(), timed.next()) else {
+        return Err(RiglError::invalid(
+            "a convolution timed without its products",
+        ));
+    };
+    Ok(ProductTimings {
+        forward,
+        weight_grad,
+        input_grad: timed.next(),
+    })
 }
 
 impl Decision {
@@ -294,6 +423,12 @@ impl Decision {
     /// masked-dense products were faster (all false without per-layer timings).
     pub fn dense_layers(&self, n_layers: usize) -> Vec<bool> {
         dense_layers(&self.layers, n_layers)
+    }
+
+    /// Per weight tensor of a model of layers, which of its products run dense over its slots
+    /// (none without per-tensor timings).
+    pub fn dense_products(&self, n_params: usize) -> Vec<DenseProducts> {
+        dense_products(&self.layers, n_params)
     }
 }
 
@@ -303,6 +438,15 @@ pub fn dense_layers(timings: &[LayerTiming], n_layers: usize) -> Vec<bool> {
         return vec![false; n_layers];
     }
     timings.iter().map(|t| t.masked_ms < t.sparse_ms).collect()
+}
+
+/// [`Decision::dense_products`] from per-tensor timings (used again on resume: a run recorded
+/// before per-product timings replays its per-tensor choice).
+pub fn dense_products(timings: &[LayerTiming], n_params: usize) -> Vec<DenseProducts> {
+    if timings.len() != n_params {
+        return vec![DenseProducts::default(); n_params];
+    }
+    timings.iter().map(LayerTiming::paths).collect()
 }
 
 /// Decides the kernels of a model of layer widths `sizes` with `active` weights per layer.
@@ -373,6 +517,7 @@ pub fn decide(
                     name: format!("fc{}", l + 1),
                     sparse_ms,
                     masked_ms,
+                    products: None,
                 });
             }
             let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
@@ -486,63 +631,87 @@ pub fn decide_model(
             let mut layers = Vec::with_capacity(params.len());
             for (i, p) in params.iter().enumerate() {
                 let first = i == 0;
-                let (sparse_ms, masked_ms) = match (&p.conv, &linear) {
-                    (Some(g), _) => time_conv(ctx, *g, p.active, first)?,
-                    (None, Ok(())) => time_layer(
-                        ctx,
-                        SparseShape {
-                            in_dim: p.rows,
-                            out_dim: p.cols,
-                            nnz: p.active,
-                            batch,
-                        },
-                        first,
-                    )?,
+                let (sparse_ms, masked_ms, products) = match (&p.conv, &linear) {
+                    (Some(g), _) => {
+                        let t = time_conv(ctx, *g, p.active, first)?;
+                        (t.sparse_ms(), t.dense_ms(), Some(t))
+                    }
+                    (None, Ok(())) => {
+                        let (s, m) = time_layer(
+                            ctx,
+                            SparseShape {
+                                in_dim: p.rows,
+                                out_dim: p.cols,
+                                nnz: p.active,
+                                batch,
+                            },
+                            first,
+                        )?;
+                        (s, m, None)
+                    }
                     // Not compressible here: it stays masked-dense whatever the timings say.
-                    (None, Err(_)) => (0.0, 0.0),
+                    (None, Err(_)) => (0.0, 0.0, None),
                 };
                 layers.push(LayerTiming {
                     name: p.name.clone(),
                     sparse_ms,
                     masked_ms,
+                    products,
                 });
             }
-            let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
-            let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
-            let best: f64 = layers.iter().map(|t| t.sparse_ms.min(t.masked_ms)).sum();
-            let on_dense = dense_layers(&layers, layers.len());
-            let n_dense = on_dense.iter().filter(|&&d| d).count();
-            let kernels = if n_dense == layers.len() {
-                "masked"
-            } else {
-                "sparse"
-            };
-            let split = if kernels == "sparse" && n_dense > 0 {
-                let names: Vec<&str> = layers
-                    .iter()
-                    .zip(&on_dense)
-                    .filter(|(_, &d)| d)
-                    .map(|(t, _)| t.name.as_str())
-                    .collect();
-                format!("; dense products over the slots of {}", names.join(", "))
-            } else {
-                String::new()
-            };
-            let what = if kernels == "sparse" {
-                format!("; {linear_note}")
-            } else {
-                String::new()
-            };
-            Ok(Decision {
-                kernels,
-                reason: format!(
-                    "auto: the weight tensors' products take {sparse:.2} ms compressed, \
-                     {masked:.2} ms dense, {best:.2} ms choosing per tensor on this \
-                     adapter{what}{split}"
-                ),
-                layers,
-            })
+            Ok(model_decision(layers, &linear_note))
         }
+    }
+}
+
+/// The decision `auto` makes from per-tensor timings: each product on its faster path, and the
+/// masked-dense model when every product of every tensor is faster dense.
+fn model_decision(layers: Vec<LayerTiming>, linear_note: &str) -> Decision {
+    let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
+    let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
+    let best: f64 = layers.iter().map(LayerTiming::best_ms).sum();
+    let paths = dense_products(&layers, layers.len());
+    let kernels = if paths.iter().all(DenseProducts::every) {
+        "masked"
+    } else {
+        "sparse"
+    };
+    let mut on_dense = Vec::new();
+    for (t, p) in layers.iter().zip(&paths) {
+        if p.every() {
+            on_dense.push(t.name.clone());
+        } else if p.any() {
+            let names: Vec<&str> = [
+                (p.forward, "forward"),
+                (p.weight_grad, "weight gradient"),
+                (
+                    p.input_grad && t.products.is_some_and(|q| q.input_grad.is_some()),
+                    "input gradient",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(d, n)| d.then_some(n))
+            .collect();
+            on_dense.push(format!("{} ({})", t.name, names.join(", ")));
+        }
+    }
+    let split = if kernels == "sparse" && !on_dense.is_empty() {
+        format!("; dense products over the slots of {}", on_dense.join(", "))
+    } else {
+        String::new()
+    };
+    let what = if kernels == "sparse" {
+        format!("; {linear_note}")
+    } else {
+        String::new()
+    };
+    Decision {
+        kernels,
+        reason: format!(
+            "auto: the weight tensors' products take {sparse:.2} ms compressed, {masked:.2} ms \
+             dense, {best:.2} ms choosing per product on this adapter{what}{split}"
+        ),
+        layers,
     }
 }
 
@@ -555,6 +724,7 @@ mod tests {
             name: name.into(),
             sparse_ms,
             masked_ms,
+            products: None,
         }
     }
 
@@ -571,5 +741,88 @@ mod tests {
             Some(KernelChoice::Sparse)
         );
         assert!(KernelChoice::parse("csr").is_err());
+    }
+
+    fn pt(sparse_ms: f64, dense_ms: f64) -> ProductTiming {
+        ProductTiming {
+            sparse_ms,
+            dense_ms,
+        }
+    }
+
+    #[test]
+    fn each_product_runs_where_it_measured_faster() {
+        let conv = |first: bool| ProductTimings {
+            forward: pt(22.9, 8.9),
+            weight_grad: pt(14.5, 35.7),
+            input_grad: (!first).then(|| pt(26.0, 26.0)),
+        };
+        // The first layer has no input gradient: it follows the forward product.
+        let first = conv(true);
+        assert_eq!(
+            first.paths(),
+            DenseProducts {
+                forward: true,
+                weight_grad: false,
+                input_grad: true,
+            }
+        );
+        assert!((first.best_ms() - (8.9 + 14.5)).abs() < 1e-9);
+        assert!((first.sparse_ms() - 37.4).abs() < 1e-9);
+        // A tie stays compressed.
+        assert!(!conv(false).paths().input_grad);
+        let layer = |name: &str, p: ProductTimings| LayerTiming {
+            name: name.into(),
+            sparse_ms: p.sparse_ms(),
+            masked_ms: p.dense_ms(),
+            products: Some(p),
+        };
+        let d = model_decision(
+            vec![layer("conv1", conv(true)), t("fc3", 5.0, 26.0)],
+            "note",
+        );
+        assert_eq!(d.kernels, "sparse");
+        assert!(d.reason.contains("conv1 (forward)"), "{}", d.reason);
+        assert_eq!(
+            d.dense_products(2),
+            vec![first.paths(), DenseProducts::all(false)]
+        );
+        // Every product of every tensor faster dense: the masked-dense model.
+        let slow = ProductTimings {
+            forward: pt(2.0, 1.0),
+            weight_grad: pt(2.0, 1.0),
+            input_grad: Some(pt(2.0, 1.0)),
+        };
+        let d = model_decision(vec![layer("a", slow), t("b", 2.0, 1.0)], "note");
+        assert_eq!(d.kernels, "masked");
+    }
+
+    #[test]
+    fn timings_recorded_before_per_product_choice_replay_per_tensor() {
+        // A kernels.json or checkpoint of an earlier run has no `products`.
+        let old: LayerTiming =
+            serde_json::from_str(r#"{"name":"conv1","sparse_ms":34.7,"masked_ms":59.0}"#)
+                .expect("old timing");
+        assert_eq!(old.products, None);
+        assert_eq!(old.paths(), DenseProducts::all(false));
+        let faster_dense: LayerTiming =
+            serde_json::from_str(r#"{"name":"conv2","sparse_ms":9.0,"masked_ms":3.0}"#)
+                .expect("old timing");
+        assert_eq!(faster_dense.paths(), DenseProducts::all(true));
+        // Written without the field when there is none, with it when there is.
+        let text = serde_json::to_string(&old).expect("json");
+        assert!(!text.contains("products"), "{text}");
+        let p = ProductTimings {
+            forward: pt(1.0, 2.0),
+            weight_grad: pt(1.0, 2.0),
+            input_grad: None,
+        };
+        let new = LayerTiming {
+            products: Some(p),
+            ..old
+        };
+        let back: LayerTiming =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("parse");
+        assert_eq!(back, new);
     }
 }

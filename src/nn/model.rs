@@ -34,7 +34,7 @@ use crate::sparse::update::LayerPlacement;
 mod compressed;
 mod trainable;
 pub use compressed::{
-    linear_support, CompressedKind, CompressedParam, LinearMeta, ParamTensor, Slots,
+    linear_support, CompressedKind, CompressedParam, DenseProducts, LinearMeta, ParamTensor, Slots,
 };
 pub use trainable::features_to_images;
 
@@ -328,8 +328,8 @@ struct Builder<'a> {
     compressed: Vec<Option<CompressedParam>>,
     slots: Option<Slots>,
     sform: SparseConvForm,
-    /// Per param: a compressed one runs the dense products over its scattered slots.
-    dense_products: Vec<bool>,
+    /// Per param: which products of a compressed one run dense over its scattered slots.
+    dense_products: Vec<DenseProducts>,
 }
 
 /// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
@@ -586,7 +586,14 @@ impl Builder<'_> {
                         &format!("{name} dense gradient"),
                     )?;
                     let dense = self.gemm(dw, &x.t, &y.g, &gv, None)?;
-                    let (f, b) = if self.dense_products.get(idx).copied().unwrap_or(false) {
+                    let paths = self.dense_products.get(idx).copied().unwrap_or_default();
+                    let Some(on_dense) = paths.uniform() else {
+                        return Err(RiglError::invalid(format!(
+                            "linear layer {name}: its products run all compressed or all dense \
+                             (a mix per product is for convolutions), not {paths:?}"
+                        )));
+                    };
+                    let (f, b) = if on_dense {
                         // Dense GEMMs over the slots scattered into a scratch.
                         let wv = slots.dense_weights(ctx, c, &name)?;
                         let slot = |op: SlotOp, d: &Tensor| {
@@ -678,7 +685,7 @@ impl Builder<'_> {
                 // The three products: on the compressed kernels, dense over a compressed
                 // kernel's slots scattered into a scratch, or masked-dense; a compressed kernel
                 // also gets the dense kernel gradient the mask update reads.
-                let dense_products = self.dense_products.get(idx).copied().unwrap_or(false);
+                let paths = self.dense_products.get(idx).copied().unwrap_or_default();
                 let (fwd, dw, dx, dense) = match (&self.compressed[idx], &self.slots) {
                     (Some(c), Some(slots)) => {
                         let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures)
@@ -700,46 +707,56 @@ impl Builder<'_> {
                             &format!("{name} dense gradient"),
                         )?;
                         let dense = conv::weight_grad(ctx, g, &x.t, &y.g, &gv, false)?;
-                        if dense_products {
-                            let wv = slots.dense_weights(ctx, c, &name)?;
-                            let slot = |op: SlotOp, d: &Tensor| {
-                                spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
-                            };
-                            let scatter = || -> Result<Vec<Dispatch>> {
-                                Ok(vec![slot(SlotOp::Zero, &wv)?, slot(SlotOp::Scatter, &wv)?])
-                            };
-                            let mut f = scatter()?;
-                            f.push(conv::forward(ctx, g, &x.t, &wv, None, bias, &y.t)?);
-                            let dw = vec![
+                        // Each product on the compressed kernels, or dense over the slots
+                        // scattered into the shared scratch (scattered again before the input
+                        // gradient: another layer's weights are there by then).
+                        let wv = if paths.any() {
+                            Some(slots.dense_weights(ctx, c, &name)?)
+                        } else {
+                            None
+                        };
+                        let slot = |op: SlotOp, d: &Tensor| {
+                            spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
+                        };
+                        let scattered = |last: Dispatch| -> Result<Vec<Dispatch>> {
+                            let wv = wv.as_ref().ok_or_else(|| {
+                                RiglError::invalid(format!("{name}: no dense weight scratch"))
+                            })?;
+                            Ok(vec![
+                                slot(SlotOp::Zero, wv)?,
+                                slot(SlotOp::Scatter, wv)?,
+                                last,
+                            ])
+                        };
+                        let f = self.sform;
+                        let fwd = match &wv {
+                            Some(wv) if paths.forward => {
+                                scattered(conv::forward(ctx, g, &x.t, wv, None, bias, &y.t)?)?
+                            }
+                            _ => vec![sparse_conv::forward(
+                                ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
+                            )?],
+                        };
+                        let dw = if paths.weight_grad {
+                            vec![
                                 conv::weight_grad(ctx, g, &x.t, &y.g, &gv, false)?,
                                 slot(SlotOp::Gather, &gv)?,
-                            ];
-                            let mut dx = Vec::new();
-                            if needs_grad {
-                                // The scratch is shared: another layer's weights are there now.
-                                dx = scatter()?;
-                                dx.push(conv::input_grad(ctx, g, &y.g, &wv, None, &x.g, false)?);
-                            }
-                            (f, dw, dx, Some(dense))
+                            ]
                         } else {
-                            let f = self.sform;
-                            let mut dx = Vec::new();
-                            if needs_grad {
-                                dx.push(sparse_conv::input_grad(
-                                    ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
-                                )?);
+                            vec![sparse_conv::weight_grad(
+                                ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
+                            )?]
+                        };
+                        let dx = match &wv {
+                            _ if !needs_grad => Vec::new(),
+                            Some(wv) if paths.input_grad => {
+                                scattered(conv::input_grad(ctx, g, &y.g, wv, None, &x.g, false)?)?
                             }
-                            (
-                                vec![sparse_conv::forward(
-                                    ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
-                                )?],
-                                vec![sparse_conv::weight_grad(
-                                    ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
-                                )?],
-                                dx,
-                                Some(dense),
-                            )
-                        }
+                            _ => vec![sparse_conv::input_grad(
+                                ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
+                            )?],
+                        };
+                        (fwd, dw, dx, Some(dense))
                     }
                     _ => {
                         let pf = p.flat()?;
@@ -1108,18 +1125,19 @@ impl GpuModel {
         Self::with_products(ctx, host, batch, seed, opts, &[])
     }
 
-    /// [`GpuModel::with_options`] where a compressed param `i` with `dense_products[i]` runs
-    /// dense products over its slots scattered into a scratch shared by such params (its
-    /// memory stays in proportion to its density; the products are the masked path's): what
-    /// `--kernels auto` picks for a tensor whose dense products measured faster. A short or
-    /// empty slice means compressed products for the rest.
+    /// [`GpuModel::with_options`] where the products of a compressed param `i` that
+    /// `dense_products[i]` names run dense, over its slots scattered into a scratch shared by
+    /// such params (its memory stays in proportion to its density; the products are the masked
+    /// path's): what `--kernels auto` picks for a product that measured faster dense. A short or
+    /// empty slice means compressed products for the rest. A linear layer runs all of its
+    /// products one way: a mix for one is an error.
     pub fn with_products(
         ctx: &GpuContext,
         host: &HostModel,
         batch: usize,
         seed: u32,
         opts: ModelOptions,
-        dense_products: &[bool],
+        dense_products: &[DenseProducts],
     ) -> Result<Self> {
         if batch == 0 {
             return Err(RiglError::invalid("batch size must be at least 1"));

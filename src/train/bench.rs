@@ -319,7 +319,7 @@ pub fn bench_model_step(
         batch,
         0,
         opts,
-        &decision.dense_layers(shapes.len()),
+        &decision.dense_products(shapes.len()),
     )?;
     let input = spec.input_shape();
     let x: Vec<f32> = (0..input.len() * batch)

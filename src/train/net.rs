@@ -362,8 +362,8 @@ fn build_model(
     // Per tensor: compressed products or dense ones over its slots, as measured (on resume, as
     // the run that is continued measured them).
     let dense_products = match resumed_layers {
-        Some(t) => choice::dense_layers(t, shapes.len()),
-        None => decision.dense_layers(shapes.len()),
+        Some(t) => choice::dense_products(t, shapes.len()),
+        None => decision.dense_products(shapes.len()),
     };
     let model = GpuModel::with_products(
         ctx,

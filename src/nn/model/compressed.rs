@@ -26,6 +26,47 @@ use crate::sparse::update::{GrowRule, LayerCounts, LayerPlacement, MaskUpdater};
 
 use super::GpuModel;
 
+/// Which of a compressed tensor's training products run dense, over its slots scattered into a
+/// scratch shared by such tensors (the masked path's kernels; the tensor's memory stays in
+/// proportion to its density), instead of on the compressed kernels. `--kernels auto` picks
+/// each product of a convolution by its measured time; a linear layer runs all of its products
+/// one way (its compressed products share their operand textures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenseProducts {
+    /// The forward product.
+    pub forward: bool,
+    /// The weight gradient (gathered back into the slot gradients).
+    pub weight_grad: bool,
+    /// The input gradient (not run for the first layer).
+    pub input_grad: bool,
+}
+
+impl DenseProducts {
+    /// Every product one way: all dense (`true`) or all compressed.
+    pub const fn all(dense: bool) -> Self {
+        DenseProducts {
+            forward: dense,
+            weight_grad: dense,
+            input_grad: dense,
+        }
+    }
+
+    /// Whether any product runs dense (the tensor then needs the dense weight scratch).
+    pub fn any(&self) -> bool {
+        self.forward || self.weight_grad || self.input_grad
+    }
+
+    /// Whether every product runs dense.
+    pub fn every(&self) -> bool {
+        self.forward && self.weight_grad && self.input_grad
+    }
+
+    /// `all(x)` for some `x`: `Some(x)`; a mix of the two: None.
+    pub fn uniform(&self) -> Option<bool> {
+        (*self == Self::all(self.forward)).then_some(self.forward)
+    }
+}
+
 /// What kind of layer a compressed tensor belongs to, and what its products need.
 #[derive(Debug)]
 pub enum CompressedKind {
@@ -337,7 +378,7 @@ pub(super) fn compress_params(
     host: &HostModel,
     n: usize,
     which: Compress,
-    dense_products: &[bool],
+    dense_products: &[DenseProducts],
 ) -> Result<(Vec<Option<CompressedParam>>, Option<Slots>)> {
     let (_, layers) = host.spec.infer()?;
     let form = SparseConvForm::pick(ctx);
@@ -385,7 +426,7 @@ pub(super) fn compress_params(
         plan.push(Some((geom, rows, cols, nnz, total)));
         total += align(nnz);
         n_max = n_max.max(rows * cols);
-        if dense_products.get(i).copied().unwrap_or(false) {
+        if dense_products.get(i).is_some_and(DenseProducts::any) {
             dense_max = dense_max.max(rows * cols);
         }
         rb_max = rb_max.max(spmm::rebuild_scratch_len(rows, nnz));
