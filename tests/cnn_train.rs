@@ -483,12 +483,22 @@ fn compressed_convolutions_train_like_the_masked_path_and_resume_exactly() {
                 "{what}"
             );
         }
-        // The updates changed the masks, and both paths chose the same connections.
-        let changes: u64 = train_lines(a.path())
-            .iter()
-            .filter_map(|l| l["mask_changes"].as_u64())
-            .sum();
+        // The updates changed the masks, and both paths chose the same connections: the
+        // new-connection counts they logged (read from the compressed tensors' statistics and
+        // from the masked updater's) agree line by line.
+        let logged = |dir: &std::path::Path| -> Vec<u64> {
+            train_lines(dir)
+                .iter()
+                .filter_map(|l| l["mask_changes"].as_u64())
+                .collect()
+        };
+        let changes: u64 = logged(a.path()).iter().sum();
         assert!(changes > 0, "{what}: no mask changed");
+        assert_eq!(
+            logged(a.path()),
+            logged(m.path()),
+            "{what}: new connections"
+        );
         let fa = model_file::read(&a.path().join("model.safetensors")).unwrap();
         let fm = model_file::read(&m.path().join("model.safetensors")).unwrap();
         for (l, ((ma, mm), (wa, wm))) in fa

@@ -231,6 +231,41 @@ impl Tensor {
     }
 }
 
+/// Reads several tensors back as u32 with one copy into one staging buffer and one wait.
+pub fn read_many_u32(ctx: &GpuContext, tensors: &[Tensor], what: &str) -> Result<Vec<Vec<u32>>> {
+    let total: u64 = tensors.iter().map(Tensor::bytes).sum();
+    if total == 0 {
+        return Ok(tensors.iter().map(|_| Vec::new()).collect());
+    }
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("rigl readback"),
+        size: total,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+    let mut at = 0u64;
+    for t in tensors {
+        if t.bytes() > 0 {
+            enc.copy_buffer_to_buffer(&t.buffer, t.offset, &staging, at, t.bytes());
+        }
+        at += t.bytes();
+    }
+    let raw = map_staging(ctx, &staging, enc, what)?;
+    let words: &[u32] = bytemuck::cast_slice(&raw);
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut start = 0usize;
+    for t in tensors {
+        out.push(words[start..start + t.len].to_vec());
+        start += t.len;
+    }
+    Ok(out)
+}
+
 /// Copies `bytes` bytes of `buffer` from `offset` into a staging buffer and maps it.
 pub fn read_bytes(
     ctx: &GpuContext,
@@ -254,6 +289,16 @@ pub fn read_bytes(
             label: Some("readback"),
         });
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+    map_staging(ctx, &staging, enc, what)
+}
+
+/// Submits `enc` (its copies into `staging`), waits, maps `staging` and returns its bytes.
+fn map_staging(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    enc: wgpu::CommandEncoder,
+    what: &str,
+) -> Result<Vec<u8>> {
     let idx = ctx.queue.submit([enc.finish()]);
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {

@@ -248,22 +248,35 @@ impl CompressedParam {
 
     /// Reads one state tensor back, dense `[kh, kw, cin, cout]`.
     pub(super) fn read(&self, ctx: &GpuContext, kind: ParamTensor) -> Result<Vec<f32>> {
-        let n = self.rows() * self.cols();
-        if kind == ParamTensor::Ema {
-            return Ok(vec![0.0; n]);
+        match kind {
+            ParamTensor::Ema => Ok(vec![0.0; self.rows() * self.cols()]),
+            ParamTensor::Ever => Ok(self.ever_of(&self.stats.read_u32(ctx)?)),
+            ParamTensor::Weights => Ok(self.read_index(ctx)?.scatter(&self.vals.read_f32(ctx)?)),
+            ParamTensor::Momentum => Ok(self.read_index(ctx)?.scatter(&self.mom.read_f32(ctx)?)),
+            ParamTensor::Masks => Ok(self.read_index(ctx)?.mask()),
         }
-        if kind == ParamTensor::Ever {
-            let bits = self.stats.read_u32(ctx)?;
-            return Ok((0..n)
-                .map(|q| f32::from((bits[64 + q / 32] >> (q % 32)) & 1 == 1))
-                .collect());
-        }
+    }
+
+    /// Reads every state tensor back at once, dense, reading the index once: weights, mask,
+    /// momentum, EMA (zeros: only SNFS keeps one, and it runs masked-dense) and the ever-active
+    /// map, in [`ParamTensor`]'s order.
+    pub(super) fn read_all(&self, ctx: &GpuContext) -> Result<[Vec<f32>; 5]> {
         let index = self.read_index(ctx)?;
-        Ok(match kind {
-            ParamTensor::Weights => index.scatter(&self.vals.read_f32(ctx)?),
-            ParamTensor::Momentum => index.scatter(&self.mom.read_f32(ctx)?),
-            _ => index.mask(),
-        })
+        Ok([
+            index.scatter(&self.vals.read_f32(ctx)?),
+            index.mask(),
+            index.scatter(&self.mom.read_f32(ctx)?),
+            vec![0.0; self.rows() * self.cols()],
+            self.ever_of(&self.stats.read_u32(ctx)?),
+        ])
+    }
+
+    /// The dense ever-active map from the update statistics' words (its bits follow the
+    /// 64-word header).
+    fn ever_of(&self, bits: &[u32]) -> Vec<f32> {
+        (0..self.rows() * self.cols())
+            .map(|q| f32::from((bits[64 + q / 32] >> (q % 32)) & 1 == 1))
+            .collect()
     }
 
     /// Checks dense tensors for [`CompressedParam::load`] without writing anything: their
@@ -764,11 +777,13 @@ impl GpuModel {
 
     /// New connections per compressed kernel made by the last mask update.
     pub fn compressed_new_connections(&self, ctx: &GpuContext) -> Result<usize> {
-        let mut total = 0;
-        for c in self.compressed.iter().flatten() {
-            let head = c.stats.slice(ctx, 0, 64, "update statistics header")?;
-            total += head.read_u32(ctx)?[0] as usize;
-        }
-        Ok(total)
+        let heads = self
+            .compressed
+            .iter()
+            .flatten()
+            .map(|c| c.stats.slice(ctx, 0, 1, "update statistics header"))
+            .collect::<Result<Vec<_>>>()?;
+        let words = crate::gpu::buffer::read_many_u32(ctx, &heads, "update statistics headers")?;
+        Ok(words.iter().flatten().map(|&n| n as usize).sum())
     }
 }

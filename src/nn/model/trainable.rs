@@ -136,12 +136,19 @@ impl GpuModel {
             ParamTensor::Ema => &self.ema,
             ParamTensor::Ever => &self.ever,
         };
+        let mut out = self.read_flat(ctx, flat)?;
+        for c in self.compressed.iter().flatten() {
+            out[c.param] = c.read(ctx, kind)?;
+        }
+        Ok(out)
+    }
+
+    /// One flat tensor read back per param: the params kept in the flat buffers, empty for the
+    /// compressed ones.
+    fn read_flat(&self, ctx: &GpuContext, flat: &Tensor) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); self.params.len()];
         for (p, v) in self.placements.iter().zip(self.read_layers(ctx, flat)?) {
             out[p.id as usize] = v;
-        }
-        for c in self.compressed.iter().flatten() {
-            out[c.param] = c.read(ctx, kind)?;
         }
         Ok(out)
     }
@@ -220,14 +227,29 @@ impl GpuModel {
                 None => Ok(Vec::new()),
             })
             .collect::<Result<Vec<_>>>()?;
+        // The flat params one tensor at a time, each compressed tensor's state at once (its
+        // index read once).
+        let mut weights = self.read_flat(ctx, &self.w)?;
+        let mut masks = self.read_flat(ctx, &self.mask)?;
+        let mut momentum = self.read_flat(ctx, &self.mom)?;
+        let mut ema = self.read_flat(ctx, &self.ema)?;
+        let mut ever = self.read_flat(ctx, &self.ever)?;
+        for c in self.compressed.iter().flatten() {
+            let [w, m, mo, e, ev] = c.read_all(ctx)?;
+            weights[c.param] = w;
+            masks[c.param] = m;
+            momentum[c.param] = mo;
+            ema[c.param] = e;
+            ever[c.param] = ev;
+        }
         Ok(ModelState {
-            weights: self.read_params(ctx, ParamTensor::Weights)?,
-            masks: self.read_params(ctx, ParamTensor::Masks)?,
-            momentum: self.read_params(ctx, ParamTensor::Momentum)?,
+            weights,
+            masks,
+            momentum,
             biases: self.read_biases(ctx)?,
             bias_momentum: bias_mom,
-            ema: self.read_params(ctx, ParamTensor::Ema)?,
-            ever: self.read_params(ctx, ParamTensor::Ever)?,
+            ema,
+            ever,
             loss_sums: self.loss.read_sums_f32(ctx)?,
             norms: self.read_norms(ctx)?,
         })
