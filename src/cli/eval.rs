@@ -119,12 +119,7 @@ pub fn run(args: EvalArgs) -> CliResult {
             batch: args.batch,
             masked: true,
             label_smoothing: 0.0,
-            sgd: SgdConfig {
-                lr: 0.0,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                nesterov: false,
-            },
+            sgd: SgdConfig::AT_REST,
             gemm: gemm::choose_variant(&ctx)?,
         },
     )?;

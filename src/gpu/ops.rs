@@ -531,6 +531,15 @@ pub struct SgdConfig {
 }
 
 impl SgdConfig {
+    /// The optimizer at rest: learning rate 0, no momentum, no weight decay (a model built for
+    /// evaluation, or before its trainer sets the run's settings).
+    pub const AT_REST: SgdConfig = SgdConfig {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+
     fn params(&self, n: usize) -> EwParams {
         EwParams {
             n: n as u32,

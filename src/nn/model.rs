@@ -240,12 +240,7 @@ impl ModelOptions {
         Ok(ModelOptions {
             masked: true,
             label_smoothing: 0.0,
-            sgd: SgdConfig {
-                lr: 0.0,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                nesterov: false,
-            },
+            sgd: SgdConfig::AT_REST,
             gemm: gemm::choose_variant(ctx)?,
             compressed_conv: false,
             compressed_linear: false,
