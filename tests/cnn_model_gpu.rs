@@ -334,7 +334,7 @@ fn per_product(host: &HostModel, start: usize) -> Vec<DenseProducts> {
                     input_grad: c & 4 != 0,
                 }
             } else {
-                DenseProducts::all(c % 2 == 0)
+                DenseProducts::all(c.is_multiple_of(2))
             }
         })
         .collect()

@@ -233,29 +233,11 @@ impl Tensor {
 
 /// Reads several tensors back as u32 with one copy into one staging buffer and one wait.
 pub fn read_many_u32(ctx: &GpuContext, tensors: &[Tensor], what: &str) -> Result<Vec<Vec<u32>>> {
-    let total: u64 = tensors.iter().map(Tensor::bytes).sum();
-    if total == 0 {
-        return Ok(tensors.iter().map(|_| Vec::new()).collect());
-    }
-    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("rigl readback"),
-        size: total,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
-    let mut at = 0u64;
-    for t in tensors {
-        if t.bytes() > 0 {
-            enc.copy_buffer_to_buffer(&t.buffer, t.offset, &staging, at, t.bytes());
-        }
-        at += t.bytes();
-    }
-    let raw = map_staging(ctx, &staging, enc, what)?;
+    let parts: Vec<_> = tensors
+        .iter()
+        .map(|t| (&t.buffer, t.offset, t.bytes()))
+        .collect();
+    let raw = read_parts(ctx, &parts, what)?;
     let words: &[u32] = bytemuck::cast_slice(&raw);
     let mut out = Vec::with_capacity(tensors.len());
     let mut start = 0usize;
@@ -274,12 +256,23 @@ pub fn read_bytes(
     bytes: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
-    if bytes == 0 {
+    read_parts(ctx, &[(buffer, offset, bytes)], what)
+}
+
+/// Copies each (buffer, offset, bytes) part one after the other into one staging buffer, waits
+/// once, and returns their bytes in that order.
+fn read_parts(
+    ctx: &GpuContext,
+    parts: &[(&wgpu::Buffer, u64, u64)],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let total: u64 = parts.iter().map(|p| p.2).sum();
+    if total == 0 {
         return Ok(Vec::new());
     }
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("rigl readback"),
-        size: bytes,
+        size: total,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
@@ -288,7 +281,13 @@ pub fn read_bytes(
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("readback"),
         });
-    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+    let mut at = 0u64;
+    for &(buffer, offset, bytes) in parts {
+        if bytes > 0 {
+            enc.copy_buffer_to_buffer(buffer, offset, &staging, at, bytes);
+        }
+        at += bytes;
+    }
     map_staging(ctx, &staging, enc, what)
 }
 
