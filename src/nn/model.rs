@@ -713,10 +713,7 @@ impl Builder<'_> {
                         let slot = |op: SlotOp, d: &Tensor| {
                             spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
                         };
-                        let scattered = |last: Dispatch| -> Result<Vec<Dispatch>> {
-                            let wv = wv.as_ref().ok_or_else(|| {
-                                RiglError::invalid(format!("{name}: no dense weight scratch"))
-                            })?;
+                        let scattered = |wv: &Tensor, last: Dispatch| -> Result<Vec<Dispatch>> {
                             Ok(vec![
                                 slot(SlotOp::Zero, wv)?,
                                 slot(SlotOp::Scatter, wv)?,
@@ -726,7 +723,7 @@ impl Builder<'_> {
                         let f = self.sform;
                         let fwd = match &wv {
                             Some(wv) if paths.forward => {
-                                scattered(conv::forward(ctx, g, &x.t, wv, None, bias, &y.t)?)?
+                                scattered(wv, conv::forward(ctx, g, &x.t, wv, None, bias, &y.t)?)?
                             }
                             _ => vec![sparse_conv::forward(
                                 ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
@@ -744,9 +741,10 @@ impl Builder<'_> {
                         };
                         let dx = match &wv {
                             _ if !needs_grad => Vec::new(),
-                            Some(wv) if paths.input_grad => {
-                                scattered(conv::input_grad(ctx, g, &y.g, wv, None, &x.g, false)?)?
-                            }
+                            Some(wv) if paths.input_grad => scattered(
+                                wv,
+                                conv::input_grad(ctx, g, &y.g, wv, None, &x.g, false)?,
+                            )?,
                             _ => vec![sparse_conv::input_grad(
                                 ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
                             )?],
