@@ -43,8 +43,10 @@ pub struct KernelRecord {
     pub kernels: String,
     /// Why (as the summary reports it).
     pub reason: String,
-    /// Per-layer timings of the choice, when it measured; a compressed model runs a layer on
-    /// dense GEMMs where its masked time is lower ([`crate::nn::choice::dense_layers`]).
+    /// Per-layer timings of the choice, when it measured; a compressed MLP runs a layer on
+    /// dense GEMMs where its masked time is lower ([`crate::nn::choice::dense_layers`]), a
+    /// compressed model of layers each product where its dense time is
+    /// ([`crate::nn::choice::dense_products`]).
     pub layers: Vec<LayerTiming>,
 }
 
