@@ -12,7 +12,7 @@
 //! feeds two layers (a residual block's input or its `pre` output and the shortcut), the second
 //! contribution is added after the first (in the first's last pass when that is a batch norm's).
 //!
-//! Fusion (a peephole over every layer sequence, residual branches included, [`peephole`]): a
+//! Fusion (a peephole over every layer sequence, residual branches included, `Builder::peephole`): a
 //! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
 //! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's.
 
