@@ -331,6 +331,18 @@ impl CompressedParam {
         ever: &[f32],
     ) -> Result<()> {
         self.check(name, w, mask, mom, ever)?;
+        self.write(ctx, w, mask, mom, ever)
+    }
+
+    /// [`CompressedParam::load`] of tensors that [`CompressedParam::check`] has passed.
+    pub(super) fn write(
+        &self,
+        ctx: &GpuContext,
+        w: &[f32],
+        mask: &[f32],
+        mom: &[f32],
+        ever: &[f32],
+    ) -> Result<()> {
         let index = CsrIndex::from_mask(self.rows(), self.cols(), mask)?;
         let mut stats = vec![0u32; spmm::stats_len(self.rows(), self.cols())];
         for (q, &e) in ever.iter().enumerate() {

@@ -346,11 +346,11 @@ impl GpuModel {
                 .write_f32(ctx, &zip(&s.gamma_momentum, &s.beta_momentum))?;
             g.running.write_f32(ctx, &zip(&s.mean, &s.var))?;
         }
+        // Checked above, before anything was written.
         for c in self.compressed.iter().flatten() {
             let i = c.param;
-            c.load(
+            c.write(
                 ctx,
-                &self.params[i].name,
                 &state.weights[i],
                 &state.masks[i],
                 &state.momentum[i],
