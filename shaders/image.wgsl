@@ -335,17 +335,17 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     var best = 0.0;
     var at = 0u;
     var found = false;
+    // Every tap is loaded (a padding tap at a valid place, then ignored): on lavapipe a branch
+    // around a load costs more than the load.
     for (var ky = 0u; ky < G_K; ky++) {
         for (var kx = 0u; kx < G_K; kx++) {
             let t = tap(oy, ox, ky, kx);
-            if (t >= 0) {
-                let j = ci * G_H * G_W + u32(t);
-                if (!found || a[j] > best) {
-                    best = a[j];
-                    at = j;
-                    found = true;
-                }
-            }
+            let j = ci * G_H * G_W + u32(max(t, 0));
+            let v = a[j];
+            let take = t >= 0 && (!found || v > best);
+            best = select(best, v, take);
+            at = select(at, j, take);
+            found = found || t >= 0;
         }
     }
     if ((G_EPI & EPI_RELU) != 0u && !(best > 0.0)) {

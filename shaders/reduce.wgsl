@@ -65,3 +65,108 @@ fn segment_sum(
     }
 }
 
+// ---- segment_part: the first half of a long segmented sum. Segment s is cut into p.n chunks of
+// p.flag elements (the last may be shorter); workgroup (s, c) writes the sum of chunk c into
+// out[s * p.n + c], which segment_sum then adds up. Bias gradients of convolutions have few
+// segments of N * H * W elements: one workgroup per segment would run on as many cores.
+// 1 read x; 2 rw out
+@compute @workgroup_size(64)
+fn segment_part(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let q = wid.x + wid.y * nwg.x;
+    if (q >= p.rows * p.n) {
+        return;
+    }
+    let s = q / p.n;
+    let c = q % p.n;
+    let start = c * p.flag;
+    let end = min(start + p.flag, p.cols);
+    let base = s * p.cols;
+    var acc = 0.0;
+    for (var i = start + lidx; i < end; i += 64u) {
+        acc += ss_x[base + i];
+    }
+    ss_part[lidx] = acc;
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
+        if (lidx < stride) {
+            ss_part[lidx] += ss_part[lidx + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lidx == 0u) {
+        ss_out[q] = ss_part[0];
+    }
+}
+
+
+// ---- segment_sum_arg / segment_part_arg: segment_sum and segment_part counting only the
+// elements whose max-pooling argmax exists (arg != NO_ARG): the sum of a max pooling's output
+// gradient over the outputs that pass it on, which is the sum of the pooling's input gradient
+// (every such output's gradient goes to one input), read at a quarter of the places for a 2x2
+// pooling. A convolution's bias gradient before a max pooling.
+// 1 read x; 2 rw out; 3 read arg
+@group(0) @binding(3) var<storage, read> ss_arg: array<u32>;
+
+const NO_ARG: u32 = 0xffffffffu;
+
+fn arg_sum(base: u32, start: u32, end: u32, lidx: u32) -> f32 {
+    var acc = 0.0;
+    for (var i = start + lidx; i < end; i += 64u) {
+        acc += select(0.0, ss_x[base + i], ss_arg[base + i] != NO_ARG);
+    }
+    return acc;
+}
+
+fn tree(lidx: u32, v: f32) -> f32 {
+    ss_part[lidx] = v;
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
+        if (lidx < stride) {
+            ss_part[lidx] += ss_part[lidx + stride];
+        }
+        workgroupBarrier();
+    }
+    return ss_part[0];
+}
+
+@compute @workgroup_size(64)
+fn segment_sum_arg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let s = wid.x + wid.y * nwg.x;
+    if (s >= p.rows) {
+        return;
+    }
+    let total = tree(lidx, arg_sum(s * p.cols, 0u, p.cols, lidx));
+    if (lidx == 0u) {
+        if (ACCUMULATE) {
+            ss_out[s] += total;
+        } else {
+            ss_out[s] = total;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn segment_part_arg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let q = wid.x + wid.y * nwg.x;
+    if (q >= p.rows * p.n) {
+        return;
+    }
+    let c = q % p.n;
+    let start = c * p.flag;
+    let total = tree(lidx, arg_sum((q / p.n) * p.cols, start, min(start + p.flag, p.cols), lidx));
+    if (lidx == 0u) {
+        ss_out[q] = total;
+    }
+}

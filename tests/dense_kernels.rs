@@ -441,16 +441,37 @@ fn bias_act_and_relu_bwd_match_cpu() {
 #[test]
 fn segment_sum_matches_cpu() {
     let ctx = ctx();
-    for (segments, len) in [(1, 1), (1, 1000), (300, 100), (7, 65), (2, 0)] {
+    // 8191 is one short of the chunked form; 8192, 12289 (a short last chunk) and 57600 (a
+    // convolution's bias gradient) sum chunks first.
+    let cases = [
+        (1, 1),
+        (1, 1000),
+        (300, 100),
+        (7, 65),
+        (2, 0),
+        (3, 8191),
+        (1, 8192),
+        (5, 12289),
+        (20, 57600),
+    ];
+    for (segments, len) in cases {
         let x = data(segments * len, 12);
         let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
         let out = Tensor::from_f32(ctx, "out", &vec![f32::NAN; segments]).unwrap();
         let op = ops::segment_sum(ctx, &tx, &out, segments, len, false).unwrap();
         ops::run(ctx, "segment_sum", &[&op]).unwrap();
         let want = cpu::segment_sum(&x, segments, len);
+        let what = format!("segment_sum {segments}x{len}");
+        assert_close(&what, &out.read_f32(ctx).unwrap(), &want, 1e-4, 1e-5);
+        // Accumulating adds onto what is there.
+        let start = data(segments, 13);
+        let acc = Tensor::from_f32(ctx, "acc", &start).unwrap();
+        let op = ops::segment_sum(ctx, &tx, &acc, segments, len, true).unwrap();
+        ops::run(ctx, "segment_sum", &[&op]).unwrap();
+        let want: Vec<f32> = want.iter().zip(&start).map(|(w, s)| w + s).collect();
         assert_close(
-            "segment_sum",
-            &out.read_f32(ctx).unwrap(),
+            &format!("{what} accumulated"),
+            &acc.read_f32(ctx).unwrap(),
             &want,
             1e-4,
             1e-5,

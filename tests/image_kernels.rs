@@ -303,7 +303,14 @@ fn a_batch_norm_backward_without_dx_writes_the_parameter_gradients_only() {
 fn relu_max_pooling_equals_the_composed_twins() {
     let ctx = ctx();
     let mut checked = 0;
-    for (i, s) in fused_shapes().into_iter().enumerate() {
+    // The last shape pools channels of 8,192 outputs and more: chunked bias sums.
+    let long = ImageShape {
+        c: 2,
+        n: 9,
+        h: 64,
+        w: 64,
+    };
+    for (i, s) in fused_shapes().into_iter().chain([long]).enumerate() {
         for (j, g) in windows(s).into_iter().enumerate() {
             let seed = 2000 + 100 * i as u32 + j as u32;
             // Ties, zeros and windows with nothing positive.
@@ -334,6 +341,19 @@ fn relu_max_pooling_equals_the_composed_twins() {
                 .collect();
             let what = format!("{s:?} {g:?}");
             assert_eq!(ty.read_f32(ctx).unwrap(), want_y, "relu max {what}");
+            // The sum of the pooling's output gradient where it has an argmax is the sum of its
+            // input gradient, per channel (a convolution's bias gradient before the pooling).
+            let (segments, len) = (s.c, s.n * ho * wo);
+            let tsum = Tensor::from_f32(ctx, "sum", &nan(segments)).unwrap();
+            let op = ops::segment_sum_pooled(ctx, &tdy, &targ, &tsum, segments, len).unwrap();
+            ops::run(ctx, "pooled sum", &[&op]).unwrap();
+            assert_close(
+                &format!("pooled bias gradient {what}"),
+                &tsum.read_f32(ctx).unwrap(),
+                &rigl::cpu::dense::segment_sum(&want_dx, segments, s.n * s.h * s.w),
+                1e-4,
+                1e-5,
+            );
             assert_close(
                 &format!("relu max dx {what}"),
                 &tdx.read_f32(ctx).unwrap(),

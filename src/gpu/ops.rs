@@ -376,7 +376,12 @@ pub fn relu_bwd(ctx: &GpuContext, y: &Tensor, g: &Tensor, n: usize) -> Result<Di
     .with_cost(n as f64, n as f64 * 12.0))
 }
 
+/// Elements per chunk when [`segment_sum`] cuts long segments.
+const SEGMENT_CHUNK: usize = 4096;
+
 /// `out[s] = sum(x[s*len .. (s+1)*len])` for `s < segments` (`+=` with `accumulate`).
+/// Segments of `2 * 4096` elements or more are summed in chunks of 4,096 first (one launch
+/// before the sum, in the same dispatch).
 pub fn segment_sum(
     ctx: &GpuContext,
     x: &Tensor,
@@ -385,24 +390,102 @@ pub fn segment_sum(
     len: usize,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    segment_sum_of(ctx, x, None, out, segments, len, accumulate)
+}
+
+/// [`segment_sum`] over the elements whose max-pooling argmax `arg` (one per element, as
+/// [`crate::gpu::image::max_pool`] writes it) exists: the sum of a max pooling's output gradient
+/// over the outputs that pass it on, which equals the sum of the pooling's input gradient. A
+/// convolution's bias gradient read before the pooling rather than after it.
+pub fn segment_sum_pooled(
+    ctx: &GpuContext,
+    dy: &Tensor,
+    arg: &Tensor,
+    out: &Tensor,
+    segments: usize,
+    len: usize,
+) -> Result<Dispatch> {
+    check_len(arg, segments * len, "segment_sum_pooled")?;
+    segment_sum_of(ctx, dy, Some(arg), out, segments, len, false)
+}
+
+fn segment_sum_of(
+    ctx: &GpuContext,
+    x: &Tensor,
+    arg: Option<&Tensor>,
+    out: &Tensor,
+    segments: usize,
+    len: usize,
+    accumulate: bool,
+) -> Result<Dispatch> {
     const B: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    const B_ARG: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
     check_len(x, segments * len, "segment_sum")?;
     check_len(out, segments, "segment_sum")?;
+    let cost = |d: Dispatch| {
+        let reads = if arg.is_some() { 8 } else { 4 };
+        d.with_cost((segments * len) as f64, (segments * len * reads) as f64)
+    };
+    if len >= 2 * SEGMENT_CHUNK && segments > 0 {
+        // Few long segments (a convolution's bias gradient: channels of N * H * W): chunk sums
+        // first, one workgroup each, so that every core has work; then the sum of the chunks.
+        let chunks = len.div_ceil(SEGMENT_CHUNK);
+        let partial = Tensor::zeros(ctx, "segment_sum chunks", segments * chunks)?;
+        let p = EwParams {
+            n: chunks as u32,
+            rows: segments as u32,
+            cols: len as u32,
+            flag: SEGMENT_CHUNK as u32,
+            ..Default::default()
+        };
+        let part = match arg {
+            Some(a) => Dispatch::build(
+                ctx,
+                &KernelSpec::new("reduce", "segment_part_arg", B_ARG),
+                bytemuck::bytes_of(&p),
+                &[x, &partial, a],
+                (segments * chunks) as u64,
+            )?,
+            None => Dispatch::build(
+                ctx,
+                &KernelSpec::new("reduce", "segment_part", B),
+                bytemuck::bytes_of(&p),
+                &[x, &partial],
+                (segments * chunks) as u64,
+            )?,
+        };
+        let sum = segment_sum_of(ctx, &partial, None, out, segments, chunks, accumulate)?;
+        return Ok(cost(sum.with_before(vec![part])));
+    }
     let p = EwParams {
         n: segments as u32,
         rows: segments as u32,
         cols: len as u32,
         ..Default::default()
     };
-    Ok(Dispatch::build(
-        ctx,
-        &KernelSpec::new("reduce", "segment_sum", B)
-            .with_override("ACCUMULATE", f64::from(u8::from(accumulate))),
-        bytemuck::bytes_of(&p),
-        &[x, out],
-        segments as u64,
-    )?
-    .with_cost((segments * len) as f64, (segments * len * 4) as f64))
+    let accum = f64::from(u8::from(accumulate));
+    let d = match arg {
+        Some(a) => Dispatch::build(
+            ctx,
+            &KernelSpec::new("reduce", "segment_sum_arg", B_ARG).with_override("ACCUMULATE", accum),
+            bytemuck::bytes_of(&p),
+            &[x, out, a],
+            segments as u64,
+        )?,
+        None => Dispatch::build(
+            ctx,
+            &KernelSpec::new("reduce", "segment_sum", B).with_override("ACCUMULATE", accum),
+            bytemuck::bytes_of(&p),
+            &[x, out],
+            segments as u64,
+        )?,
+    };
+    Ok(cost(d))
 }
 
 /// Softmax cross-entropy over feature-major logits `[classes, batch]`: writes the logits gradient

@@ -430,6 +430,25 @@ struct Bwd {
     ops: Vec<Dispatch>,
     dropouts: Vec<(usize, DropSite)>,
     input_grad: Option<(usize, NormGrad)>,
+    /// A convolution's bias-gradient pass (index in `ops`), which a max pooling right after the
+    /// convolution replaces by the sum of its own output gradient ([`Builder::seq`]).
+    bias: Option<BiasGrad>,
+    /// A max pooling's output gradient and argmax, per channel `len` elements.
+    pooled: Option<Pooled>,
+}
+
+/// A bias-gradient pass: `ops[at]` sums `channels` segments into `grad`.
+struct BiasGrad {
+    at: usize,
+    grad: Tensor,
+    channels: usize,
+}
+
+/// What a max pooling offers the bias gradient of the convolution before it.
+struct Pooled {
+    dy: Tensor,
+    arg: Tensor,
+    len: usize,
 }
 
 /// What rebuilds a batch norm's input-gradient pass with a contribution added
@@ -516,7 +535,7 @@ impl Builder<'_> {
     /// Forward of `layers` from `x`; returns the output and the backward pass (in execution
     /// order), which writes `x.g` when `needs_grad`.
     fn seq(&mut self, layers: &[Layer], mut x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
-        let mut parts = Vec::with_capacity(layers.len());
+        let mut parts: Vec<Bwd> = Vec::with_capacity(layers.len());
         let mut grad = needs_grad;
         let mut i = 0;
         while i < layers.len() {
@@ -534,6 +553,22 @@ impl Builder<'_> {
                     (y, b, 1)
                 }
             };
+            let mut b = b;
+            // A convolution then a max pooling: the convolution's bias gradient is the sum of
+            // the pooling's output gradient where it has an argmax, a quarter of the reads of a
+            // 2x2 pooling's input gradient (the convolution's output feeds the pooling alone).
+            if let (Some(pool), Some(prev)) = (b.pooled.take(), parts.last_mut()) {
+                if let Some(bias) = prev.bias.take() {
+                    prev.ops[bias.at] = ops::segment_sum_pooled(
+                        self.ctx,
+                        &pool.dy,
+                        &pool.arg,
+                        &bias.grad,
+                        bias.channels,
+                        pool.len,
+                    )?;
+                }
+            }
             parts.push(b);
             x = y;
             grad = true;
@@ -768,6 +803,11 @@ impl Builder<'_> {
                 };
                 self.forward.extend(fwd);
                 if let Some([_, gb, _]) = &p.bias {
+                    bwd.bias = Some(BiasGrad {
+                        at: bwd.ops.len(),
+                        grad: gb.clone(),
+                        channels: *out,
+                    });
                     bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
                 }
                 bwd.ops.extend(dw);
@@ -1071,6 +1111,11 @@ impl Builder<'_> {
                 image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?
             });
             if needs_grad {
+                bwd.pooled = Some(Pooled {
+                    dy: y.g.clone(),
+                    arg: arg.clone(),
+                    len: n * h * w,
+                });
                 bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
             }
         } else if relu {

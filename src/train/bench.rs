@@ -342,11 +342,11 @@ pub fn bench_model_step(
     let mut per_op = Vec::new();
     if with_profile {
         for op in &ops {
-            let (ms, _) = profile::time_ops(ctx, &[op], 0, 1, true)?;
+            let (ms, _) = profile::time_ops(ctx, &[op], 0, 3, true)?;
             per_op.push((op.name.clone(), ms));
             // The parts of a chained launch (a convolution's gathers and products), each alone.
             for b in op.before_launches() {
-                let (ms, _) = profile::time_ops(ctx, &[b], 0, 1, true)?;
+                let (ms, _) = profile::time_ops(ctx, &[b], 0, 3, true)?;
                 per_op.push((format!("  part: {}", b.name), ms));
             }
         }
