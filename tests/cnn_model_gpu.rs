@@ -447,3 +447,45 @@ fn the_builder_fuses_the_elementwise_passes_of_any_model() {
     // Its 2x2 windows do not overlap: the backward is the scatter form.
     assert_eq!(count(&k, "max_pool_bwd_cells"), 2, "{k:?}");
 }
+
+#[test]
+fn the_builder_leaves_out_passes_whose_work_is_done() {
+    // LeNet-5 with compressed convolutions: conv -> ReLU -> max pool twice.
+    let ctx = ctx();
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    let host = model(spec, 4);
+    let opts = ModelOptions {
+        compressed_conv: true,
+        ..ModelOptions::plain(ctx).expect("options")
+    };
+    let gpu = GpuModel::with_products(ctx, &host, 2, SEED, opts, &[]).expect("GPU model");
+    let names: Vec<&str> = gpu.step_ops().iter().map(|d| d.name.as_str()).collect();
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    // Both bias gradients sum the pooling's output gradient at its argmaxes.
+    assert_eq!(count("reduce.wgsl:segment_sum_arg"), 2, "{names:?}");
+    // conv2 runs its forward last and its weight gradient first: the scratch still holds its
+    // input's planes and metadata, so only conv1's weight gradient lays them out again.
+    let wgrads: Vec<&&str> = names
+        .iter()
+        .filter(|n| n.starts_with("sconv_sddmm.wgsl:sddmm"))
+        .collect();
+    assert_eq!(
+        wgrads,
+        [
+            &"sconv_sddmm.wgsl:sddmm (+1 before)",
+            &"sconv_sddmm.wgsl:sddmm (+3 before)"
+        ],
+        "{names:?}"
+    );
+    let conv2_wgrad = gpu
+        .step_ops()
+        .into_iter()
+        .find(|d| d.name.starts_with("sconv_sddmm"))
+        .expect("conv2's weight gradient");
+    let parts: Vec<&str> = conv2_wgrad
+        .before_launches()
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    assert_eq!(parts, ["sconv_src.wgsl:dy_space"]);
+}

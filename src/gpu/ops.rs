@@ -40,6 +40,10 @@ pub struct Dispatch {
     _held: Vec<Arc<Held>>,
 }
 
+/// A dispatch's identity ([`Dispatch::id`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchId(wgpu::Buffer);
+
 /// A buffer-to-texture copy that writes what a `before` launch writes (rows of a matrix into
 /// the texels of a GEMM operand texture). It runs outside compute passes, so only
 /// [`encode_ops`] uses it; [`Dispatch::encode`] runs the launch it stands in for.
@@ -248,6 +252,28 @@ impl Dispatch {
         }
         self.before = before;
         self
+    }
+
+    /// What tells this dispatch from every other one (its parameter block).
+    pub fn id(&self) -> DispatchId {
+        DispatchId(self.params.clone())
+    }
+
+    /// Drops the `before` launches whose kernel entry point (`file.wgsl:entry`) is one of
+    /// `entries`, when what they write is already in place; the name counts what is left.
+    pub fn without_before(mut self, entries: &[&str]) -> Self {
+        let before = std::mem::take(&mut self.before);
+        if let Some(i) = self.name.find(" (+") {
+            self.name.truncate(i);
+        }
+        let kept = before
+            .into_iter()
+            .filter(|(b, _)| {
+                let entry = b.name.rsplit(':').next().unwrap_or(&b.name);
+                !entries.contains(&entry)
+            })
+            .collect();
+        self.with_before_or_copy(kept)
     }
 
     /// Sets the FLOP and byte counts used by profiles.

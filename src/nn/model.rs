@@ -21,7 +21,7 @@ use crate::cpu::model::HostModel;
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom};
 use crate::gpu::image::{self, BnGrad, DropoutKey, Epilogue, ImageShape};
-use crate::gpu::ops::{self, Dispatch, SgdConfig};
+use crate::gpu::ops::{self, Dispatch, DispatchId, SgdConfig};
 use crate::gpu::sparse_conv::{self, SparseConvForm};
 use crate::gpu::spmm::{self, Metadata, PackOp, SlotOp};
 use crate::gpu::texture::Texture;
@@ -325,6 +325,48 @@ struct Builder<'a> {
     sform: SparseConvForm,
     /// Per param: which products of a compressed one run dense over its scattered slots.
     dense_products: Vec<DenseProducts>,
+    /// The dispatches that use the compressed convolutions' shared scratch: the param and the
+    /// product of each ([`keep_planes`]).
+    scratch_users: Vec<(DispatchId, usize, Product)>,
+}
+
+/// A product of a compressed convolution on its compressed kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Product {
+    Forward,
+    WeightGrad,
+    InputGrad,
+}
+
+/// Lets a compressed convolution's weight gradient reuse its forward's source planes and
+/// metadata where the shared scratch still holds them when it runs: the last dispatch using the
+/// scratch in `forward` is that convolution's forward, and the first one in `backward` its
+/// weight gradient (in a plain chain of layers, the last compressed convolution's; the bias
+/// gradient alone comes between its forward and weight gradient's uses of the scratch).
+fn keep_planes(
+    forward: &[Dispatch],
+    backward: &mut Vec<Dispatch>,
+    users: &[(DispatchId, usize, Product)],
+) {
+    let user = |op: &Dispatch| {
+        let id = op.id();
+        users
+            .iter()
+            .find(|(u, _, _)| *u == id)
+            .map(|(_, p, r)| (*p, *r))
+    };
+    let last_fwd = forward.iter().rev().find_map(user);
+    let Some(at) = backward.iter().position(|op| user(op).is_some()) else {
+        return;
+    };
+    if let (Some((pf, Product::Forward)), Some((pw, Product::WeightGrad))) =
+        (last_fwd, user(&backward[at]))
+    {
+        if pf == pw {
+            let op = backward.remove(at);
+            backward.insert(at, op.without_before(&["meta_fwd", "src_planes"]));
+        }
+    }
 }
 
 /// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
@@ -784,6 +826,16 @@ impl Builder<'_> {
                                 ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
                             )?],
                         };
+                        // The products on the shared scratch ([`keep_planes`]).
+                        for (on_scratch, ops, r) in [
+                            (!paths.forward, &fwd, Product::Forward),
+                            (!paths.weight_grad, &dw, Product::WeightGrad),
+                            (!paths.input_grad, &dx, Product::InputGrad),
+                        ] {
+                            if let (true, Some(op)) = (on_scratch, ops.last()) {
+                                self.scratch_users.push((op.id(), idx, r));
+                            }
+                        }
                         (fwd, dw, dx, Some(dense))
                     }
                     _ => {
@@ -1291,10 +1343,12 @@ impl GpuModel {
             slots,
             sform: SparseConvForm::pick(ctx),
             dense_products: dense_products.to_vec(),
+            scratch_users: Vec::new(),
         };
         let x = b.act(input, "input")?;
         let layers = host.spec.layers.clone();
-        let (y, bwd) = b.seq(&layers, x.clone(), false)?;
+        let (y, mut bwd) = b.seq(&layers, x.clone(), false)?;
+        keep_planes(&b.forward, &mut bwd.ops, &b.scratch_users);
         let loss = LossHead::new(ctx, &y.t, &y.g, y.s.c, batch, opts.label_smoothing)?;
         let mut switches = b.switches;
         for (at, site) in bwd.dropouts {
