@@ -341,8 +341,8 @@ enum Product {
 /// Lets a compressed convolution's weight gradient reuse its forward's source planes and
 /// metadata where the shared scratch still holds them when it runs: the last dispatch using the
 /// scratch in `forward` is that convolution's forward, and the first one in `backward` its
-/// weight gradient (in a plain chain of layers, the last compressed convolution's; the bias
-/// gradient alone comes between its forward and weight gradient's uses of the scratch).
+/// weight gradient (in a plain chain of layers, the last compressed convolution's: between the
+/// two run the layers after it and their backward, which leave the scratch alone).
 fn keep_planes(
     forward: &[Dispatch],
     backward: &mut Vec<Dispatch>,
@@ -581,7 +581,7 @@ impl Builder<'_> {
         let mut grad = needs_grad;
         let mut i = 0;
         while i < layers.len() {
-            let (y, b, used) = match peephole(&layers[i..]) {
+            let (y, mut b, used) = match peephole(&layers[i..]) {
                 Some(f @ Fused::Norm { relu, dropout }) => {
                     let (y, b) = self.norm(x, relu, dropout, grad)?;
                     (y, b, f.len())
@@ -595,7 +595,6 @@ impl Builder<'_> {
                     (y, b, 1)
                 }
             };
-            let mut b = b;
             // A convolution then a max pooling: the convolution's bias gradient is the sum of
             // the pooling's output gradient where it has an argmax, a quarter of the reads of a
             // 2x2 pooling's input gradient (the convolution's output feeds the pooling alone).
