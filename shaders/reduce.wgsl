@@ -43,26 +43,23 @@ fn segment_sum(
     if (s >= p.rows) {
         return;
     }
-    let base = s * p.cols;
-    var acc = 0.0;
-    for (var i = lidx; i < p.cols; i += 64u) {
-        acc += ss_x[base + i];
-    }
-    ss_part[lidx] = acc;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
-        if (lidx < stride) {
-            ss_part[lidx] += ss_part[lidx + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = tree(lidx, plain_sum(s * p.cols, 0u, p.cols, lidx));
     if (lidx == 0u) {
         if (ACCUMULATE) {
-            ss_out[s] += ss_part[0];
+            ss_out[s] += total;
         } else {
-            ss_out[s] = ss_part[0];
+            ss_out[s] = total;
         }
     }
+}
+
+// A lane's share of x[base + start .. base + end] (every 64th element).
+fn plain_sum(base: u32, start: u32, end: u32, lidx: u32) -> f32 {
+    var acc = 0.0;
+    for (var i = start + lidx; i < end; i += 64u) {
+        acc += ss_x[base + i];
+    }
+    return acc;
 }
 
 // ---- segment_part: the first half of a long segmented sum. Segment s is cut into p.n chunks of
@@ -80,28 +77,13 @@ fn segment_part(
     if (q >= p.rows * p.n) {
         return;
     }
-    let s = q / p.n;
     let c = q % p.n;
     let start = c * p.flag;
-    let end = min(start + p.flag, p.cols);
-    let base = s * p.cols;
-    var acc = 0.0;
-    for (var i = start + lidx; i < end; i += 64u) {
-        acc += ss_x[base + i];
-    }
-    ss_part[lidx] = acc;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
-        if (lidx < stride) {
-            ss_part[lidx] += ss_part[lidx + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = tree(lidx, plain_sum((q / p.n) * p.cols, start, min(start + p.flag, p.cols), lidx));
     if (lidx == 0u) {
-        ss_out[q] = ss_part[0];
+        ss_out[q] = total;
     }
 }
-
 
 // ---- segment_sum_arg / segment_part_arg: segment_sum and segment_part counting only the
 // elements whose max-pooling argmax exists (arg != NO_ARG): the sum of a max pooling's output
@@ -113,6 +95,7 @@ fn segment_part(
 
 const NO_ARG: u32 = 0xffffffffu;
 
+// plain_sum over the elements with an argmax.
 fn arg_sum(base: u32, start: u32, end: u32, lidx: u32) -> f32 {
     var acc = 0.0;
     for (var i = start + lidx; i < end; i += 64u) {
@@ -121,6 +104,7 @@ fn arg_sum(base: u32, start: u32, end: u32, lidx: u32) -> f32 {
     return acc;
 }
 
+// The workgroup's sum of every lane's v (all 64 lanes call it).
 fn tree(lidx: u32, v: f32) -> f32 {
     ss_part[lidx] = v;
     workgroupBarrier();
