@@ -6,6 +6,8 @@
 # defaults (ΔT 100, α 0.3 cosine, lr 0.1 cosine, SGD Nesterov 0.9, L2 1e-4).
 # STUDY_FLAGS replaces those settings, e.g. the earlier short study:
 #   STUDY_FLAGS="--train-samples 6000 --test-samples 5000 --epochs 5 --delta-t 25"
+# SETTINGS picks the method:sparsity pairs (all nine by default), e.g. the 5-epoch study:
+#   STUDY_FLAGS="--epochs 5" SETTINGS="rigl:0.9 static:0.9 dense:0" scripts/lenet5-study.sh runs/lenet5-study5
 # Usage: scripts/lenet5-study.sh [OUT_DIR] [extra rigl train flags...]
 # Re-running skips runs whose summary.json exists. RIGL=path picks the binary.
 set -euo pipefail
@@ -18,7 +20,8 @@ read -r -a settings <<< "${STUDY_FLAGS:---epochs 2}"
 flags=(--model lenet5 "${settings[@]}")
 runs=()
 # The settings the target compares (RigL at 90% against dense and static) first, all seeds.
-for spec in rigl:0.9 dense:0 static:0.9 set:0.9 snfs:0.9 rigl:0.95 static:0.95 set:0.95 snfs:0.95; do
+read -r -a specs <<< "${SETTINGS:-rigl:0.9 dense:0 static:0.9 set:0.9 snfs:0.9 rigl:0.95 static:0.95 set:0.95 snfs:0.95}"
+for spec in "${specs[@]}"; do
     for seed in 0 1 2; do
         method=${spec%%:*}; s=${spec##*:}
         dir="$out/$method-$s-seed$seed"
