@@ -14,6 +14,11 @@
 // A workgroup of 64 invocations covers 32 rows x 256 columns; each invocation owns 32 rows x 4
 // columns, loading 1 texel of A per 8 rows (handed to the other lanes by subgroupBroadcast) and
 // 4 texels of B per 4 steps of k.
+// NARROW (for adapters whose subgroups are exactly 8 invocations, consecutive in the workgroup):
+// a workgroup covers 32 rows x 32 columns, and its 8 subgroups split its range of k among
+// them, subgroup j writing its partial C as split 8·s + j of the workgroup's split s (or of the
+// whole product). A product with few columns (a convolution's weight gradient at kh·kw·cin of
+// 28 or 144) then keeps most lanes on real columns, where the wide tile computes clamped copies.
 
 struct Params {
     m: u32,
@@ -31,6 +36,7 @@ struct Params {
 }
 
 override ACCUMULATE: bool = false;
+override NARROW: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var at: texture_storage_2d<rgba32float, read>;
@@ -75,19 +81,32 @@ fn gemm_texture(
     var tile = flat;
     var c_base = p.c_off4;
     var tiles_mn = p.tiles_total;
+    // Partial products per split: one, or one per subgroup (NARROW).
+    let subs = select(1u, 8u, NARROW);
     if (p.ksplit4 != 0u) {
         tiles_mn = p.tiles_total / ((k4 + p.ksplit4 - 1u) / p.ksplit4);
         let split = flat / tiles_mn;
         tile = flat % tiles_mn;
         kbeg = split * p.ksplit4;
         kend = min(k4, kbeg + p.ksplit4);
-        c_base += split * p.m * ldc4;
+        c_base += split * subs * p.m * ldc4;
     }
     // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
     // they stream stays in cache.
     let tiles_m = tiles_mn / p.tiles_n;
     let row0 = (tile % tiles_m) * 32u;
-    let col4 = (tile / tiles_m) * 64u + lidx;
+    var col4 = (tile / tiles_m) * 64u + lidx;
+    if (NARROW) {
+        col4 = (tile / tiles_m) * 8u + lidx % 8u;
+        // Subgroup j's part of [kbeg, kend): the same length for every subgroup, the last ones
+        // shorter or empty (they store zeros).
+        let sub = lidx / 8u;
+        let sublen = (kend - kbeg + 7u) / 8u;
+        let b = min(kend, kbeg + sub * sublen);
+        kend = min(kend, b + sublen);
+        kbeg = b;
+        c_base += sub * p.m * ldc4;
+    }
     let cc = min(col4, n4 - 1u);
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
     let l8 = lane % 8u;

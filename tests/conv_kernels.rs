@@ -287,3 +287,79 @@ fn a_window_that_does_not_fit_is_an_error() {
     let e = conv::forward(ctx, g, &t, &t, None, None, &t).unwrap_err();
     assert!(e.to_string().contains("5x5 valid convolution"), "{e}");
 }
+
+/// The weight gradient on both tiles of the texture product (`WgradTiles`): the wide tiles
+/// every adapter runs and the narrow ones (32 columns, k split 8 ways per workgroup) that
+/// training takes on adapters with subgroups of 8 where the columns fit them better. Every
+/// texture case, the chunked ones in small chunks (several splits, short and empty parts of a
+/// split), and wider ones: several column and row tiles.
+#[test]
+fn weight_gradients_equal_the_twin_on_both_tiles() {
+    use conv_tex::WgradTiles;
+    let ctx = ctx();
+    let narrow_ok = ctx.info.subgroup_min_size == 8 && ctx.info.subgroup_max_size == 8;
+    let mut runs: Vec<(ConvGeom, usize)> = cases()
+        .into_iter()
+        .filter(|g| ConvVariant::Texture.supports(ctx, g))
+        .map(|g| (g, 32 << 20))
+        .collect();
+    runs.extend(chunked_cases().into_iter().map(|g| (g, 2048)));
+    for (n, h, w, cin, cout, k) in [(8, 12, 12, 5, 40, 5), (4, 10, 10, 16, 33, 3)] {
+        let window = Window {
+            n,
+            h,
+            w,
+            k,
+            stride: 1,
+            padding: Padding::Same,
+        };
+        runs.push((ConvGeom { window, cin, cout }, 32 << 20));
+        runs.push((ConvGeom { window, cin, cout }, 4096));
+    }
+    let mut narrow_runs = 0;
+    for (i, (g, chunk)) in runs.into_iter().enumerate() {
+        let s = i as u32;
+        let x = data(g.input_len(), 150 + s);
+        let dy = data(g.output_len().unwrap(), 160 + s);
+        let dw0 = data(g.weight_len(), 170 + s);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let (ho, wo) = g.out().unwrap();
+        let terms = (g.window.n * ho * wo) as f32;
+        for tiles in [WgradTiles::Wide, WgradTiles::Narrow] {
+            if tiles == WgradTiles::Narrow && !narrow_ok {
+                continue;
+            }
+            for accumulate in [false, true] {
+                let tdw = Tensor::from_f32(ctx, "dw", &dw0).unwrap();
+                let op =
+                    conv_tex::weight_grad_tiles(ctx, g, &tx, &tdy, &tdw, accumulate, chunk, tiles)
+                        .unwrap();
+                ops::run(ctx, "conv weight gradient", &[&op]).unwrap();
+                let mut want = cpu::conv2d_weight_grad(&dy, &x, g.window, g.cin, g.cout);
+                if accumulate {
+                    want.iter_mut().zip(&dw0).for_each(|(a, b)| *a += b);
+                }
+                assert_close(
+                    &format!(
+                        "weight gradient {tiles:?} chunk {chunk} {} accumulate={accumulate}",
+                        name(&g)
+                    ),
+                    &tdw.read_f32(ctx).unwrap(),
+                    &want,
+                    1e-5 * terms,
+                    1e-5,
+                );
+                narrow_runs += usize::from(tiles == WgradTiles::Narrow);
+            }
+        }
+    }
+    if narrow_ok {
+        assert!(narrow_runs > 40, "narrow tiles ran {narrow_runs} times");
+    } else {
+        eprintln!(
+            "{}: subgroups of {}..{} invocations, narrow tiles not tested (never picked here)",
+            ctx.info.name, ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
+        );
+    }
+}

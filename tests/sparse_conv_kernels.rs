@@ -375,3 +375,29 @@ fn bench_conv_times_both_paths_of_an_exact_kernel() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sparsity 1.5"));
 }
+
+/// At stride 1 the input gradient's planes wrap a row's right padding into the next row's left
+/// one, so the product computes no position outside the input for a valid convolution (LeNet-5's
+/// conv2: 144 of 144 per image, 192 before) and one padding column per row for a 3x3 same one;
+/// `input_grad_equals_the_twin` checks the products on every case, wrapped taps included.
+#[test]
+fn stride_one_input_gradients_compute_few_positions_outside_the_input() {
+    let geom = |n, hw, k, padding, cin, cout| ConvGeom {
+        window: Window {
+            n,
+            h: hw,
+            w: hw,
+            k,
+            stride: 1,
+            padding,
+        },
+        cin,
+        cout,
+    };
+    let lenet_conv2 = Layout::new(geom(100, 12, 5, Padding::Valid, 20, 50)).unwrap();
+    assert_eq!(lenet_conv2.bwd_overhead(), 1.0);
+    let same_3x3 = Layout::new(geom(128, 8, 3, Padding::Same, 128, 128)).unwrap();
+    assert_eq!(same_3x3.bwd_overhead(), 72.0 / 64.0);
+    let valid_7x7 = Layout::new(geom(2, 12, 7, Padding::Valid, 3, 4)).unwrap();
+    assert_eq!(valid_7x7.bwd_overhead(), 1.0);
+}

@@ -166,14 +166,24 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
     let k = args.kernel * args.kernel * args.cin;
     let p = args.batch * ho * wo;
     let shape = GemmShape::nn(args.cout, p, k);
-    let gv = gemm::pick(&ctx, gemm::choose_variant(&ctx)?, &shape)?;
-    let a = Tensor::from_f32(&ctx, "A", &fill(args.cout * k, 4))?;
-    let b = Tensor::from_f32(&ctx, "B", &fill(k * p, 5))?;
-    let c = Tensor::zeros(&ctx, "C", args.cout * p)?;
-    let gop = GemmOp::new(&ctx, shape, gv, &a, &b, &c, None, false)?;
-    let (gms, _) = profile::time_ops(&ctx, &[&gop.dispatch], 1, args.reps, true)?;
-    let ggf = shape.flops() / (gms * 1e6);
+    // A problem whose B exceeds the device's largest buffer (the convolutions, which gather in
+    // chunks, still run) reports the GEMM as not run, with the reason.
+    let plain = || -> rigl::Result<(f64, &'static str)> {
+        let gv = gemm::pick(&ctx, gemm::choose_variant(&ctx)?, &shape)?;
+        let a = Tensor::from_f32(&ctx, "A", &fill(args.cout * k, 4))?;
+        let b = Tensor::from_f32(&ctx, "B", &fill(k * p, 5))?;
+        let c = Tensor::zeros(&ctx, "C", args.cout * p)?;
+        let gop = GemmOp::new(&ctx, shape, gv, &a, &b, &c, None, false)?;
+        let (gms, _) = profile::time_ops(&ctx, &[&gop.dispatch], 1, args.reps, true)?;
+        Ok((gms, gv.as_str()))
+    };
+    let gemm_run = plain();
     if args.json {
+        let gemm_json = match &gemm_run {
+            Ok((gms, gv)) => serde_json::json!({"m": args.cout, "n": p, "k": k, "variant": gv,
+                "gpu_ms": gms, "gflops": shape.flops() / (gms * 1e6)}),
+            Err(e) => serde_json::json!({"m": args.cout, "n": p, "k": k, "not_run": e.to_string()}),
+        };
         let kernels: Vec<serde_json::Value> = rows
             .iter()
             .map(|(n, ms, gf)| serde_json::json!({"kernel": n, "gpu_ms": ms, "gflops": gf}))
@@ -185,8 +195,7 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
                 "stride": args.stride, "hw": args.hw, "batch": args.batch,
                 "padding": args.padding, "variant": variant.as_str(),
                 "flops": flops, "kernels": kernels,
-                "gemm": {"m": args.cout, "n": p, "k": k, "variant": gv.as_str(),
-                         "gpu_ms": gms, "gflops": ggf},
+                "gemm": gemm_json,
                 "adapter": ctx.info.name, "timing": "wall", "reps": args.reps,
             })
         );
@@ -208,14 +217,20 @@ pub fn run(args: ConvBenchArgs) -> CliResult {
         for (n, ms, gf) in &rows {
             println!("  {n:<12} {ms:>10.3} ms  {gf:>7.1} GFLOP/s");
         }
-        println!(
-            "  {:<12} {gms:>10.3} ms  {ggf:>7.1} GFLOP/s  (GEMM {}x{}x{}, {}, the same work)",
-            "gemm",
-            args.cout,
-            p,
-            k,
-            gv.as_str()
-        );
+        match &gemm_run {
+            Ok((gms, gv)) => println!(
+                "  {:<12} {gms:>10.3} ms  {:>7.1} GFLOP/s  (GEMM {}x{}x{}, {gv}, the same work)",
+                "gemm",
+                shape.flops() / (gms * 1e6),
+                args.cout,
+                p,
+                k,
+            ),
+            Err(e) => println!(
+                "  {:<12} not run (GEMM {}x{}x{}, the same work): {e}",
+                "gemm", args.cout, p, k
+            ),
+        }
         println!("[wall timing, median of {}]", args.reps);
     }
     Ok(())
@@ -306,7 +321,8 @@ fn sparse(
                 "padding": args.padding, "sparsity": args.sparsity, "active": nnz,
                 "density": density, "masked_variant": variant.as_str(),
                 "compressed_form": form.as_str(), "useful_flops": useful,
-                "forward_overhead": lay.fwd_overhead(), "kernels": kernels,
+                "forward_overhead": lay.fwd_overhead(),
+                "input_grad_overhead": lay.bwd_overhead(), "kernels": kernels,
                 "adapter": ctx.info.name, "timing": "wall", "reps": args.reps.max(1),
             })
         );

@@ -18,7 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{ConvGeom, ConvParams};
-use crate::gpu::gemm::{tex_cols, tex_product, TexOut};
+use crate::gpu::gemm::{self, tex_cols, tex_product, TexOut};
 use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::Texture;
@@ -312,6 +312,7 @@ pub fn forward(
                 ldc4: p / 4,
                 c_off4: first / 4,
                 ksplit4: 0,
+                narrow: false,
             },
         )?);
     }
@@ -387,6 +388,7 @@ pub fn input_grad(
                 ldc4: q / 4,
                 c_off4: first / 4,
                 ksplit4: 0,
+                narrow: false,
             },
         )?);
     }
@@ -394,9 +396,22 @@ pub fn input_grad(
 }
 
 /// Splits of a chunk's reduction: enough (tile, split) pairs to keep 64 workgroups busy, each
-/// split at least 256 positions long.
-fn splits_for(tiles: usize, len: usize) -> usize {
-    64usize.div_ceil(tiles).clamp(1, (len / 256).max(1))
+/// split at least `min_len` positions long.
+fn splits_for(tiles: usize, len: usize, min_len: usize) -> usize {
+    64usize.div_ceil(tiles).clamp(1, (len / min_len).max(1))
+}
+
+/// The tiles of a weight gradient's texture products (`gemm_tex.wgsl`): `Auto` (what training
+/// runs) takes the narrow ones where `gemm::narrow_tiles` says they fit the product better;
+/// tests force either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgradTiles {
+    /// Narrow where the adapter allows and the columns fit them better, wide otherwise.
+    Auto,
+    /// 256 columns, every adapter.
+    Wide,
+    /// 32 columns, k split 8 ways per workgroup; adapters with subgroups of exactly 8.
+    Narrow,
 }
 
 /// `dw (+)= Σ over positions of dy ⊗ patch(x)`: the dense weight gradient `dL/d(mask ⊙ w)` at
@@ -410,6 +425,21 @@ pub fn weight_grad(
     dw: &Tensor,
     accumulate: bool,
     chunk_bytes: usize,
+) -> Result<Dispatch> {
+    weight_grad_tiles(ctx, g, x, dy, dw, accumulate, chunk_bytes, WgradTiles::Auto)
+}
+
+/// [`weight_grad`] on the given tiles.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_tiles(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    chunk_bytes: usize,
+    tiles: WgradTiles,
 ) -> Result<Dispatch> {
     let base = PackParams {
         geom: g.params(0)?,
@@ -428,12 +458,19 @@ pub fn weight_grad(
         tex_cols(chunk),
     )?;
     let bt = Texture::new(ctx, "convolution patches (texture)", chunk, tex_cols(kp))?;
-    let tiles = g.cout.div_ceil(32) * kp.div_ceil(256);
+    let narrow = match tiles {
+        WgradTiles::Auto => gemm::narrow_tiles(ctx, kp),
+        WgradTiles::Wide => false,
+        WgradTiles::Narrow => true,
+    };
+    // Narrow tiles: 32 columns, and each split again in 8 parts, one per subgroup.
+    let (tile_cols, subs) = if narrow { (32, 8) } else { (256, 1) };
+    let tiles = g.cout.div_ceil(32) * kp.div_ceil(tile_cols);
     let mut plan = Vec::new();
     for first in (0..p).step_by(chunk) {
         let len = chunk.min(p - first);
-        let split_len = round4(len.div_ceil(splits_for(tiles, len)));
-        plan.push((first, len, split_len, len.div_ceil(split_len)));
+        let split_len = round4(len.div_ceil(splits_for(tiles, len, 256 * subs)));
+        plan.push((first, len, split_len, len.div_ceil(split_len) * subs));
     }
     let slots: usize = plan.iter().map(|c| c.3).sum();
     let part = Tensor::zeros(
@@ -479,6 +516,7 @@ pub fn weight_grad(
                 ldc4: kp / 4,
                 c_off4: slot * g.cout * kp / 4,
                 ksplit4: split_len / 4,
+                narrow,
             },
         )?);
         slot += splits;

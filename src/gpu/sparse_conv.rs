@@ -172,6 +172,16 @@ impl Layout {
         let st = n * p_fwd / 4 + (m * wq + m) / 4 + 2;
         let (lt, hd, max_ha, max_a0) = bwd_axis(g.window.h, pad_t, k, s);
         let (ll, wd, _, max_c0) = bwd_axis(g.window.w, pad_l, k, s);
+        // At stride 1 a plane row needs no padding on its right: a tap reading past the row's
+        // end lands in the next row's left padding, which is zero too. A row is then the data
+        // with its left padding, or the input row, whichever is longer, and the product computes
+        // fewer positions outside the input: none for a valid convolution (12 per row instead
+        // of 16 for LeNet-5's conv2), one instead of two for a 3x3 same one.
+        let wd = if s == 1 {
+            (ll + wo).max(pad_l + g.window.w)
+        } else {
+            wd
+        };
         let p_bwd = round4(hd * wd);
         let u_bwd = round4(max_ha * wd);
         let std = n * p_bwd / 4 + ((max_a0 + lt) * wd + max_c0 + ll) / 4 + 2;
@@ -223,6 +233,13 @@ impl Layout {
     pub fn fwd_overhead(&self) -> f64 {
         (self.geom.window.n * self.u_fwd) as f64
             / (self.geom.window.n * self.ho * self.wo).max(1) as f64
+    }
+
+    /// Output positions the input-gradient product computes, over the input's positions.
+    pub fn bwd_overhead(&self) -> f64 {
+        let g = self.geom;
+        (g.window.n * g.window.stride * g.window.stride * self.u_bwd) as f64
+            / (g.window.n * g.window.h * g.window.w).max(1) as f64
     }
 
     /// Rows of the input-gradient product: (input channel, stride phase).
