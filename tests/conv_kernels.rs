@@ -297,7 +297,7 @@ fn a_window_that_does_not_fit_is_an_error() {
 fn weight_gradients_equal_the_twin_on_both_tiles() {
     use conv_tex::WgradTiles;
     let ctx = ctx();
-    let narrow_ok = ctx.info.subgroup_min_size == 8 && ctx.info.subgroup_max_size == 8;
+    let narrow_ok = rigl::gpu::gemm::narrow_tiles_supported(ctx);
     let mut runs: Vec<(ConvGeom, usize)> = cases()
         .into_iter()
         .filter(|g| ConvVariant::Texture.supports(ctx, g))

@@ -17,6 +17,12 @@ pub fn run(args: InfoArgs) -> CliResult {
     let variant = gemm::choose_variant(&ctx)?;
     let l = &ctx.limits;
     let feats = |f: wgpu::Features| ctx.features.contains(f);
+    // The texture GEMM's tiles for convolution weight gradients (docs/performance.md).
+    let wgrad_tiles = if gemm::narrow_tiles_supported(&ctx) {
+        "narrow (32 columns) up to 128 columns, wide (256) above"
+    } else {
+        "wide"
+    };
     let report = serde_json::json!({
         "adapter": ctx.info.name,
         "backend": format!("{:?}", ctx.info.backend).to_lowercase(),
@@ -37,7 +43,11 @@ pub fn run(args: InfoArgs) -> CliResult {
             "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
             "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
         },
-        "kernels": { "gemm": variant.as_str() },
+        "subgroup_sizes": [ctx.info.subgroup_min_size, ctx.info.subgroup_max_size],
+        "kernels": {
+            "gemm": variant.as_str(),
+            "conv_weight_grad_tiles": wgrad_tiles,
+        },
     });
     if args.json {
         println!("{report}");
@@ -54,6 +64,13 @@ pub fn run(args: InfoArgs) -> CliResult {
             println!("  {k:<40} {v}");
         }
     }
-    println!("kernels     gemm={}", variant.as_str());
+    println!(
+        "subgroups   {}..{} invocations",
+        ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
+    );
+    println!(
+        "kernels     gemm={}; convolution weight-gradient tiles: {wgrad_tiles}",
+        variant.as_str()
+    );
     Ok(())
 }

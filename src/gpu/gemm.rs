@@ -358,7 +358,15 @@ pub(crate) struct TexOut {
 /// narrow-tiles-for-weight-gradients): 2.1-2.6x faster weight gradients at 4 to 28 columns, no
 /// gain seen at 144 or 576, where packing the patches dominates.
 pub(crate) fn narrow_tiles(ctx: &GpuContext, n: usize) -> bool {
-    ctx.info.subgroup_min_size == 8 && ctx.info.subgroup_max_size == 8 && n <= 128
+    narrow_tiles_supported(ctx) && n <= 128
+}
+
+/// Whether this adapter can run the texture GEMM's narrow tiles: subgroups of exactly 8
+/// invocations (a subgroup must hold one block of columns; `rigl info` reports it).
+pub fn narrow_tiles_supported(ctx: &GpuContext) -> bool {
+    ctx.features.contains(wgpu::Features::SUBGROUP)
+        && ctx.info.subgroup_min_size == 8
+        && ctx.info.subgroup_max_size == 8
 }
 
 /// The `gemm_texture` launch `C (+)= at · bt` on operand textures the caller has filled (op(A)
@@ -379,7 +387,7 @@ pub(crate) fn tex_product(
             "texture product {m}x{n}x{k}: needs every dimension positive, n and k multiples of 4"
         )));
     }
-    if out.narrow && (ctx.info.subgroup_min_size != 8 || ctx.info.subgroup_max_size != 8) {
+    if out.narrow && !narrow_tiles_supported(ctx) {
         return Err(RiglError::invalid(format!(
             "texture product {m}x{n}x{k}: narrow tiles need subgroups of exactly 8 invocations \
              ({} has {}..{})",
