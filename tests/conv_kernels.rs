@@ -115,7 +115,9 @@ impl Form {
     ) -> Dispatch {
         match *self {
             Form::Variant(v) => conv::weight_grad_with(ctx, v, g, x, dy, dw, acc),
-            Form::TextureChunks(c) => conv_tex::weight_grad(ctx, g, x, dy, dw, acc, c),
+            Form::TextureChunks(c) => {
+                conv_tex::weight_grad(ctx, g, x, dy, dw, acc, c, conv_tex::WgradTiles::Auto)
+            }
         }
         .unwrap()
     }
@@ -332,9 +334,8 @@ fn weight_gradients_equal_the_twin_on_both_tiles() {
             }
             for accumulate in [false, true] {
                 let tdw = Tensor::from_f32(ctx, "dw", &dw0).unwrap();
-                let op =
-                    conv_tex::weight_grad_tiles(ctx, g, &tx, &tdy, &tdw, accumulate, chunk, tiles)
-                        .unwrap();
+                let op = conv_tex::weight_grad(ctx, g, &tx, &tdy, &tdw, accumulate, chunk, tiles)
+                    .unwrap();
                 ops::run(ctx, "conv weight gradient", &[&op]).unwrap();
                 let mut want = cpu::conv2d_weight_grad(&dy, &x, g.window, g.cin, g.cout);
                 if accumulate {

@@ -370,7 +370,16 @@ pub fn weight_grad_with(
     accumulate: bool,
 ) -> Result<Dispatch> {
     if variant == ConvVariant::Texture {
-        return conv_tex::weight_grad(ctx, g, x, dy, dw, accumulate, conv_tex::CHUNK_BYTES);
+        return conv_tex::weight_grad(
+            ctx,
+            g,
+            x,
+            dy,
+            dw,
+            accumulate,
+            conv_tex::CHUNK_BYTES,
+            conv_tex::WgradTiles::Auto,
+        );
     }
     let p = g.params(if accumulate { BIAS_OR_ACC } else { 0 })?;
     g.check_weight_grad(x, dy, dw)?;

@@ -415,23 +415,9 @@ pub enum WgradTiles {
 }
 
 /// `dw (+)= Σ over positions of dy ⊗ patch(x)`: the dense weight gradient `dL/d(mask ⊙ w)` at
-/// every position, `dw` `[k, k, cin, cout]`.
+/// every position, `dw` `[k, k, cin, cout]`, its products on `tiles` (training: `Auto`).
 #[allow(clippy::too_many_arguments)]
 pub fn weight_grad(
-    ctx: &GpuContext,
-    g: ConvGeom,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    accumulate: bool,
-    chunk_bytes: usize,
-) -> Result<Dispatch> {
-    weight_grad_tiles(ctx, g, x, dy, dw, accumulate, chunk_bytes, WgradTiles::Auto)
-}
-
-/// [`weight_grad`] on the given tiles.
-#[allow(clippy::too_many_arguments)]
-pub fn weight_grad_tiles(
     ctx: &GpuContext,
     g: ConvGeom,
     x: &Tensor,
