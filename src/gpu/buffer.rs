@@ -55,6 +55,36 @@ impl Tensor {
         })
     }
 
+    /// [`Tensor::zeros`] that a kernel may also bind as a uniform buffer (at most
+    /// `max_uniform_buffer_binding_size` bytes): for small operands that every invocation reads
+    /// at the same index, which software adapters then load once instead of once per lane.
+    pub fn zeros_uniform(ctx: &GpuContext, label: &str, len: usize) -> Result<Self> {
+        let bytes = f32_bytes(&[len.max(4).next_multiple_of(4)]);
+        let limit = ctx.limits.max_uniform_buffer_binding_size;
+        if bytes > limit {
+            return Err(RiglError::TooLarge {
+                what: label.to_string(),
+                needed: bytes,
+                unit: "bytes",
+                limit,
+                limit_name: "max_uniform_buffer_binding_size",
+            });
+        }
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: usage() | wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor {
+            buffer,
+            offset: 0,
+            len: (bytes / 4) as usize,
+            label: label.to_string(),
+            held: Some(ctx.hold(bytes)),
+        })
+    }
+
     /// A buffer holding `data`.
     pub fn from_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> Result<Self> {
         let t = Self::zeros(ctx, label, data.len())?;

@@ -3,6 +3,7 @@
 pub mod buffer;
 pub mod context;
 pub mod conv;
+pub mod conv_pool;
 pub mod conv_tex;
 pub mod gemm;
 pub mod image;

@@ -51,6 +51,11 @@ pub struct KernelSpec {
     pub consts: Vec<(&'static str, String)>,
     /// Pipeline-overridable constants (`override NAME`).
     pub overrides: Vec<(&'static str, f64)>,
+    /// Code substituted for the lines from `// BEGIN NAME` to `// END NAME` (the generic code
+    /// between them, which keeps the file valid on its own): straight-line code the host
+    /// generates for a geometry, where a loop over a private array would leave the array in
+    /// memory on software adapters.
+    pub snippets: Vec<(&'static str, String)>,
 }
 
 impl KernelSpec {
@@ -62,12 +67,19 @@ impl KernelSpec {
             bindings,
             consts: Vec::new(),
             overrides: Vec::new(),
+            snippets: Vec::new(),
         }
     }
 
     /// Adds a `const` substitution.
     pub fn with_const(mut self, name: &'static str, value: impl ToString) -> Self {
         self.consts.push((name, value.to_string()));
+        self
+    }
+
+    /// Adds a code substitution (see [`KernelSpec::snippets`]).
+    pub fn with_snippet(mut self, name: &'static str, code: String) -> Self {
+        self.snippets.push((name, code));
         self
     }
 
@@ -79,8 +91,8 @@ impl KernelSpec {
 
     fn key(&self) -> String {
         format!(
-            "{}:{}:{:?}:{:?}",
-            self.shader, self.entry, self.consts, self.overrides
+            "{}:{}:{:?}:{:?}:{:?}",
+            self.shader, self.entry, self.consts, self.overrides, self.snippets
         )
     }
 
@@ -108,9 +120,23 @@ pub struct KernelRegistry {
     pub(crate) tuned_gemm: crate::gpu::gemm::TuneCache,
 }
 
-/// Applies `const` substitutions to a shader source. Every named const must exist.
+/// Applies `const` and code substitutions to a shader source. Every named const and snippet
+/// region must exist.
 pub fn specialise(source: &str, spec: &KernelSpec) -> Result<String> {
     let mut out = source.to_string();
+    for (name, code) in &spec.snippets {
+        let missing = || RiglError::Pipeline {
+            kernel: spec.name(),
+            message: format!("no `// BEGIN {name}` ... `// END {name}` region to replace"),
+        };
+        let begin = format!("// BEGIN {name}\n");
+        let end = format!("// END {name}\n");
+        let start = out.find(&begin).ok_or_else(missing)?;
+        let stop = out[start..].find(&end).ok_or_else(missing)? + start + end.len();
+        // From the start of the BEGIN line, to keep the indentation of the code after it.
+        let line = out[..start].rfind('\n').map_or(0, |i| i + 1);
+        out.replace_range(line..stop, code);
+    }
     for (name, value) in &spec.consts {
         let prefix = format!("const {name}:");
         let start = out.find(&prefix).ok_or_else(|| RiglError::Pipeline {

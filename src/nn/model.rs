@@ -20,6 +20,7 @@ use crate::cpu::conv::Window;
 use crate::cpu::model::HostModel;
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{self, ConvGeom};
+use crate::gpu::conv_pool::{self, ConvPoolGeom};
 use crate::gpu::image::{self, BnGrad, DropoutKey, Epilogue, ImageShape};
 use crate::gpu::ops::{self, Dispatch, DispatchId, SgdConfig};
 use crate::gpu::sparse_conv::{self, SparseConvForm};
@@ -207,6 +208,42 @@ fn peephole(layers: &[Layer]) -> Option<Fused> {
         [Layer::Relu, Layer::MaxPool { .. }, ..] => Some(Fused::ReluMaxPool),
         _ => None,
     }
+}
+
+/// The first convolution, its ReLU and max pooling that a [`GpuModel`] runs as one layer
+/// ([`crate::gpu::conv_pool`]): when the model starts with them (so no input gradient is
+/// needed) and the input values under one pooling window fit the fused kernels' registers
+/// (LeNet-5's `conv1`). Its weight tensor is the model's first.
+pub fn fused_first_conv(spec: &ModelSpec, batch: usize) -> Option<ConvPoolGeom> {
+    let [Layer::Conv2d {
+        out,
+        kernel,
+        stride,
+        padding,
+        ..
+    }, Layer::Relu, Layer::MaxPool {
+        size,
+        stride: pool_stride,
+        padding: pool_padding,
+    }, ..] = spec.layers.as_slice()
+    else {
+        return None;
+    };
+    let s = spec.input_shape();
+    let conv = ConvGeom {
+        window: Window {
+            n: batch,
+            h: s.h,
+            w: s.w,
+            k: *kernel,
+            stride: *stride,
+            padding: *padding,
+        },
+        cin: s.c,
+        cout: *out,
+    };
+    let g = ConvPoolGeom::new(conv, *size, pool_stride.unwrap_or(*size), *pool_padding).ok()?;
+    g.fits().then_some(g)
 }
 
 /// How a [`GpuModel`] trains: what [`GpuModel::with_options`] takes besides the parameters.
@@ -1012,6 +1049,89 @@ impl Builder<'_> {
         }
     }
 
+    /// The model's first convolution, ReLU and max pooling as one layer ([`fused_first_conv`]):
+    /// on the param's weights (masked), or dense over a compressed param's slots scattered into
+    /// the shared scratch, its weight gradient gathered back (and its dense gradient, RigL's
+    /// grow score, into the scratch at mask updates). Nothing needs the input's gradient.
+    fn conv_pool(&mut self, g: ConvPoolGeom, x: Act) -> Result<(Act, Bwd)> {
+        let (ctx, n) = (self.ctx, self.n);
+        let idx = self.take_param()?;
+        let name = self.params[idx].name.clone();
+        let (ho, wo) = g.out();
+        let y = self.act(
+            Shape {
+                c: g.conv.cout,
+                h: ho,
+                w: wo,
+            },
+            &format!("{name} pooled output"),
+        )?;
+        let arg = Tensor::zeros(ctx, &format!("{name} pooling argmax"), g.output_len())?;
+        let (bias, gb) = match &self.params[idx].bias {
+            Some([b, gb, _]) => (Some(b.clone()), Some(gb.clone())),
+            None => (None, None),
+        };
+        let mut bwd = Bwd::default();
+        match (&self.compressed[idx], &self.slots) {
+            (Some(c), Some(slots)) => {
+                let wv = slots.dense_weights(ctx, c, &name)?;
+                let gv = slots.dense_grad.slice(
+                    ctx,
+                    0,
+                    c.rows() * c.cols(),
+                    &format!("{name} dense gradient"),
+                )?;
+                let slot = |op: SlotOp, d: &Tensor| {
+                    spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
+                };
+                let fwd = [
+                    slot(SlotOp::Zero, &wv)?,
+                    slot(SlotOp::Scatter, &wv)?,
+                    conv_pool::forward(ctx, &g, &x.t, &wv, None, bias.as_ref(), &y.t, &arg)?,
+                ];
+                bwd.push(conv_pool::weight_grad(
+                    ctx,
+                    &g,
+                    &x.t,
+                    &y.g,
+                    &arg,
+                    &gv,
+                    gb.as_ref(),
+                )?);
+                bwd.push(slot(SlotOp::Gather, &gv)?);
+                let dense = conv_pool::weight_grad(ctx, &g, &x.t, &y.g, &arg, &gv, None)?;
+                self.forward.extend(fwd);
+                if let Some(c) = self.compressed[idx].as_mut() {
+                    c.dense_grad = Some(dense);
+                }
+            }
+            _ => {
+                let pf = self.params[idx].flat()?;
+                let fwd = conv_pool::forward(
+                    ctx,
+                    &g,
+                    &x.t,
+                    &pf.w,
+                    Some(&pf.mask),
+                    bias.as_ref(),
+                    &y.t,
+                    &arg,
+                )?;
+                bwd.push(conv_pool::weight_grad(
+                    ctx,
+                    &g,
+                    &x.t,
+                    &y.g,
+                    &arg,
+                    &pf.grad,
+                    gb.as_ref(),
+                )?);
+                self.forward.push(fwd);
+            }
+        }
+        Ok((y, bwd))
+    }
+
     fn take_param(&mut self) -> Result<usize> {
         let i = self.next_param;
         if i >= self.params.len() {
@@ -1238,13 +1358,21 @@ impl GpuModel {
                 host.spec.name, out.c, out.h, out.w
             )));
         }
+        let fused = fused_first_conv(&host.spec, batch);
         // Compressed kernels first: the flat buffers hold the other params only.
         let (compressed, slots) = if opts.compressed_conv || opts.compressed_linear {
             let which = compressed::Compress {
                 convs: opts.compressed_conv,
                 linears: opts.compressed_linear,
             };
-            compressed::compress_params(ctx, host, batch, which, dense_products)?
+            compressed::compress_params(
+                ctx,
+                host,
+                batch,
+                which,
+                dense_products,
+                fused.is_some().then_some(0),
+            )?
         } else {
             (host.weights.iter().map(|_| None).collect(), None)
         };
@@ -1346,7 +1474,15 @@ impl GpuModel {
         };
         let x = b.act(input, "input")?;
         let layers = host.spec.layers.clone();
-        let (y, mut bwd) = b.seq(&layers, x.clone(), false)?;
+        let (y, mut bwd) = match fused {
+            Some(g) => {
+                let (pooled, first) = b.conv_pool(g, x.clone())?;
+                let (y, mut bwd) = b.seq(&layers[3..], pooled, true)?;
+                bwd.append(first);
+                (y, bwd)
+            }
+            None => b.seq(&layers, x.clone(), false)?,
+        };
         keep_planes(&b.forward, &mut bwd.ops, &b.scratch_users);
         let loss = LossHead::new(ctx, &y.t, &y.g, y.s.c, batch, opts.label_smoothing)?;
         let mut switches = b.switches;

@@ -404,6 +404,7 @@ pub(super) fn compress_params(
     n: usize,
     which: Compress,
     dense_products: &[DenseProducts],
+    fused: Option<usize>,
 ) -> Result<(Vec<Option<CompressedParam>>, Option<Slots>)> {
     let (_, layers) = host.spec.infer()?;
     let form = SparseConvForm::pick(ctx);
@@ -451,7 +452,8 @@ pub(super) fn compress_params(
         plan.push(Some((geom, rows, cols, nnz, total)));
         total += align(nnz);
         n_max = n_max.max(rows * cols);
-        if dense_products.get(i).is_some_and(DenseProducts::any) {
+        // The fused first convolution ([`super::fused_first_conv`]) runs dense over its slots.
+        if dense_products.get(i).is_some_and(DenseProducts::any) || fused == Some(i) {
             dense_max = dense_max.max(rows * cols);
         }
         rb_max = rb_max.max(spmm::rebuild_scratch_len(rows, nnz));
