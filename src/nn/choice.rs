@@ -65,6 +65,11 @@ pub struct LayerTiming {
     /// all of its products on the faster path of the two sums.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub products: Option<ProductTimings>,
+    /// The model's first convolution fused with its ReLU and max pooling
+    /// ([`crate::nn::model::fused_first_conv`]): one kernel family whatever the paths, not
+    /// timed (both times 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fused: bool,
 }
 
 /// One product's time both ways, ms: on the compressed kernels, and dense over the scattered
@@ -518,6 +523,7 @@ pub fn decide(
                     sparse_ms,
                     masked_ms,
                     products: None,
+                    fused: false,
                 });
             }
             let sparse: f64 = layers.iter().map(|t| t.sparse_ms).sum();
@@ -567,16 +573,21 @@ pub struct ParamShape {
     pub cols: usize,
     /// Active weights.
     pub active: usize,
+    /// Runs as the fused first convolution, ReLU and max pooling
+    /// ([`crate::nn::model::fused_first_conv`]).
+    pub fused: bool,
 }
 
 impl ParamShape {
     /// Every weight tensor of `host`'s model over batches of `batch`, with its active count.
     pub fn of_model(host: &crate::cpu::model::HostModel, batch: usize) -> Result<Vec<Self>> {
         let (_, layers) = host.spec.infer()?;
+        let fused = crate::nn::model::fused_first_conv(&host.spec, batch).is_some();
         Ok(layers
             .iter()
             .zip(&host.weights)
-            .map(|(wl, hw)| {
+            .enumerate()
+            .map(|(i, (wl, hw))| {
                 let cols = hw.shape.last().copied().unwrap_or(1).max(1);
                 ParamShape {
                     name: hw.name.clone(),
@@ -584,6 +595,7 @@ impl ParamShape {
                     rows: hw.w.len() / cols,
                     cols,
                     active: hw.mask.iter().filter(|&&m| m != 0.0).count(),
+                    fused: fused && i == 0,
                 }
             })
             .collect())
@@ -597,6 +609,20 @@ impl ParamShape {
 /// dense gives the masked-dense model); `masked` and the methods the compressed path does not
 /// run (`method_ok`) give the masked-dense model.
 pub fn decide_model(
+    ctx: &GpuContext,
+    choice: KernelChoice,
+    params: &[ParamShape],
+    batch: usize,
+    method_ok: std::result::Result<(), String>,
+) -> Result<Decision> {
+    let mut decision = decide_model_paths(ctx, choice, params, batch, method_ok)?;
+    if let Some(p) = params.iter().find(|p| p.fused) {
+        decision.reason += &format!("; {} fused with its ReLU and max pooling", p.name);
+    }
+    Ok(decision)
+}
+
+fn decide_model_paths(
     ctx: &GpuContext,
     choice: KernelChoice,
     params: &[ParamShape],
@@ -631,6 +657,16 @@ pub fn decide_model(
             let mut layers = Vec::with_capacity(params.len());
             for (i, p) in params.iter().enumerate() {
                 let first = i == 0;
+                if p.fused {
+                    layers.push(LayerTiming {
+                        name: p.name.clone(),
+                        sparse_ms: 0.0,
+                        masked_ms: 0.0,
+                        products: None,
+                        fused: true,
+                    });
+                    continue;
+                }
                 let (sparse_ms, masked_ms, products) = match (&p.conv, &linear) {
                     (Some(g), _) => {
                         let t = time_conv(ctx, *g, p.active, first)?;
@@ -657,6 +693,7 @@ pub fn decide_model(
                     sparse_ms,
                     masked_ms,
                     products,
+                    fused: false,
                 });
             }
             Ok(model_decision(layers, &linear_note))
@@ -671,13 +708,13 @@ fn model_decision(layers: Vec<LayerTiming>, linear_note: &str) -> Decision {
     let masked: f64 = layers.iter().map(|t| t.masked_ms).sum();
     let best: f64 = layers.iter().map(LayerTiming::best_ms).sum();
     let paths = dense_products(&layers, layers.len());
-    let kernels = if paths.iter().all(DenseProducts::every) {
+    let kernels = if layers.iter().zip(&paths).all(|(t, p)| t.fused || p.every()) {
         "masked"
     } else {
         "sparse"
     };
     let mut on_dense = Vec::new();
-    for (t, p) in layers.iter().zip(&paths) {
+    for (t, p) in layers.iter().zip(&paths).filter(|(t, _)| !t.fused) {
         if p.every() {
             on_dense.push(t.name.clone());
         } else if p.any() {
@@ -725,6 +762,7 @@ mod tests {
             sparse_ms,
             masked_ms,
             products: None,
+            fused: false,
         }
     }
 
@@ -776,6 +814,7 @@ mod tests {
             sparse_ms: p.sparse_ms(),
             masked_ms: p.dense_ms(),
             products: Some(p),
+            fused: false,
         };
         let d = model_decision(
             vec![layer("conv1", conv(true)), t("fc3", 5.0, 26.0)],
@@ -824,5 +863,37 @@ mod tests {
         let back: LayerTiming =
             serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("parse");
         assert_eq!(back, new);
+    }
+
+    #[test]
+    fn a_fused_first_convolution_takes_no_part_in_the_choice() {
+        let fused = LayerTiming {
+            fused: true,
+            ..t("conv1", 0.0, 0.0)
+        };
+        // Its untimed 0 ms would keep it compressed; it neither keeps the model compressed nor
+        // shows among the tensors on dense products.
+        let d = model_decision(vec![fused.clone(), t("fc3", 5.0, 2.0)], "note");
+        assert_eq!(d.kernels, "masked", "{}", d.reason);
+        let d = model_decision(
+            vec![fused.clone(), t("conv2", 5.0, 2.0), t("fc3", 1.0, 2.0)],
+            "note",
+        );
+        assert_eq!(d.kernels, "sparse");
+        assert!(
+            d.reason.ends_with("over the slots of conv2"),
+            "{}",
+            d.reason
+        );
+        // Recorded with the run, and read back.
+        let json = serde_json::to_string(&fused).expect("json");
+        assert!(json.contains("\"fused\":true"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<LayerTiming>(&json).expect("parse"),
+            fused
+        );
+        assert!(!serde_json::to_string(&t("fc3", 1.0, 2.0))
+            .expect("json")
+            .contains("fused"));
     }
 }
