@@ -7,7 +7,7 @@
 //   3 storage rw    c     : [M,N]
 //   4 storage read  amask : same layout as a; read only when MASK_A (the masked-dense yardstick:
 //                           the weight operand multiplied by its 0/1 mask on load)
-// Overrides: TRANS_A, TRANS_B, MASK_A, ACCUMULATE (C += instead of C =).
+// Overrides: TRANS_A, TRANS_B, MASK_A, ACCUMULATE (C += instead of C =), TRANS_C.
 // Work is split in tiles; tiles are linearised over workgroup_id.x + workgroup_id.y * num_workgroups.x
 // so a problem may exceed 65535 workgroups in one dimension. Edges are clamped on load and guarded
 // on store, so any M, N, K >= 1 works (K = 0 writes zeros).
@@ -35,6 +35,9 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override MASK_A: bool = false;
 override ACCUMULATE: bool = false;
+// C is stored transposed ([N,M]: c[col * M + row]): the host runs a product with few columns
+// as its transpose, so that gemm_rowblock's 128 columns per workgroup are not mostly idle.
+override TRANS_C: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -62,7 +65,10 @@ fn load_b(kk: u32, col: u32) -> f32 {
 }
 
 fn store_c(row: u32, col: u32, v: f32) {
-    let idx = row * p.n + col;
+    var idx = row * p.n + col;
+    if (TRANS_C) {
+        idx = col * p.m + row;
+    }
     if (ACCUMULATE) {
         c[idx] = c[idx] + v;
     } else {

@@ -59,6 +59,9 @@ fn shapes() -> Vec<(usize, usize, usize)> {
         (10, 100, 300),
         (40, 36, 44),
         (300, 100, 784),
+        // Few columns: rowblock runs the transpose.
+        (500, 10, 100),
+        (129, 7, 33),
     ]
 }
 
@@ -88,7 +91,7 @@ fn gemm_all_variants_match_cpu() {
 fn gemm_masked_and_accumulate_match_cpu() {
     let ctx = ctx();
     for variant in GemmVariant::ALL {
-        for (m, n, k) in [(37, 53, 29), (40, 36, 44)] {
+        for (m, n, k) in [(37, 53, 29), (40, 36, 44), (130, 9, 31)] {
             for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
                 let shape = GemmShape {
                     m,
