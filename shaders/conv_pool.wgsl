@@ -62,21 +62,19 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 // conv_pool_wgrad: the pooled output gradient ; conv_pool_wprep: the mask (read with flag 2)
 @group(0) @binding(2) var<storage, read> b2: array<f32>;
-// (unused)
+// conv_pool_wprep: the bias (read with flag 1)
 @group(0) @binding(3) var<storage, read> b3: array<f32>;
-// conv_pool_fwd: bias (read with flag 1)
-@group(0) @binding(4) var<storage, read> b4: array<f32>;
 // conv_pool_fwd: pooled output ; conv_pool_wgrad: partial sums ; conv_pool_wsum: weight
-// gradient ; conv_pool_wprep: the masked weights, for conv_pool_fwd's binding 8
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// gradient ; conv_pool_wprep: the masked weights and the bias, for conv_pool_fwd's binding 7
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // conv_pool_fwd: argmax (written) ; conv_pool_wgrad: argmax (read)
-@group(0) @binding(6) var<storage, read_write> arg: array<u32>;
+@group(0) @binding(5) var<storage, read_write> arg: array<u32>;
 // conv_pool_wsum: bias gradient (written with flag 1)
-@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out2: array<f32>;
 // conv_pool_fwd: the masked weights as a uniform buffer: every invocation reads the same weight
 // at the same time, and lavapipe loads a uniform once where it loads a storage buffer lane by
 // lane (a LeNet-5 conv1 forward 60 ms from storage, 8 ms with constant weights).
-@group(0) @binding(8) var<uniform> wu: array<vec4<f32>, WU4>;
+@group(0) @binding(7) var<uniform> wu: array<vec4<f32>, WU4>;
 
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -235,7 +233,7 @@ fn conv_pool_wprep(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
             v = v * b2[i];
         }
     } else if ((p.flags & BIAS) != 0u) {
-        v = b4[i - TAPS * COUT];
+        v = b3[i - TAPS * COUT];
     }
     out[i] = v;
 }

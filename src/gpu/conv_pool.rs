@@ -305,7 +305,6 @@ const BINDINGS: &[Binding] = &[
     Binding::Read,
     Binding::Read,
     Binding::Read,
-    Binding::Read,
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
@@ -355,7 +354,6 @@ pub fn forward(
         &[
             w,
             mask.unwrap_or(w),
-            &s.r,
             bias.unwrap_or(&s.r),
             &wu,
             &s.w1,
@@ -368,7 +366,7 @@ pub fn forward(
         ctx,
         &g.spec("conv_pool_fwd")?,
         bytemuck::bytes_of(&p),
-        &[x, &s.r, &s.r, &s.r, y, arg, &s.w2, &wu],
+        &[x, &s.r, &s.r, y, arg, &s.w2, &wu],
         (g.positions() as u64).div_ceil(WG),
     )?
     .with_before(vec![to_uniform])
@@ -434,7 +432,7 @@ pub fn weight_grad(
         ctx,
         &g.spec("conv_pool_wgrad")?,
         bytemuck::bytes_of(&p),
-        &[x, dy, &s.r, &s.r, &partial, arg, &s.w1, &s.u],
+        &[x, dy, &s.r, &partial, arg, &s.w1, &s.u],
         (chunks as u64).div_ceil(WG),
     )?;
     let live = g.positions() * c.cout;
@@ -442,16 +440,7 @@ pub fn weight_grad(
         ctx,
         &g.spec("conv_pool_wsum")?,
         bytemuck::bytes_of(&p),
-        &[
-            &partial,
-            &s.r,
-            &s.r,
-            &s.r,
-            dw,
-            arg,
-            db.unwrap_or(&s.w1),
-            &s.u,
-        ],
+        &[&partial, &s.r, &s.r, dw, arg, db.unwrap_or(&s.w1), &s.u],
         ((taps1 * c.cout) as u64).div_ceil(WG),
     )?
     .with_before(vec![parts])

@@ -1071,8 +1071,10 @@ impl Builder<'_> {
             Some([b, gb, _]) => (Some(b.clone()), Some(gb.clone())),
             None => (None, None),
         };
-        let mut bwd = Bwd::default();
-        match (&self.compressed[idx], &self.slots) {
+        // The weights it reads and the gradient it writes: the param's own (masked), or a
+        // compressed param's slots scattered into the shared scratch before the forward and the
+        // gradient gathered back from it.
+        let (w, mask, grad, scatter, gather) = match (&self.compressed[idx], &self.slots) {
             (Some(c), Some(slots)) => {
                 let wv = slots.dense_weights(ctx, c, &name)?;
                 let gv = slots.dense_grad.slice(
@@ -1084,49 +1086,45 @@ impl Builder<'_> {
                 let slot = |op: SlotOp, d: &Tensor| {
                     spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
                 };
-                let fwd = [
-                    slot(SlotOp::Zero, &wv)?,
-                    slot(SlotOp::Scatter, &wv)?,
-                    conv_pool::forward(ctx, &g, &x.t, &wv, None, bias.as_ref(), &y.t, &arg)?,
-                ];
-                bwd.push(conv_pool::weight_grad(
-                    ctx,
-                    &g,
-                    &x.t,
-                    &y.g,
-                    &arg,
-                    &gv,
-                    gb.as_ref(),
-                )?);
-                bwd.push(slot(SlotOp::Gather, &gv)?);
-                let dense = conv_pool::weight_grad(ctx, &g, &x.t, &y.g, &arg, &gv, None)?;
-                self.forward.extend(fwd);
-                if let Some(c) = self.compressed[idx].as_mut() {
-                    c.dense_grad = Some(dense);
-                }
+                let scatter = vec![slot(SlotOp::Zero, &wv)?, slot(SlotOp::Scatter, &wv)?];
+                let gather = slot(SlotOp::Gather, &gv)?;
+                (wv, None, gv, scatter, Some(gather))
             }
             _ => {
                 let pf = self.params[idx].flat()?;
-                let fwd = conv_pool::forward(
-                    ctx,
-                    &g,
-                    &x.t,
-                    &pf.w,
-                    Some(&pf.mask),
-                    bias.as_ref(),
-                    &y.t,
-                    &arg,
-                )?;
-                bwd.push(conv_pool::weight_grad(
-                    ctx,
-                    &g,
-                    &x.t,
-                    &y.g,
-                    &arg,
-                    &pf.grad,
-                    gb.as_ref(),
-                )?);
-                self.forward.push(fwd);
+                let m = Some(pf.mask.clone());
+                (pf.w.clone(), m, pf.grad.clone(), Vec::new(), None)
+            }
+        };
+        let (x, dy) = (&x.t, &y.g);
+        self.forward.extend(scatter);
+        self.forward.push(conv_pool::forward(
+            ctx,
+            &g,
+            x,
+            &w,
+            mask.as_ref(),
+            bias.as_ref(),
+            &y.t,
+            &arg,
+        )?);
+        let mut bwd = Bwd::default();
+        bwd.push(conv_pool::weight_grad(
+            ctx,
+            &g,
+            x,
+            dy,
+            &arg,
+            &grad,
+            gb.as_ref(),
+        )?);
+        if let Some(gather) = gather {
+            bwd.push(gather);
+            // The dense gradient (RigL's grow score) at mask updates: the same pass into the
+            // scratch, the bias gradient left alone.
+            let dense = conv_pool::weight_grad(ctx, &g, x, dy, &arg, &grad, None)?;
+            if let Some(c) = self.compressed[idx].as_mut() {
+                c.dense_grad = Some(dense);
             }
         }
         Ok((y, bwd))
