@@ -17,8 +17,8 @@
 //
 // The geometry is in consts that the host specialises per layer (src/gpu/conv_pool.rs), which
 // also replaces each `// BEGIN NAME` ... `// END NAME` region by the same code unrolled for that
-// geometry (src/gpu/conv_pool.rs, `unrolled`): the patch and the accumulators become scalars,
-// where the loops over private arrays here would leave them in memory on lavapipe.
+// geometry (src/gpu/conv_pool.rs, `unrolled_code`): the patch and the accumulators become
+// scalars instead of private arrays indexed in loops. The generic loops are tested too.
 
 const CK: u32 = 5u;      // convolution kernel
 const CS: u32 = 1u;      // convolution stride

@@ -285,7 +285,7 @@ impl ConvPoolGeom {
         })
     }
 
-    /// Partial sums per output channel of the weight gradient.
+    /// Invocations of the weight gradient's partial sums (each covers every channel).
     fn chunks(&self) -> usize {
         CHUNKS.min(self.positions()).max(1)
     }

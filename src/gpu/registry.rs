@@ -52,9 +52,8 @@ pub struct KernelSpec {
     /// Pipeline-overridable constants (`override NAME`).
     pub overrides: Vec<(&'static str, f64)>,
     /// Code substituted for the lines from `// BEGIN NAME` to `// END NAME` (the generic code
-    /// between them, which keeps the file valid on its own): straight-line code the host
-    /// generates for a geometry, where a loop over a private array would leave the array in
-    /// memory on software adapters.
+    /// between them keeps the file valid on its own): straight-line code the host generates for
+    /// one geometry, scalars where the generic code loops over private arrays.
     pub snippets: Vec<(&'static str, String)>,
 }
 

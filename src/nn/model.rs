@@ -14,7 +14,9 @@
 //!
 //! Fusion (a peephole over every layer sequence, residual branches included, `Builder::peephole`): a
 //! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
-//! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's.
+//! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's. A model that
+//! starts with a convolution, a ReLU and a max pooling runs the three as one layer where the
+//! fused kernels take it ([`fused_first_conv`], [`crate::gpu::conv_pool`]).
 
 use crate::cpu::conv::Window;
 use crate::cpu::model::HostModel;
