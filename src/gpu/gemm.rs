@@ -258,7 +258,11 @@ impl GemmOp {
         // its transpose `Cᵀ = op(B)ᵀ·op(A)ᵀ`, stored transposed: LeNet-5's fc4 weight gradient
         // (500x10 over a batch of 100) used 10 of each workgroup's 128 columns (16 ms on
         // lavapipe). Not with a mask, which is on A.
-        let swap = variant == GemmVariant::RowBlock && mask.is_none() && 2 * n < 128 && m > 2 * n;
+        let rowblock_cols = GemmVariant::RowBlock.tile().1;
+        let swap = variant == GemmVariant::RowBlock
+            && mask.is_none()
+            && 2 * n < rowblock_cols
+            && m > 2 * n;
         let (a, b, m, n, trans_a, trans_b) = if swap {
             (b, a, n, m, !shape.trans_b, !shape.trans_a)
         } else {
