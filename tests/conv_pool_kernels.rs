@@ -38,7 +38,7 @@ fn cases() -> Vec<ConvPoolGeom> {
                         (3, 2, Padding::Same),
                         (2, 1, Padding::Valid),
                     ] {
-                        if let Ok(g) = ConvPoolGeom::new(conv, size, pstride, ppad) {
+                        if let Ok(g) = ConvPoolGeom::new(conv, pooling(conv, size, pstride, ppad)) {
                             if g.fits() {
                                 out.push(g);
                                 // The shader's generic loops, on a sample of the cases.
@@ -53,6 +53,19 @@ fn cases() -> Vec<ConvPoolGeom> {
         }
     }
     out
+}
+
+/// A `size`x`size` pooling window of `stride` and `padding` over `conv`'s output.
+fn pooling(conv: ConvGeom, size: usize, stride: usize, padding: Padding) -> Window {
+    let (h, w) = conv.out().unwrap_or((0, 0));
+    Window {
+        n: conv.window.n,
+        h,
+        w,
+        k: size,
+        stride,
+        padding,
+    }
 }
 
 fn name(g: &ConvPoolGeom) -> String {
@@ -197,17 +210,12 @@ fn a_layer_too_large_for_registers_is_refused_with_a_reason() {
         stride: 1,
         padding: Padding::Valid,
     };
-    let g = ConvPoolGeom::new(
-        ConvGeom {
-            window,
-            cin: 3,
-            cout: 4,
-        },
-        2,
-        2,
-        Padding::Valid,
-    )
-    .unwrap();
+    let conv = ConvGeom {
+        window,
+        cin: 3,
+        cout: 4,
+    };
+    let g = ConvPoolGeom::new(conv, pooling(conv, 2, 2, Padding::Valid)).unwrap();
     assert!(!g.fits(), "3 channels of 6x6: 108 values");
     let t = |len| Tensor::zeros(ctx, "t", len).unwrap();
     let err = conv_pool::forward(
@@ -223,6 +231,12 @@ fn a_layer_too_large_for_registers_is_refused_with_a_reason() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("at most 64 input values"), "{err}");
-    // A pooling window larger than the convolution's output is an error too.
-    assert!(ConvPoolGeom::new(g.conv, 13, 2, Padding::Valid).is_err());
+    // A pooling window larger than the convolution's output is an error too, and so is one
+    // over another shape than the convolution's output.
+    assert!(ConvPoolGeom::new(conv, pooling(conv, 13, 2, Padding::Valid)).is_err());
+    let elsewhere = Window {
+        h: 11,
+        ..pooling(conv, 2, 2, Padding::Valid)
+    };
+    assert!(ConvPoolGeom::new(conv, elsewhere).is_err());
 }

@@ -44,27 +44,22 @@ pub struct ConvPoolGeom {
 }
 
 impl ConvPoolGeom {
-    /// The convolution `conv` pooled by a `size`x`size` window of `stride` and `padding`; an
-    /// error when either window does not fit.
-    pub fn new(
-        conv: ConvGeom,
-        size: usize,
-        stride: usize,
-        padding: crate::nn::spec::Padding,
-    ) -> Result<Self> {
+    /// The convolution `conv` pooled by `pool` (a window over the convolution's output: its
+    /// `n`, `h` and `w` are the convolution's, as [`crate::nn::spec::Layer::pool_window`] makes
+    /// it); an error when either window does not fit or `pool` is over another shape.
+    pub fn new(conv: ConvGeom, pool: Window) -> Result<Self> {
         let (hc, wc) = conv.out()?;
-        let pool = Window {
-            n: conv.window.n,
-            h: hc,
-            w: wc,
-            k: size,
-            stride,
-            padding,
-        };
-        if size == 0 || stride == 0 || pool.out().is_none() {
+        if (pool.n, pool.h, pool.w) != (conv.window.n, hc, wc) {
             return Err(RiglError::invalid(format!(
-                "a {size}x{size} pooling of stride {stride} does not fit a {hc}x{wc} convolution \
-                 output"
+                "a pooling over {} images of {}x{} after a convolution of {} images to {hc}x{wc}",
+                pool.n, pool.h, pool.w, conv.window.n
+            )));
+        }
+        if pool.k == 0 || pool.stride == 0 || pool.out().is_none() {
+            return Err(RiglError::invalid(format!(
+                "a {k}x{k} pooling of stride {} does not fit a {hc}x{wc} convolution output",
+                pool.stride,
+                k = pool.k
             )));
         }
         Ok(ConvPoolGeom {

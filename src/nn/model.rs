@@ -217,34 +217,16 @@ fn peephole(layers: &[Layer]) -> Option<Fused> {
 /// needed) and the input values under one pooling window fit the fused kernels' registers
 /// (LeNet-5's `conv1`). Its weight tensor is the model's first.
 pub fn fused_first_conv(spec: &ModelSpec, batch: usize) -> Option<ConvPoolGeom> {
-    let [Layer::Conv2d {
-        out,
-        kernel,
-        stride,
-        padding,
-        ..
-    }, Layer::Relu, Layer::MaxPool {
-        size,
-        stride: pool_stride,
-        padding: pool_padding,
-    }, ..] = spec.layers.as_slice()
+    let [Layer::Conv2d { .. }, Layer::Relu, pool @ Layer::MaxPool { .. }, ..] =
+        spec.layers.as_slice()
     else {
         return None;
     };
-    let s = spec.input_shape();
-    let conv = ConvGeom {
-        window: Window {
-            n: batch,
-            h: s.h,
-            w: s.w,
-            k: *kernel,
-            stride: *stride,
-            padding: *padding,
-        },
-        cin: s.c,
-        cout: *out,
-    };
-    let g = ConvPoolGeom::new(conv, *size, pool_stride.unwrap_or(*size), *pool_padding).ok()?;
+    let (_, weights) = spec.infer().ok()?;
+    let conv = weights.first()?.conv_geom(batch)?;
+    let (h, w) = conv.out().ok()?;
+    let window = pool.pool_window(Shape { c: conv.cout, h, w }, batch)?;
+    let g = ConvPoolGeom::new(conv, window).ok()?;
     g.fits().then_some(g)
 }
 
