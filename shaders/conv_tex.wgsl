@@ -254,7 +254,7 @@ fn pack_dpatch(
 }
 
 // ---- pack_rows: the weight gradient's A, op(A)[co, q] = dy[co, first + q] (rows of the output
-// gradient from column `first`).
+// gradient from column `first`), and the col2im input gradient's B; rows past cout are zero.
 @compute @workgroup_size(64)
 fn pack_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -267,8 +267,36 @@ fn pack_rows(
     }
     let len = p.n * HO * WO;
     for (var co = it.y0; co < it.y_end; co++) {
-        let base = co * len + p.first + 4u * it.x;
-        textureStore(dst, vec2<u32>(it.x, co), vec4<f32>(src[base], src[base + 1u], src[base + 2u], src[base + 3u]));
+        var v = vec4<f32>(0.0);
+        if (co < COUT) {
+            let base = co * len + p.first + 4u * it.x;
+            v = vec4<f32>(src[base], src[base + 1u], src[base + 2u], src[base + 3u]);
+        }
+        textureStore(dst, vec2<u32>(it.x, co), v);
+    }
+}
+
+// ---- pack_w: the col2im input gradient's A, op(A)[kk, co] = (w ⊙ mask)[kk · cout + co]: the
+// weights as they are laid out, columns past cout (`real`) zero.
+@compute @workgroup_size(64)
+fn pack_w(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let it = item(wid, nwg, lidx);
+    if (it.x >= p.cols4) {
+        return;
+    }
+    for (var kk = it.y0; kk < it.y_end; kk++) {
+        var v = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            let co = 4u * it.x + j;
+            if (co < p.real) {
+                v[j] = weight(kk * COUT + co);
+            }
+        }
+        textureStore(dst, vec2<u32>(it.x, kk), v);
     }
 }
 

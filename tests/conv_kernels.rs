@@ -99,7 +99,9 @@ impl Form {
     ) -> Dispatch {
         match *self {
             Form::Variant(v) => conv::input_grad_with(ctx, v, g, dy, w, m, dx, acc),
-            Form::TextureChunks(c) => conv_tex::input_grad(ctx, g, dy, w, m, dx, acc, c),
+            Form::TextureChunks(c) => {
+                conv_tex::input_grad(ctx, g, dy, w, m, dx, acc, c, conv_tex::DgradForm::Auto)
+            }
         }
         .unwrap()
     }
@@ -363,4 +365,88 @@ fn weight_gradients_equal_the_twin_on_both_tiles() {
             ctx.info.name, ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
         );
     }
+}
+
+/// The input gradient in both forms of the texture path (`DgradForm`): the transposed
+/// convolution every case runs and col2im (a product of the forward's size, then each input
+/// summing its taps), which training takes for valid and strided convolutions. Every texture
+/// case at the default chunk, the chunked ones in small chunks (col2im in chunks of whole
+/// images: one image, and 8 + 4 images where positions per image are not multiples of 4), and
+/// LeNet-5's `conv2` shape.
+#[test]
+fn input_gradients_equal_the_twin_in_both_forms() {
+    use conv_tex::DgradForm;
+    let ctx = ctx();
+    let mut runs: Vec<(ConvGeom, usize)> = cases()
+        .into_iter()
+        .filter(|g| ConvVariant::Texture.supports(ctx, g))
+        .map(|g| (g, 32 << 20))
+        .collect();
+    runs.extend(chunked_cases().into_iter().map(|g| (g, 2048)));
+    runs.extend(chunked_cases().into_iter().map(|g| (g, 24 << 10)));
+    let lenet_conv2 = ConvGeom {
+        window: Window {
+            n: 4,
+            h: 12,
+            w: 12,
+            k: 5,
+            stride: 1,
+            padding: Padding::Valid,
+        },
+        cin: 20,
+        cout: 50,
+    };
+    runs.push((lenet_conv2, 32 << 20));
+    runs.push((lenet_conv2, 2048));
+    let (mut col2im_runs, mut chunked) = (0, 0);
+    for (i, (g, chunk)) in runs.into_iter().enumerate() {
+        let s = i as u32;
+        let w = data(g.weight_len(), 200 + s);
+        let m = mask(g.weight_len(), 0.5, 210 + s);
+        let dy = data(g.output_len().unwrap(), 220 + s);
+        let dx0 = data(g.input_len(), 230 + s);
+        let tw = Tensor::from_f32(ctx, "w", &w).unwrap();
+        let tm = Tensor::from_f32(ctx, "mask", &m).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let taps = (g.window.k * g.window.k * g.cout) as f32;
+        let fits = conv_tex::col2im_fits(ctx, &g, chunk);
+        for form in [DgradForm::Transposed, DgradForm::Col2im] {
+            if form == DgradForm::Col2im && !fits {
+                let t = Tensor::zeros(ctx, "dx", g.input_len()).unwrap();
+                let e = conv_tex::input_grad(ctx, g, &tdy, &tw, None, &t, false, chunk, form)
+                    .unwrap_err();
+                assert!(e.to_string().contains("col2im"), "{e}");
+                continue;
+            }
+            for (masked, accumulate) in [(true, false), (false, true)] {
+                let tdx = Tensor::from_f32(ctx, "dx", &dx0).unwrap();
+                let mk = masked.then_some(&tm);
+                let op = conv_tex::input_grad(ctx, g, &tdy, &tw, mk, &tdx, accumulate, chunk, form)
+                    .unwrap();
+                ops::run(ctx, "conv input gradient", &[&op]).unwrap();
+                let mk = masked.then_some(&m[..]);
+                let mut want = cpu::conv2d_input_grad(&dy, &w, mk, g.window, g.cin, g.cout);
+                if accumulate {
+                    want.iter_mut().zip(&dx0).for_each(|(a, b)| *a += b);
+                }
+                assert_close(
+                    &format!(
+                        "input gradient {form:?} chunk {chunk} {} masked={masked} \
+                         accumulate={accumulate}",
+                        name(&g)
+                    ),
+                    &tdx.read_f32(ctx).unwrap(),
+                    &want,
+                    1e-5 * taps,
+                    1e-5,
+                );
+                if form == DgradForm::Col2im {
+                    col2im_runs += 1;
+                    chunked += usize::from(chunk == 2048);
+                }
+            }
+        }
+    }
+    assert!(col2im_runs > 60, "col2im ran {col2im_runs} times");
+    assert!(chunked >= 4, "col2im ran {chunked} times in small chunks");
 }

@@ -326,7 +326,17 @@ pub fn input_grad_with(
     accumulate: bool,
 ) -> Result<Dispatch> {
     if variant == ConvVariant::Texture {
-        return conv_tex::input_grad(ctx, g, dy, w, mask, dx, accumulate, conv_tex::CHUNK_BYTES);
+        return conv_tex::input_grad(
+            ctx,
+            g,
+            dy,
+            w,
+            mask,
+            dx,
+            accumulate,
+            conv_tex::CHUNK_BYTES,
+            conv_tex::DgradForm::Auto,
+        );
     }
     let flags = if mask.is_some() { MASKED } else { 0 } | if accumulate { BIAS_OR_ACC } else { 0 };
     let p = g.params(flags)?;

@@ -6,7 +6,9 @@
 //! - forward: `y[cout, P] = (w ⊙ mask)ᵀ[cout, K] · patches[K, P]` (P = N·Ho·Wo, K = k·k·cin; the
 //!   bias as one more row of ones);
 //! - input gradient: `dx[cin, Q] = wd[cin, Kd] · dpatches[Kd, Q]` (Q = N·H·W, Kd = k·k·cout: the
-//!   output gradient gathered at the outputs each input feeds);
+//!   output gradient gathered at the outputs each input feeds), or for valid and strided
+//!   convolutions, whose Q exceeds P, `cols[K, P] = (w ⊙ mask)[K, cout] · dy[cout, P]` and every
+//!   input summing its taps' columns (col2im, [`DgradForm`]);
 //! - weight gradient: `dwᵀ[cout, K] = dy[cout, P] · patchesᵀ[P, K]`, its reduction over P split
 //!   into parts summed (and transposed into `[K, cout]`) by `shaders/conv_sum.wgsl`.
 //!
@@ -71,6 +73,16 @@ const PACK_T: &[Binding] = &[
 ];
 const SUM: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
 const SRC: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::TexWrite];
+const COL2IM: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Col2imParams {
+    q0: u32,
+    texels: u32,
+    ldc: u32,
+    plane4: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -319,7 +331,62 @@ pub fn forward(
     chain(ops)
 }
 
-/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`.
+/// How the texture path computes a convolution's input gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DgradForm {
+    /// [`DgradForm::Col2im`] where its product is smaller than the transposed convolution's
+    /// (more input positions than output positions: a valid or strided convolution) or its sum
+    /// is one tap (1x1), and its chunks of whole images fit; [`DgradForm::Transposed`]
+    /// otherwise. What training runs. Measured on lavapipe (docs/performance.md): LeNet-5's
+    /// `conv2` 50 to 21 ms, a 3x3 stride-2 32-to-64 one at 32x32 222 to 70 ms, a 1x1 47 to 29
+    /// ms; 3x3 same convolutions gain nothing (-8% to +11%), so they keep the transposed form.
+    Auto,
+    /// The transposed convolution: `dx[cin, Q] = wd[cin, k·k·cout] · dpatches[k·k·cout, Q]` over
+    /// the output gradient gathered at the outputs each input feeds (Q = N·H·W input positions;
+    /// for a valid or strided convolution most of the gathered values are zeros).
+    Transposed,
+    /// `cols[k·k·cin, P] = (w ⊙ mask)[k·k·cin, cout] · dy[cout, P]` (P = N·Ho·Wo output
+    /// positions: the forward's work), then every input sums the taps that read it
+    /// (`shaders/conv_col2im.wgsl`). Needs chunks of whole images ([`col2im_fits`]).
+    Col2im,
+}
+
+/// Images per chunk of the col2im input gradient within `chunk_bytes` (its columns buffer and
+/// output-gradient texture), `None` where no chunk of whole images keeps every chunk's positions
+/// a multiple of 4 or its operands within the device's texture size.
+fn col2im_images(ctx: &GpuContext, g: &ConvGeom, chunk_bytes: usize) -> Option<usize> {
+    let (ho, wo) = g.out().ok()?;
+    let win = g.window;
+    let (plane_o, plane_i) = (ho * wo, win.h * win.w);
+    let k = win.k * win.k * g.cin;
+    let coutp = round4(g.cout);
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    if k > max || coutp > max || tex_cols(coutp) / 4 > max {
+        return None;
+    }
+    let cap = chunk_len(ctx, win.n * plane_o, k.max(coutp), false, chunk_bytes);
+    let imgs = (cap / plane_o).min(win.n);
+    if imgs == win.n {
+        // One chunk: P and Q are multiples of 4 wherever the texture path runs.
+        return Some(imgs);
+    }
+    let imgs = if plane_o.is_multiple_of(4) && plane_i.is_multiple_of(4) {
+        imgs
+    } else if win.n.is_multiple_of(4) {
+        // Chunks of a multiple of 4 images, the last one's too.
+        imgs / 4 * 4
+    } else {
+        return None;
+    };
+    (imgs > 0 && tex_cols(imgs * plane_o) / 4 <= max).then_some(imgs)
+}
+
+/// Whether [`DgradForm::Col2im`] can run this convolution in chunks of at most `chunk_bytes`.
+pub fn col2im_fits(ctx: &GpuContext, g: &ConvGeom, chunk_bytes: usize) -> bool {
+    supports(ctx, g) && col2im_images(ctx, g, chunk_bytes).is_some()
+}
+
+/// `dx (+)= conv_transpose(dy, w ⊙ mask)`, `dx` `[cin, N, H, W]`, in `form` (training: `Auto`).
 #[allow(clippy::too_many_arguments)]
 pub fn input_grad(
     ctx: &GpuContext,
@@ -330,14 +397,31 @@ pub fn input_grad(
     dx: &Tensor,
     accumulate: bool,
     chunk_bytes: usize,
+    form: DgradForm,
 ) -> Result<Dispatch> {
+    g.check_input_grad(dy, w, mask, dx)?;
+    let (ho, wo) = g.out()?;
+    let images = col2im_images(ctx, &g, chunk_bytes);
+    let images = match form {
+        DgradForm::Transposed => None,
+        DgradForm::Auto => images.filter(|_| g.window.h * g.window.w > ho * wo || g.window.k == 1),
+        DgradForm::Col2im => Some(images.ok_or_else(|| {
+            RiglError::invalid(format!(
+                "col2im input gradient of a {}x{} convolution over {}x{}: no chunk of whole \
+                 images fits {chunk_bytes} bytes with positions in multiples of 4",
+                g.window.k, g.window.k, g.window.h, g.window.w
+            ))
+        })?),
+    };
+    if let Some(images) = images {
+        return input_grad_col2im(ctx, g, dy, w, mask, dx, accumulate, images);
+    }
     let base = PackParams {
         geom: g.params(0)?,
         ..PackParams::default()
     };
     let q = g.input_len() / g.cin;
     let kd = g.window.k * g.window.k * g.cout;
-    g.check_input_grad(dy, w, mask, dx)?;
     let kdp = round4(kd);
     let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
     let chunk = chunk_len(ctx, q, kdp, false, chunk_bytes);
@@ -347,7 +431,6 @@ pub fn input_grad(
         kdp,
         tex_cols(chunk),
     )?;
-    let (ho, wo) = g.out()?;
     let dims = (g.cout, g.window.n, ho, wo);
     let (dyt, to_tex) = src_texture(ctx, dy, dims, "convolution output gradient (source)")?;
     let mut ops = vec![
@@ -391,6 +474,112 @@ pub fn input_grad(
                 narrow: false,
             },
         )?);
+    }
+    chain(ops)
+}
+
+/// [`DgradForm::Col2im`] in chunks of `images` whole images: per chunk, the output gradient's
+/// rows into a texture, the product into the columns buffer and the col2im sum into `dx`.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_col2im(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    images: usize,
+) -> Result<Dispatch> {
+    let base = PackParams {
+        geom: g.params(0)?,
+        ..PackParams::default()
+    };
+    let win = g.window;
+    let (ho, wo) = g.out()?;
+    let (plane_o, plane_i) = (ho * wo, win.h * win.w);
+    let k = win.k * win.k * g.cin;
+    let coutp = round4(g.cout);
+    let chunk = images * plane_o;
+    let at = Texture::new(ctx, "convolution weights (texture)", k, tex_cols(coutp))?;
+    let bt = Texture::new(
+        ctx,
+        "convolution output gradient (texture)",
+        coutp,
+        tex_cols(chunk),
+    )?;
+    let cols = Tensor::zeros(ctx, "convolution input gradient columns", k * chunk)?;
+    let mut ops = vec![pack(
+        ctx,
+        "pack_w",
+        base,
+        (k, coutp / 4, 0, g.cout),
+        w,
+        mask,
+        None,
+        &at,
+        None,
+    )?];
+    let mut spec = KernelSpec::new("conv_col2im", "col2im", COL2IM)
+        .with_override("ACCUMULATE", f64::from(u8::from(accumulate)));
+    for (name, v) in [
+        ("H", win.h),
+        ("W", win.w),
+        ("HO", ho),
+        ("WO", wo),
+        ("K", win.k),
+        ("STRIDE", win.stride),
+        ("PAD_T", base.geom.pad_t as usize),
+        ("PAD_L", base.geom.pad_l as usize),
+        ("CIN", g.cin),
+    ] {
+        spec = spec.with_override(name, v as f64);
+    }
+    for img0 in (0..win.n).step_by(images) {
+        let count = images.min(win.n - img0);
+        let len = count * plane_o;
+        ops.push(pack(
+            ctx,
+            "pack_rows",
+            base,
+            (coutp, len / 4, img0 * plane_o, 0),
+            dy,
+            None,
+            None,
+            &bt,
+            None,
+        )?);
+        ops.push(tex_product(
+            ctx,
+            (k, len, coutp),
+            &at,
+            &bt,
+            &cols,
+            false,
+            TexOut {
+                ldc4: len / 4,
+                c_off4: 0,
+                ksplit4: 0,
+                narrow: false,
+            },
+        )?);
+        let texels = count * plane_i / 4;
+        let params = Col2imParams {
+            q0: u(img0 * plane_i, "first input position")?,
+            texels: u(texels, "texels")?,
+            ldc: u(len, "positions")?,
+            plane4: u(win.n * plane_i / 4, "positions")?,
+        };
+        ops.push(
+            Dispatch::build(
+                ctx,
+                &spec,
+                bytemuck::bytes_of(&params),
+                &[&cols, dx],
+                (g.cin * texels).div_ceil(64) as u64,
+            )?
+            .with_cost(0.0, 4.0 * (k * len + 4 * g.cin * texels) as f64),
+        );
     }
     chain(ops)
 }

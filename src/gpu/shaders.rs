@@ -30,6 +30,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("conv_tex", include_str!("../../shaders/conv_tex.wgsl")),
     ("conv_sum", include_str!("../../shaders/conv_sum.wgsl")),
+    (
+        "conv_col2im",
+        include_str!("../../shaders/conv_col2im.wgsl"),
+    ),
     ("conv_pool", include_str!("../../shaders/conv_pool.wgsl")),
     ("conv_src", include_str!("../../shaders/conv_src.wgsl")),
     ("sconv", include_str!("../../shaders/sconv.wgsl")),
