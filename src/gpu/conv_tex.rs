@@ -7,8 +7,8 @@
 //!   bias as one more row of ones);
 //! - input gradient: `dx[cin, Q] = wd[cin, Kd] · dpatches[Kd, Q]` (Q = N·H·W, Kd = k·k·cout: the
 //!   output gradient gathered at the outputs each input feeds), or for valid and strided
-//!   convolutions, whose Q exceeds P, `cols[K, P] = (w ⊙ mask)[K, cout] · dy[cout, P]` and every
-//!   input summing its taps' columns (col2im, [`DgradForm`]);
+//!   convolutions (whose Q exceeds P) and 1x1 ones `cols[K, P] = (w ⊙ mask)[K, cout] · dy[cout,
+//!   P]` and every input summing its taps' columns (col2im, [`DgradForm`]);
 //! - weight gradient: `dwᵀ[cout, K] = dy[cout, P] · patchesᵀ[P, K]`, its reduction over P split
 //!   into parts summed (and transposed into `[K, cout]`) by `shaders/conv_sum.wgsl`.
 //!
