@@ -12,14 +12,16 @@
 // (input channel, phase), source = the padded output gradient, the taps of that phase); the weight
 // gradient (`sddmm`) is a dot product per slot of the output gradient with the shifted input.
 //
-// A source is written by `src_planes` as 4 copies shifted by 0..3 elements, so every shifted read
-// of 4 consecutive positions is one aligned texel of one copy: the source texture is linear,
-// texel G at (G % 4096, G / 4096), virtual channel vc = (copy * NPH + phase) * SC + c holding
-// texels vc * ST .. vc * ST + ST - 1. A nonzero's metadata (`meta_fwd`, `meta_bwd`) is its address
-// A = vc * ST + shift / 4 and its value bits; a lane at output vec4 u4 (image n) reads texel
-// A + u4 + n * PADJ4 (PADJ4: the source's image stride minus the output space's, over 4).
+// A texel of a source (written by `src_planes`) holds one position of 4 images: images 4g..4g+3
+// (image group g) in its 4 components, so a shift of any number of positions is a shift of whole
+// texels and every read is one texel. The source texture is linear, texel G at
+// (G % 4096, G / 4096), virtual channel vc = phase * SC + c holding texels vc * ST .. vc * ST +
+// ST - 1, image group g's plane at g * (U + PADJ). A nonzero's metadata (`meta_fwd`, `meta_bwd`)
+// is its address A = vc * ST + shift and its value bits; a lane at output position u of the
+// output space (U positions per image group, row stride ROWW) reads texel A + u + g * PADJ
+// (PADJ: the source's image-group stride minus the output space's) and computes its 4 images.
 //
-// Lanes span the output positions (V vec4s each, WG apart), as the dense-layer SpMM's span the
+// Lanes span the output positions (V each, WG apart), as the dense-layer SpMM's span the
 // batch (spmm.wgsl): every load is a distinct useful texel; the metadata of 8 nonzeros is loaded
 // by lanes 0..7 and handed out with subgroupBroadcast (BCAST), or loaded by every lane (portable,
 // no subgroups). Texture loads: on lavapipe a storage-buffer load at a different address per lane
@@ -27,7 +29,7 @@
 
 struct Params {
     rows: u32,      // rows of the product
-    blocks: u32,    // blocks of WG * V output vec4s per row
+    blocks: u32,    // blocks of WG * V output positions per row
     nnz: u32,       // slots of the layer
     ptr_off: u32,   // row pointers in idx (out_ptr forward, in_ptr input gradient)
     texels: u32,
@@ -48,18 +50,19 @@ override HO: u32 = 1u;
 override WO: u32 = 1u;
 override PAD_T: u32 = 0u;
 override PAD_L: u32 = 0u;
-// The output space: vec4s per image U4, row stride ROWW; the source's image stride exceeds it by
-// PADJ4 texels.
-override U4: u32 = 1u;
+// The output space: N4 image groups of U positions, row stride ROWW; the source's image-group
+// stride exceeds U by PADJ texels.
+override N4: u32 = 1u;
+override U: u32 = 1u;
 override ROWW: u32 = 1u;
-override PADJ4: u32 = 0u;
+override PADJ: u32 = 0u;
 // Forward product (rows = output channels) or input gradient (rows = (input channel, phase)).
 override FORWARD: bool = true;
 override BIAS: bool = false;
 // Metadata handed out by subgroupBroadcast (lavapipe-shaped) or loaded by every lane (portable).
 override BCAST: bool = true;
 override WG: u32 = 64u;
-// Output vec4s per lane (1 to 8).
+// Output positions per lane (1 to 8).
 override V: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -82,7 +85,7 @@ struct Acc {
     a7: vec4<f32>,
 }
 
-// Source texel offsets of a lane's output vec4s (u4 + image * PADJ4).
+// Source texel offsets of a lane's output positions (u + group * PADJ).
 struct Base {
     b0: u32,
     b1: u32,
@@ -103,9 +106,9 @@ fn ld(g: u32) -> vec4<f32> {
 }
 
 // Lanes past the output read a valid place (no branch around loads).
-fn base(u4: u32) -> u32 {
-    let c = min(u4, N * U4 - 1u);
-    return c + (c / U4) * PADJ4;
+fn base(u: u32) -> u32 {
+    let c = min(u, N4 * U - 1u);
+    return c + (c / U) * PADJ;
 }
 
 fn madd(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
@@ -154,41 +157,44 @@ fn lo(pad: u32, ph: u32) -> u32 {
     return select(0u, (pad - ph + S - 1u) / S, pad > ph);
 }
 
-fn store(row: u32, u4: u32, acc: vec4<f32>) {
-    if (u4 >= N * U4) {
+// Position u's 4 images (those of the batch) into out.
+fn store(row: u32, u: u32, acc: vec4<f32>) {
+    if (u >= N4 * U) {
         return;
     }
-    let img = u4 / U4;
-    let rem = (u4 % U4) * 4u;
+    let img0 = (u / U) * 4u;
+    let rem = u % U;
+    let imgs = min(N - img0, 4u);
     if (FORWARD) {
+        let oy = rem / ROWW;
+        let ox = rem % ROWW;
+        if (ox >= WO) {
+            return;
+        }
         var b = 0.0;
         if (BIAS) {
             b = bias[row];
         }
-        for (var i = 0u; i < 4u; i++) {
-            let oy = (rem + i) / ROWW;
-            let ox = (rem + i) % ROWW;
-            if (oy < HO && ox < WO) {
-                out[((row * N + img) * HO + oy) * WO + ox] = acc[i] + b;
-            }
+        let o = ((row * N + img0) * HO + oy) * WO + ox;
+        for (var i = 0u; i < imgs; i++) {
+            out[o + i * HO * WO] = acc[i] + b;
         }
     } else {
         let ci = row / (S * S);
         let py = (row % (S * S)) / S;
         let px = row % S;
-        let a0 = lo(PAD_T, py);
-        let c0 = lo(PAD_L, px);
-        for (var i = 0u; i < 4u; i++) {
-            // Padded coordinates of the input pixel.
-            let y = (a0 + (rem + i) / ROWW) * S + py;
-            let x = (c0 + (rem + i) % ROWW) * S + px;
-            if (y >= PAD_T && x >= PAD_L && y - PAD_T < H && x - PAD_L < W) {
-                let o = ((ci * N + img) * H + y - PAD_T) * W + x - PAD_L;
-                if (p.accum != 0u) {
-                    out[o] += acc[i];
-                } else {
-                    out[o] = acc[i];
-                }
+        // Padded coordinates of the input pixel.
+        let y = (lo(PAD_T, py) + rem / ROWW) * S + py;
+        let x = (lo(PAD_L, px) + rem % ROWW) * S + px;
+        if (y < PAD_T || x < PAD_L || y - PAD_T >= H || x - PAD_L >= W) {
+            return;
+        }
+        let o = ((ci * N + img0) * H + y - PAD_T) * W + x - PAD_L;
+        for (var i = 0u; i < imgs; i++) {
+            if (p.accum != 0u) {
+                out[o + i * H * W] += acc[i];
+            } else {
+                out[o + i * H * W] = acc[i];
             }
         }
     }

@@ -69,8 +69,8 @@ fn meta_fwd(
     let kx = (kidx / CIN) % K;
     let ph = (ky % S) * NPY + kx % S;
     let sh = (ky / S) * WQ + kx / S;
-    let vc = ((sh % 4u) * NPY * NPY + ph) * CIN + ci;
-    textureStore(meta_out, tex_at(j), vec4<u32>(vc * ST + sh / 4u, bitcast<u32>(vals[slot]), 0u, 0u));
+    let vc = ph * CIN + ci;
+    textureStore(meta_out, tex_at(j), vec4<u32>(vc * ST + sh, bitcast<u32>(vals[slot]), 0u, 0u));
 }
 
 // The input gradient's rows (ci, py, px) walk the slots of the taps (ky, kx) of their stride phase:
@@ -128,7 +128,6 @@ fn meta_bwd(
         }
     }
     let sh = (lo(PAD_T, py) + LT - ky / S) * WD + lo(PAD_L, px) + LL - kx / S;
-    let vc = (sh % 4u) * COUT + co;
     let j = dptr[(ci * S + py) * S + px] + rank;
-    textureStore(meta_out, tex_at(j), vec4<u32>(vc * STD + sh / 4u, bitcast<u32>(vals[s]), 0u, 0u));
+    textureStore(meta_out, tex_at(j), vec4<u32>(co * STD + sh, bitcast<u32>(vals[s]), 0u, 0u));
 }

@@ -9,12 +9,12 @@
 //   2 texture read  nzmeta : the forward metadata (meta_fwd in sconv_meta.wgsl)
 //   3 texture read  srct   : the input's phase planes (src_planes in sconv_src.wgsl)
 //   4 texture read  dspace : the output gradient in the output space (dy_space), texel
-//                            (co * N + n) * U4 + r4
+//                            (co * N4 + group) * U + position
 //   5 storage rw    grad   : per slot, overwritten
 // A workgroup takes one output channel; each lane owns one nonzero of it (WG at a time) and
-// walks the output space, 8 vec4s per step: lane t of the subgroup loads dy[co] at step + t and
-// hands it to every lane with subgroupBroadcast (BCAST; else every lane loads it), while each lane
-// loads its own shifted source. No reduction across lanes, no barrier (as sddmm.wgsl).
+// walks the output space, 8 positions (of 4 images each) per step: lane t of the subgroup loads
+// dy[co] at step + t and hands it to every lane with subgroupBroadcast (BCAST; else every lane
+// loads it), while each lane loads its own shifted source. No reduction across lanes, no barrier (as sddmm.wgsl).
 
 struct Params {
     rows: u32,
@@ -27,9 +27,9 @@ struct Params {
     _pad1: u32,
 }
 
-override N: u32 = 1u;
-override U4: u32 = 1u;
-override PADJ4: u32 = 0u;
+override N4: u32 = 1u;
+override U: u32 = 1u;
+override PADJ: u32 = 0u;
 override BCAST: bool = true;
 override WG: u32 = 64u;
 
@@ -66,18 +66,18 @@ fn sddmm(
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
     let l8 = lane % 8u;
-    let p4 = U4 + PADJ4;
+    let pg = U + PADJ;
     for (var j0 = start; j0 < end; j0 += WG) {
         let j = min(j0 + lidx, end - 1u);
         let a = textureLoad(nzmeta, tex_at(j)).x;
         var acc = vec4<f32>(0.0);
-        for (var img = 0u; img < N; img++) {
-            let drow = (row * N + img) * U4;
-            let srow = a + img * p4;
+        for (var grp = 0u; grp < N4; grp++) {
+            let drow = (row * N4 + grp) * U;
+            let srow = a + grp * pg;
             if (BCAST) {
-                for (var r0 = 0u; r0 < U4; r0 += 8u) {
+                for (var r0 = 0u; r0 < U; r0 += 8u) {
                     // Past the row: dy is 0 and the source is read at a valid place.
-                    let dl = select(vec4<f32>(0.0), ld(drow + min(r0 + l8, U4 - 1u)), r0 + l8 < U4);
+                    let dl = select(vec4<f32>(0.0), ld(drow + min(r0 + l8, U - 1u)), r0 + l8 < U);
                     acc = fma(ls(srow + r0 + 0u), subgroupBroadcast(dl, 0u), acc);
                     acc = fma(ls(srow + r0 + 1u), subgroupBroadcast(dl, 1u), acc);
                     acc = fma(ls(srow + r0 + 2u), subgroupBroadcast(dl, 2u), acc);
@@ -88,7 +88,7 @@ fn sddmm(
                     acc = fma(ls(srow + r0 + 7u), subgroupBroadcast(dl, 7u), acc);
                 }
             } else {
-                for (var r0 = 0u; r0 < U4; r0++) {
+                for (var r0 = 0u; r0 < U; r0++) {
                     acc = fma(ls(srow + r0), ld(drow + r0), acc);
                 }
             }

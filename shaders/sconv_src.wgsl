@@ -19,7 +19,7 @@ fn tex_at(g: u32) -> vec2<u32> {
 
 override N: u32 = 1u;
 // src_planes: SC channels of a [SC, N, SH, SW] source as NP x NP phases per channel of HP x WP
-// planes, image stride SP (a multiple of 4), element (a, b) of phase (py, px) = source
+// planes, SP positions per image group; element (a, b) of phase (py, px) = source
 // (a * SS + py - OFF_Y, b * SS + px - OFF_X), zero outside; ST_ texels per virtual channel.
 override SC: u32 = 1u;
 override SH: u32 = 1u;
@@ -28,15 +28,16 @@ override SS: u32 = 1u;
 override NP: u32 = 1u;
 override HP: u32 = 1u;
 override WP: u32 = 1u;
-override SP: u32 = 4u;
+override SP: u32 = 1u;
 override OFF_Y: u32 = 0u;
 override OFF_X: u32 = 0u;
 override ST_: u32 = 1u;
-// dy_space: the forward's output space.
+// dy_space: the forward's output space (N4 image groups of U positions, row stride WQ).
+override N4: u32 = 1u;
 override HO: u32 = 1u;
 override WO: u32 = 1u;
 override WQ: u32 = 1u;
-override U4: u32 = 1u;
+override U: u32 = 1u;
 
 // ---------------------------------------------------------------------------------------------
 // Sources.
@@ -44,9 +45,8 @@ override U4: u32 = 1u;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var planes: texture_storage_2d<rgba32float, write>;
 
-// Texel t of the 4 shifted copies of one plane set (phase, channel): elements 4t .. 4t + 6 read
-// once, copy r's texel = elements 4t + r .. 4t + r + 3. Elements are walked with carries instead
-// of a division each.
+// Texel g: one position of one plane (phase, channel) for the 4 images of its group, zero past
+// the batch, the plane or the source.
 @compute @workgroup_size(64)
 fn src_planes(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -57,50 +57,30 @@ fn src_planes(
     if (g >= p.texels) {
         return;
     }
-    let nph = NP * NP;
     let plane = g / ST_;
     let t = g % ST_;
     let c = plane % SC;
     let ph = plane / SC;
     let py = ph / NP;
     let px = ph % NP;
-    let e0 = 4u * t;
-    var img = e0 / SP;
-    var rem = e0 % SP;
-    var a = rem / WP;
-    var b = rem % WP;
-    var e: array<f32, 7>;
-    for (var i = 0u; i < 7u; i++) {
-        // Padded coordinates; the source pixel is (y - OFF_Y, x - OFF_X).
-        let y = a * SS + py;
-        let x = b * SS + px;
-        var v = 0.0;
-        if (img < N && a < HP && y >= OFF_Y && x >= OFF_X && y - OFF_Y < SH && x - OFF_X < SW) {
-            v = src[((c * N + img) * SH + y - OFF_Y) * SW + x - OFF_X];
-        }
-        e[i] = v;
-        rem += 1u;
-        b += 1u;
-        if (b == WP) {
-            b = 0u;
-            a += 1u;
-        }
-        if (rem == SP) {
-            rem = 0u;
-            a = 0u;
-            b = 0u;
-            img += 1u;
+    let img0 = (t / SP) * 4u;
+    let e = t % SP;
+    let a = e / WP;
+    // Padded coordinates; the source pixel is (y - OFF_Y, x - OFF_X).
+    let y = a * SS + py;
+    let x = (e % WP) * SS + px;
+    var v = vec4<f32>(0.0);
+    if (img0 < N && a < HP && y >= OFF_Y && x >= OFF_X && y - OFF_Y < SH && x - OFF_X < SW) {
+        let o = ((c * N + img0) * SH + y - OFF_Y) * SW + x - OFF_X;
+        for (var i = 0u; i < min(N - img0, 4u); i++) {
+            v[i] = src[o + i * SH * SW];
         }
     }
-    let stride = nph * SC * ST_;
-    textureStore(planes, tex_at(g), vec4<f32>(e[0], e[1], e[2], e[3]));
-    textureStore(planes, tex_at(g + stride), vec4<f32>(e[1], e[2], e[3], e[4]));
-    textureStore(planes, tex_at(g + 2u * stride), vec4<f32>(e[2], e[3], e[4], e[5]));
-    textureStore(planes, tex_at(g + 3u * stride), vec4<f32>(e[3], e[4], e[5], e[6]));
+    textureStore(planes, tex_at(g), v);
 }
 
-// The output gradient [COUT, N, HO, WO] in the forward's output space (row stride WQ, U4 vec4s
-// per image, zeros at the positions past the output), for the SDDMM.
+// The output gradient [COUT, N, HO, WO] in the forward's output space (texel = one position of
+// an image group; zeros at the positions past the output or the batch), for the SDDMM.
 @compute @workgroup_size(64)
 fn dy_space(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -111,17 +91,18 @@ fn dy_space(
     if (g >= p.texels) {
         return;
     }
-    let per_row = N * U4;
+    let per_row = N4 * U;
     let co = g / per_row;
-    let u4 = g % per_row;
-    let img = u4 / U4;
-    let rem = (u4 % U4) * 4u;
+    let u = g % per_row;
+    let img0 = (u / U) * 4u;
+    let rem = u % U;
+    let oy = rem / WQ;
+    let ox = rem % WQ;
     var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        let oy = (rem + i) / WQ;
-        let ox = (rem + i) % WQ;
-        if (oy < HO && ox < WO) {
-            v[i] = src[((co * N + img) * HO + oy) * WO + ox];
+    if (ox < WO) {
+        let o = ((co * N + img0) * HO + oy) * WO + ox;
+        for (var i = 0u; i < min(N - img0, 4u); i++) {
+            v[i] = src[o + i * HO * WO];
         }
     }
     textureStore(planes, tex_at(g), v);

@@ -10,9 +10,9 @@
 //!
 //! Every tap of the kernel reads its source at a fixed offset from the output position once the
 //! source is laid out as planes whose row stride is the output space's, and a strided tap is a
-//! shift too within the stride phase it reads (see `shaders/sconv.wgsl`). The source is written as
-//! 4 copies shifted by 0..3 elements (`shaders/sconv_src.wgsl`), so each shifted read of 4
-//! positions is one aligned texel. The per-nonzero metadata (address, value) is written by
+//! shift too within the stride phase it reads (see `shaders/sconv.wgsl`). A texel of a source
+//! holds one position of 4 images (`shaders/sconv_src.wgsl`), so every shifted read is one whole
+//! texel and a lane computes that position for the 4 images. The per-nonzero metadata (address, value) is written by
 //! `shaders/sconv_meta.wgsl` at every launch from the index and the current values, so the
 //! optimizer needs to know nothing of it. CPU twin: the dense convolution
 //! ([`crate::cpu::conv`]) of the weights scattered from the slots.
@@ -93,10 +93,6 @@ fn lo(pad: usize, ph: usize, s: usize) -> usize {
     }
 }
 
-fn round4(v: usize) -> usize {
-    v.div_ceil(4) * 4
-}
-
 fn u(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v)
         .map_err(|_| RiglError::invalid(format!("sparse convolution {what} {v} exceeds u32")))
@@ -111,16 +107,18 @@ pub struct Layout {
     wo: usize,
     pad_t: usize,
     pad_l: usize,
-    /// Forward: phases per side, plane row stride (= output row stride), plane image stride,
-    /// output space per image, texels per virtual channel.
+    /// Image groups: the batch in texels of 4 images.
+    n4: usize,
+    /// Forward: phases per side, plane row stride (= output row stride), plane rows, plane
+    /// positions per image group, output positions per image group, texels per virtual channel.
     npy: usize,
     wq: usize,
     hq: usize,
     p_fwd: usize,
     u_fwd: usize,
     st: usize,
-    /// Input gradient: padding of the output gradient, its plane rows and row stride, image
-    /// strides, texels per virtual channel.
+    /// Input gradient: padding of the output gradient, its plane rows and row stride, positions
+    /// per image group of the planes and of the output space, texels per virtual channel.
     lt: usize,
     ll: usize,
     hd: usize,
@@ -167,9 +165,11 @@ impl Layout {
         let (k, s, n) = (g.window.k, g.window.stride, g.window.n);
         let m = (k - 1) / s;
         let (wq, hq) = (wo + m, ho + m);
-        let p_fwd = round4(hq * wq);
-        let u_fwd = round4(ho * wq);
-        let st = n * p_fwd / 4 + (m * wq + m) / 4 + 2;
+        let n4 = n.div_ceil(4);
+        let p_fwd = hq * wq;
+        let u_fwd = ho * wq;
+        // A lane past the output reads at the last position; the largest tap shift is m·wq + m.
+        let st = n4 * p_fwd + m * wq + m + 1;
         let (lt, hd, max_ha, max_a0) = bwd_axis(g.window.h, pad_t, k, s);
         let (ll, wd, _, max_c0) = bwd_axis(g.window.w, pad_l, k, s);
         // At stride 1 a plane row needs no padding on its right: a tap reading past the row's
@@ -182,11 +182,12 @@ impl Layout {
         } else {
             wd
         };
-        let p_bwd = round4(hd * wd);
-        let u_bwd = round4(max_ha * wd);
-        let std = n * p_bwd / 4 + ((max_a0 + lt) * wd + max_c0 + ll) / 4 + 2;
+        let p_bwd = hd * wd;
+        let u_bwd = max_ha * wd;
+        let std = n4 * p_bwd + (max_a0 + lt) * wd + max_c0 + ll + 1;
         let lay = Layout {
             geom: g,
+            n4,
             ho,
             wo,
             pad_t,
@@ -216,30 +217,36 @@ impl Layout {
 
     /// Texels of the forward source (the input's shifted phase planes).
     pub fn fwd_planes_texels(&self) -> usize {
-        4 * self.npy * self.npy * self.geom.cin * self.st
+        self.npy * self.npy * self.geom.cin * self.st
     }
 
     /// Texels of the input gradient's source (the padded output gradient, shifted).
     pub fn bwd_planes_texels(&self) -> usize {
-        4 * self.geom.cout * self.std
+        self.geom.cout * self.std
     }
 
     /// Texels of the output gradient in the forward's output space (weight gradient).
     pub fn dy_space_texels(&self) -> usize {
-        self.geom.cout * self.geom.window.n * self.u_fwd / 4
+        self.geom.cout * self.n4 * self.u_fwd
     }
 
-    /// Output positions the forward product computes, over the useful ones (row padding).
+    /// Output positions of an image the forward product computes, over the useful ones (row
+    /// padding).
     pub fn fwd_overhead(&self) -> f64 {
-        (self.geom.window.n * self.u_fwd) as f64
-            / (self.geom.window.n * self.ho * self.wo).max(1) as f64
+        self.u_fwd as f64 / (self.ho * self.wo).max(1) as f64
     }
 
-    /// Output positions the input-gradient product computes, over the input's positions.
+    /// Output positions of an image the input-gradient product computes, over the input's
+    /// positions.
     pub fn bwd_overhead(&self) -> f64 {
         let g = self.geom;
-        (g.window.n * g.window.stride * g.window.stride * self.u_bwd) as f64
-            / (g.window.n * g.window.h * g.window.w).max(1) as f64
+        (g.window.stride * g.window.stride * self.u_bwd) as f64
+            / (g.window.h * g.window.w).max(1) as f64
+    }
+
+    /// Images every product computes (the batch rounded up to groups of 4), over the batch.
+    pub fn batch_overhead(&self) -> f64 {
+        (4 * self.n4) as f64 / self.geom.window.n.max(1) as f64
     }
 
     /// Rows of the input-gradient product: (input channel, stride phase).
@@ -440,7 +447,7 @@ fn src_planes(
     st: usize,
     planes: &Texture,
 ) -> Result<Dispatch> {
-    // One invocation per texel of the unshifted copy writes all 4 copies.
+    // One invocation per texel: a position of 4 images.
     let texels = np * np * c * st;
     let mut spec = KernelSpec::new("sconv_src", "src_planes", SRC);
     for (name, v) in [
@@ -470,7 +477,7 @@ fn src_planes(
         &[Res::Buf(src), Res::Tex(planes)],
         texels.div_ceil(64) as u64,
     )?
-    .with_cost(0.0, 92.0 * texels as f64))
+    .with_cost(0.0, 32.0 * texels as f64))
 }
 
 /// The launch writing the forward source: the phase planes of the input `x`.
@@ -561,7 +568,6 @@ fn spconv(
     accumulate: bool,
 ) -> Result<Dispatch> {
     let g = lay.geom;
-    let n = g.window.n;
     let s = g.window.stride;
     let (rows, u_sp, roww, p_src, ptr_off, ptrs) = if forward {
         (
@@ -575,25 +581,26 @@ fn spconv(
     } else {
         (g.cin * s * s, lay.u_bwd, lay.wd, lay.p_bwd, 0, &sc.rows)
     };
-    let total4 = n * u_sp / 4;
+    let total = lay.n4 * u_sp;
     let wg = 64usize;
     // The rows of one block of positions read every source plane's texels of that block: keep
     // them within about 512 KiB (a core's L2) so the block stays cached while its rows run
     // (docs/performance.md#sparse-convolutions).
     let planes = if forward {
-        4 * lay.npy * lay.npy * g.cin
+        lay.npy * lay.npy * g.cin
     } else {
-        4 * g.cout
+        g.cout
     };
     let v = ((512 << 10) / (planes * 16 * wg))
-        .min(total4.div_ceil(wg))
+        .min(total.div_ceil(wg))
         .clamp(1, VMAX);
-    let blocks = total4.div_ceil(wg * v);
+    let blocks = total.div_ceil(wg * v);
     let spec = lay
         .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
-        .with_override("U4", (u_sp / 4) as f64)
+        .with_override("N4", lay.n4 as f64)
+        .with_override("U", u_sp as f64)
         .with_override("ROWW", roww as f64)
-        .with_override("PADJ4", ((p_src - u_sp) / 4) as f64)
+        .with_override("PADJ", (p_src - u_sp) as f64)
         .with_override("FORWARD", f64::from(u8::from(forward)))
         .with_override("BIAS", f64::from(u8::from(bias.is_some())))
         .with_override(
@@ -623,10 +630,7 @@ fn spconv(
         ],
         (rows * blocks) as u64,
     )?
-    .with_cost(
-        0.0,
-        16.0 * (nnz as f64) * (n * u_sp / 4) as f64 / g.cout as f64,
-    ))
+    .with_cost(0.0, 16.0 * (nnz as f64) * total as f64 / g.cout as f64))
 }
 
 /// `y = conv(x, w) + bias` with `w` the `nnz` slots `vals` of index `idx`; `x` `[cin, N, H, W]`,
@@ -725,10 +729,11 @@ pub fn weight_grad(
     let mut dspec = KernelSpec::new("sconv_src", "dy_space", SRC);
     for (name, v) in [
         ("N", win.n),
+        ("N4", lay.n4),
         ("HO", lay.ho),
         ("WO", lay.wo),
         ("WQ", lay.wq),
-        ("U4", lay.u_fwd / 4),
+        ("U", lay.u_fwd),
     ] {
         dspec = dspec.with_override(name, v as f64);
     }
@@ -746,12 +751,12 @@ pub fn weight_grad(
     .with_cost(0.0, 32.0 * dtexels as f64);
     // The metadata's values are not read here: the gradient stands in for them.
     let rows_nnz = nnz.div_ceil(g.cout);
-    let wg = round4(rows_nnz).div_ceil(8) * 8;
+    let wg = rows_nnz.div_ceil(8) * 8;
     let wg = wg.clamp(8, 64);
     let spec = KernelSpec::new("sconv_sddmm", "sddmm", SDDMM)
-        .with_override("N", win.n as f64)
-        .with_override("U4", (lay.u_fwd / 4) as f64)
-        .with_override("PADJ4", ((lay.p_fwd - lay.u_fwd) / 4) as f64)
+        .with_override("N4", lay.n4 as f64)
+        .with_override("U", lay.u_fwd as f64)
+        .with_override("PADJ", (lay.p_fwd - lay.u_fwd) as f64)
         .with_override(
             "BCAST",
             f64::from(u8::from(form == SparseConvForm::Subgroup)),
@@ -776,7 +781,7 @@ pub fn weight_grad(
         ],
         g.cout as u64,
     )?
-    .with_cost(0.0, 32.0 * nnz as f64 * (win.n * lay.u_fwd / 4) as f64);
+    .with_cost(0.0, 32.0 * nnz as f64 * (lay.n4 * lay.u_fwd) as f64);
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, grad, sc)?,
         input_planes(ctx, lay, x, sc)?,
