@@ -164,7 +164,6 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
     }
     let img0 = (u / U) * 4u;
     let rem = u % U;
-    let imgs = min(N - img0, 4u);
     if (FORWARD) {
         let oy = rem / ROWW;
         let ox = rem % ROWW;
@@ -176,9 +175,11 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
             b = bias[row];
         }
         let o = ((row * N + img0) * HO + oy) * WO + ox;
-        for (var i = 0u; i < imgs; i++) {
-            out[o + i * HO * WO] = acc[i] + b;
-        }
+        let len = HO * WO;
+        out[o] = acc.x + b;
+        if (img0 + 1u < N) { out[o + len] = acc.y + b; }
+        if (img0 + 2u < N) { out[o + 2u * len] = acc.z + b; }
+        if (img0 + 3u < N) { out[o + 3u * len] = acc.w + b; }
     } else {
         let ci = row / (S * S);
         let py = (row % (S * S)) / S;
@@ -190,13 +191,18 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
             return;
         }
         let o = ((ci * N + img0) * H + y - PAD_T) * W + x - PAD_L;
-        for (var i = 0u; i < imgs; i++) {
-            if (p.accum != 0u) {
-                out[o + i * H * W] += acc[i];
-            } else {
-                out[o + i * H * W] = acc[i];
-            }
+        let len = H * W;
+        var r = acc;
+        if (p.accum != 0u) {
+            r.x += out[o];
+            if (img0 + 1u < N) { r.y += out[o + len]; }
+            if (img0 + 2u < N) { r.z += out[o + 2u * len]; }
+            if (img0 + 3u < N) { r.w += out[o + 3u * len]; }
         }
+        out[o] = r.x;
+        if (img0 + 1u < N) { out[o + len] = r.y; }
+        if (img0 + 2u < N) { out[o + 2u * len] = r.z; }
+        if (img0 + 3u < N) { out[o + 3u * len] = r.w; }
     }
 }
 
