@@ -16,10 +16,11 @@
 // (image group g) in its 4 components, so a shift of any number of positions is a shift of whole
 // texels and every read is one texel. The source texture is linear, texel G at
 // (G % 4096, G / 4096), virtual channel vc = phase * SC + c holding texels vc * ST .. vc * ST +
-// ST - 1, image group g's plane at g * (U + PADJ). A nonzero's metadata (`meta_fwd`, `meta_bwd`)
-// is its address A = vc * ST + shift and its value bits; a lane at output position u of the
-// output space (U positions per image group, row stride ROWW) reads texel A + u + g * PADJ
-// (PADJ: the source's image-group stride minus the output space's) and computes its 4 images.
+// ST - 1, image group g's plane at g * PG, plane rows ROWW apart. A nonzero's metadata
+// (`meta_fwd`, `meta_bwd`) is its address A = vc * ST + shift and its value bits. The output
+// space has U positions per image group, rows of COLS (the output's own positions only); a lane
+// at position u = g * U + r * COLS + c reads texel A + g * PG + r * ROWW + c and computes its 4
+// images.
 //
 // Lanes span the output positions (V each, WG apart), as the dense-layer SpMM's span the
 // batch (spmm.wgsl): every load is a distinct useful texel; the metadata of 8 nonzeros is loaded
@@ -50,12 +51,13 @@ override HO: u32 = 1u;
 override WO: u32 = 1u;
 override PAD_T: u32 = 0u;
 override PAD_L: u32 = 0u;
-// The output space: N4 image groups of U positions, row stride ROWW; the source's image-group
-// stride exceeds U by PADJ texels.
+// The output space: N4 image groups of U positions, rows of COLS; the source's row stride ROWW
+// and image-group stride PG.
 override N4: u32 = 1u;
 override U: u32 = 1u;
+override COLS: u32 = 1u;
 override ROWW: u32 = 1u;
-override PADJ: u32 = 0u;
+override PG: u32 = 1u;
 // Forward product (rows = output channels) or input gradient (rows = (input channel, phase)).
 override FORWARD: bool = true;
 override BIAS: bool = false;
@@ -85,7 +87,7 @@ struct Acc {
     a7: vec4<f32>,
 }
 
-// Source texel offsets of a lane's output positions (u + group * PADJ).
+// Source texel offsets of a lane's output positions (`base`).
 struct Base {
     b0: u32,
     b1: u32,
@@ -108,7 +110,8 @@ fn ld(g: u32) -> vec4<f32> {
 // Lanes past the output read a valid place (no branch around loads).
 fn base(u: u32) -> u32 {
     let c = min(u, N4 * U - 1u);
-    return c + (c / U) * PADJ;
+    let rem = c % U;
+    return (c / U) * PG + (rem / COLS) * ROWW + rem % COLS;
 }
 
 fn madd(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
@@ -165,11 +168,8 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
     let img0 = (u / U) * 4u;
     let rem = u % U;
     if (FORWARD) {
-        let oy = rem / ROWW;
-        let ox = rem % ROWW;
-        if (ox >= WO) {
-            return;
-        }
+        let oy = rem / COLS;
+        let ox = rem % COLS;
         var b = 0.0;
         if (BIAS) {
             b = bias[row];
@@ -185,8 +185,8 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
         let py = (row % (S * S)) / S;
         let px = row % S;
         // Padded coordinates of the input pixel.
-        let y = (lo(PAD_T, py) + rem / ROWW) * S + py;
-        let x = (lo(PAD_L, px) + rem % ROWW) * S + px;
+        let y = (lo(PAD_T, py) + rem / COLS) * S + py;
+        let x = (lo(PAD_L, px) + rem % COLS) * S + px;
         if (y < PAD_T || x < PAD_L || y - PAD_T >= H || x - PAD_L >= W) {
             return;
         }

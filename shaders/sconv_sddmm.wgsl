@@ -27,9 +27,13 @@ struct Params {
     _pad1: u32,
 }
 
+// The output space: N4 image groups of U positions in rows of COLS; the input's planes: rows
+// ROWW apart, image groups PG apart (sconv.wgsl).
 override N4: u32 = 1u;
 override U: u32 = 1u;
-override PADJ: u32 = 0u;
+override COLS: u32 = 1u;
+override ROWW: u32 = 1u;
+override PG: u32 = 1u;
 override BCAST: bool = true;
 override WG: u32 = 64u;
 
@@ -52,6 +56,11 @@ fn ld(g: u32) -> vec4<f32> {
     return textureLoad(dspace, tex_at(g));
 }
 
+// The source of column c of an output row starting at srow (past the row: its last column).
+fn ls_at(srow: u32, c: u32) -> vec4<f32> {
+    return ls(srow + min(c, COLS - 1u));
+}
+
 @compute @workgroup_size(WG)
 fn sddmm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -66,30 +75,32 @@ fn sddmm(
     let start = idx[p.ptr_off + row];
     let end = idx[p.ptr_off + row + 1u];
     let l8 = lane % 8u;
-    let pg = U + PADJ;
     for (var j0 = start; j0 < end; j0 += WG) {
         let j = min(j0 + lidx, end - 1u);
         let a = textureLoad(nzmeta, tex_at(j)).x;
         var acc = vec4<f32>(0.0);
-        for (var grp = 0u; grp < N4; grp++) {
-            let drow = (row * N4 + grp) * U;
-            let srow = a + grp * pg;
+        // Output row by output row, so that no position needs a division to find its source.
+        for (var r = 0u; r < N4 * (U / COLS); r++) {
+            let grp = r / (U / COLS);
+            let oy = r % (U / COLS);
+            let drow = (row * N4 + grp) * U + oy * COLS;
+            let srow = a + grp * PG + oy * ROWW;
             if (BCAST) {
-                for (var r0 = 0u; r0 < U; r0 += 8u) {
-                    // Past the row: dy is 0 and the source is read at a valid place.
-                    let dl = select(vec4<f32>(0.0), ld(drow + min(r0 + l8, U - 1u)), r0 + l8 < U);
-                    acc = fma(ls(srow + r0 + 0u), subgroupBroadcast(dl, 0u), acc);
-                    acc = fma(ls(srow + r0 + 1u), subgroupBroadcast(dl, 1u), acc);
-                    acc = fma(ls(srow + r0 + 2u), subgroupBroadcast(dl, 2u), acc);
-                    acc = fma(ls(srow + r0 + 3u), subgroupBroadcast(dl, 3u), acc);
-                    acc = fma(ls(srow + r0 + 4u), subgroupBroadcast(dl, 4u), acc);
-                    acc = fma(ls(srow + r0 + 5u), subgroupBroadcast(dl, 5u), acc);
-                    acc = fma(ls(srow + r0 + 6u), subgroupBroadcast(dl, 6u), acc);
-                    acc = fma(ls(srow + r0 + 7u), subgroupBroadcast(dl, 7u), acc);
+                for (var c0 = 0u; c0 < COLS; c0 += 8u) {
+                    // Past the row: dy is 0 and the source is read at the row's last position.
+                    let dl = select(vec4<f32>(0.0), ld(drow + min(c0 + l8, COLS - 1u)), c0 + l8 < COLS);
+                    acc = fma(ls_at(srow, c0 + 0u), subgroupBroadcast(dl, 0u), acc);
+                    acc = fma(ls_at(srow, c0 + 1u), subgroupBroadcast(dl, 1u), acc);
+                    acc = fma(ls_at(srow, c0 + 2u), subgroupBroadcast(dl, 2u), acc);
+                    acc = fma(ls_at(srow, c0 + 3u), subgroupBroadcast(dl, 3u), acc);
+                    acc = fma(ls_at(srow, c0 + 4u), subgroupBroadcast(dl, 4u), acc);
+                    acc = fma(ls_at(srow, c0 + 5u), subgroupBroadcast(dl, 5u), acc);
+                    acc = fma(ls_at(srow, c0 + 6u), subgroupBroadcast(dl, 6u), acc);
+                    acc = fma(ls_at(srow, c0 + 7u), subgroupBroadcast(dl, 7u), acc);
                 }
             } else {
-                for (var r0 = 0u; r0 < U; r0++) {
-                    acc = fma(ls(srow + r0), ld(drow + r0), acc);
+                for (var c = 0u; c < COLS; c++) {
+                    acc = fma(ls(srow + c), ld(drow + c), acc);
                 }
             }
         }

@@ -32,11 +32,10 @@ override SP: u32 = 1u;
 override OFF_Y: u32 = 0u;
 override OFF_X: u32 = 0u;
 override ST_: u32 = 1u;
-// dy_space: the forward's output space (N4 image groups of U positions, row stride WQ).
+// dy_space: the forward's output space (N4 image groups of U = HO * WO positions).
 override N4: u32 = 1u;
 override HO: u32 = 1u;
 override WO: u32 = 1u;
-override WQ: u32 = 1u;
 override U: u32 = 1u;
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ fn src_planes(
 }
 
 // The output gradient [COUT, N, HO, WO] in the forward's output space (texel = one position of
-// an image group; zeros at the positions past the output or the batch), for the SDDMM.
+// an image group, zero past the batch), for the SDDMM.
 @compute @workgroup_size(64)
 fn dy_space(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -106,13 +105,6 @@ fn dy_space(
     let co = g / per_row;
     let u = g % per_row;
     let img0 = (u / U) * 4u;
-    let rem = u % U;
-    let oy = rem / WQ;
-    let ox = rem % WQ;
-    var v = vec4<f32>(0.0);
-    if (ox < WO) {
-        v = images(co * N, img0, oy * WO + ox, HO * WO);
-    }
-    textureStore(planes, tex_at(g), v);
+    textureStore(planes, tex_at(g), images(co * N, img0, u % U, HO * WO));
 }
 

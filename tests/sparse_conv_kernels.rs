@@ -376,28 +376,36 @@ fn bench_conv_times_both_paths_of_an_exact_kernel() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sparsity 1.5"));
 }
 
-/// At stride 1 the input gradient's planes wrap a row's right padding into the next row's left
-/// one, so the product computes no position outside the input for a valid convolution (LeNet-5's
-/// conv2: 144 of 144 per image, 192 before) and one padding column per row for a 3x3 same one;
-/// `input_grad_equals_the_twin` checks the products on every case, wrapped taps included.
+/// The input gradient computes the positions of each stride phase's input pixels only: all of
+/// the input and nothing else at stride 1 (before, a 3x3 same convolution's rows carried a
+/// padding column, 72 of 64 positions), the largest phase's count for every phase at stride 2;
+/// images come in groups of 4. `input_grad_equals_the_twin` checks the products on every case.
 #[test]
-fn stride_one_input_gradients_compute_few_positions_outside_the_input() {
-    let geom = |n, hw, k, padding, cin, cout| ConvGeom {
+fn input_gradients_compute_the_input_positions_only() {
+    let geom = |n, hw, k, stride, padding, cin, cout| ConvGeom {
         window: Window {
             n,
             h: hw,
             w: hw,
             k,
-            stride: 1,
+            stride,
             padding,
         },
         cin,
         cout,
     };
-    let lenet_conv2 = Layout::new(geom(100, 12, 5, Padding::Valid, 20, 50)).unwrap();
+    let lenet_conv2 = Layout::new(geom(100, 12, 5, 1, Padding::Valid, 20, 50)).unwrap();
     assert_eq!(lenet_conv2.bwd_overhead(), 1.0);
-    let same_3x3 = Layout::new(geom(128, 8, 3, Padding::Same, 128, 128)).unwrap();
-    assert_eq!(same_3x3.bwd_overhead(), 72.0 / 64.0);
-    let valid_7x7 = Layout::new(geom(2, 12, 7, Padding::Valid, 3, 4)).unwrap();
+    assert_eq!(lenet_conv2.batch_overhead(), 1.0);
+    let same_3x3 = Layout::new(geom(128, 8, 3, 1, Padding::Same, 128, 128)).unwrap();
+    assert_eq!(same_3x3.bwd_overhead(), 1.0);
+    let valid_7x7 = Layout::new(geom(2, 12, 7, 1, Padding::Valid, 3, 4)).unwrap();
     assert_eq!(valid_7x7.bwd_overhead(), 1.0);
+    assert_eq!(valid_7x7.batch_overhead(), 2.0);
+    // 7 rows at stride 2: phases of 4 and 3 pixels (valid) or 4 and 4 (same), per axis.
+    let valid_s2 = Layout::new(geom(3, 7, 1, 2, Padding::Valid, 2, 2)).unwrap();
+    assert_eq!(valid_s2.bwd_overhead(), 4.0 * 16.0 / 49.0);
+    let same_s2 = Layout::new(geom(3, 7, 3, 2, Padding::Same, 2, 2)).unwrap();
+    assert_eq!(same_s2.bwd_overhead(), 4.0 * 16.0 / 49.0);
+    assert_eq!(same_s2.batch_overhead(), 4.0 / 3.0);
 }

@@ -109,20 +109,22 @@ pub struct Layout {
     pad_l: usize,
     /// Image groups: the batch in texels of 4 images.
     n4: usize,
-    /// Forward: phases per side, plane row stride (= output row stride), plane rows, plane
-    /// positions per image group, output positions per image group, texels per virtual channel.
+    /// Forward: phases per side, plane row stride, plane rows, plane positions per image group,
+    /// output positions per image group (`ho·wo`), texels per virtual channel.
     npy: usize,
     wq: usize,
     hq: usize,
     p_fwd: usize,
     u_fwd: usize,
     st: usize,
-    /// Input gradient: padding of the output gradient, its plane rows and row stride, positions
-    /// per image group of the planes and of the output space, texels per virtual channel.
+    /// Input gradient: padding of the output gradient, its plane rows and row stride, the
+    /// output space's columns (the most input columns of a stride phase), positions per image
+    /// group of the planes and of the output space, texels per virtual channel.
     lt: usize,
     ll: usize,
     hd: usize,
     wd: usize,
+    wa: usize,
     p_bwd: usize,
     u_bwd: usize,
     std: usize,
@@ -167,23 +169,25 @@ impl Layout {
         let (wq, hq) = (wo + m, ho + m);
         let n4 = n.div_ceil(4);
         let p_fwd = hq * wq;
-        let u_fwd = ho * wq;
+        // Only the output's positions are computed: a lane maps its position to the planes'
+        // row stride (`base` in shaders/sconv.wgsl).
+        let u_fwd = ho * wo;
         // A lane past the output reads at the last position; the largest tap shift is m·wq + m.
         let st = n4 * p_fwd + m * wq + m + 1;
         let (lt, hd, max_ha, max_a0) = bwd_axis(g.window.h, pad_t, k, s);
-        let (ll, wd, _, max_c0) = bwd_axis(g.window.w, pad_l, k, s);
+        let (ll, wd, max_wa, max_c0) = bwd_axis(g.window.w, pad_l, k, s);
         // At stride 1 a plane row needs no padding on its right: a tap reading past the row's
         // end lands in the next row's left padding, which is zero too. A row is then the data
-        // with its left padding, or the input row, whichever is longer, and the product computes
-        // fewer positions outside the input: none for a valid convolution (12 per row instead
-        // of 16 for LeNet-5's conv2), one instead of two for a 3x3 same one.
+        // with its left padding, or the input row, whichever is longer (12 per row instead of
+        // 16 for LeNet-5's conv2). The product computes the positions of each phase's input
+        // pixels only, `max_ha x max_wa` (all of them when the phases have equal counts).
         let wd = if s == 1 {
             (ll + wo).max(pad_l + g.window.w)
         } else {
             wd
         };
         let p_bwd = hd * wd;
-        let u_bwd = max_ha * wd;
+        let u_bwd = max_ha * max_wa;
         let std = n4 * p_bwd + (max_a0 + lt) * wd + max_c0 + ll + 1;
         let lay = Layout {
             geom: g,
@@ -202,6 +206,7 @@ impl Layout {
             ll,
             hd,
             wd,
+            wa: max_wa,
             p_bwd,
             u_bwd,
             std,
@@ -569,17 +574,26 @@ fn spconv(
 ) -> Result<Dispatch> {
     let g = lay.geom;
     let s = g.window.stride;
-    let (rows, u_sp, roww, p_src, ptr_off, ptrs) = if forward {
+    let (rows, u_sp, cols, roww, p_src, ptr_off, ptrs) = if forward {
         (
             g.cout,
             lay.u_fwd,
+            lay.wo,
             lay.wq,
             lay.p_fwd,
             2 * nnz + lay.in_dim() + 1,
             idx,
         )
     } else {
-        (g.cin * s * s, lay.u_bwd, lay.wd, lay.p_bwd, 0, &sc.rows)
+        (
+            g.cin * s * s,
+            lay.u_bwd,
+            lay.wa,
+            lay.wd,
+            lay.p_bwd,
+            0,
+            &sc.rows,
+        )
     };
     let total = lay.n4 * u_sp;
     let wg = 64usize;
@@ -599,8 +613,9 @@ fn spconv(
         .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
         .with_override("N4", lay.n4 as f64)
         .with_override("U", u_sp as f64)
+        .with_override("COLS", cols as f64)
         .with_override("ROWW", roww as f64)
-        .with_override("PADJ", (p_src - u_sp) as f64)
+        .with_override("PG", p_src as f64)
         .with_override("FORWARD", f64::from(u8::from(forward)))
         .with_override("BIAS", f64::from(u8::from(bias.is_some())))
         .with_override(
@@ -732,7 +747,6 @@ pub fn weight_grad(
         ("N4", lay.n4),
         ("HO", lay.ho),
         ("WO", lay.wo),
-        ("WQ", lay.wq),
         ("U", lay.u_fwd),
     ] {
         dspec = dspec.with_override(name, v as f64);
@@ -756,7 +770,9 @@ pub fn weight_grad(
     let spec = KernelSpec::new("sconv_sddmm", "sddmm", SDDMM)
         .with_override("N4", lay.n4 as f64)
         .with_override("U", lay.u_fwd as f64)
-        .with_override("PADJ", (lay.p_fwd - lay.u_fwd) as f64)
+        .with_override("COLS", lay.wo as f64)
+        .with_override("ROWW", lay.wq as f64)
+        .with_override("PG", lay.p_fwd as f64)
         .with_override(
             "BCAST",
             f64::from(u8::from(form == SparseConvForm::Subgroup)),

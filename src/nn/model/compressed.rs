@@ -71,7 +71,7 @@ impl DenseProducts {
 #[derive(Debug)]
 pub enum CompressedKind {
     /// A convolution kernel on [`crate::gpu::sparse_conv`], with its product geometry.
-    Conv(Layout),
+    Conv(Box<Layout>),
     /// A linear layer on [`crate::gpu::spmm`]: its metadata textures (forward and input
     /// gradient orders) and the dispatch that rewrites them and its values in the value texture
     /// of [`Slots`] from the index (after loading and after every mask update).
@@ -488,7 +488,7 @@ pub(super) fn compress_params(
                 let layout = Layout::new(g)?;
                 layouts.push(layout);
                 max_nnz = max_nnz.max(nnz);
-                CompressedKind::Conv(layout)
+                CompressedKind::Conv(Box::new(layout))
             }
             (None, Some(values)) => {
                 let fwd_meta = meta_texture(ctx, &label("forward metadata"), nnz)?;
