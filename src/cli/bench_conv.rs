@@ -321,7 +321,7 @@ fn sparse(
                 "padding": args.padding, "sparsity": args.sparsity, "active": nnz,
                 "density": density, "masked_variant": variant.as_str(),
                 "compressed_form": form.as_str(), "useful_flops": useful,
-                "forward_overhead": lay.fwd_overhead(),
+                "batch_overhead": lay.batch_overhead(),
                 "input_grad_overhead": lay.bwd_overhead(), "kernels": kernels,
                 "adapter": ctx.info.name, "timing": "wall", "reps": args.reps.max(1),
             })

@@ -235,12 +235,6 @@ impl Layout {
         self.geom.cout * self.n4 * self.u_fwd
     }
 
-    /// Output positions of an image the forward product computes, over the useful ones (row
-    /// padding).
-    pub fn fwd_overhead(&self) -> f64 {
-        self.u_fwd as f64 / (self.ho * self.wo).max(1) as f64
-    }
-
     /// Output positions of an image the input-gradient product computes, over the input's
     /// positions.
     pub fn bwd_overhead(&self) -> f64 {
