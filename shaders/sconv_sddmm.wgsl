@@ -12,9 +12,10 @@
 //                            (co * N4 + group) * U + position
 //   5 storage rw    grad   : per slot, overwritten
 // A workgroup takes one output channel; each lane owns one nonzero of it (WG at a time) and
-// walks the output space, 8 positions (of 4 images each) per step: lane t of the subgroup loads
-// dy[co] at step + t and hands it to every lane with subgroupBroadcast (BCAST; else every lane
-// loads it), while each lane loads its own shifted source. No reduction across lanes, no barrier (as sddmm.wgsl).
+// walks the output space row by row, 8 positions (of 4 images each) per step: lane t of the
+// subgroup loads dy[co] at step + t and hands it to every lane with subgroupBroadcast (BCAST;
+// else every lane loads it), while each lane loads its own shifted source. No reduction across
+// lanes, no barrier (as sddmm.wgsl). A row of fewer than 8 positions wastes the rest of a step.
 
 struct Params {
     rows: u32,

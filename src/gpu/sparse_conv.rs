@@ -8,11 +8,13 @@
 //!   rows = (input channel, stride phase), source = the padded output gradient;
 //! - weight gradient at the active positions only (`shaders/sconv_sddmm.wgsl`).
 //!
-//! Every tap of the kernel reads its source at a fixed offset from the output position once the
-//! source is laid out as planes whose row stride is the output space's, and a strided tap is a
-//! shift too within the stride phase it reads (see `shaders/sconv.wgsl`). A texel of a source
-//! holds one position of 4 images (`shaders/sconv_src.wgsl`), so every shifted read is one whole
-//! texel and a lane computes that position for the 4 images. The per-nonzero metadata (address, value) is written by
+//! Every tap of the kernel reads its source at a fixed offset from the output position's place in
+//! the source once the source is laid out as planes (the input's stride phases, or the padded
+//! output gradient), and a strided tap is a shift too within the stride phase it reads (see
+//! `shaders/sconv.wgsl`); each lane finds its output position's place once and computes the
+//! output's positions only. A texel of a source holds one position of 4 images
+//! (`shaders/sconv_src.wgsl`), so every shifted read is one whole texel and a lane computes that
+//! position for the 4 images. The per-nonzero metadata (address, value) is written by
 //! `shaders/sconv_meta.wgsl` at every launch from the index and the current values, so the
 //! optimizer needs to know nothing of it. CPU twin: the dense convolution
 //! ([`crate::cpu::conv`]) of the weights scattered from the slots.
