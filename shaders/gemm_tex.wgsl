@@ -38,6 +38,29 @@ struct Params {
 override ACCUMULATE: bool = false;
 override NARROW: bool = false;
 
+// Implicit B (src/gpu/conv_tex.rs): with IMPLICIT, op(B) is not a packed texture but a
+// convolution's patch matrix, gathered here from the source texture bound as `bt`
+// (conv_src.wgsl's layout: texel (img·SW4 + x/4, ch·SH + y)), where packing it first took as
+// long as the product. Only for a stride of 1 and rows of whole texels (QW a multiple of 4): a
+// B texel is then 4 consecutive values of one source row, two texel loads at a shift that is the
+// same for every lane. Row kk = tap·SC + ch of B, at the column's position q = (img, qy, qx),
+// reads source (ch, img, qy + OFF_T + SIGN·ky, qx + OFF_L + SIGN·kx), tap = ky·KS + kx:
+// the forward's patches (SIGN 1, OFF = −padding, SC the input channels) or the transposed input
+// gradient's (SIGN −1, OFF = +padding, SC the output channels). Rows from REAL on are zeros, but
+// row REAL is ones with BIAS_ROW (the forward's bias).
+override IMPLICIT: bool = false;
+override QH: u32 = 1u;
+override QW: u32 = 4u;
+override SH: u32 = 1u;
+override SW4: u32 = 1u;
+override SC: u32 = 1u;
+override KS: u32 = 1u;
+override OFF_T: i32 = 0;
+override OFF_L: i32 = 0;
+override SIGN: i32 = 1;
+override REAL: u32 = 1u;
+override BIAS_ROW: bool = false;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var at: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(2) var bt: texture_storage_2d<rgba32float, read>;
@@ -53,6 +76,35 @@ fn store_c4(c_base: u32, ldc4: u32, row: u32, col4: u32, v: vec4<f32>) {
     } else {
         c[idx] = v;
     }
+}
+
+// Source values x0 .. x0 + 3 of texture row `row` from the two texels they span (zeros outside
+// the image's SW4 texels from `col0`, and past its width within the last: conv_src.wgsl writes
+// zeros there); the shift x0 & 3 is the same for every lane.
+fn row4(row: u32, inside: bool, col0: u32, x0: i32) -> vec4<f32> {
+    let w4 = i32(SW4);
+    let tx = x0 >> 2u;
+    let ok0 = inside && tx >= 0 && tx < w4;
+    let ok1 = inside && tx + 1 >= 0 && tx + 1 < w4;
+    let t0 = select(vec4<f32>(0.0), textureLoad(bt, vec2<u32>(col0 + u32(clamp(tx, 0, w4 - 1)), row)), ok0);
+    let t1 = select(vec4<f32>(0.0), textureLoad(bt, vec2<u32>(col0 + u32(clamp(tx + 1, 0, w4 - 1)), row)), ok1);
+    let s = u32(x0 & 3);
+    let v1 = vec4<f32>(t0.yzw, t1.x);
+    let v2 = vec4<f32>(t0.zw, t1.xy);
+    let v3 = vec4<f32>(t0.w, t1.xyz);
+    return select(select(select(t0, v1, s == 1u), v2, s == 2u), v3, s == 3u);
+}
+
+// Row kk of the implicit B at the column texel whose positions start at (img, y0 − OFF_T,
+// x0 − OFF_L); col0 = img·SW4.
+fn implicit_b(kk: u32, col0: u32, y0: i32, x0: i32) -> vec4<f32> {
+    let kc = min(kk, REAL - 1u);
+    let tap = kc / SC;
+    let sy = y0 + SIGN * i32(tap / KS);
+    let inside = kk < REAL && sy >= 0 && sy < i32(SH);
+    let row = (kc % SC) * SH + u32(clamp(sy, 0, i32(SH) - 1));
+    let v = row4(row, inside, col0, x0 + SIGN * i32(tap % KS));
+    return select(v, vec4<f32>(1.0), BIAS_ROW && kk == REAL);
 }
 
 fn madd(acc: vec4<f32>, av: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
@@ -108,6 +160,13 @@ fn gemm_texture(
         c_base += sub * p.m * ldc4;
     }
     let cc = min(col4, n4 - 1u);
+    // IMPLICIT: the column texel's 4 positions, decoded once.
+    let q = 4u * cc;
+    let img = q / (QH * QW);
+    let qr = q % (QH * QW);
+    let col0 = img * SW4;
+    let y0 = i32(qr / QW) + OFF_T;
+    let x0 = i32(qr % QW) + OFF_L;
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
     let l8 = lane % 8u;
 
@@ -152,10 +211,21 @@ fn gemm_texture(
         let mine1 = textureLoad(at, vec2<u32>(kq, arow1));
         let mine2 = textureLoad(at, vec2<u32>(kq, arow2));
         let mine3 = textureLoad(at, vec2<u32>(kq, arow3));
-        let b0 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 0u));
-        let b1 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 1u));
-        let b2 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 2u));
-        let b3 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 3u));
+        var b0: vec4<f32>;
+        var b1: vec4<f32>;
+        var b2: vec4<f32>;
+        var b3: vec4<f32>;
+        if (IMPLICIT) {
+            b0 = implicit_b(4u * kq + 0u, col0, y0, x0);
+            b1 = implicit_b(4u * kq + 1u, col0, y0, x0);
+            b2 = implicit_b(4u * kq + 2u, col0, y0, x0);
+            b3 = implicit_b(4u * kq + 3u, col0, y0, x0);
+        } else {
+            b0 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 0u));
+            b1 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 1u));
+            b2 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 2u));
+            b3 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 3u));
+        }
         let s0 = subgroupBroadcast(mine0, 0u);
         let s1 = subgroupBroadcast(mine0, 1u);
         let s2 = subgroupBroadcast(mine0, 2u);

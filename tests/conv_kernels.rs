@@ -22,6 +22,10 @@ fn cases() -> Vec<ConvGeom> {
         (2, 6, 6, 3, 8),
         (4, 7, 5, 3, 5),
         (4, 9, 7, 1, 6),
+        // Rows of whole texels (widths of 4, 8 and 12), where the stride-1 gathers read each
+        // row's 4 values as two texels at any shift.
+        (2, 5, 8, 3, 4),
+        (1, 4, 12, 2, 3),
     ] {
         for k in [1, 3, 5, 7] {
             for stride in [1, 2] {

@@ -20,7 +20,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::{ConvGeom, ConvParams};
-use crate::gpu::gemm::{self, tex_cols, tex_product, TexOut};
+use crate::gpu::gemm::{self, tex_cols, tex_product, ImplicitB, TexOut};
 use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::Texture;
@@ -247,6 +247,19 @@ fn pack(
     .with_cost(0.0, 32.0 * (rows * cols4) as f64))
 }
 
+/// Whether a product over positions `qw` wide (the forward's output width, or the transposed
+/// input gradient's input width) gathers its patches inside the GEMM ([`ImplicitB`]) instead of
+/// packing them first: at a stride of 1 with rows of whole texels, where a patch texel is 4
+/// consecutive values of one source row. Measured on lavapipe (docs/performance.md#implicit-
+/// patches).
+fn implicit(g: &ConvGeom, qw: usize) -> bool {
+    g.window.stride == 1 && qw.is_multiple_of(4)
+}
+
+fn signed(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| RiglError::invalid(format!("convolution padding {v} exceeds i32")))
+}
+
 /// Chains launches into one dispatch: the last one, with the others encoded before it.
 fn chain(mut ops: Vec<Dispatch>) -> Result<Dispatch> {
     let last = ops
@@ -282,8 +295,6 @@ pub fn forward(
     g.check_forward(x, w, mask, bias, y)?;
     let kp = round4(k + usize::from(bias.is_some()));
     let at = Texture::new(ctx, "convolution weights (texture)", g.cout, tex_cols(kp))?;
-    let chunk = chunk_len(ctx, p, kp, false, chunk_bytes);
-    let bt = Texture::new(ctx, "convolution patches (texture)", kp, tex_cols(chunk))?;
     let dims = (g.cin, g.window.n, g.window.h, g.window.w);
     let (xt, to_tex) = src_texture(ctx, x, dims, "convolution input (texture)")?;
     let mut ops = vec![
@@ -300,6 +311,34 @@ pub fn forward(
             None,
         )?,
     ];
+    if implicit(&g, wo) {
+        let (pad_t, pad_l) = g.window.pad();
+        let b = ImplicitB {
+            qh: ho,
+            qw: wo,
+            sh: g.window.h,
+            sw4: g.window.w.div_ceil(4),
+            sc: g.cin,
+            k: g.window.k,
+            off_t: -signed(pad_t)?,
+            off_l: -signed(pad_l)?,
+            sign: 1,
+            real: k,
+            bias_row: bias.is_some(),
+        };
+        ops.push(gemm::tex_product_implicit(
+            ctx,
+            (g.cout, p, kp),
+            &at,
+            &xt,
+            y,
+            false,
+            b,
+        )?);
+        return chain(ops);
+    }
+    let chunk = chunk_len(ctx, p, kp, false, chunk_bytes);
+    let bt = Texture::new(ctx, "convolution patches (texture)", kp, tex_cols(chunk))?;
     for first in (0..p).step_by(chunk) {
         let len = chunk.min(p - first);
         ops.push(pack(
@@ -424,13 +463,6 @@ pub fn input_grad(
     let kd = g.window.k * g.window.k * g.cout;
     let kdp = round4(kd);
     let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
-    let chunk = chunk_len(ctx, q, kdp, false, chunk_bytes);
-    let bt = Texture::new(
-        ctx,
-        "convolution output gradient (texture)",
-        kdp,
-        tex_cols(chunk),
-    )?;
     let dims = (g.cout, g.window.n, ho, wo);
     let (dyt, to_tex) = src_texture(ctx, dy, dims, "convolution output gradient (source)")?;
     let mut ops = vec![
@@ -447,6 +479,39 @@ pub fn input_grad(
             None,
         )?,
     ];
+    if implicit(&g, g.window.w) {
+        let (pad_t, pad_l) = g.window.pad();
+        let b = ImplicitB {
+            qh: g.window.h,
+            qw: g.window.w,
+            sh: ho,
+            sw4: wo.div_ceil(4),
+            sc: g.cout,
+            k: g.window.k,
+            off_t: signed(pad_t)?,
+            off_l: signed(pad_l)?,
+            sign: -1,
+            real: kd,
+            bias_row: false,
+        };
+        ops.push(gemm::tex_product_implicit(
+            ctx,
+            (g.cin, q, kdp),
+            &at,
+            &dyt,
+            dx,
+            accumulate,
+            b,
+        )?);
+        return chain(ops);
+    }
+    let chunk = chunk_len(ctx, q, kdp, false, chunk_bytes);
+    let bt = Texture::new(
+        ctx,
+        "convolution output gradient (texture)",
+        kdp,
+        tex_cols(chunk),
+    )?;
     for first in (0..q).step_by(chunk) {
         let len = chunk.min(q - first);
         ops.push(pack(

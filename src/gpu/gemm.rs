@@ -386,11 +386,98 @@ pub fn narrow_tiles_supported(ctx: &GpuContext) -> bool {
         && ctx.info.subgroup_max_size == 8
 }
 
+/// A convolution's patch matrix as the texture GEMM's op(B), gathered by the product itself
+/// from a source texture in `shaders/conv_src.wgsl`'s layout (`IMPLICIT` in
+/// `shaders/gemm_tex.wgsl`, which says what each field means). Only for a stride of 1 and
+/// position rows of whole texels (`qw` a multiple of 4); `src/gpu/conv_tex.rs` builds it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ImplicitB {
+    /// Height and width of the positions the columns stand for.
+    pub qh: usize,
+    pub qw: usize,
+    /// Source rows per channel and texels per image row.
+    pub sh: usize,
+    pub sw4: usize,
+    /// Channels per tap of the reduction, kernel size.
+    pub sc: usize,
+    pub k: usize,
+    /// Source offset of a position's first tap, and +1 (forward) or −1 (transposed).
+    pub off_t: i32,
+    pub off_l: i32,
+    pub sign: i32,
+    /// Real rows (k·k·sc), and whether row `real` is ones (the forward's bias).
+    pub real: usize,
+    pub bias_row: bool,
+}
+
+impl ImplicitB {
+    fn overrides(&self, spec: KernelSpec) -> KernelSpec {
+        let mut spec = spec
+            .with_override("IMPLICIT", 1.0)
+            .with_override("BIAS_ROW", f64::from(u8::from(self.bias_row)));
+        for (name, v) in [
+            ("QH", self.qh as f64),
+            ("QW", self.qw as f64),
+            ("SH", self.sh as f64),
+            ("SW4", self.sw4 as f64),
+            ("SC", self.sc as f64),
+            ("KS", self.k as f64),
+            ("OFF_T", f64::from(self.off_t)),
+            ("OFF_L", f64::from(self.off_l)),
+            ("SIGN", f64::from(self.sign)),
+            ("REAL", self.real as f64),
+        ] {
+            spec = spec.with_override(name, v);
+        }
+        spec
+    }
+}
+
 /// The `gemm_texture` launch `C (+)= at · bt` on operand textures the caller has filled (op(A)
 /// `m` rows of `k` columns, op(B) `k` rows of `n`), writing as `out` says. n and k multiples
 /// of 4; the caller checks the textures' sizes and C's length.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tex_product(
+    ctx: &GpuContext,
+    mnk: (usize, usize, usize),
+    at: &Texture,
+    bt: &Texture,
+    c: &Tensor,
+    accumulate: bool,
+    out: TexOut,
+) -> Result<Dispatch> {
+    tex_product_with(ctx, mnk, at, bt, c, accumulate, out, None)
+}
+
+/// [`tex_product`] with op(B) gathered from the source texture `src` as `b` says: `n` is every
+/// position (no chunks, no split, wide tiles).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tex_product_implicit(
+    ctx: &GpuContext,
+    (m, n, k): (usize, usize, usize),
+    at: &Texture,
+    src: &Texture,
+    c: &Tensor,
+    accumulate: bool,
+    b: ImplicitB,
+) -> Result<Dispatch> {
+    let plane = b.qh * b.qw;
+    if plane == 0 || !b.qw.is_multiple_of(4) || b.real == 0 || !n.is_multiple_of(plane) {
+        return Err(RiglError::invalid(format!(
+            "implicit texture product {m}x{n}x{k}: needs position rows of whole texels and \
+             {n} positions of whole images of {}x{}",
+            b.qh, b.qw
+        )));
+    }
+    let out = TexOut {
+        ldc4: n / 4,
+        ..TexOut::default()
+    };
+    tex_product_with(ctx, (m, n, k), at, src, c, accumulate, out, Some(b))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tex_product_with(
     ctx: &GpuContext,
     (m, n, k): (usize, usize, usize),
     at: &Texture,
@@ -398,6 +485,7 @@ pub(crate) fn tex_product(
     c: &Tensor,
     accumulate: bool,
     out: TexOut,
+    implicit: Option<ImplicitB>,
 ) -> Result<Dispatch> {
     if m == 0 || n == 0 || k == 0 || !n.is_multiple_of(4) || !k.is_multiple_of(4) {
         return Err(RiglError::invalid(format!(
@@ -440,9 +528,12 @@ pub(crate) fn tex_product(
     };
     // The shader's largest vec4 index of C (the last split's last row) must fit u32 too.
     u(out.c_off4 + parts * m * out.ldc4.max(n / 4), "C extent")?;
-    let spec = KernelSpec::new("gemm_tex", GemmVariant::Texture.entry(), TEX_BINDINGS)
+    let mut spec = KernelSpec::new("gemm_tex", GemmVariant::Texture.entry(), TEX_BINDINGS)
         .with_override("ACCUMULATE", f64::from(u8::from(accumulate)))
         .with_override("NARROW", f64::from(u8::from(out.narrow)));
+    if let Some(b) = implicit {
+        spec = b.overrides(spec);
+    }
     Ok(Dispatch::build_res(
         ctx,
         &spec,
