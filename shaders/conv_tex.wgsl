@@ -169,25 +169,6 @@ fn dy_at(co: u32, img: u32, oy: i32, ox: i32) -> f32 {
     return select(0.0, t[x & 3u], inside);
 }
 
-// Four consecutive values x0 .. x0 + 3 of one image row of the gathers' source texture (row
-// `row`, the image's texels from column `col0`, `w4` per row; `inside`: the row is in the image)
-// from the two texels they span. A texel outside the row reads as zeros, and so do the values
-// past the row's end in its last texel (conv_src.wgsl writes zeros there). `x0 & 3` is the same
-// for every lane where this is used (a stride of 1 and rows of whole texels), so the selects
-// pick one arm for all of them.
-fn row4(row: u32, inside: bool, col0: u32, x0: i32, w4: i32) -> vec4<f32> {
-    let tx = x0 >> 2u;
-    let ok0 = inside && tx >= 0 && tx < w4;
-    let ok1 = inside && tx + 1 >= 0 && tx + 1 < w4;
-    let t0 = select(vec4<f32>(0.0), textureLoad(srct, vec2<u32>(col0 + u32(clamp(tx, 0, w4 - 1)), row)), ok0);
-    let t1 = select(vec4<f32>(0.0), textureLoad(srct, vec2<u32>(col0 + u32(clamp(tx + 1, 0, w4 - 1)), row)), ok1);
-    let s = u32(x0 & 3);
-    let v1 = vec4<f32>(t0.yzw, t1.x);
-    let v2 = vec4<f32>(t0.zw, t1.xy);
-    let v3 = vec4<f32>(t0.w, t1.xyz);
-    return select(select(select(t0, v1, s == 1u), v2, s == 2u), v3, s == 3u);
-}
-
 // ---- pack_patch: the forward's B (and nothing else), B[kk, q] = x[ci, img, oy·s + ky − pad_t,
 // ox·s + kx − pad_l] for the output position q = (img, oy, ox) = first + column.
 @compute @workgroup_size(64)
@@ -200,32 +181,8 @@ fn pack_patch(
     if (it.x >= p.cols4) {
         return;
     }
-    let plane = HO * WO;
-    if (STRIDE == 1u && WO % 4u == 0u) {
-        // The texel's 4 positions are 4 consecutive ones of one output row, from a multiple of
-        // 4, so each row's 4 values are 4 consecutive ones of one input row: two texel loads.
-        let q = p.first + 4u * it.x;
-        let img = q / plane;
-        let r = q % plane;
-        let y0 = i32(r / WO) - i32(PAD_T);
-        let x0 = i32(r % WO) - i32(PAD_L);
-        for (var kk = it.y0; kk < it.y_end; kk++) {
-            var v = vec4<f32>(0.0);
-            if (kk < p.real) {
-                let tap = kk / CIN;
-                let ci = kk % CIN;
-                let iy = y0 + i32(tap / K);
-                let inside = iy >= 0 && iy < i32(H);
-                let row = ci * H + u32(clamp(iy, 0, i32(H) - 1));
-                v = row4(row, inside, img * W4, x0 + i32(tap % K), i32(W4));
-            } else if (BIAS && kk == p.real) {
-                v = vec4<f32>(1.0);
-            }
-            textureStore(dst, vec2<u32>(it.x, kk), v);
-        }
-        return;
-    }
     // The 4 output positions of this texel column, decoded once.
+    let plane = HO * WO;
     var img: vec4<u32>;
     var y0: vec4<i32>;
     var x0: vec4<i32>;
@@ -267,28 +224,6 @@ fn pack_dpatch(
         return;
     }
     let plane = H * W;
-    if (STRIDE == 1u && W % 4u == 0u) {
-        // As pack_patch's rows of whole texels: 4 consecutive input positions of one row read 4
-        // consecutive output-gradient values of one row (every tap has a solution at stride 1).
-        let q = p.first + 4u * it.x;
-        let img = q / plane;
-        let r = q % plane;
-        let ty0 = i32(r / W) + i32(PAD_T);
-        let tx0 = i32(r % W) + i32(PAD_L);
-        for (var kd = it.y0; kd < it.y_end; kd++) {
-            var v = vec4<f32>(0.0);
-            if (kd < p.real) {
-                let tap = kd / COUT;
-                let co = kd % COUT;
-                let oy = ty0 - i32(tap / K);
-                let inside = oy >= 0 && oy < i32(HO);
-                let row = co * HO + u32(clamp(oy, 0, i32(HO) - 1));
-                v = row4(row, inside, img * WO4, tx0 - i32(tap % K), i32(WO4));
-            }
-            textureStore(dst, vec2<u32>(it.x, kd), v);
-        }
-        return;
-    }
     var img: vec4<u32>;
     var ty0: vec4<i32>;
     var tx0: vec4<i32>;

@@ -60,6 +60,16 @@ override OFF_L: i32 = 0;
 override SIGN: i32 = 1;
 override REAL: u32 = 1u;
 override BIAS_ROW: bool = false;
+// Implicit weight gradient (src/gpu/conv_tex.rs): with WGRAD, C[cout, k·k·SC] = dy · patchesᵀ
+// with the reduction over the output positions q = (img, qy, qx) (QH x QW each image, QW a
+// multiple of 4) and neither operand packed: op(A)'s texel (kq, co) is dy at positions 4kq ..
+// 4kq + 3, one texel of dy's source texture bound as `at` (conv_src.wgsl's act_to_tex); op(B)'s
+// texel (cc, q) is the patch rows 4cc .. 4cc + 3 (4 channels of one tap, SC a multiple of 4) at
+// q, one texel of the input's 4-channel texture bound as `bt` (act_to_tex_c4: texel (img·SW + x,
+// c4·SH + y)), at (qy·STRIDE_W + OFF_T + ky, qx·STRIDE_W + OFF_L + kx), zero outside the input.
+override WGRAD: bool = false;
+override SW: u32 = 1u;
+override STRIDE_W: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var at: texture_storage_2d<rgba32float, read>;
@@ -105,6 +115,16 @@ fn implicit_b(kk: u32, col0: u32, y0: i32, x0: i32) -> vec4<f32> {
     let row = (kc % SC) * SH + u32(clamp(sy, 0, i32(SH) - 1));
     let v = row4(row, inside, col0, x0 + SIGN * i32(tap % KS));
     return select(v, vec4<f32>(1.0), BIAS_ROW && kk == REAL);
+}
+
+// WGRAD's op(B) texel at position (img, qy, qx) for the lane's tap (ky, kx) and channels c4.
+fn wgrad_b(img: u32, qy: u32, qx: u32, ky: i32, kx: i32, c4: u32) -> vec4<f32> {
+    let iy = i32(qy * STRIDE_W) + OFF_T + ky;
+    let ix = i32(qx * STRIDE_W) + OFF_L + kx;
+    let inside = iy >= 0 && iy < i32(SH) && ix >= 0 && ix < i32(SW);
+    let y = u32(clamp(iy, 0, i32(SH) - 1));
+    let x = u32(clamp(ix, 0, i32(SW) - 1));
+    return select(vec4<f32>(0.0), textureLoad(bt, vec2<u32>(img * SW + x, c4 * SH + y)), inside);
 }
 
 fn madd(acc: vec4<f32>, av: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
@@ -167,6 +187,11 @@ fn gemm_texture(
     let col0 = img * SW4;
     let y0 = i32(qr / QW) + OFF_T;
     let x0 = i32(qr % QW) + OFF_L;
+    // WGRAD: the lane's tap and channels (its column texel of op(B)).
+    let wtap = (4u * cc) / SC;
+    let wc4 = ((4u * cc) % SC) / 4u;
+    let wky = i32(wtap / KS);
+    let wkx = i32(wtap % KS);
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
     let l8 = lane % 8u;
 
@@ -207,24 +232,46 @@ fn gemm_texture(
     var acc30 = vec4<f32>(0.0);
     var acc31 = vec4<f32>(0.0);
     for (var kq = kbeg; kq < kend; kq++) {
-        let mine0 = textureLoad(at, vec2<u32>(kq, arow0));
-        let mine1 = textureLoad(at, vec2<u32>(kq, arow1));
-        let mine2 = textureLoad(at, vec2<u32>(kq, arow2));
-        let mine3 = textureLoad(at, vec2<u32>(kq, arow3));
+        var mine0: vec4<f32>;
+        var mine1: vec4<f32>;
+        var mine2: vec4<f32>;
+        var mine3: vec4<f32>;
         var b0: vec4<f32>;
         var b1: vec4<f32>;
         var b2: vec4<f32>;
         var b3: vec4<f32>;
-        if (IMPLICIT) {
-            b0 = implicit_b(4u * kq + 0u, col0, y0, x0);
-            b1 = implicit_b(4u * kq + 1u, col0, y0, x0);
-            b2 = implicit_b(4u * kq + 2u, col0, y0, x0);
-            b3 = implicit_b(4u * kq + 3u, col0, y0, x0);
+        if (WGRAD) {
+            // The 4 positions of this step: one output row's qx .. qx + 3 of one image.
+            let wq = 4u * kq;
+            let wimg = wq / (QH * QW);
+            let wr = wq % (QH * QW);
+            let qy = wr / QW;
+            let qx = wr % QW;
+            let acol = wimg * (QW / 4u) + qx / 4u;
+            mine0 = textureLoad(at, vec2<u32>(acol, arow0 * QH + qy));
+            mine1 = textureLoad(at, vec2<u32>(acol, arow1 * QH + qy));
+            mine2 = textureLoad(at, vec2<u32>(acol, arow2 * QH + qy));
+            mine3 = textureLoad(at, vec2<u32>(acol, arow3 * QH + qy));
+            b0 = wgrad_b(wimg, qy, qx, wky, wkx, wc4);
+            b1 = wgrad_b(wimg, qy, qx + 1u, wky, wkx, wc4);
+            b2 = wgrad_b(wimg, qy, qx + 2u, wky, wkx, wc4);
+            b3 = wgrad_b(wimg, qy, qx + 3u, wky, wkx, wc4);
         } else {
-            b0 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 0u));
-            b1 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 1u));
-            b2 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 2u));
-            b3 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 3u));
+            mine0 = textureLoad(at, vec2<u32>(kq, arow0));
+            mine1 = textureLoad(at, vec2<u32>(kq, arow1));
+            mine2 = textureLoad(at, vec2<u32>(kq, arow2));
+            mine3 = textureLoad(at, vec2<u32>(kq, arow3));
+            if (IMPLICIT) {
+                b0 = implicit_b(4u * kq + 0u, col0, y0, x0);
+                b1 = implicit_b(4u * kq + 1u, col0, y0, x0);
+                b2 = implicit_b(4u * kq + 2u, col0, y0, x0);
+                b3 = implicit_b(4u * kq + 3u, col0, y0, x0);
+            } else {
+                b0 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 0u));
+                b1 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 1u));
+                b2 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 2u));
+                b3 = textureLoad(bt, vec2<u32>(cc, 4u * kq + 3u));
+            }
         }
         let s0 = subgroupBroadcast(mine0, 0u);
         let s1 = subgroupBroadcast(mine0, 1u);

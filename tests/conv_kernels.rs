@@ -22,10 +22,12 @@ fn cases() -> Vec<ConvGeom> {
         (2, 6, 6, 3, 8),
         (4, 7, 5, 3, 5),
         (4, 9, 7, 1, 6),
-        // Rows of whole texels (widths of 4, 8 and 12), where the stride-1 gathers read each
-        // row's 4 values as two texels at any shift.
-        (2, 5, 8, 3, 4),
-        (1, 4, 12, 2, 3),
+        // Rows of whole texels (widths of 4, 8 and 12) and input channels in fours, where the
+        // texture GEMM gathers its operands itself (stride 1: the forward's and the transposed
+        // input gradient's patches, each texel two source texels at any shift; any stride: both
+        // operands of the weight gradient).
+        (2, 5, 8, 4, 4),
+        (1, 4, 12, 8, 3),
     ] {
         for k in [1, 3, 5, 7] {
             for stride in [1, 2] {

@@ -89,7 +89,8 @@ struct Col2imParams {
 struct SrcParams {
     n: u32,
     texels: u32,
-    _pad: [u32; 2],
+    c: u32,
+    _pad: u32,
 }
 
 /// Whether an activation `[c, n, h, w]` fits a source texture (`shaders/conv_src.wgsl`).
@@ -112,7 +113,8 @@ fn src_texture(
     let params = SrcParams {
         n: u(n, "batch")?,
         texels: u(texels, "texels")?,
-        _pad: [0; 2],
+        c: u(c, "channels")?,
+        _pad: 0,
     };
     let spec = KernelSpec::new("conv_src", "act_to_tex", SRC)
         .with_override("H", h as f64)
@@ -156,6 +158,43 @@ pub fn supports(ctx: &GpuContext, g: &ConvGeom) -> bool {
         && q.is_multiple_of(4)
         && k.max(kd).max(g.cin).max(g.cout) <= max
         && tex_cols(k.max(kd)) / 4 <= max
+}
+
+/// Whether an activation `[c, n, h, w]` fits a 4-channel source texture.
+fn src_c4_fits(ctx: &GpuContext, c: usize, n: usize, h: usize, w: usize) -> bool {
+    let max = ctx.limits.max_texture_dimension_2d as usize;
+    c.div_ceil(4) * h <= max && n * w <= max
+}
+
+/// The activation `src` `[c, n, h, w]` with 4 channels per texel (`act_to_tex_c4`), and the
+/// launch that fills it.
+fn src_texture_c4(
+    ctx: &GpuContext,
+    src: &Tensor,
+    (c, n, h, w): (usize, usize, usize, usize),
+    label: &str,
+) -> Result<(Texture, Dispatch)> {
+    let tex = Texture::new(ctx, label, c.div_ceil(4) * h, 4 * n * w)?;
+    let texels = c.div_ceil(4) * h * n * w;
+    let params = SrcParams {
+        n: u(n, "batch")?,
+        texels: u(texels, "texels")?,
+        c: u(c, "channels")?,
+        _pad: 0,
+    };
+    let spec = KernelSpec::new("conv_src", "act_to_tex_c4", SRC)
+        .with_override("H", h as f64)
+        .with_override("W", w as f64)
+        .with_override("W4", w.div_ceil(4) as f64);
+    let d = Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[Res::Buf(src), Res::Tex(&tex)],
+        texels.div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 32.0 * texels as f64);
+    Ok((tex, d))
 }
 
 /// Positions per chunk: all of them when they fit, else a multiple of 256 (the GEMM's tile)
@@ -689,6 +728,63 @@ pub fn weight_grad(
     let k = g.window.k * g.window.k * g.cin;
     g.check_weight_grad(x, dy, dw)?;
     let kp = round4(k);
+    let (ho, wo) = g.out()?;
+    let win = g.window;
+    let implicit = implicit_wgrad(ctx, &g, ho, wo);
+    let narrow = match tiles {
+        // Gathered in the product, the narrow tiles (every lane on a real column) win up to
+        // 576 columns (288: 102 / 105 to 80 / 84 ms; 576: 62 / 65 to 54 / 55 ms on lavapipe),
+        // not at 1,152 (48 / 49 to 49 / 67 ms); packed, only up to 128 (the packing dominates).
+        WgradTiles::Auto if implicit => gemm::narrow_tiles_supported(ctx) && kp <= 576,
+        WgradTiles::Auto => gemm::narrow_tiles(ctx, kp),
+        WgradTiles::Wide => false,
+        WgradTiles::Narrow => true,
+    };
+    // Narrow tiles: 32 columns, and each split again in 8 parts, one per subgroup.
+    let (tile_cols, subs) = if narrow { (32, 8) } else { (256, 1) };
+    let tiles = g.cout.div_ceil(32) * kp.div_ceil(tile_cols);
+    if implicit {
+        let split_len = round4(p.div_ceil(splits_for(tiles, p, 256 * subs)));
+        let slots = p.div_ceil(split_len) * subs;
+        let part = Tensor::zeros(
+            ctx,
+            "convolution weight gradient parts",
+            slots * g.cout * kp,
+        )?;
+        let (dyt, dy_tex) = src_texture(
+            ctx,
+            dy,
+            (g.cout, win.n, ho, wo),
+            "convolution output gradient (source)",
+        )?;
+        let (x4t, x_tex) = src_texture_c4(
+            ctx,
+            x,
+            (g.cin, win.n, win.h, win.w),
+            "convolution input (4-channel texture)",
+        )?;
+        let (pad_t, pad_l) = win.pad();
+        let w = gemm::ImplicitWgrad {
+            ho,
+            wo,
+            h: win.h,
+            w: win.w,
+            cin: g.cin,
+            k: win.k,
+            stride: win.stride,
+            pad_t: signed(pad_t)?,
+            pad_l: signed(pad_l)?,
+        };
+        let out = TexOut {
+            ldc4: kp / 4,
+            c_off4: 0,
+            ksplit4: split_len / 4,
+            narrow,
+        };
+        let product = gemm::tex_product_wgrad(ctx, (g.cout, kp, p), &dyt, &x4t, &part, out, w)?;
+        let sum = wgrad_sum(ctx, &g, &part, dw, slots, accumulate)?;
+        return chain(vec![dy_tex, x_tex, product, sum]);
+    }
     // Both operands hold a chunk of positions: dy's rows as columns, the patches as rows.
     let chunk = chunk_len(ctx, p, kp.max(g.cout), true, chunk_bytes);
     let at = Texture::new(
@@ -698,14 +794,6 @@ pub fn weight_grad(
         tex_cols(chunk),
     )?;
     let bt = Texture::new(ctx, "convolution patches (texture)", chunk, tex_cols(kp))?;
-    let narrow = match tiles {
-        WgradTiles::Auto => gemm::narrow_tiles(ctx, kp),
-        WgradTiles::Wide => false,
-        WgradTiles::Narrow => true,
-    };
-    // Narrow tiles: 32 columns, and each split again in 8 parts, one per subgroup.
-    let (tile_cols, subs) = if narrow { (32, 8) } else { (256, 1) };
-    let tiles = g.cout.div_ceil(32) * kp.div_ceil(tile_cols);
     let mut plan = Vec::new();
     for first in (0..p).step_by(chunk) {
         let len = chunk.min(p - first);
@@ -761,23 +849,46 @@ pub fn weight_grad(
         )?);
         slot += splits;
     }
+    ops.push(wgrad_sum(ctx, &g, &part, dw, slots, accumulate)?);
+    chain(ops)
+}
+
+/// Whether the weight gradient gathers both operands inside the GEMM
+/// ([`gemm::ImplicitWgrad`]) instead of packing them: output rows of whole texels, input
+/// channels in multiples of 4 and both source textures within the device's size.
+fn implicit_wgrad(ctx: &GpuContext, g: &ConvGeom, ho: usize, wo: usize) -> bool {
+    let win = g.window;
+    wo.is_multiple_of(4)
+        && g.cin.is_multiple_of(4)
+        && src_fits(ctx, g.cout, win.n, ho, wo)
+        && src_c4_fits(ctx, g.cin, win.n, win.h, win.w)
+}
+
+/// The launch summing the weight gradient's `slots` parts `[slot][cout][kp]` (and transposing
+/// them) into `dw` `[k·k·cin, cout]`.
+fn wgrad_sum(
+    ctx: &GpuContext,
+    g: &ConvGeom,
+    part: &Tensor,
+    dw: &Tensor,
+    slots: usize,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let k = g.window.k * g.window.k * g.cin;
     let params = SumParams {
         k: u(k, "patch rows")?,
         cout: u(g.cout, "output channels")?,
-        kp: u(kp, "padded patch rows")?,
+        kp: u(round4(k), "padded patch rows")?,
         splits: u(slots, "splits")?,
     };
     let spec = KernelSpec::new("conv_sum", "conv_wgrad_sum", SUM)
         .with_override("ACCUMULATE", f64::from(u8::from(accumulate)));
-    ops.push(
-        Dispatch::build(
-            ctx,
-            &spec,
-            bytemuck::bytes_of(&params),
-            &[&part, dw],
-            (k * g.cout).div_ceil(64) as u64,
-        )?
-        .with_cost(0.0, 4.0 * ((slots + 1) * k * g.cout) as f64),
-    );
-    chain(ops)
+    Ok(Dispatch::build(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&params),
+        &[part, dw],
+        (k * g.cout).div_ceil(64) as u64,
+    )?
+    .with_cost(0.0, 4.0 * ((slots + 1) * k * g.cout) as f64))
 }

@@ -411,11 +411,10 @@ pub(crate) struct ImplicitB {
 }
 
 impl ImplicitB {
-    fn overrides(&self, spec: KernelSpec) -> KernelSpec {
-        let mut spec = spec
-            .with_override("IMPLICIT", 1.0)
-            .with_override("BIAS_ROW", f64::from(u8::from(self.bias_row)));
-        for (name, v) in [
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("IMPLICIT", 1.0),
+            ("BIAS_ROW", f64::from(u8::from(self.bias_row))),
             ("QH", self.qh as f64),
             ("QW", self.qw as f64),
             ("SH", self.sh as f64),
@@ -426,10 +425,41 @@ impl ImplicitB {
             ("OFF_L", f64::from(self.off_l)),
             ("SIGN", f64::from(self.sign)),
             ("REAL", self.real as f64),
-        ] {
-            spec = spec.with_override(name, v);
-        }
-        spec
+        ]
+    }
+}
+
+/// A convolution's weight gradient `C[cout, k·k·cin] = dy · patchesᵀ` with neither operand
+/// packed (`WGRAD` in `shaders/gemm_tex.wgsl`): op(A) from the output gradient's source texture
+/// (`act_to_tex`), op(B) from the input's 4-channel texture (`act_to_tex_c4`). Output rows of
+/// whole texels (`wo` a multiple of 4) and input channels in multiples of 4.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ImplicitWgrad {
+    pub ho: usize,
+    pub wo: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad_t: i32,
+    pub pad_l: i32,
+}
+
+impl ImplicitWgrad {
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("WGRAD", 1.0),
+            ("QH", self.ho as f64),
+            ("QW", self.wo as f64),
+            ("SH", self.h as f64),
+            ("SW", self.w as f64),
+            ("SC", self.cin as f64),
+            ("KS", self.k as f64),
+            ("STRIDE_W", self.stride as f64),
+            ("OFF_T", -f64::from(self.pad_t)),
+            ("OFF_L", -f64::from(self.pad_l)),
+        ]
     }
 }
 
@@ -446,7 +476,7 @@ pub(crate) fn tex_product(
     accumulate: bool,
     out: TexOut,
 ) -> Result<Dispatch> {
-    tex_product_with(ctx, mnk, at, bt, c, accumulate, out, None)
+    tex_product_with(ctx, mnk, at, bt, c, accumulate, out, &[])
 }
 
 /// [`tex_product`] with op(B) gathered from the source texture `src` as `b` says: `n` is every
@@ -473,7 +503,31 @@ pub(crate) fn tex_product_implicit(
         ldc4: n / 4,
         ..TexOut::default()
     };
-    tex_product_with(ctx, (m, n, k), at, src, c, accumulate, out, Some(b))
+    tex_product_with(ctx, (m, n, k), at, src, c, accumulate, out, &b.overrides())
+}
+
+/// [`tex_product`] as a convolution's weight gradient (`m` output channels, `n` patch rows,
+/// reduction over `k` output positions) with both operands gathered as `w` says, from `dyt`
+/// and `x4t`; splits and narrow tiles as `out` says.
+pub(crate) fn tex_product_wgrad(
+    ctx: &GpuContext,
+    (m, n, k): (usize, usize, usize),
+    dyt: &Texture,
+    x4t: &Texture,
+    c: &Tensor,
+    out: TexOut,
+    w: ImplicitWgrad,
+) -> Result<Dispatch> {
+    let plane = w.ho * w.wo;
+    if plane == 0 || !w.wo.is_multiple_of(4) || !w.cin.is_multiple_of(4) || !k.is_multiple_of(plane)
+    {
+        return Err(RiglError::invalid(format!(
+            "implicit weight gradient {m}x{n}x{k}: needs output rows of whole texels, input \
+             channels in multiples of 4 and {k} positions of whole images of {}x{}",
+            w.ho, w.wo
+        )));
+    }
+    tex_product_with(ctx, (m, n, k), dyt, x4t, c, false, out, &w.overrides())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -485,7 +539,7 @@ fn tex_product_with(
     c: &Tensor,
     accumulate: bool,
     out: TexOut,
-    implicit: Option<ImplicitB>,
+    extra: &[(&'static str, f64)],
 ) -> Result<Dispatch> {
     if m == 0 || n == 0 || k == 0 || !n.is_multiple_of(4) || !k.is_multiple_of(4) {
         return Err(RiglError::invalid(format!(
@@ -531,8 +585,8 @@ fn tex_product_with(
     let mut spec = KernelSpec::new("gemm_tex", GemmVariant::Texture.entry(), TEX_BINDINGS)
         .with_override("ACCUMULATE", f64::from(u8::from(accumulate)))
         .with_override("NARROW", f64::from(u8::from(out.narrow)));
-    if let Some(b) = implicit {
-        spec = b.overrides(spec);
+    for &(name, v) in extra {
+        spec = spec.with_override(name, v);
     }
     Ok(Dispatch::build_res(
         ctx,
