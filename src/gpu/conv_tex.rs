@@ -412,12 +412,15 @@ pub fn forward(
 /// How the texture path computes a convolution's input gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DgradForm {
-    /// [`DgradForm::Col2im`] where its product is smaller than the transposed convolution's
-    /// (more input positions than output positions: a valid or strided convolution) or its sum
-    /// is one tap (1x1), and its chunks of whole images fit; [`DgradForm::Transposed`]
-    /// otherwise. What training runs. Measured on lavapipe (docs/performance.md): LeNet-5's
-    /// `conv2` 50 to 21 ms, a 3x3 stride-2 32-to-64 one at 32x32 222 to 70 ms, a 1x1 47 to 29
-    /// ms; 3x3 same convolutions gain nothing (-8% to +11%), so they keep the transposed form.
+    /// [`DgradForm::Transposed`] where the GEMM gathers its patches itself (a stride of 1 and
+    /// input rows of whole texels); else [`DgradForm::Col2im`] where its product is smaller
+    /// than the transposed convolution's (more input positions than output positions: a valid
+    /// or strided convolution) or its sum is one tap (1x1), and its chunks of whole images fit;
+    /// else [`DgradForm::Transposed`]. What training runs. Measured on lavapipe
+    /// (docs/performance.md): col2im against the packed transposed form, LeNet-5's `conv2` 50
+    /// to 21 ms, a 3x3 stride-2 32-to-64 one at 32x32 222 to 70 ms, a 1x1 47 to 29 ms (3x3 same
+    /// convolutions gain nothing, -8% to +11%); the implicit transposed form against col2im,
+    /// LeNet-5's `conv2` 30-38 to 23-24 ms, a 1x1 16-to-32 at 32x32 level (29-39 against 33-34).
     Auto,
     /// The transposed convolution: `dx[cin, Q] = wd[cin, k·k·cout] · dpatches[k·k·cout, Q]` over
     /// the output gradient gathered at the outputs each input feeds (Q = N·H·W input positions;
@@ -482,7 +485,9 @@ pub fn input_grad(
     let images = col2im_images(ctx, &g, chunk_bytes);
     let images = match form {
         DgradForm::Transposed => None,
-        DgradForm::Auto => images.filter(|_| g.window.h * g.window.w > ho * wo || g.window.k == 1),
+        DgradForm::Auto => images.filter(|_| {
+            !implicit(&g, g.window.w) && (g.window.h * g.window.w > ho * wo || g.window.k == 1)
+        }),
         DgradForm::Col2im => Some(images.ok_or_else(|| {
             RiglError::invalid(format!(
                 "col2im input gradient of a {}x{} convolution over {}x{}: no chunk of whole \
