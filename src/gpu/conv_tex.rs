@@ -116,7 +116,13 @@ fn src_texture(
         c: u(c, "channels")?,
         _pad: 0,
     };
-    let spec = KernelSpec::new("conv_src", "act_to_tex", SRC)
+    // Rows of whole texels: one vec4 load per texel (conv_src4.wgsl).
+    let shader = if w.is_multiple_of(4) {
+        "conv_src4"
+    } else {
+        "conv_src"
+    };
+    let spec = KernelSpec::new(shader, "act_to_tex", SRC)
         .with_override("H", h as f64)
         .with_override("W", w as f64)
         .with_override("W4", w4 as f64);
@@ -176,13 +182,20 @@ fn src_texture_c4(
 ) -> Result<(Texture, Dispatch)> {
     let tex = Texture::new(ctx, label, c.div_ceil(4) * h, 4 * n * w)?;
     let texels = c.div_ceil(4) * h * n * w;
+    // Rows of whole texels: each invocation loads 4 positions of 4 channels as 4 vec4s and
+    // stores 4 texels (conv_src4.wgsl).
+    let (shader, invocations) = if w.is_multiple_of(4) {
+        ("conv_src4", texels / 4)
+    } else {
+        ("conv_src", texels)
+    };
     let params = SrcParams {
         n: u(n, "batch")?,
-        texels: u(texels, "texels")?,
+        texels: u(invocations, "texels")?,
         c: u(c, "channels")?,
         _pad: 0,
     };
-    let spec = KernelSpec::new("conv_src", "act_to_tex_c4", SRC)
+    let spec = KernelSpec::new(shader, "act_to_tex_c4", SRC)
         .with_override("H", h as f64)
         .with_override("W", w as f64)
         .with_override("W4", w.div_ceil(4) as f64);
@@ -191,7 +204,7 @@ fn src_texture_c4(
         &spec,
         bytemuck::bytes_of(&params),
         &[Res::Buf(src), Res::Tex(&tex)],
-        texels.div_ceil(64) as u64,
+        invocations.div_ceil(64) as u64,
     )?
     .with_cost(0.0, 32.0 * texels as f64);
     Ok((tex, d))
