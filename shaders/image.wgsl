@@ -222,6 +222,89 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
+// ---- The per-element kernels' vec4 forms (bn_apply_v4, bn_bwd_apply_v4, add_v4), used where
+// every channel's run is whole vec4s (N·H·W a multiple of 4; for add, the count): on lavapipe a
+// storage access at a per-lane address is a loop over the lanes, so one vec4 access takes a
+// quarter of four scalar ones' iterations. They compute each element exactly as the scalar forms
+// do (same bits). Views of bindings 1, 3, 6 and 7 as vec4s; an entry uses one view of each.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> e4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> e24: array<vec4<f32>>;
+
+// Workgroups per channel of the vec4 forms (each invocation RUN vec4s, WG apart).
+fn per_channel4() -> u32 {
+    return (G_N * G_H * G_W / 4u + WG * RUN - 1u) / (WG * RUN);
+}
+
+@compute @workgroup_size(256)
+fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let m4 = G_N * G_H * G_W / 4u;
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel4();
+    if (ch >= G_C) {
+        return;
+    }
+    let mean = d[2u * ch];
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
+    let first = ch * m4 + (g % per_channel4()) * WG * RUN + lid3.x;
+    let end = ch * m4 + m4;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        let xv = a4[i];
+        var v: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            v[j] = epilogue(bn_z(xv[j], mean, inv_std, gamma, beta), 4u * i + j);
+        }
+        c4[i] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn bn_bwd_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let m = G_N * G_H * G_W;
+    let m4 = m / 4u;
+    let g = wid.x + wid.y * nwg.x;
+    let ch = g / per_channel4();
+    if (ch >= G_C) {
+        return;
+    }
+    let mean = d[2u * ch];
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    let gamma = b[2u * ch];
+    let beta = b[2u * ch + 1u];
+    let sum_dy_xh = d[2u * G_C + 2u * ch];
+    let sum_dy = d[2u * G_C + 2u * ch + 1u];
+    let k = gamma * inv_std / f32(m);
+    let first = ch * m4 + (g % per_channel4()) * WG * RUN + lid3.x;
+    let end = ch * m4 + m4;
+    for (var r = 0u; r < RUN; r++) {
+        let i = first + r * WG;
+        if (i >= end) {
+            break;
+        }
+        let xv = a4[i];
+        let dy = e4[i];
+        var v: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            let xhat = (xv[j] - mean) * inv_std;
+            let dz = epilogue_grad(bn_z(xv[j], mean, inv_std, gamma, beta), dy[j], 4u * i + j);
+            v[j] = k * (f32(m) * dz - sum_dy - xhat * sum_dy_xh);
+        }
+        if ((G_EPI & EPI_PLUS) != 0u) {
+            v += e24[i];
+        }
+        c4[i] = v;
+    }
+}
+
 // ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dz * xhat), dbeta = sum(dz), with
 // dz = dL/dz from dy through the epilogue (z and the ReLU mask recomputed from x) and xhat
 // recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the layout of
@@ -603,6 +686,17 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     c[i] += a[i];
+}
+
+// ---- add_v4: add over G_C / 4 vec4s (G_C a multiple of 4); 1 read in ; 3 rw out
+
+@compute @workgroup_size(256)
+fn add_v4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= G_C / 4u) {
+        return;
+    }
+    c4[i] += a4[i];
 }
 
 // ---- relu: out[i] = max(in[i], 0). 1 read in ; 3 rw out ; G_C holds the count

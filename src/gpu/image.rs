@@ -100,7 +100,8 @@ pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
 
 /// A one-element placeholder for a binding an entry does not use.
 fn unused(ctx: &GpuContext) -> Result<Tensor> {
-    Tensor::zeros(ctx, "unused binding", 1)
+    // One vec4: the vec4 forms' views of a binding need 16 bytes even where they do not read it.
+    Tensor::zeros(ctx, "unused binding", 4)
 }
 
 fn build(
@@ -189,6 +190,22 @@ impl ImageShape {
     fn per_channel_workgroups(&self) -> u64 {
         let m = (self.n * self.h * self.w) as u64;
         self.c as u64 * m.div_ceil(WG * RUN)
+    }
+
+    /// Whether every channel's run is whole vec4s, so the per-element batch norm kernels run
+    /// their vec4 forms (`..._v4` in `shaders/image.wgsl`).
+    fn whole_vec4s(&self) -> bool {
+        (self.n * self.h * self.w).is_multiple_of(4)
+    }
+
+    /// The entry and workgroups of a per-channel element kernel: its vec4 form where it runs.
+    fn per_channel_entry(&self, scalar: &'static str, v4: &'static str) -> (&'static str, u64) {
+        if self.whole_vec4s() {
+            let m4 = (self.n * self.h * self.w / 4) as u64;
+            (v4, self.c as u64 * m4.div_ceil(WG * RUN))
+        } else {
+            (scalar, self.per_channel_workgroups())
+        }
     }
 
     fn check_channels(&self, ctx: &GpuContext) -> Result<()> {
@@ -348,12 +365,13 @@ pub fn bn_apply(
     check(y, s.len(), "batch norm output")?;
     check(gamma_beta, 2 * s.c, "batch norm gamma and beta")?;
     check(stats, 4 * s.c, "batch norm statistics")?;
+    let (entry, workgroups) = s.per_channel_entry("bn_apply", "bn_apply_v4");
     build_epi(
         ctx,
-        "bn_apply",
+        entry,
         &epilogue.params(s)?,
         &[x, gamma_beta, y, stats],
-        s.per_channel_workgroups(),
+        workgroups,
         epilogue.bits(),
     )
 }
@@ -414,12 +432,13 @@ pub fn bn_backward(
                 }
                 None => (&plus_pad, bits),
             };
+            let (entry, workgroups) = s.per_channel_entry("bn_bwd_apply", "bn_bwd_apply_v4");
             out.push(build_epi(
                 ctx,
-                "bn_bwd_apply",
+                entry,
                 &p,
                 &[t.x, t.gamma_beta, dx, t.stats, &arg_pad, t.dy, plus],
-                s.per_channel_workgroups(),
+                workgroups,
                 bits,
             )?);
         }
@@ -678,12 +697,18 @@ pub fn add(ctx: &GpuContext, input: &Tensor, out: &Tensor, len: usize) -> Result
     };
     let pad = unused(ctx)?;
     let pad2 = unused(ctx)?;
+    // A vec4 at a time where the count allows (`add_v4`, same bits).
+    let (entry, items) = if len.is_multiple_of(4) {
+        ("add_v4", len / 4)
+    } else {
+        ("add", len)
+    };
     build(
         ctx,
-        "add",
+        entry,
         &p,
         &[input, &pad, out, &pad2],
-        (len as u64).div_ceil(WG),
+        (items as u64).div_ceil(WG),
     )
 }
 
