@@ -12,7 +12,11 @@
 //! - weight gradient: `dwᵀ[cout, K] = dy[cout, P] · patchesᵀ[P, K]`, its reduction over P split
 //!   into parts summed (and transposed into `[K, cout]`) by `shaders/conv_sum.wgsl`.
 //!
-//! Positions are processed in chunks so that an operand texture stays within the device's
+//! Where the geometry lets a patch texel be read straight from a copy of the activation (a
+//! stride of 1 and rows of whole texels for the forward and the transposed input gradient; rows
+//! of whole texels and input channels in fours for the weight gradient), the GEMM gathers it
+//! itself (`gemm::ImplicitB`, `gemm::ImplicitWgrad`) and nothing is packed. Otherwise
+//! positions are processed in chunks so that an operand texture stays within the device's
 //! texture size and [`CHUNK_BYTES`]; a chunk is a gather and a product. Needs subgroups (as the
 //! texture GEMM) and P and Q multiples of 4; [`supports`] says when.
 
