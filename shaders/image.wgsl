@@ -194,6 +194,47 @@ fn per_channel() -> u32 {
     return (G_N * G_H * G_W + WG * RUN - 1u) / (WG * RUN);
 }
 
+// Channel ch's batch statistics and bn_bwd_reduce's sums (stats in d, [4C]) and gamma, beta
+// (in b), as the per-element kernels read them once per channel.
+struct Chan {
+    mean: f32,
+    inv_std: f32,
+    gamma: f32,
+    beta: f32,
+    sum_dy_xh: f32,
+    sum_dy: f32,
+}
+
+fn chan(ch: u32) -> Chan {
+    return Chan(d[2u * ch], 1.0 / sqrt(d[2u * ch + 1u] + p.f1), b[2u * ch], b[2u * ch + 1u],
+                d[2u * G_C + 2u * ch], d[2u * G_C + 2u * ch + 1u]);
+}
+
+// The run of one invocation of a per-element kernel: workgroup g covers RUN * WG consecutive
+// items of channel g / per (`len` items per channel), the invocation every WG-th from `first`
+// to before `stop`. ch is G_C or more past the last channel.
+struct Run {
+    ch: u32,
+    first: u32,
+    stop: u32,
+}
+
+fn channel_run(g: u32, per: u32, len: u32, lid: u32) -> Run {
+    let ch = g / per;
+    let first = ch * len + (g % per) * WG * RUN + lid;
+    return Run(ch, first, min(ch * len + len, first + WG * RUN));
+}
+
+// The batch norm's input gradient at element i (x value xv, output gradient dy) of the channel
+// cs describes.
+fn bn_dx(cs: Chan, xv: f32, dy: f32, i: u32) -> f32 {
+    let m = G_N * G_H * G_W;
+    let k = cs.gamma * cs.inv_std / f32(m);
+    let xhat = (xv - cs.mean) * cs.inv_std;
+    let dz = epilogue_grad(bn_z(xv, cs.mean, cs.inv_std, cs.gamma, cs.beta), dy, i);
+    return k * (f32(m) * dz - cs.sum_dy - xhat * cs.sum_dy_xh);
+}
+
 // ---- bn_apply: y = epilogue(gamma * (x - mean) / sqrt(var + f1) + beta) with the statistics
 // bn_stats left in stats. 1 read x ; 2 read gamma_beta [2C] (gamma[c], beta[c] at 2c, 2c+1) ;
 // 3 rw y ; 4 rw stats [4C]
@@ -201,24 +242,13 @@ fn per_channel() -> u32 {
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let m = G_N * G_H * G_W;
-    let g = wid.x + wid.y * nwg.x;
-    let ch = g / per_channel();
-    if (ch >= G_C) {
+    let r = channel_run(wid.x + wid.y * nwg.x, per_channel(), G_N * G_H * G_W, lid3.x);
+    if (r.ch >= G_C) {
         return;
     }
-    let mean = d[2u * ch];
-    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let gamma = b[2u * ch];
-    let beta = b[2u * ch + 1u];
-    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
-    let end = ch * m + m;
-    for (var r = 0u; r < RUN; r++) {
-        let i = first + r * WG;
-        if (i >= end) {
-            break;
-        }
-        c[i] = epilogue(bn_z(a[i], mean, inv_std, gamma, beta), i);
+    let cs = chan(r.ch);
+    for (var i = r.first; i < r.stop; i += WG) {
+        c[i] = epilogue(bn_z(a[i], cs.mean, cs.inv_std, cs.gamma, cs.beta), i);
     }
 }
 
@@ -240,27 +270,16 @@ fn per_channel4() -> u32 {
 @compute @workgroup_size(256)
 fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let m4 = G_N * G_H * G_W / 4u;
-    let g = wid.x + wid.y * nwg.x;
-    let ch = g / per_channel4();
-    if (ch >= G_C) {
+    let r = channel_run(wid.x + wid.y * nwg.x, per_channel4(), G_N * G_H * G_W / 4u, lid3.x);
+    if (r.ch >= G_C) {
         return;
     }
-    let mean = d[2u * ch];
-    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let gamma = b[2u * ch];
-    let beta = b[2u * ch + 1u];
-    let first = ch * m4 + (g % per_channel4()) * WG * RUN + lid3.x;
-    let end = ch * m4 + m4;
-    for (var r = 0u; r < RUN; r++) {
-        let i = first + r * WG;
-        if (i >= end) {
-            break;
-        }
+    let cs = chan(r.ch);
+    for (var i = r.first; i < r.stop; i += WG) {
         let xv = a4[i];
         var v: vec4<f32>;
         for (var j = 0u; j < 4u; j++) {
-            v[j] = epilogue(bn_z(xv[j], mean, inv_std, gamma, beta), 4u * i + j);
+            v[j] = epilogue(bn_z(xv[j], cs.mean, cs.inv_std, cs.gamma, cs.beta), 4u * i + j);
         }
         c4[i] = v;
     }
@@ -269,34 +288,17 @@ fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(256)
 fn bn_bwd_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let m = G_N * G_H * G_W;
-    let m4 = m / 4u;
-    let g = wid.x + wid.y * nwg.x;
-    let ch = g / per_channel4();
-    if (ch >= G_C) {
+    let r = channel_run(wid.x + wid.y * nwg.x, per_channel4(), G_N * G_H * G_W / 4u, lid3.x);
+    if (r.ch >= G_C) {
         return;
     }
-    let mean = d[2u * ch];
-    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let gamma = b[2u * ch];
-    let beta = b[2u * ch + 1u];
-    let sum_dy_xh = d[2u * G_C + 2u * ch];
-    let sum_dy = d[2u * G_C + 2u * ch + 1u];
-    let k = gamma * inv_std / f32(m);
-    let first = ch * m4 + (g % per_channel4()) * WG * RUN + lid3.x;
-    let end = ch * m4 + m4;
-    for (var r = 0u; r < RUN; r++) {
-        let i = first + r * WG;
-        if (i >= end) {
-            break;
-        }
+    let cs = chan(r.ch);
+    for (var i = r.first; i < r.stop; i += WG) {
         let xv = a4[i];
         let dy = e4[i];
         var v: vec4<f32>;
         for (var j = 0u; j < 4u; j++) {
-            let xhat = (xv[j] - mean) * inv_std;
-            let dz = epilogue_grad(bn_z(xv[j], mean, inv_std, gamma, beta), dy[j], 4u * i + j);
-            v[j] = k * (f32(m) * dz - sum_dy - xhat * sum_dy_xh);
+            v[j] = bn_dx(cs, xv[j], dy[j], 4u * i + j);
         }
         if ((G_EPI & EPI_PLUS) != 0u) {
             v += e24[i];
@@ -353,30 +355,13 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @compute @workgroup_size(256)
 fn bn_bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let m = G_N * G_H * G_W;
-    let g = wid.x + wid.y * nwg.x;
-    let ch = g / per_channel();
-    if (ch >= G_C) {
+    let r = channel_run(wid.x + wid.y * nwg.x, per_channel(), G_N * G_H * G_W, lid3.x);
+    if (r.ch >= G_C) {
         return;
     }
-    let mean = d[2u * ch];
-    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
-    let gamma = b[2u * ch];
-    let beta = b[2u * ch + 1u];
-    let sum_dy_xh = d[2u * G_C + 2u * ch];
-    let sum_dy = d[2u * G_C + 2u * ch + 1u];
-    let k = gamma * inv_std / f32(m);
-    let first = ch * m + (g % per_channel()) * WG * RUN + lid3.x;
-    let end = ch * m + m;
-    for (var r = 0u; r < RUN; r++) {
-        let i = first + r * WG;
-        if (i >= end) {
-            break;
-        }
-        let xv = a[i];
-        let xhat = (xv - mean) * inv_std;
-        let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), e[i], i);
-        var v = k * (f32(m) * dz - sum_dy - xhat * sum_dy_xh);
+    let cs = chan(r.ch);
+    for (var i = r.first; i < r.stop; i += WG) {
+        var v = bn_dx(cs, a[i], e[i], i);
         if ((G_EPI & EPI_PLUS) != 0u) {
             v += e2[i];
         }
