@@ -1,19 +1,22 @@
 // An activation [C, N, H, W] copied into an rgba32float storage texture for the convolution
-// gathers of conv_tex.wgsl: texel (img * W4 + x4, c * H + y) = x[c, img, y, 4·x4 .. 4·x4 + 3]
-// (zeros past W), W4 = ceil(W / 4). On lavapipe a storage-texture load is a branch-free gather,
-// where a storage-buffer load at a different address per lane is a loop over the lanes; the
-// gathers read every value k·k times, this copy once. Host side: src/gpu/conv_tex.rs.
+// gathers of conv_tex.wgsl and gemm_tex.wgsl: texel (img * W4 + x4, c * H + y) = x[c, img, y,
+// 4·x4 .. 4·x4 + 3] (zeros past W), W4 = ceil(W / 4); or, for the implicit weight gradient, with
+// 4 channels per texel: texel (img · W + x, c4 · H + y) = x[4·c4 .. 4·c4 + 3, img, y, x] (zeros
+// past C). On lavapipe a storage-texture load is a branch-free gather, where a storage-buffer
+// load at a different address per lane is a loop over the lanes; the gathers read every value
+// k·k times, this copy once. The `_v4` entries, for rows of whole texels (W a multiple of 4),
+// read `src` a vec4 at a time (a quarter of the loop iterations). Host side: src/gpu/conv_tex.rs.
 //
 // Bindings (group 0):
 //   0 uniform SrcParams
-//   1 storage read  src : [C, N, H, W]
-//   2 texture write dst : N·W4 x C·H texels
+//   1 storage read  src : [C, N, H, W] (`src4`: the same as vec4s)
+//   2 texture write dst : the texture
 
 struct SrcParams {
     n: u32,
-    // Texels in the texture: C·H rows of N·W4.
+    // Invocations: the texture's texels (act_to_tex_c4_v4: a quarter of them).
     texels: u32,
-    // Channels (act_to_tex_c4).
+    // Channels.
     c: u32,
     _pad1: u32,
 }
@@ -25,63 +28,115 @@ override W4: u32;
 
 @group(0) @binding(0) var<uniform> p: SrcParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
 @group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
 
+// Invocation i's texel: column col = img · per + x of texture row = band · H + y (band: the
+// channel, or the group of 4 channels), `per` texels per image row.
+struct Item {
+    row: u32,
+    col: u32,
+    img: u32,
+    x: u32,
+    band: u32,
+    y: u32,
+}
+
+fn item(i: u32, per: u32) -> Item {
+    let row = i / (p.n * per);
+    let col = i % (p.n * per);
+    return Item(row, col, col / per, col % per, row / H, row % H);
+}
+
+fn invocation(wid: vec3<u32>, nwg: vec3<u32>, lidx: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 64u + lidx;
+}
+
+// ---- act_to_tex: one texel of 4 positions of one channel.
 @compute @workgroup_size(64)
 fn act_to_tex(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
-    let i = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    let i = invocation(wid, nwg, lidx);
     if (i >= p.texels) {
         return;
     }
-    let width = p.n * W4;
-    let row = i / width;
-    let col = i % width;
-    let img = col / W4;
-    let x0 = 4u * (col % W4);
-    let c = row / H;
-    let y = row % H;
-    let base = ((c * p.n + img) * H + y) * W + x0;
+    let t = item(i, W4);
+    let x0 = 4u * t.x;
+    let base = ((t.band * p.n + t.img) * H + t.y) * W + x0;
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         if (x0 + j < W) {
             v[j] = src[base + j];
         }
     }
-    textureStore(dst, vec2<u32>(col, row), v);
+    textureStore(dst, vec2<u32>(t.col, t.row), v);
 }
 
-// ---- act_to_tex_c4: the same activation with 4 channels per texel, for the implicit weight
-// gradient (gemm_tex.wgsl's WGRAD): texel (img · W + x, c4 · H + y) = x[4·c4 .. 4·c4 + 3, img,
-// y, x] (zeros past C), so that 4 consecutive patch rows (4 channels of one tap) at one position
-// are one texel. p.texels = ceil(C / 4)·H·N·W, p.c = C.
+// ---- act_to_tex_v4: act_to_tex for W a multiple of 4, one vec4 load per texel.
+@compute @workgroup_size(64)
+fn act_to_tex_v4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let i = invocation(wid, nwg, lidx);
+    if (i >= p.texels) {
+        return;
+    }
+    let t = item(i, W4);
+    textureStore(dst, vec2<u32>(t.col, t.row), src4[((t.band * p.n + t.img) * H + t.y) * W4 + t.x]);
+}
+
+// ---- act_to_tex_c4: one texel of 4 channels at one position.
 @compute @workgroup_size(64)
 fn act_to_tex_c4(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
-    let i = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    let i = invocation(wid, nwg, lidx);
     if (i >= p.texels) {
         return;
     }
-    let width = p.n * W;
-    let row = i / width;
-    let col = i % width;
-    let img = col / W;
-    let x = col % W;
-    let c0 = 4u * (row / H);
-    let y = row % H;
+    let t = item(i, W);
+    let c0 = 4u * t.band;
     let plane = p.n * H * W;
-    let base = (c0 * p.n + img) * H * W + y * W + x;
+    let base = (c0 * p.n + t.img) * H * W + t.y * W + t.x;
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         if (c0 + j < p.c) {
             v[j] = src[base + j * plane];
         }
     }
-    textureStore(dst, vec2<u32>(col, row), v);
+    textureStore(dst, vec2<u32>(t.col, t.row), v);
+}
+
+// ---- act_to_tex_c4_v4: act_to_tex_c4 for W a multiple of 4; each invocation loads 4
+// positions of 4 channels as 4 vec4s and stores them as 4 texels.
+@compute @workgroup_size(64)
+fn act_to_tex_c4_v4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let i = invocation(wid, nwg, lidx);
+    if (i >= p.texels) {
+        return;
+    }
+    let t = item(i, W4);
+    let c0 = 4u * t.band;
+    let plane4 = p.n * H * W4;
+    let at = (c0 * p.n + t.img) * H * W4 + t.y * W4 + t.x;
+    var v: array<vec4<f32>, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        v[j] = select(vec4<f32>(0.0), src4[min(at + j * plane4, arrayLength(&src4) - 1u)], c0 + j < p.c);
+    }
+    let x0 = t.img * W + 4u * t.x;
+    textureStore(dst, vec2<u32>(x0, t.row), vec4<f32>(v[0].x, v[1].x, v[2].x, v[3].x));
+    textureStore(dst, vec2<u32>(x0 + 1u, t.row), vec4<f32>(v[0].y, v[1].y, v[2].y, v[3].y));
+    textureStore(dst, vec2<u32>(x0 + 2u, t.row), vec4<f32>(v[0].z, v[1].z, v[2].z, v[3].z));
+    textureStore(dst, vec2<u32>(x0 + 3u, t.row), vec4<f32>(v[0].w, v[1].w, v[2].w, v[3].w));
 }

@@ -120,13 +120,13 @@ fn src_texture(
         c: u(c, "channels")?,
         _pad: 0,
     };
-    // Rows of whole texels: one vec4 load per texel (conv_src4.wgsl).
-    let shader = if w.is_multiple_of(4) {
-        "conv_src4"
+    // Rows of whole texels: one vec4 load per texel.
+    let entry = if w.is_multiple_of(4) {
+        "act_to_tex_v4"
     } else {
-        "conv_src"
+        "act_to_tex"
     };
-    let spec = KernelSpec::new(shader, "act_to_tex", SRC)
+    let spec = KernelSpec::new("conv_src", entry, SRC)
         .with_override("H", h as f64)
         .with_override("W", w as f64)
         .with_override("W4", w4 as f64);
@@ -187,11 +187,11 @@ fn src_texture_c4(
     let tex = Texture::new(ctx, label, c.div_ceil(4) * h, 4 * n * w)?;
     let texels = c.div_ceil(4) * h * n * w;
     // Rows of whole texels: each invocation loads 4 positions of 4 channels as 4 vec4s and
-    // stores 4 texels (conv_src4.wgsl).
-    let (shader, invocations) = if w.is_multiple_of(4) {
-        ("conv_src4", texels / 4)
+    // stores 4 texels.
+    let (entry, invocations) = if w.is_multiple_of(4) {
+        ("act_to_tex_c4_v4", texels / 4)
     } else {
-        ("conv_src", texels)
+        ("act_to_tex_c4", texels)
     };
     let params = SrcParams {
         n: u(n, "batch")?,
@@ -199,7 +199,7 @@ fn src_texture_c4(
         c: u(c, "channels")?,
         _pad: 0,
     };
-    let spec = KernelSpec::new(shader, "act_to_tex_c4", SRC)
+    let spec = KernelSpec::new("conv_src", entry, SRC)
         .with_override("H", h as f64)
         .with_override("W", w as f64)
         .with_override("W4", w.div_ceil(4) as f64);

@@ -36,7 +36,6 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("conv_pool", include_str!("../../shaders/conv_pool.wgsl")),
     ("conv_src", include_str!("../../shaders/conv_src.wgsl")),
-    ("conv_src4", include_str!("../../shaders/conv_src4.wgsl")),
     ("sconv", include_str!("../../shaders/sconv.wgsl")),
     ("sconv_src", include_str!("../../shaders/sconv_src.wgsl")),
     ("sconv_meta", include_str!("../../shaders/sconv_meta.wgsl")),
