@@ -184,15 +184,12 @@ fn epilogue_grad(z: f32, dy: f32, i: u32) -> f32 {
     return g;
 }
 
-// The per-channel element kernels (bn_apply, bn_bwd_apply): workgroup g covers RUN * WG
-// consecutive elements of one channel, g / per_channel(), each invocation RUN of them WG apart,
-// so a channel's statistics are loaded once per RUN elements, not per element (every storage
-// load is a per-lane loop on lavapipe). src/gpu/image.rs dispatches channels * per_channel().
+// The per-channel element kernels (bn_apply, bn_bwd_apply and their vec4 forms): workgroup g
+// covers RUN * WG consecutive items (elements, or vec4s) of one channel, each invocation RUN of
+// them WG apart, so a channel's statistics are loaded once per RUN items, not per element (every
+// storage load is a per-lane loop on lavapipe). src/gpu/image.rs dispatches channels times
+// ceil(items per channel / (RUN * WG)) workgroups.
 const RUN: u32 = 8u;
-
-fn per_channel() -> u32 {
-    return (G_N * G_H * G_W + WG * RUN - 1u) / (WG * RUN);
-}
 
 // Channel ch's batch statistics and bn_bwd_reduce's sums (stats in d, [4C]) and gamma, beta
 // (in b), as the per-element kernels read them once per channel.
@@ -211,15 +208,16 @@ fn chan(ch: u32) -> Chan {
 }
 
 // The run of one invocation of a per-element kernel: workgroup g covers RUN * WG consecutive
-// items of channel g / per (`len` items per channel), the invocation every WG-th from `first`
-// to before `stop`. ch is G_C or more past the last channel.
+// items of channel g / per (`len` items per channel, `per` workgroups each), the invocation
+// every WG-th from `first` to before `stop`. ch is G_C or more past the last channel.
 struct Run {
     ch: u32,
     first: u32,
     stop: u32,
 }
 
-fn channel_run(g: u32, per: u32, len: u32, lid: u32) -> Run {
+fn channel_run(g: u32, len: u32, lid: u32) -> Run {
+    let per = (len + WG * RUN - 1u) / (WG * RUN);
     let ch = g / per;
     let first = ch * len + (g % per) * WG * RUN + lid;
     return Run(ch, first, min(ch * len + len, first + WG * RUN));
@@ -242,7 +240,7 @@ fn bn_dx(cs: Chan, xv: f32, dy: f32, i: u32) -> f32 {
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let r = channel_run(wid.x + wid.y * nwg.x, per_channel(), G_N * G_H * G_W, lid3.x);
+    let r = channel_run(wid.x + wid.y * nwg.x, G_N * G_H * G_W, lid3.x);
     if (r.ch >= G_C) {
         return;
     }
@@ -262,15 +260,10 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(6) var<storage, read> e4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> e24: array<vec4<f32>>;
 
-// Workgroups per channel of the vec4 forms (each invocation RUN vec4s, WG apart).
-fn per_channel4() -> u32 {
-    return (G_N * G_H * G_W / 4u + WG * RUN - 1u) / (WG * RUN);
-}
-
 @compute @workgroup_size(256)
 fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let r = channel_run(wid.x + wid.y * nwg.x, per_channel4(), G_N * G_H * G_W / 4u, lid3.x);
+    let r = channel_run(wid.x + wid.y * nwg.x, G_N * G_H * G_W / 4u, lid3.x);
     if (r.ch >= G_C) {
         return;
     }
@@ -288,7 +281,7 @@ fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(256)
 fn bn_bwd_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let r = channel_run(wid.x + wid.y * nwg.x, per_channel4(), G_N * G_H * G_W / 4u, lid3.x);
+    let r = channel_run(wid.x + wid.y * nwg.x, G_N * G_H * G_W / 4u, lid3.x);
     if (r.ch >= G_C) {
         return;
     }
@@ -355,7 +348,7 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @compute @workgroup_size(256)
 fn bn_bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let r = channel_run(wid.x + wid.y * nwg.x, per_channel(), G_N * G_H * G_W, lid3.x);
+    let r = channel_run(wid.x + wid.y * nwg.x, G_N * G_H * G_W, lid3.x);
     if (r.ch >= G_C) {
         return;
     }

@@ -97,45 +97,70 @@ struct SrcParams {
     _pad: u32,
 }
 
-/// Whether an activation `[c, n, h, w]` fits a source texture (`shaders/conv_src.wgsl`).
-fn src_fits(ctx: &GpuContext, c: usize, n: usize, h: usize, w: usize) -> bool {
-    let max = ctx.limits.max_texture_dimension_2d as usize;
-    c * h <= max && n * w.div_ceil(4) <= max
+/// How a source texture holds an activation `[c, n, h, w]` (`shaders/conv_src.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SrcLayout {
+    /// 4 positions of one image row of one channel per texel: `n·ceil(w / 4)` texels by `c·h`
+    /// rows (the gathers of the forward and the input gradient, and dy for the weight gradient).
+    Rows,
+    /// 4 channels of one position per texel: `n·w` texels by `ceil(c / 4)·h` rows (the input for
+    /// the implicit weight gradient).
+    Channels4,
 }
 
-/// The activation `src` `[c, n, h, w]` as the gathers' source texture, and the launch that
-/// fills it.
+impl SrcLayout {
+    /// Texture rows and texels per row for an activation `(c, n, h, w)`.
+    fn size(self, (c, n, h, w): (usize, usize, usize, usize)) -> (usize, usize) {
+        match self {
+            SrcLayout::Rows => (c * h, n * w.div_ceil(4)),
+            SrcLayout::Channels4 => (c.div_ceil(4) * h, n * w),
+        }
+    }
+
+    /// Whether an activation `dims` fits such a texture on this device.
+    fn fits(self, ctx: &GpuContext, dims: (usize, usize, usize, usize)) -> bool {
+        let max = ctx.limits.max_texture_dimension_2d as usize;
+        let (rows, per_row) = self.size(dims);
+        rows <= max && per_row <= max
+    }
+}
+
+/// The activation `src` `(c, n, h, w)` as a source texture laid out as `layout` says, and the
+/// launch that fills it. Rows of whole texels (`w` a multiple of 4) read `src` a vec4 at a time
+/// (the `_v4` entries; 4 channels per texel then take one invocation per 4 texels).
 fn src_texture(
     ctx: &GpuContext,
     src: &Tensor,
-    (c, n, h, w): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
+    layout: SrcLayout,
     label: &str,
 ) -> Result<(Texture, Dispatch)> {
-    let w4 = w.div_ceil(4);
-    let tex = Texture::new(ctx, label, c * h, 4 * n * w4)?;
-    let texels = c * h * n * w4;
+    let (c, n, h, w) = dims;
+    let (rows, per_row) = layout.size(dims);
+    let tex = Texture::new(ctx, label, rows, 4 * per_row)?;
+    let texels = rows * per_row;
+    let (entry, invocations) = match (layout, w.is_multiple_of(4)) {
+        (SrcLayout::Rows, true) => ("act_to_tex_v4", texels),
+        (SrcLayout::Rows, false) => ("act_to_tex", texels),
+        (SrcLayout::Channels4, true) => ("act_to_tex_c4_v4", texels / 4),
+        (SrcLayout::Channels4, false) => ("act_to_tex_c4", texels),
+    };
     let params = SrcParams {
         n: u(n, "batch")?,
-        texels: u(texels, "texels")?,
+        texels: u(invocations, "texels")?,
         c: u(c, "channels")?,
         _pad: 0,
-    };
-    // Rows of whole texels: one vec4 load per texel.
-    let entry = if w.is_multiple_of(4) {
-        "act_to_tex_v4"
-    } else {
-        "act_to_tex"
     };
     let spec = KernelSpec::new("conv_src", entry, SRC)
         .with_override("H", h as f64)
         .with_override("W", w as f64)
-        .with_override("W4", w4 as f64);
+        .with_override("W4", w.div_ceil(4) as f64);
     let d = Dispatch::build_res(
         ctx,
         &spec,
         bytemuck::bytes_of(&params),
         &[Res::Buf(src), Res::Tex(&tex)],
-        texels.div_ceil(64) as u64,
+        invocations.div_ceil(64) as u64,
     )?
     .with_cost(0.0, 32.0 * texels as f64);
     Ok((tex, d))
@@ -162,56 +187,12 @@ pub fn supports(ctx: &GpuContext, g: &ConvGeom) -> bool {
     let kd = round4(win.k * win.k * g.cout);
     let max = ctx.limits.max_texture_dimension_2d as usize;
     GemmVariant::Subgroup.supports(ctx, &GemmShape::nn(4, 4, 4))
-        && src_fits(ctx, g.cin, win.n, win.h, win.w)
-        && src_fits(ctx, g.cout, win.n, ho, wo)
+        && SrcLayout::Rows.fits(ctx, (g.cin, win.n, win.h, win.w))
+        && SrcLayout::Rows.fits(ctx, (g.cout, win.n, ho, wo))
         && p.is_multiple_of(4)
         && q.is_multiple_of(4)
         && k.max(kd).max(g.cin).max(g.cout) <= max
         && tex_cols(k.max(kd)) / 4 <= max
-}
-
-/// Whether an activation `[c, n, h, w]` fits a 4-channel source texture.
-fn src_c4_fits(ctx: &GpuContext, c: usize, n: usize, h: usize, w: usize) -> bool {
-    let max = ctx.limits.max_texture_dimension_2d as usize;
-    c.div_ceil(4) * h <= max && n * w <= max
-}
-
-/// The activation `src` `[c, n, h, w]` with 4 channels per texel (`act_to_tex_c4`), and the
-/// launch that fills it.
-fn src_texture_c4(
-    ctx: &GpuContext,
-    src: &Tensor,
-    (c, n, h, w): (usize, usize, usize, usize),
-    label: &str,
-) -> Result<(Texture, Dispatch)> {
-    let tex = Texture::new(ctx, label, c.div_ceil(4) * h, 4 * n * w)?;
-    let texels = c.div_ceil(4) * h * n * w;
-    // Rows of whole texels: each invocation loads 4 positions of 4 channels as 4 vec4s and
-    // stores 4 texels.
-    let (entry, invocations) = if w.is_multiple_of(4) {
-        ("act_to_tex_c4_v4", texels / 4)
-    } else {
-        ("act_to_tex_c4", texels)
-    };
-    let params = SrcParams {
-        n: u(n, "batch")?,
-        texels: u(invocations, "texels")?,
-        c: u(c, "channels")?,
-        _pad: 0,
-    };
-    let spec = KernelSpec::new("conv_src", entry, SRC)
-        .with_override("H", h as f64)
-        .with_override("W", w as f64)
-        .with_override("W4", w.div_ceil(4) as f64);
-    let d = Dispatch::build_res(
-        ctx,
-        &spec,
-        bytemuck::bytes_of(&params),
-        &[Res::Buf(src), Res::Tex(&tex)],
-        invocations.div_ceil(64) as u64,
-    )?
-    .with_cost(0.0, 32.0 * texels as f64);
-    Ok((tex, d))
 }
 
 /// Positions per chunk: all of them when they fit, else a multiple of 256 (the GEMM's tile)
@@ -352,7 +333,7 @@ pub fn forward(
     let kp = round4(k + usize::from(bias.is_some()));
     let at = Texture::new(ctx, "convolution weights (texture)", g.cout, tex_cols(kp))?;
     let dims = (g.cin, g.window.n, g.window.h, g.window.w);
-    let (xt, to_tex) = src_texture(ctx, x, dims, "convolution input (texture)")?;
+    let (xt, to_tex) = src_texture(ctx, x, dims, SrcLayout::Rows, "convolution input (texture)")?;
     let mut ops = vec![
         to_tex,
         pack(
@@ -525,7 +506,13 @@ pub fn input_grad(
     let kdp = round4(kd);
     let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
     let dims = (g.cout, g.window.n, ho, wo);
-    let (dyt, to_tex) = src_texture(ctx, dy, dims, "convolution output gradient (source)")?;
+    let (dyt, to_tex) = src_texture(
+        ctx,
+        dy,
+        dims,
+        SrcLayout::Rows,
+        "convolution output gradient (source)",
+    )?;
     let mut ops = vec![
         to_tex,
         pack(
@@ -710,10 +697,16 @@ fn input_grad_col2im(
     chain(ops)
 }
 
-/// Splits of a chunk's reduction: enough (tile, split) pairs to keep 64 workgroups busy, each
-/// split at least `min_len` positions long.
-fn splits_for(tiles: usize, len: usize, min_len: usize) -> usize {
-    64usize.div_ceil(tiles).clamp(1, (len / min_len).max(1))
+/// How a weight gradient's product over `len` positions on `tiles` tiles splits its reduction:
+/// enough (tile, split) pairs to keep 64 workgroups busy, each split at least 256 positions per
+/// part long (`subs` parts per split: 8 on narrow tiles, one per subgroup). Returns the split's
+/// length (a multiple of 4) and the partial products it writes.
+fn split_plan(tiles: usize, len: usize, subs: usize) -> (usize, usize) {
+    let splits = 64usize
+        .div_ceil(tiles)
+        .clamp(1, (len / (256 * subs)).max(1));
+    let split_len = round4(len.div_ceil(splits));
+    (split_len, len.div_ceil(split_len) * subs)
 }
 
 /// The tiles of a weight gradient's texture products (`gemm_tex.wgsl`): `Auto` (what training
@@ -766,8 +759,7 @@ pub fn weight_grad(
     let (tile_cols, subs) = if narrow { (32, 8) } else { (256, 1) };
     let tiles = g.cout.div_ceil(32) * kp.div_ceil(tile_cols);
     if implicit {
-        let split_len = round4(p.div_ceil(splits_for(tiles, p, 256 * subs)));
-        let slots = p.div_ceil(split_len) * subs;
+        let (split_len, slots) = split_plan(tiles, p, subs);
         let part = Tensor::zeros(
             ctx,
             "convolution weight gradient parts",
@@ -777,12 +769,14 @@ pub fn weight_grad(
             ctx,
             dy,
             (g.cout, win.n, ho, wo),
+            SrcLayout::Rows,
             "convolution output gradient (source)",
         )?;
-        let (x4t, x_tex) = src_texture_c4(
+        let (x4t, x_tex) = src_texture(
             ctx,
             x,
             (g.cin, win.n, win.h, win.w),
+            SrcLayout::Channels4,
             "convolution input (4-channel texture)",
         )?;
         let (pad_t, pad_l) = win.pad();
@@ -819,8 +813,8 @@ pub fn weight_grad(
     let mut plan = Vec::new();
     for first in (0..p).step_by(chunk) {
         let len = chunk.min(p - first);
-        let split_len = round4(len.div_ceil(splits_for(tiles, len, 256 * subs)));
-        plan.push((first, len, split_len, len.div_ceil(split_len) * subs));
+        let (split_len, parts) = split_plan(tiles, len, subs);
+        plan.push((first, len, split_len, parts));
     }
     let slots: usize = plan.iter().map(|c| c.3).sum();
     let part = Tensor::zeros(
@@ -829,7 +823,7 @@ pub fn weight_grad(
         slots * g.cout * kp,
     )?;
     let dims = (g.cin, g.window.n, g.window.h, g.window.w);
-    let (xt, to_tex) = src_texture(ctx, x, dims, "convolution input (texture)")?;
+    let (xt, to_tex) = src_texture(ctx, x, dims, SrcLayout::Rows, "convolution input (texture)")?;
     let mut ops = vec![to_tex];
     let mut slot = 0;
     for (first, len, split_len, splits) in plan {
@@ -882,8 +876,8 @@ fn implicit_wgrad(ctx: &GpuContext, g: &ConvGeom, ho: usize, wo: usize) -> bool 
     let win = g.window;
     wo.is_multiple_of(4)
         && g.cin.is_multiple_of(4)
-        && src_fits(ctx, g.cout, win.n, ho, wo)
-        && src_c4_fits(ctx, g.cin, win.n, win.h, win.w)
+        && SrcLayout::Rows.fits(ctx, (g.cout, win.n, ho, wo))
+        && SrcLayout::Channels4.fits(ctx, (g.cin, win.n, win.h, win.w))
 }
 
 /// The launch summing the weight gradient's `slots` parts `[slot][cout][kp]` (and transposing

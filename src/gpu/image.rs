@@ -185,27 +185,17 @@ impl ImageShape {
         })
     }
 
-    /// Workgroups of a per-channel element kernel (`bn_apply`, `bn_bwd_apply`): each covers
-    /// `RUN * WG` elements of one channel.
-    fn per_channel_workgroups(&self) -> u64 {
-        let m = (self.n * self.h * self.w) as u64;
-        self.c as u64 * m.div_ceil(WG * RUN)
-    }
-
-    /// Whether every channel's run is whole vec4s, so the per-element batch norm kernels run
-    /// their vec4 forms (`..._v4` in `shaders/image.wgsl`).
-    fn whole_vec4s(&self) -> bool {
-        (self.n * self.h * self.w).is_multiple_of(4)
-    }
-
-    /// The entry and workgroups of a per-channel element kernel: its vec4 form where it runs.
+    /// The entry and workgroups of a per-channel element kernel (`bn_apply`, `bn_bwd_apply`):
+    /// its vec4 form (`..._v4` in `shaders/image.wgsl`) where every channel's run is whole
+    /// vec4s, and a workgroup per `RUN * WG` items (elements or vec4s) of one channel.
     fn per_channel_entry(&self, scalar: &'static str, v4: &'static str) -> (&'static str, u64) {
-        if self.whole_vec4s() {
-            let m4 = (self.n * self.h * self.w / 4) as u64;
-            (v4, self.c as u64 * m4.div_ceil(WG * RUN))
+        let m = self.n * self.h * self.w;
+        let (entry, items) = if m.is_multiple_of(4) {
+            (v4, m / 4)
         } else {
-            (scalar, self.per_channel_workgroups())
-        }
+            (scalar, m)
+        };
+        (entry, self.c as u64 * (items as u64).div_ceil(WG * RUN))
     }
 
     fn check_channels(&self, ctx: &GpuContext) -> Result<()> {
