@@ -37,6 +37,8 @@ pub fn run(args: InfoArgs) -> CliResult {
         },
         "limits": {
             "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_uniform_buffer_binding_size": l.max_uniform_buffer_binding_size,
+            "max_texture_dimension_2d": l.max_texture_dimension_2d,
             "max_buffer_size": l.max_buffer_size,
             "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
             "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
