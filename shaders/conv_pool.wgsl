@@ -15,6 +15,12 @@
 // convolution's output [COUT, N, HC, WC] of the first maximum in window order, or NO_ARG where
 // that maximum is <= 0 (relu passes no gradient): max_pool_relu's convention (image.wgsl).
 //
+// The input is read from a copy of x in a texture (TEX, the host's choice where it fits: texel
+// (img * W4 + x4, ci * H + y) = x[ci, img, y, 4 * x4 .. 4 * x4 + 3], zeros past W, written by
+// conv_src.wgsl's act_to_tex): on lavapipe a storage-buffer load at a different address per lane
+// is a loop over the lanes, a texture load one branch-free gather of 4 values, so a patch row of
+// 6 values is 3 gathers instead of 6 loops. Without TEX, from the buffer x.
+//
 // The geometry is in consts that the host specialises per layer (src/gpu/conv_pool.rs), which
 // also replaces each `// BEGIN NAME` ... `// END NAME` region by the same code unrolled for that
 // geometry (src/gpu/conv_pool.rs, `unrolled_code`): the patch and the accumulators become
@@ -43,6 +49,8 @@ const TAPS: u32 = 25u;   // CK * CK * CIN
 const TAPS1: u32 = 26u;  // TAPS + 1 (the bias)
 const WU4: u32 = 130u;   // ceil((TAPS + 1) * COUT / 4): the weights, then the bias, in vec4s
 const ACC: u32 = 520u;   // COUT * TAPS1: the weight gradient's accumulators per invocation
+const TEX: bool = false; // the input from srct (else from src)
+const W4: u32 = 7u;      // texels per input row: ceil(W / 4)
 
 const NO_ARG: u32 = 0xffffffffu;
 const BIAS: u32 = 1u;
@@ -75,6 +83,8 @@ struct Params {
 // at the same time, and lavapipe loads a uniform once where it loads a storage buffer lane by
 // lane (a LeNet-5 conv1 forward 60 ms from storage, 8 ms with constant weights).
 @group(0) @binding(7) var<uniform> wu: array<vec4<f32>, WU4>;
+// conv_pool_fwd, conv_pool_wgrad: the input as a texture (read with TEX).
+@group(0) @binding(8) var srct: texture_storage_2d<rgba32float, read>;
 
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -83,6 +93,9 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 // x[ci, img, iy, ix], 0 outside the image (the load is clamped, then discarded: on lavapipe a
 // branch around a load costs more than the load).
 fn input_at(ci: u32, img: u32, iy: i32, ix: i32) -> f32 {
+    if (TEX) {
+        return input_texel(ci, img, iy, ix >> 2u)[ix & 3];
+    }
     let inside = iy >= 0 && iy < i32(H) && ix >= 0 && ix < i32(W);
     let j = ((ci * p.n + img) * H + u32(clamp(iy, 0, i32(H) - 1))) * W
         + u32(clamp(ix, 0, i32(W) - 1));
@@ -92,6 +105,19 @@ fn input_at(ci: u32, img: u32, iy: i32, ix: i32) -> f32 {
 // The masked weight wi (conv_pool_wprep's output).
 fn weight(wi: u32) -> f32 {
     return wu[wi / 4u][wi % 4u];
+}
+
+// Texel x4 of input row iy (x[ci, img, iy, 4 * x4 .. 4 * x4 + 3]), zeros outside the image (the
+// load is clamped, then discarded).
+fn input_texel(ci: u32, img: u32, iy: i32, x4: i32) -> vec4<f32> {
+    let inside = iy >= 0 && iy < i32(H) && x4 >= 0 && x4 < i32(W4);
+    let at = vec2<u32>(img * W4 + u32(clamp(x4, 0, i32(W4) - 1)), ci * H + u32(clamp(iy, 0, i32(H) - 1)));
+    return select(vec4<f32>(0.0), textureLoad(srct, at), inside);
+}
+
+// Value s (0 to 3) of a, b, c, d: a patch value at shift s within its row's texels.
+fn pick4(s: u32, a: f32, b: f32, c: f32, d: f32) -> f32 {
+    return select(select(a, b, s == 1u), select(c, d, s == 3u), s >= 2u);
 }
 
 // One window cell of the pooling: convolution output (cy, cx) of channel co, value v, taken

@@ -1,7 +1,8 @@
 //! The fused first convolution, ReLU and max pooling (`shaders/conv_pool.wgsl`) against the
 //! CPU twin of the three layers in a row: odd sizes, batch 1, one and three input channels,
 //! kernels 1/3/5, strides 1 and 2, both paddings of both windows, overlapping and
-//! non-overlapping pooling, with and without mask and bias.
+//! non-overlapping pooling, with and without mask and bias, the input read from the buffer and
+//! from its texture copy.
 
 mod common;
 
@@ -106,12 +107,22 @@ fn the_fused_layer_equals_convolution_relu_and_pooling_on_the_twin() {
         let targ = Tensor::zeros(ctx, "arg", g.output_len()).unwrap();
         let tdw = Tensor::zeros(ctx, "dw", c.weight_len()).unwrap();
         let tdb = Tensor::zeros(ctx, "db", c.cout).unwrap();
-        for (masked, biased) in [(false, false), (true, true)] {
-            let what = format!("{} masked={masked} bias={biased}", name(g));
+        let (xt, copy) = conv_pool::input_texture(ctx, g, &tx)
+            .unwrap()
+            .expect("a texture of a small input fits");
+        for (masked, biased, tex) in [
+            (false, false, false),
+            (true, true, false),
+            (false, false, true),
+            (true, true, true),
+        ] {
+            let what = format!("{} masked={masked} bias={biased} texture={tex}", name(g));
+            let xt = tex.then_some(&xt);
             let fwd = conv_pool::forward(
                 ctx,
                 g,
                 &tx,
+                xt,
                 &tw,
                 masked.then_some(&tm),
                 biased.then_some(&tb),
@@ -120,9 +131,9 @@ fn the_fused_layer_equals_convolution_relu_and_pooling_on_the_twin() {
             )
             .unwrap();
             let bwd =
-                conv_pool::weight_grad(ctx, g, &tx, &tdy, &targ, &tdw, biased.then_some(&tdb))
+                conv_pool::weight_grad(ctx, g, &tx, xt, &tdy, &targ, &tdw, biased.then_some(&tdb))
                     .unwrap();
-            ops::run(ctx, "fused convolution", &[&fwd, &bwd]).unwrap();
+            ops::run(ctx, "fused convolution", &[&copy, &fwd, &bwd]).unwrap();
 
             // The twin: convolution, ReLU, max pooling.
             let conv = cpu::conv2d_forward(
@@ -222,6 +233,7 @@ fn a_layer_too_large_for_registers_is_refused_with_a_reason() {
         ctx,
         &g,
         &t(g.conv.input_len()),
+        None,
         &t(g.conv.weight_len()),
         None,
         None,

@@ -13,9 +13,11 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
 use crate::gpu::conv::ConvGeom;
+use crate::gpu::conv_tex::{src_texture, SrcLayout};
 use crate::gpu::image::u;
-use crate::gpu::ops::{check_len, Dispatch};
+use crate::gpu::ops::{check_len, Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 use crate::shape::Window;
 
@@ -118,8 +120,9 @@ impl ConvPoolGeom {
         self.conv.window.n * ho * wo
     }
 
-    /// The kernel specialised to this geometry.
-    fn spec(&self, entry: &'static str) -> Result<KernelSpec> {
+    /// The kernel specialised to this geometry, reading its input from the texture copy
+    /// (`tex`) or the buffer.
+    fn spec(&self, entry: &'static str, tex: bool) -> Result<KernelSpec> {
         if !self.fits() {
             return Err(RiglError::invalid(format!(
                 "a fused convolution and pooling keeps at most {MAX_PATCH} input values per \
@@ -136,8 +139,13 @@ impl ConvPoolGeom {
         let (ppt, ppl) = self.pool.pad();
         let (ho, wo) = self.out();
         let side = self.patch_side();
-        let mut spec = KernelSpec::new("conv_pool", entry, BINDINGS);
-        for (name, code) in self.unrolled_code(entry) {
+        let bindings = match entry {
+            "conv_pool_fwd" | "conv_pool_wgrad" => BINDINGS_T,
+            _ => BINDINGS,
+        };
+        let mut spec = KernelSpec::new("conv_pool", entry, bindings)
+            .with_const("TEX", if tex { "true" } else { "false" });
+        for (name, code) in self.unrolled_code(entry, tex) {
             spec = spec.with_snippet(name, code);
         }
         for (name, v) in [
@@ -149,6 +157,7 @@ impl ConvPoolGeom {
             ("COUT", c.cout),
             ("H", c.window.h),
             ("W", c.window.w),
+            ("W4", c.window.w.div_ceil(4)),
             ("HC", hc),
             ("WC", wc),
             ("PK", self.pool.k),
@@ -172,8 +181,10 @@ impl ConvPoolGeom {
 
     /// The code of `entry`'s `// BEGIN` ... `// END` regions unrolled for this geometry: the
     /// input patch and the weights of one channel as scalars (forward), the accumulators of
-    /// the weight gradient as scalars.
-    fn unrolled_code(&self, entry: &str) -> Vec<(&'static str, String)> {
+    /// the weight gradient as scalars. With `tex`, each patch row is read as the texels that
+    /// hold it (`ceil((side + 3) / 4)` from the one of its first value) and its values picked at
+    /// the row's shift within them.
+    fn unrolled_code(&self, entry: &str, tex: bool) -> Vec<(&'static str, String)> {
         use std::fmt::Write;
         if !self.unrolled {
             return Vec::new();
@@ -184,13 +195,40 @@ impl ConvPoolGeom {
         // Tap t = (ky * k + kx) * cin + ci, as in the weights' layout.
         let tap = |t: usize| (t / cin / k, t / cin % k, t % cin);
         // The input patch under the pooling window as scalars x{ci}_{row}_{column}.
+        let texels = (side + 2) / 4 + 1;
         let patch = |out: &mut String, indent: &str| {
+            if tex {
+                let _ = writeln!(out, "{indent}let psh = u32(ix0 & 3);");
+                let _ = writeln!(out, "{indent}let px4 = ix0 >> 2u;");
+            }
             for ci in 0..cin {
                 for r in 0..side {
+                    if !tex {
+                        for col in 0..side {
+                            let _ = writeln!(
+                                out,
+                                "{indent}let x{ci}_{r}_{col} = input_at({ci}u, img, iy0 + {r}, ix0 + {col});"
+                            );
+                        }
+                        continue;
+                    }
+                    for j in 0..texels {
+                        let _ = writeln!(
+                            out,
+                            "{indent}let t{ci}_{r}_{j} = input_texel({ci}u, img, iy0 + {r}, px4 + {j});"
+                        );
+                    }
+                    // Value k of the row's texels.
+                    let v =
+                        |k: usize| format!("t{ci}_{r}_{}.{}", k / 4, ["x", "y", "z", "w"][k % 4]);
                     for col in 0..side {
                         let _ = writeln!(
                             out,
-                            "{indent}let x{ci}_{r}_{col} = input_at({ci}u, img, iy0 + {r}, ix0 + {col});"
+                            "{indent}let x{ci}_{r}_{col} = pick4(psh, {}, {}, {}, {});",
+                            v(col),
+                            v(col + 1),
+                            v(col + 2),
+                            v(col + 3)
                         );
                     }
                 }
@@ -305,18 +343,57 @@ const BINDINGS: &[Binding] = &[
     Binding::ReadWrite,
     Binding::Uniform,
 ];
+/// The forward's and the weight gradient's: [`BINDINGS`] and the input's texture copy.
+const BINDINGS_T: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Uniform,
+    Binding::TexRead,
+];
 const WG: u64 = 64;
 const BIAS: u32 = 1;
 const MASKED: u32 = 2;
 
+/// The layer's input `x` copied into a texture that [`forward`] and [`weight_grad`] read their
+/// patches from (4 values of an input row per texel; see `shaders/conv_pool.wgsl`), and the
+/// launch that fills it, to run before the forward at every step; `None` where the texture
+/// would not fit this device (the kernels then read `x` itself).
+pub fn input_texture(
+    ctx: &GpuContext,
+    g: &ConvPoolGeom,
+    x: &Tensor,
+) -> Result<Option<(Texture, Dispatch)>> {
+    let c = &g.conv;
+    check_len(x, c.input_len(), "fused convolution input")?;
+    let dims = (c.cin, c.window.n, c.window.h, c.window.w);
+    if !SrcLayout::Rows.fits(ctx, dims) {
+        return Ok(None);
+    }
+    src_texture(
+        ctx,
+        x,
+        dims,
+        SrcLayout::Rows,
+        "fused convolution input texture",
+    )
+    .map(Some)
+}
+
 /// `y = max_pool(relu(conv(x, w ⊙ mask) + bias))` and, per pooled output, the flat index into
 /// the convolution's output `[cout, N, Hc, Wc]` of its window's first maximum, or `u32::MAX`
-/// where that maximum is `<= 0` ([`crate::gpu::image::max_pool_relu`]'s convention).
+/// where that maximum is `<= 0` ([`crate::gpu::image::max_pool_relu`]'s convention). The
+/// patches come from `xt`, [`input_texture`]'s copy of `x`, where given.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     ctx: &GpuContext,
     g: &ConvPoolGeom,
     x: &Tensor,
+    xt: Option<&Texture>,
     w: &Tensor,
     mask: Option<&Tensor>,
     bias: Option<&Tensor>,
@@ -344,7 +421,7 @@ pub fn forward(
     let wu = Tensor::zeros_uniform(ctx, "fused convolution weights", c.weight_len() + c.cout)?;
     let to_uniform = Dispatch::build(
         ctx,
-        &g.spec("conv_pool_wprep")?,
+        &g.spec("conv_pool_wprep", false)?,
         bytemuck::bytes_of(&prep),
         &[
             w,
@@ -357,11 +434,20 @@ pub fn forward(
         ],
         ((c.weight_len() + c.cout) as u64).div_ceil(WG),
     )?;
-    Ok(Dispatch::build(
+    Ok(Dispatch::build_res(
         ctx,
-        &g.spec("conv_pool_fwd")?,
+        &g.spec("conv_pool_fwd", xt.is_some())?,
         bytemuck::bytes_of(&p),
-        &[x, &s.r, &s.r, y, arg, &s.w2, &wu],
+        &[
+            Res::Buf(x),
+            Res::Buf(&s.r),
+            Res::Buf(&s.r),
+            Res::Buf(y),
+            Res::Buf(arg),
+            Res::Buf(&s.w2),
+            Res::Buf(&wu),
+            Res::Tex(xt.unwrap_or(&s.t)),
+        ],
         (g.positions() as u64).div_ceil(WG),
     )?
     .with_before(vec![to_uniform])
@@ -372,12 +458,13 @@ pub fn forward(
 }
 
 /// Placeholders for the bindings an entry does not use: read, written (a buffer cannot be bound
-/// both ways in one dispatch, nor written twice) and uniform.
+/// both ways in one dispatch, nor written twice), uniform and texture.
 struct Spares {
     r: Tensor,
     w1: Tensor,
     w2: Tensor,
     u: Tensor,
+    t: Texture,
 }
 
 impl Spares {
@@ -388,6 +475,7 @@ impl Spares {
             w1: t("unused binding")?,
             w2: t("unused binding")?,
             u: Tensor::zeros_uniform(ctx, "unused binding", 4)?,
+            t: Texture::new(ctx, "unused binding", 1, 4)?,
         })
     }
 }
@@ -395,11 +483,14 @@ impl Spares {
 /// The weight gradient `dw` `[k, k, cin, cout]` (the dense `dL/d(mask ⊙ w)` at every position)
 /// and, given `db`, the bias gradient, from the pooled output gradient `dy` and the argmax
 /// [`forward`] wrote: partial sums over chunks of the pooled outputs, then their sum (one
-/// dispatch, the partial sums before it).
+/// dispatch, the partial sums before it). The patches come from `xt` where given, as in
+/// [`forward`].
+#[allow(clippy::too_many_arguments)]
 pub fn weight_grad(
     ctx: &GpuContext,
     g: &ConvPoolGeom,
     x: &Tensor,
+    xt: Option<&Texture>,
     dy: &Tensor,
     arg: &Tensor,
     dw: &Tensor,
@@ -423,17 +514,26 @@ pub fn weight_grad(
     let flags = if db.is_some() { BIAS } else { 0 };
     let p = g.params(flags, chunks)?;
     let s = Spares::new(ctx)?;
-    let parts = Dispatch::build(
+    let parts = Dispatch::build_res(
         ctx,
-        &g.spec("conv_pool_wgrad")?,
+        &g.spec("conv_pool_wgrad", xt.is_some())?,
         bytemuck::bytes_of(&p),
-        &[x, dy, &s.r, &partial, arg, &s.w1, &s.u],
+        &[
+            Res::Buf(x),
+            Res::Buf(dy),
+            Res::Buf(&s.r),
+            Res::Buf(&partial),
+            Res::Buf(arg),
+            Res::Buf(&s.w1),
+            Res::Buf(&s.u),
+            Res::Tex(xt.unwrap_or(&s.t)),
+        ],
         (chunks as u64).div_ceil(WG),
     )?;
     let live = g.positions() * c.cout;
     Ok(Dispatch::build(
         ctx,
-        &g.spec("conv_pool_wsum")?,
+        &g.spec("conv_pool_wsum", false)?,
         bytemuck::bytes_of(&p),
         &[&partial, &s.r, &s.r, dw, arg, db.unwrap_or(&s.w1), &s.u],
         ((taps1 * c.cout) as u64).div_ceil(WG),

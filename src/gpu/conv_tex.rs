@@ -99,7 +99,7 @@ struct SrcParams {
 
 /// How a source texture holds an activation `[c, n, h, w]` (`shaders/conv_src.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SrcLayout {
+pub(crate) enum SrcLayout {
     /// 4 positions of one image row of one channel per texel: `n·ceil(w / 4)` texels by `c·h`
     /// rows (the gathers of the forward and the input gradient, and dy for the weight gradient).
     Rows,
@@ -118,7 +118,7 @@ impl SrcLayout {
     }
 
     /// Whether an activation `dims` fits such a texture on this device.
-    fn fits(self, ctx: &GpuContext, dims: (usize, usize, usize, usize)) -> bool {
+    pub(crate) fn fits(self, ctx: &GpuContext, dims: (usize, usize, usize, usize)) -> bool {
         let max = ctx.limits.max_texture_dimension_2d as usize;
         let (rows, per_row) = self.size(dims);
         rows <= max && per_row <= max
@@ -128,7 +128,7 @@ impl SrcLayout {
 /// The activation `src` `(c, n, h, w)` as a source texture laid out as `layout` says, and the
 /// launch that fills it. Rows of whole texels (`w` a multiple of 4) read `src` a vec4 at a time
 /// (the `_v4` entries; 4 channels per texel then take one invocation per 4 texels).
-fn src_texture(
+pub(crate) fn src_texture(
     ctx: &GpuContext,
     src: &Tensor,
     dims: (usize, usize, usize, usize),

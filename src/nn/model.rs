@@ -1082,10 +1082,13 @@ impl Builder<'_> {
         };
         let (x, dy) = (&x.t, &y.g);
         self.forward.extend(scatter);
+        let (xt, copy) = conv_pool::input_texture(ctx, &g, x)?.unzip();
+        self.forward.extend(copy);
         self.forward.push(conv_pool::forward(
             ctx,
             &g,
             x,
+            xt.as_ref(),
             &w,
             mask.as_ref(),
             bias.as_ref(),
@@ -1097,6 +1100,7 @@ impl Builder<'_> {
             ctx,
             &g,
             x,
+            xt.as_ref(),
             dy,
             &arg,
             &grad,
@@ -1106,7 +1110,7 @@ impl Builder<'_> {
             bwd.push(gather);
             // The dense gradient (RigL's grow score) at mask updates: the same pass into the
             // scratch, the bias gradient left alone.
-            let dense = conv_pool::weight_grad(ctx, &g, x, dy, &arg, &grad, None)?;
+            let dense = conv_pool::weight_grad(ctx, &g, x, xt.as_ref(), dy, &arg, &grad, None)?;
             if let Some(c) = self.compressed[idx].as_mut() {
                 c.dense_grad = Some(dense);
             }
