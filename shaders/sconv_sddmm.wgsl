@@ -8,8 +8,9 @@
 //   1 storage read  idx    : the layer index (pos, fwd_slot, in_ptr, out_ptr)
 //   2 texture read  nzmeta : the forward metadata (meta_fwd in sconv_meta.wgsl)
 //   3 texture read  srct   : the input's phase planes (src_planes in sconv_src.wgsl)
-//   4 texture read  dspace : the output gradient in the output space (dy_space), texel
-//                            (co * N4 + group) * U + position
+//   4 texture read  dspace : the output gradient padded for the input gradient (dy_planes in
+//                            sconv_src.wgsl): dy[co, group, oy, ox] at texel co * DST +
+//                            group * DPG + (oy + DLT) * DROWW + DLL + ox
 //   5 storage rw    grad   : per slot, overwritten
 // A workgroup takes one output channel; each lane owns one nonzero of it (WG at a time) and
 // walks the output space row by row, 8 positions (of 4 images each) per step: lane t of the
@@ -35,6 +36,13 @@ override U: u32 = 1u;
 override COLS: u32 = 1u;
 override ROWW: u32 = 1u;
 override PG: u32 = 1u;
+// The output gradient's planes: texels per output channel, per image group, per row, and the
+// padding above and on the left of its data.
+override DST: u32 = 1u;
+override DPG: u32 = 1u;
+override DROWW: u32 = 1u;
+override DLT: u32 = 0u;
+override DLL: u32 = 0u;
 override BCAST: bool = true;
 override WG: u32 = 64u;
 
@@ -84,7 +92,7 @@ fn sddmm(
         for (var r = 0u; r < N4 * (U / COLS); r++) {
             let grp = r / (U / COLS);
             let oy = r % (U / COLS);
-            let drow = (row * N4 + grp) * U + oy * COLS;
+            let drow = row * DST + grp * DPG + (oy + DLT) * DROWW + DLL;
             let srow = a + grp * PG + oy * ROWW;
             if (BCAST) {
                 for (var c0 = 0u; c0 < COLS; c0 += 8u) {

@@ -5,7 +5,7 @@ struct Params {
     blocks: u32,    // spconv: blocks of WG * V output vec4s per row
     nnz: u32,       // slots of the layer
     ptr_off: u32,   // spconv: row pointers in idx (out_ptr forward, in_ptr input gradient)
-    texels: u32,    // src_planes / dy_space: texels to write; meta_*: entries
+    texels: u32,    // src_planes / dy_planes: texels to write; meta_*: entries
     accum: u32,     // spconv input gradient: add into dx
     _pad0: u32,
     _pad1: u32,
@@ -32,11 +32,6 @@ override SP: u32 = 1u;
 override OFF_Y: u32 = 0u;
 override OFF_X: u32 = 0u;
 override ST_: u32 = 1u;
-// dy_space: the forward's output space (N4 image groups of U = HO * WO positions).
-override N4: u32 = 1u;
-override HO: u32 = 1u;
-override WO: u32 = 1u;
-override U: u32 = 1u;
 
 // ---------------------------------------------------------------------------------------------
 // Sources.
@@ -60,16 +55,7 @@ fn images(row0: u32, img0: u32, at: u32, len: u32) -> vec4<f32> {
 
 // Texel g: one position of one plane (phase, channel) for the 4 images of its group, zero past
 // the batch, the plane or the source.
-@compute @workgroup_size(64)
-fn src_planes(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let g = (wid.x + wid.y * nwg.x) * 64u + lidx;
-    if (g >= p.texels) {
-        return;
-    }
+fn plane_texel(g: u32) {
     let plane = g / ST_;
     let t = g % ST_;
     let c = plane % SC;
@@ -89,22 +75,31 @@ fn src_planes(
     textureStore(planes, tex_at(g), v);
 }
 
-// The output gradient [COUT, N, HO, WO] in the forward's output space (texel = one position of
-// an image group, zero past the batch), for the SDDMM.
+// The forward's source: the input's phase planes.
 @compute @workgroup_size(64)
-fn dy_space(
+fn src_planes(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
     let g = (wid.x + wid.y * nwg.x) * 64u + lidx;
-    if (g >= p.texels) {
-        return;
+    if (g < p.texels) {
+        plane_texel(g);
     }
-    let per_row = N4 * U;
-    let co = g / per_row;
-    let u = g % per_row;
-    let img0 = (u / U) * 4u;
-    textureStore(planes, tex_at(g), images(co * N, img0, u % U, HO * WO));
+}
+
+// The output gradient padded for the input gradient (one plane per output channel), which the
+// weight gradient's SDDMM reads too: the same code, its own name, so that a launch list can
+// tell the two sources apart (src/nn/model.rs drops the second copy of dy of a layer).
+@compute @workgroup_size(64)
+fn dy_planes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    if (g < p.texels) {
+        plane_texel(g);
+    }
 }
 

@@ -496,5 +496,27 @@ fn the_builder_leaves_out_passes_whose_work_is_done() {
         .iter()
         .map(|b| b.name.as_str())
         .collect();
-    assert_eq!(parts, ["sconv_src.wgsl:dy_space"]);
+    assert_eq!(parts, ["sconv_src.wgsl:dy_planes"]);
+    // Its input gradient, right after, reads the output gradient's planes the weight gradient
+    // wrote.
+    let ops = gpu.step_ops();
+    let at = ops
+        .iter()
+        .position(|d| d.name.starts_with("sconv_sddmm"))
+        .expect("conv2's weight gradient");
+    let conv2_dgrad = ops[at + 1];
+    assert!(
+        conv2_dgrad.name.starts_with("sconv.wgsl:spconv"),
+        "{names:?}"
+    );
+    let parts: Vec<&str> = conv2_dgrad
+        .before_launches()
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    assert_eq!(
+        parts,
+        ["sconv_meta.wgsl:bwd_rows", "sconv_meta.wgsl:meta_bwd"],
+        "{names:?}"
+    );
 }

@@ -214,9 +214,7 @@ impl Layout {
             std,
         };
         u(
-            lay.fwd_planes_texels()
-                .max(lay.bwd_planes_texels())
-                .max(lay.dy_space_texels()),
+            lay.fwd_planes_texels().max(lay.bwd_planes_texels()),
             "source texels",
         )?;
         Ok(lay)
@@ -227,14 +225,10 @@ impl Layout {
         self.npy * self.npy * self.geom.cin * self.st
     }
 
-    /// Texels of the input gradient's source (the padded output gradient, shifted).
+    /// Texels of the padded output gradient (the input gradient's source, which the weight
+    /// gradient reads too).
     pub fn bwd_planes_texels(&self) -> usize {
         self.geom.cout * self.std
-    }
-
-    /// Texels of the output gradient in the forward's output space (weight gradient).
-    pub fn dy_space_texels(&self) -> usize {
-        self.geom.cout * self.n4 * self.u_fwd
     }
 
     /// Output positions of an image the input-gradient product computes, over the input's
@@ -281,15 +275,17 @@ impl Layout {
     }
 }
 
-/// Textures shared by the sparse convolutions of a model: the shifted source planes, the
-/// per-nonzero metadata and the output gradient in the output space.
+/// Textures shared by the sparse convolutions of a model: the input's phase planes, the
+/// per-nonzero metadata and the padded output gradient.
 #[derive(Debug)]
 pub struct Scratch {
-    /// Source planes (linear, [`TEX_WIDTH`] texels a row).
+    /// The input's phase planes (linear, [`TEX_WIDTH`] texels a row): the forward's source,
+    /// read by the weight gradient too.
     pub planes: Texture,
     /// Metadata, one texel per slot.
     pub meta: Texture,
-    /// The output gradient in the forward's output space.
+    /// The output gradient padded for the input gradient (its source), read by the weight
+    /// gradient too.
     pub dspace: Texture,
     /// The input gradient's row pointers (`bwd_rows` in `shaders/sconv_meta.wgsl`).
     pub rows: Tensor,
@@ -304,12 +300,12 @@ impl Scratch {
     pub fn new(ctx: &GpuContext, layouts: &[Layout], max_nnz: usize) -> Result<Self> {
         let planes = layouts
             .iter()
-            .map(|l| l.fwd_planes_texels().max(l.bwd_planes_texels()))
+            .map(Layout::fwd_planes_texels)
             .max()
             .unwrap_or(1);
         let dspace = layouts
             .iter()
-            .map(Layout::dy_space_texels)
+            .map(Layout::bwd_planes_texels)
             .max()
             .unwrap_or(1);
         Ok(Scratch {
@@ -326,13 +322,9 @@ impl Scratch {
 
     fn check(&self, lay: &Layout, nnz: usize) -> Result<()> {
         let need = [
-            (
-                &self.planes,
-                lay.fwd_planes_texels().max(lay.bwd_planes_texels()),
-                TEX_WIDTH,
-            ),
+            (&self.planes, lay.fwd_planes_texels(), TEX_WIDTH),
             (&self.meta, nnz, META_WIDTH),
-            (&self.dspace, lay.dy_space_texels(), TEX_WIDTH),
+            (&self.dspace, lay.bwd_planes_texels(), TEX_WIDTH),
         ];
         if self.rows.len < lay.bwd_rows() + 1 {
             return Err(RiglError::invalid(format!(
@@ -367,7 +359,6 @@ pub fn supports(
     let rows = lay
         .fwd_planes_texels()
         .max(lay.bwd_planes_texels())
-        .max(lay.dy_space_texels())
         .div_ceil(TEX_WIDTH);
     if rows > max || TEX_WIDTH > max {
         return Err(format!(
@@ -437,10 +428,12 @@ fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     crate::gpu::ops::check_len(t, n, &format!("sparse convolution {what}"))
 }
 
-/// The launch writing the shifted planes of `src` `[c, N, sh, sw]` into `planes`.
+/// The launch writing the shifted planes of `src` `[c, N, sh, sw]` into `planes` (`entry`:
+/// `src_planes` or `dy_planes`, the same code).
 #[allow(clippy::too_many_arguments)]
 fn src_planes(
     ctx: &GpuContext,
+    entry: &'static str,
     src: &Tensor,
     (c, n, sh, sw): (usize, usize, usize, usize),
     (stride, np, hp, wp, sp): (usize, usize, usize, usize, usize),
@@ -450,7 +443,7 @@ fn src_planes(
 ) -> Result<Dispatch> {
     // One invocation per texel: a position of 4 images.
     let texels = np * np * c * st;
-    let mut spec = KernelSpec::new("sconv_src", "src_planes", SRC);
+    let mut spec = KernelSpec::new("sconv_src", entry, SRC);
     for (name, v) in [
         ("N", n),
         ("SC", c),
@@ -486,12 +479,29 @@ fn input_planes(ctx: &GpuContext, lay: &Layout, x: &Tensor, sc: &Scratch) -> Res
     let (g, win) = (lay.geom, lay.geom.window);
     src_planes(
         ctx,
+        "src_planes",
         x,
         (g.cin, win.n, win.h, win.w),
         (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
         (lay.pad_t, lay.pad_l),
         lay.st,
         &sc.planes,
+    )
+}
+
+/// The launch writing the padded output gradient `dy` into `sc.dspace`: the input gradient's
+/// source, which the weight gradient reads too.
+fn dy_planes(ctx: &GpuContext, lay: &Layout, dy: &Tensor, sc: &Scratch) -> Result<Dispatch> {
+    let g = lay.geom;
+    src_planes(
+        ctx,
+        "dy_planes",
+        dy,
+        (g.cout, g.window.n, lay.ho, lay.wo),
+        (1, 1, lay.hd, lay.wd, lay.p_bwd),
+        (lay.lt, lay.ll),
+        lay.std,
+        &sc.dspace,
     )
 }
 
@@ -635,7 +645,7 @@ fn spconv(
         &[
             Res::Buf(ptrs),
             Res::Tex(&sc.meta),
-            Res::Tex(&sc.planes),
+            Res::Tex(if forward { &sc.planes } else { &sc.dspace }),
             Res::Buf(out),
             Res::Buf(bias.unwrap_or(idx)),
         ],
@@ -680,7 +690,9 @@ pub fn sparse_flops(lay: &Layout, nnz: usize) -> f64 {
     2.0 * nnz as f64 * (lay.geom.window.n * lay.ho * lay.wo) as f64
 }
 
-/// `dx (+)= conv_transpose(dy, w)`: `dy` `[cout, N, Ho, Wo]`, `dx` `[cin, N, H, W]`.
+/// `dx (+)= conv_transpose(dy, w)`: `dy` `[cout, N, Ho, Wo]`, `dx` `[cin, N, H, W]`. Its first
+/// launch writes `dy`'s padded planes, which [`weight_grad`] of the same `dy` writes too: a
+/// caller running both in a row may drop this one's (`Dispatch::without_before(&["dy_planes"])`).
 #[allow(clippy::too_many_arguments)]
 pub fn input_grad(
     ctx: &GpuContext,
@@ -702,15 +714,7 @@ pub fn input_grad(
     let ops = vec![
         meta(ctx, lay, "bwd_rows", nnz, idx, vals, sc)?,
         meta(ctx, lay, "meta_bwd", nnz, idx, vals, sc)?,
-        src_planes(
-            ctx,
-            dy,
-            (g.cout, g.window.n, lay.ho, lay.wo),
-            (1, 1, lay.hd, lay.wd, lay.p_bwd),
-            (lay.lt, lay.ll),
-            lay.std,
-            &sc.planes,
-        )?,
+        dy_planes(ctx, lay, dy, sc)?,
         spconv(ctx, lay, form, false, nnz, idx, sc, dx, None, accumulate)?,
     ];
     chain(ops, sparse_flops(lay, nnz))
@@ -731,34 +735,10 @@ pub fn weight_grad(
     sc: &Scratch,
 ) -> Result<Dispatch> {
     let g = lay.geom;
-    let win = g.window;
     check(lay, nnz, idx, sc)?;
     check_len(grad, nnz, "weight gradient")?;
     check_len(x, g.input_len(), "input")?;
     check_len(dy, g.output_len()?, "output gradient")?;
-    let dtexels = lay.dy_space_texels();
-    let mut dspec = KernelSpec::new("sconv_src", "dy_space", SRC);
-    for (name, v) in [
-        ("N", win.n),
-        ("N4", lay.n4),
-        ("HO", lay.ho),
-        ("WO", lay.wo),
-        ("U", lay.u_fwd),
-    ] {
-        dspec = dspec.with_override(name, v as f64);
-    }
-    let dparams = Params {
-        texels: u(dtexels, "texels")?,
-        ..Params::default()
-    };
-    let dspace = Dispatch::build_res(
-        ctx,
-        &dspec,
-        bytemuck::bytes_of(&dparams),
-        &[Res::Buf(dy), Res::Tex(&sc.dspace)],
-        dtexels.div_ceil(64) as u64,
-    )?
-    .with_cost(0.0, 32.0 * dtexels as f64);
     // The metadata's values are not read here: the gradient stands in for them.
     let rows_nnz = nnz.div_ceil(g.cout);
     let wg = rows_nnz.div_ceil(8) * 8;
@@ -769,6 +749,11 @@ pub fn weight_grad(
         .with_override("COLS", lay.wo as f64)
         .with_override("ROWW", lay.wq as f64)
         .with_override("PG", lay.p_fwd as f64)
+        .with_override("DST", lay.std as f64)
+        .with_override("DPG", lay.p_bwd as f64)
+        .with_override("DROWW", lay.wd as f64)
+        .with_override("DLT", lay.lt as f64)
+        .with_override("DLL", lay.ll as f64)
         .with_override(
             "BCAST",
             f64::from(u8::from(form == SparseConvForm::Subgroup)),
@@ -797,7 +782,7 @@ pub fn weight_grad(
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, grad, sc)?,
         input_planes(ctx, lay, x, sc)?,
-        dspace,
+        dy_planes(ctx, lay, dy, sc)?,
         sddmm,
     ];
     chain(ops, sparse_flops(lay, nnz))

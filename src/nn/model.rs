@@ -842,9 +842,18 @@ impl Builder<'_> {
                                 wv,
                                 conv::input_grad(ctx, g, &y.g, wv, None, &x.g, false)?,
                             )?,
-                            _ => vec![sparse_conv::input_grad(
-                                ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
-                            )?],
+                            _ => {
+                                let op = sparse_conv::input_grad(
+                                    ctx, f, lay, c.nnz, &c.idx, &c.vals, &y.g, &x.g, false, sc,
+                                )?;
+                                // Right after the weight gradient on the compressed kernels
+                                // (`bwd` runs `dw` then `dx`), dy's padded planes are in place.
+                                vec![if paths.weight_grad {
+                                    op
+                                } else {
+                                    op.without_before(&["dy_planes"])
+                                }]
+                            }
                         };
                         // The products on the shared scratch ([`keep_planes`]).
                         for (on_scratch, ops, r) in [
