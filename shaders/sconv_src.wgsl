@@ -32,6 +32,9 @@ override SP: u32 = 1u;
 override OFF_Y: u32 = 0u;
 override OFF_X: u32 = 0u;
 override ST_: u32 = 1u;
+// dy_planes: write the source's texels only, not the planes' padding (which stays zero: a
+// scratch that serves one geometry is never written elsewhere, see src/gpu/sparse_conv.rs).
+override DATA_ONLY: bool = false;
 
 // ---------------------------------------------------------------------------------------------
 // Sources.
@@ -88,9 +91,21 @@ fn src_planes(
     }
 }
 
+// Texel g of the source's own: one position of SC x ceil(N / 4) x SH x SW, at its place in the
+// planes of one phase (NP = 1, SS = 1: the padded output gradient).
+fn data_texel(g: u32) {
+    let per_c = ((N + 3u) / 4u) * SH * SW;
+    let c = g / per_c;
+    let grp = (g % per_c) / (SH * SW);
+    let e = g % (SH * SW);
+    let v = images(c * N, grp * 4u, e, SH * SW);
+    textureStore(planes, tex_at(c * ST_ + grp * SP + (e / SW + OFF_Y) * WP + e % SW + OFF_X), v);
+}
+
 // The output gradient padded for the input gradient (one plane per output channel), which the
 // weight gradient's SDDMM reads too: the same code, its own name, so that a launch list can
-// tell the two sources apart (src/nn/model.rs drops the second copy of dy of a layer).
+// tell the two sources apart (src/nn/model.rs drops the second copy of dy of a layer). With
+// DATA_ONLY, one invocation per texel of dy's own.
 @compute @workgroup_size(64)
 fn dy_planes(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -99,7 +114,11 @@ fn dy_planes(
 ) {
     let g = (wid.x + wid.y * nwg.x) * 64u + lidx;
     if (g < p.texels) {
-        plane_texel(g);
+        if (DATA_ONLY) {
+            data_texel(g);
+        } else {
+            plane_texel(g);
+        }
     }
 }
 

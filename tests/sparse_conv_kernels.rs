@@ -257,7 +257,8 @@ fn weight_grad_equals_the_twin_at_the_slots() {
 }
 
 /// One scratch serves layers of different shapes in turn (the model shares it), and a layer
-/// larger than it is refused with the sizes named.
+/// larger than it is refused with the sizes named, and one made for a single geometry refuses
+/// any other.
 #[test]
 fn shared_scratch_serves_every_layer_and_refuses_a_larger_one() {
     let ctx = ctx();
@@ -336,6 +337,29 @@ fn shared_scratch_serves_every_layer_and_refuses_a_larger_one() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("scratch") && err.contains("needs"), "{err}");
+    // A scratch made for one geometry writes only its output gradients' data (the padding stays
+    // zero), so it refuses any other geometry, even one it would hold.
+    let solo = Scratch::new(ctx, &[lay], c.idx.nnz()).unwrap();
+    let (small, small_lay) = (&cs[0], &lays[0]);
+    let idx = Tensor::from_u32(ctx, "index", &small.idx.to_words()).unwrap();
+    let vals = Tensor::from_f32(ctx, "values", &small.w).unwrap();
+    let tx = Tensor::zeros(ctx, "x", small.g.input_len()).unwrap();
+    let ty = Tensor::zeros(ctx, "y", small.g.output_len().unwrap()).unwrap();
+    let err = sc::forward(
+        ctx,
+        form,
+        small_lay,
+        small.idx.nnz(),
+        &idx,
+        &vals,
+        None,
+        &tx,
+        &ty,
+        &solo,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("alone"), "{err}");
 }
 
 /// `rigl bench conv --sparsity` times both paths of one random kernel with exactly that many

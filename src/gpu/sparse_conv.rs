@@ -289,6 +289,10 @@ pub struct Scratch {
     pub dspace: Texture,
     /// The input gradient's row pointers (`bwd_rows` in `shaders/sconv_meta.wgsl`).
     pub rows: Tensor,
+    /// The one geometry this scratch serves, when every layer it was made for has the same:
+    /// then only that geometry's output gradients are written into `dspace`, their data only,
+    /// and its padding stays the zeros the texture was made with.
+    solo: Option<Layout>,
 }
 
 fn linear_texture(ctx: &GpuContext, label: &str, texels: usize) -> Result<Texture> {
@@ -298,6 +302,17 @@ fn linear_texture(ctx: &GpuContext, label: &str, texels: usize) -> Result<Textur
 impl Scratch {
     /// Scratch for layers of these layouts with at most `max_nnz` slots each.
     pub fn new(ctx: &GpuContext, layouts: &[Layout], max_nnz: usize) -> Result<Self> {
+        Self::with_users(ctx, layouts, layouts, max_nnz)
+    }
+
+    /// [`Scratch::new`] for `layouts` of which only `users` run products on it (the others run
+    /// theirs elsewhere): one geometry among the users makes it that geometry's alone.
+    pub fn with_users(
+        ctx: &GpuContext,
+        layouts: &[Layout],
+        users: &[Layout],
+        max_nnz: usize,
+    ) -> Result<Self> {
         let planes = layouts
             .iter()
             .map(Layout::fwd_planes_texels)
@@ -308,19 +323,39 @@ impl Scratch {
             .map(Layout::bwd_planes_texels)
             .max()
             .unwrap_or(1);
+        let solo = match users {
+            [first, rest @ ..] if rest.iter().all(|l| l == first) => Some(*first),
+            _ => None,
+        };
+        let dlabel = "sparse convolution output gradient";
+        let dspace = if solo.is_some() {
+            // Zeros written, not left to the driver: the padding is read, never written.
+            let rows = dspace.max(1).div_ceil(TEX_WIDTH);
+            let zeros = vec![0.0; rows * 4 * TEX_WIDTH];
+            Texture::from_f32(ctx, dlabel, &zeros, rows, 4 * TEX_WIDTH)?
+        } else {
+            linear_texture(ctx, dlabel, dspace)?
+        };
         Ok(Scratch {
             planes: linear_texture(ctx, "sparse convolution planes", planes)?,
             meta: meta_texture(ctx, "sparse convolution metadata", max_nnz)?,
-            dspace: linear_texture(ctx, "sparse convolution output gradient", dspace)?,
+            dspace,
             rows: Tensor::zeros(
                 ctx,
                 "sparse convolution row pointers",
                 layouts.iter().map(Layout::bwd_rows).max().unwrap_or(0) + 1,
             )?,
+            solo,
         })
     }
 
     fn check(&self, lay: &Layout, nnz: usize) -> Result<()> {
+        if let Some(solo) = self.solo.filter(|s| s != lay) {
+            return Err(RiglError::invalid(format!(
+                "sparse convolution scratch '{}' was made for the layer {:?} alone, not {:?}",
+                self.dspace.label, solo.geom, lay.geom
+            )));
+        }
         let need = [
             (&self.planes, lay.fwd_planes_texels(), TEX_WIDTH),
             (&self.meta, nnz, META_WIDTH),
@@ -429,11 +464,13 @@ fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
 }
 
 /// The launch writing the shifted planes of `src` `[c, N, sh, sw]` into `planes` (`entry`:
-/// `src_planes` or `dy_planes`, the same code).
+/// `src_planes` or `dy_planes`, the same code), or with `data_only` (`dy_planes` only) the
+/// texels of `src`'s own positions only.
 #[allow(clippy::too_many_arguments)]
 fn src_planes(
     ctx: &GpuContext,
     entry: &'static str,
+    data_only: bool,
     src: &Tensor,
     (c, n, sh, sw): (usize, usize, usize, usize),
     (stride, np, hp, wp, sp): (usize, usize, usize, usize, usize),
@@ -442,8 +479,13 @@ fn src_planes(
     planes: &Texture,
 ) -> Result<Dispatch> {
     // One invocation per texel: a position of 4 images.
-    let texels = np * np * c * st;
-    let mut spec = KernelSpec::new("sconv_src", entry, SRC);
+    let texels = if data_only {
+        c * n.div_ceil(4) * sh * sw
+    } else {
+        np * np * c * st
+    };
+    let mut spec = KernelSpec::new("sconv_src", entry, SRC)
+        .with_override("DATA_ONLY", f64::from(u8::from(data_only)));
     for (name, v) in [
         ("N", n),
         ("SC", c),
@@ -480,6 +522,7 @@ fn input_planes(ctx: &GpuContext, lay: &Layout, x: &Tensor, sc: &Scratch) -> Res
     src_planes(
         ctx,
         "src_planes",
+        false,
         x,
         (g.cin, win.n, win.h, win.w),
         (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
@@ -490,12 +533,14 @@ fn input_planes(ctx: &GpuContext, lay: &Layout, x: &Tensor, sc: &Scratch) -> Res
 }
 
 /// The launch writing the padded output gradient `dy` into `sc.dspace`: the input gradient's
-/// source, which the weight gradient reads too.
+/// source, which the weight gradient reads too. Where the scratch serves this geometry alone,
+/// only dy's own texels: the padding is still the zeros the texture was made with.
 fn dy_planes(ctx: &GpuContext, lay: &Layout, dy: &Tensor, sc: &Scratch) -> Result<Dispatch> {
     let g = lay.geom;
     src_planes(
         ctx,
         "dy_planes",
+        sc.solo == Some(*lay),
         dy,
         (g.cout, g.window.n, lay.ho, lay.wo),
         (1, 1, lay.hd, lay.wd, lay.p_bwd),

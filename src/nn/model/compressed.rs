@@ -474,6 +474,9 @@ pub(super) fn compress_params(
     };
     let mut out = Vec::with_capacity(plan.len());
     let mut layouts = Vec::new();
+    // The layouts whose products run on the shared scratch: not the fused first convolution's,
+    // nor one run dense over its slots throughout.
+    let mut users = Vec::new();
     let mut max_nnz = 1;
     for (i, (p, hw)) in plan.into_iter().zip(&host.weights).enumerate() {
         let Some((geom, rows, cols, nnz, off)) = p else {
@@ -487,6 +490,10 @@ pub(super) fn compress_params(
             (Some(g), _) => {
                 let layout = Layout::new(g)?;
                 layouts.push(layout);
+                let all_dense = dense_products.get(i) == Some(&DenseProducts::all(true));
+                if fused != Some(i) && !all_dense {
+                    users.push(layout);
+                }
                 max_nnz = max_nnz.max(nnz);
                 CompressedKind::Conv(Box::new(layout))
             }
@@ -553,7 +560,7 @@ pub(super) fn compress_params(
         textures: if layouts.is_empty() {
             None
         } else {
-            Some(Scratch::new(ctx, &layouts, max_nnz)?)
+            Some(Scratch::with_users(ctx, &layouts, &users, max_nnz)?)
         },
         values,
         dense_grad: t("dense gradient scratch", n_max)?,
