@@ -66,6 +66,14 @@ override BCAST: bool = true;
 override WG: u32 = 64u;
 // Output positions per lane (1 to 8).
 override V: u32 = 1u;
+// The output space's positions ordered row first (u = (r * N4 + g) * COLS + c: a block of
+// positions covers few output rows of many image groups) instead of image group first
+// (u = g * U + r * COLS + c).
+override ROWFIRST: bool = false;
+// Input gradient at stride 1 (with ROWFIRST): a block walks only the taps whose ky reads an
+// output-gradient row inside dy for some input row it covers (the rest read the padding's zeros),
+// through the per-(row, ky) pointers bwd_rows writes after the row pointers.
+override KSKIP: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The layer index (forward) or the input gradient's row pointers.
@@ -107,11 +115,19 @@ fn ld(g: u32) -> vec4<f32> {
     return textureLoad(srct, tex_at(g));
 }
 
+// Position u's image group and its place within the group's positions (r * COLS + c).
+fn decode(u: u32) -> vec2<u32> {
+    if (ROWFIRST) {
+        let t = u / COLS;
+        return vec2<u32>(t % N4, (t / N4) * COLS + u % COLS);
+    }
+    return vec2<u32>(u / U, u % U);
+}
+
 // Lanes past the output read a valid place (no branch around loads).
 fn base(u: u32) -> u32 {
-    let c = min(u, N4 * U - 1u);
-    let rem = c % U;
-    return (c / U) * PG + (rem / COLS) * ROWW + rem % COLS;
+    let d = decode(min(u, N4 * U - 1u));
+    return d.x * PG + (d.y / COLS) * ROWW + d.y % COLS;
 }
 
 fn madd(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
@@ -165,8 +181,9 @@ fn store(row: u32, u: u32, acc: vec4<f32>) {
     if (u >= N4 * U) {
         return;
     }
-    let img0 = (u / U) * 4u;
-    let rem = u % U;
+    let d = decode(u);
+    let img0 = d.x * 4u;
+    let rem = d.y;
     if (FORWARD) {
         let oy = rem / COLS;
         let ox = rem % COLS;
@@ -230,7 +247,21 @@ fn spconv(
     bs.b7 = base(b0 + 7u * WG);
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // Forward: out_ptr of the index; input gradient: the row pointers of bwd_rows (sconv_meta.wgsl).
-    acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
+    var start = idx[p.ptr_off + row];
+    var end = idx[p.ptr_off + row + 1u];
+    if (KSKIP) {
+        // Input rows r0..r1 (stride 1: an output row of this space is an input row); input row
+        // r reads dy row r + PAD_T - ky, inside for ky in [r + PAD_T + 1 - HO, r + PAD_T].
+        let u0 = (wg / p.rows) * WG * V;
+        let r0 = u0 / (N4 * COLS);
+        let r1 = (min(u0 + WG * V, N4 * U) - 1u) / (N4 * COLS);
+        let klo = select(0u, r0 + PAD_T + 1u - HO, r0 + PAD_T + 1u > HO);
+        let khi = min(r1 + PAD_T, K - 1u);
+        let kp = p.rows + 1u + row * (K + 1u);
+        start = idx[kp + min(klo, K)];
+        end = max(start, idx[kp + khi + 1u]);
+    }
+    acc = walk(acc, bs, start, end, lane);
     store(row, b0, acc.a0);
     if (V > 1u) { store(row, b0 + 1u * WG, acc.a1); }
     if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }

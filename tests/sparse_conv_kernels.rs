@@ -433,3 +433,26 @@ fn input_gradients_compute_the_input_positions_only() {
     assert_eq!(same_s2.bwd_overhead(), 4.0 * 16.0 / 49.0);
     assert_eq!(same_s2.batch_overhead(), 4.0 / 3.0);
 }
+
+/// The input gradient walks only the kernel rows that read the output gradient where many read
+/// only its padding: LeNet-5's valid `conv2` (a third of its input rows' kernel rows), not a
+/// 3x3 `same` convolution of 32 rows (2 in 96), nor at stride 2. (That the walk gives the
+/// twin's input gradient is in `input_grad_equals_the_twin`, whose valid cases take it.)
+#[test]
+fn the_input_gradient_skips_kernel_rows_where_many_read_padding() {
+    let geom = |h: usize, k: usize, stride: usize, padding: Padding, cin: usize, cout: usize| {
+        let window = Window {
+            n: 100,
+            h,
+            w: h,
+            k,
+            stride,
+            padding,
+        };
+        Layout::new(ConvGeom { window, cin, cout }).unwrap()
+    };
+    assert!(geom(12, 5, 1, Padding::Valid, 20, 50).bwd_skips_rows());
+    assert!(!geom(32, 3, 1, Padding::Same, 32, 32).bwd_skips_rows());
+    assert!(!geom(12, 5, 2, Padding::Valid, 20, 50).bwd_skips_rows());
+    assert!(!geom(8, 1, 1, Padding::Same, 16, 16).bwd_skips_rows());
+}

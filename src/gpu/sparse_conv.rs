@@ -249,6 +249,29 @@ impl Layout {
         self.geom.cin * self.geom.window.stride * self.geom.window.stride
     }
 
+    /// Words of the input gradient's pointers (`bwd_rows` in `shaders/sconv_meta.wgsl`): the
+    /// row pointers, then per row the first slot of each kernel row `ky` (and its end).
+    pub fn bwd_ptr_len(&self) -> usize {
+        let rows = self.bwd_rows();
+        rows + 1 + rows * (self.geom.window.k + 1)
+    }
+
+    /// Whether the input gradient walks, per block of positions, only the kernel rows that read
+    /// the output gradient (`KSKIP` in `shaders/sconv.wgsl`): at stride 1 where at least a tenth
+    /// of the (input row, kernel row) pairs read only the padding (LeNet-5's valid `conv2`: a
+    /// third; a 3x3 `same` convolution of 32 rows: 2 in 96).
+    pub fn bwd_skips_rows(&self) -> bool {
+        let w = self.geom.window;
+        if w.stride != 1 {
+            return false;
+        }
+        let pairs = (0..w.h)
+            .flat_map(|iy| (0..w.k).map(move |ky| (iy + self.pad_t, ky)))
+            .filter(|&(oy, ky)| oy < ky || oy - ky >= self.ho)
+            .count();
+        10 * pairs >= w.h * w.k
+    }
+
     /// Rows of the kernel matrix (`k·k·cin`).
     pub fn in_dim(&self) -> usize {
         self.geom.window.k * self.geom.window.k * self.geom.cin
@@ -343,7 +366,7 @@ impl Scratch {
             rows: Tensor::zeros(
                 ctx,
                 "sparse convolution row pointers",
-                layouts.iter().map(Layout::bwd_rows).max().unwrap_or(0) + 1,
+                layouts.iter().map(Layout::bwd_ptr_len).max().unwrap_or(1),
             )?,
             solo,
         })
@@ -361,12 +384,12 @@ impl Scratch {
             (&self.meta, nnz, META_WIDTH),
             (&self.dspace, lay.bwd_planes_texels(), TEX_WIDTH),
         ];
-        if self.rows.len < lay.bwd_rows() + 1 {
+        if self.rows.len < lay.bwd_ptr_len() {
             return Err(RiglError::invalid(format!(
                 "sparse convolution scratch '{}' holds {} row pointers, the layer needs {}",
                 self.rows.label,
                 self.rows.len,
-                lay.bwd_rows() + 1
+                lay.bwd_ptr_len()
             )));
         }
         for (t, n, width) in need {
@@ -659,6 +682,14 @@ fn spconv(
     let v = ((512 << 10) / (planes * 16 * wg))
         .min(total.div_ceil(wg))
         .clamp(1, VMAX);
+    // Skipping kernel rows pays where a block covers few output rows: positions row first, and
+    // blocks of at most one row of every image group.
+    let skip = !forward && lay.bwd_skips_rows();
+    let v = if skip {
+        v.min((lay.n4 * cols / wg).max(1))
+    } else {
+        v
+    };
     let blocks = total.div_ceil(wg * v);
     let spec = lay
         .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
@@ -674,7 +705,9 @@ fn spconv(
             f64::from(u8::from(form == SparseConvForm::Subgroup)),
         )
         .with_override("WG", wg as f64)
-        .with_override("V", v as f64);
+        .with_override("V", v as f64)
+        .with_override("ROWFIRST", f64::from(u8::from(skip)))
+        .with_override("KSKIP", f64::from(u8::from(skip)));
     let params = Params {
         rows: u(rows, "rows")?,
         blocks: u(blocks, "blocks")?,
