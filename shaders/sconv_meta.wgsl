@@ -5,7 +5,7 @@ struct Params {
     blocks: u32,    // spconv: blocks of WG * V output vec4s per row
     nnz: u32,       // slots of the layer
     ptr_off: u32,   // spconv: row pointers in idx (out_ptr forward, in_ptr input gradient)
-    texels: u32,    // src_planes / dy_space: texels to write; meta_*: entries
+    texels: u32,    // src_planes / dy_planes: texels to write; meta_*: entries
     accum: u32,     // spconv input gradient: add into dx
     _pad0: u32,
     _pad1: u32,
