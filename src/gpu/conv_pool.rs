@@ -333,17 +333,7 @@ struct Params {
     _pad: u32,
 }
 
-const BINDINGS: &[Binding] = &[
-    Binding::Uniform,
-    Binding::Read,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::Uniform,
-];
-/// The forward's and the weight gradient's: [`BINDINGS`] and the input's texture copy.
+/// The forward's and the weight gradient's bindings, the input's texture copy last.
 const BINDINGS_T: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
@@ -355,6 +345,8 @@ const BINDINGS_T: &[Binding] = &[
     Binding::Uniform,
     Binding::TexRead,
 ];
+/// The other entries': [`BINDINGS_T`] without the texture.
+const BINDINGS: &[Binding] = BINDINGS_T.split_at(BINDINGS_T.len() - 1).0;
 const WG: u64 = 64;
 const BIAS: u32 = 1;
 const MASKED: u32 = 2;
