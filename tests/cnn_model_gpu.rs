@@ -317,6 +317,17 @@ fn dense_products_over_compressed_slots_step_like_the_twin() {
         false,
         &alternate[1..],
     );
+    // fc1 on the compressed kernels with its ReLU fused, fc2 dense over its slots: fc1 applies
+    // the ReLU's backward to the gradient fc2 writes.
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    check_paths(
+        model(spec, 5),
+        4,
+        "lenet5 fc1 compressed, fc2 dense products",
+        true,
+        true,
+        &alternate[1..],
+    );
 }
 
 /// Per convolution, one of the eight ways its three products can run (the i-th tensor's bits
@@ -519,4 +530,35 @@ fn the_builder_leaves_out_passes_whose_work_is_done() {
         ["sconv_meta.wgsl:bwd_rows", "sconv_meta.wgsl:meta_bwd"],
         "{names:?}"
     );
+}
+
+#[test]
+fn compressed_linear_layers_take_their_relu_and_textures_from_each_other() {
+    // LeNet-5's fc1 -> ReLU -> fc2, both compressed: fc1's product applies the bias and the ReLU
+    // and writes fc2's input texture; fc2's input gradient applies the ReLU's backward and
+    // writes fc1's output-gradient texture. Left: fc1's input and fc2's output gradient into
+    // textures.
+    let ctx = ctx();
+    let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
+    let host = model(spec, 4);
+    let opts = ModelOptions {
+        compressed_conv: true,
+        compressed_linear: true,
+        ..ModelOptions::plain(ctx).expect("options")
+    };
+    let gpu = GpuModel::with_products(ctx, &host, 4, SEED, opts, &[]).expect("GPU model");
+    let names: Vec<&str> = gpu.step_ops().iter().map(|d| d.name.as_str()).collect();
+    let count = |name: &str| names.iter().filter(|n| **n == name).count();
+    assert_eq!(count("image.wgsl:relu"), 0, "{names:?}");
+    assert_eq!(count("image.wgsl:relu_bwd_to"), 0, "{names:?}");
+    assert_eq!(count("sparse_act.wgsl:pack"), 2, "{names:?}");
+    assert_eq!(count("sparse_act.wgsl:relu_bwd_pack"), 0, "{names:?}");
+    // fc2 on the dense products: fc1 masks fc2's gradient itself, in its texture copy.
+    let mut paths = vec![DenseProducts::all(false); 4];
+    paths[3] = DenseProducts::all(true);
+    let gpu = GpuModel::with_products(ctx, &host, 4, SEED, opts, &paths).expect("GPU model");
+    let names: Vec<&str> = gpu.step_ops().iter().map(|d| d.name.as_str()).collect();
+    let count = |name: &str| names.iter().filter(|n| **n == name).count();
+    assert_eq!(count("image.wgsl:relu"), 0, "{names:?}");
+    assert_eq!(count("sparse_act.wgsl:relu_bwd_pack"), 1, "{names:?}");
 }

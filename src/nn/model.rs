@@ -104,6 +104,27 @@ struct Act {
     t: Tensor,
     g: Tensor,
     s: Shape,
+    /// A compressed linear layer with a ReLU fused that feeds another ([`Chain`]): the texture
+    /// copy of `t` it writes for the next one to read.
+    tex: Option<Texture>,
+    /// The same producer's output-gradient texture: the next layer writes `g` already through
+    /// the ReLU's backward, and into this texture too.
+    relu_dy: Option<Texture>,
+}
+
+/// A compressed linear layer with a bias, a ReLU after it and another compressed linear layer
+/// after that (the peephole in [`Builder::seq`]): the first one's product applies the bias and
+/// the ReLU in its store and writes the second one's input texture, and the second one's input
+/// gradient applies the ReLU's backward in its store and writes the first one's output-gradient
+/// texture, so neither the ReLU nor a texture copy is a pass of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chain {
+    /// No ReLU fused.
+    None,
+    /// The ReLU fused; the next layer is not a compressed linear layer (it reads the buffer).
+    Relu,
+    /// The ReLU fused, and the next layer is a compressed linear layer.
+    ReluIntoLinear,
 }
 
 /// A dispatch whose parameters change with the mode or the step.
@@ -392,7 +413,11 @@ fn keep_planes(
 
 /// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
 /// with the bias) and backward ones (the output gradient into a texture, the weight gradient at
-/// the slots with the bias gradient, the input gradient when `needs_grad`).
+/// the slots with the bias gradient, the input gradient when `needs_grad`). With `chain` a ReLU
+/// after it is fused ([`Chain`]): `y` is the ReLU's output. An input that carries a texture
+/// (`x.tex`) is read from it; one that carries its producer's output-gradient texture
+/// (`x.relu_dy`) gets its gradient through that producer's ReLU, in that texture too. Returns
+/// the textures the next layer takes under [`Chain::ReluIntoLinear`].
 #[allow(clippy::too_many_arguments)]
 fn compressed_linear(
     ctx: &GpuContext,
@@ -403,7 +428,8 @@ fn compressed_linear(
     y: &Act,
     n: usize,
     needs_grad: bool,
-) -> Result<(Vec<Dispatch>, Vec<Dispatch>)> {
+    chain: Chain,
+) -> Result<(Vec<Dispatch>, Vec<Dispatch>, Option<(Texture, Texture)>)> {
     let (CompressedKind::Linear(m), Some(values)) = (&c.kind, &slots.values) else {
         return Err(RiglError::invalid(format!(
             "linear layer {}: its compressed form is not a linear layer's",
@@ -412,51 +438,77 @@ fn compressed_linear(
     };
     let (fwd_meta, bwd_meta) = (&m.fwd_meta, &m.bwd_meta);
     let s = c.shape(n);
-    let xt = Texture::new(ctx, &format!("{} input texture", p.name), s.in_dim, n)?;
+    let relu = chain != Chain::None;
     let dyt = Texture::new(
         ctx,
         &format!("{} output gradient texture", p.name),
         s.out_dim,
         n,
     )?;
-    let epilogue = match &p.bias {
-        Some([b, _, _]) => spmm::Epilogue::BiasAct {
-            bias: b,
-            relu: false,
-        },
-        None => spmm::Epilogue::None,
+    let yt = match chain {
+        Chain::ReluIntoLinear => Some(Texture::new(
+            ctx,
+            &format!("{} output texture", p.name),
+            s.out_dim,
+            n,
+        )?),
+        _ => None,
     };
-    let fwd = vec![
-        spmm::pack(ctx, PackOp::Copy, &x.t, &xt)?,
-        spmm::spmm_stores(
-            ctx,
-            s,
-            &c.idx,
-            &Metadata {
-                index: fwd_meta,
-                values,
-            },
-            &xt,
-            &y.t,
-            true,
-            epilogue,
-            None,
-            true,
-        )?,
-    ];
-    let mut bwd = vec![
-        spmm::pack(ctx, PackOp::Copy, &y.g, &dyt)?,
-        spmm::sddmm_with_bias(
-            ctx,
-            s,
-            &c.idx,
-            &xt,
-            &dyt,
-            &c.grad,
-            p.bias.as_ref().map(|b| &b[1]),
-        )?,
-    ];
+    let epilogue = match (&p.bias, relu) {
+        (Some([b, _, _]), _) => spmm::Epilogue::BiasAct { bias: b, relu },
+        (None, false) => spmm::Epilogue::None,
+        (None, true) => {
+            return Err(RiglError::invalid(format!(
+                "linear layer {}: a ReLU fused into a layer without a bias",
+                p.name
+            )))
+        }
+    };
+    let mut fwd = Vec::new();
+    let xt = match &x.tex {
+        Some(t) => t.clone(),
+        None => {
+            let t = Texture::new(ctx, &format!("{} input texture", p.name), s.in_dim, n)?;
+            fwd.push(spmm::pack(ctx, PackOp::Copy, &x.t, &t)?);
+            t
+        }
+    };
+    fwd.push(spmm::spmm_stores(
+        ctx,
+        s,
+        &c.idx,
+        &Metadata {
+            index: fwd_meta,
+            values,
+        },
+        &xt,
+        &y.t,
+        true,
+        epilogue,
+        yt.as_ref(),
+        true,
+    )?);
+    let mut bwd = Vec::new();
+    match chain {
+        // The next layer wrote dy through the ReLU, and into `dyt`.
+        Chain::ReluIntoLinear => {}
+        Chain::Relu => bwd.push(spmm::pack(ctx, PackOp::ReluBwd(&y.t), &y.g, &dyt)?),
+        Chain::None => bwd.push(spmm::pack(ctx, PackOp::Copy, &y.g, &dyt)?),
+    }
+    bwd.push(spmm::sddmm_with_bias(
+        ctx,
+        s,
+        &c.idx,
+        &xt,
+        &dyt,
+        &c.grad,
+        p.bias.as_ref().map(|b| &b[1]),
+    )?);
     if needs_grad {
+        let epilogue = match &x.relu_dy {
+            Some(_) => spmm::Epilogue::ReluMask(&xt),
+            None => spmm::Epilogue::None,
+        };
         bwd.push(spmm::spmm_stores(
             ctx,
             s,
@@ -468,12 +520,17 @@ fn compressed_linear(
             &dyt,
             &x.g,
             false,
-            spmm::Epilogue::None,
-            None,
+            epilogue,
+            x.relu_dy.as_ref(),
             true,
         )?);
+    } else if x.relu_dy.is_some() {
+        return Err(RiglError::invalid(format!(
+            "linear layer {}: its input's producer waits for a gradient it does not compute",
+            p.name
+        )));
     }
-    Ok((fwd, bwd))
+    Ok((fwd, bwd, yt.map(|t| (t, dyt))))
 }
 
 fn image_shape(s: Shape, n: usize) -> ImageShape {
@@ -580,6 +637,8 @@ impl Builder<'_> {
             t: Tensor::zeros(self.ctx, what, len)?,
             g: Tensor::zeros(self.ctx, &format!("{what} gradient"), len)?,
             s,
+            tex: None,
+            relu_dy: None,
         })
     }
 
@@ -602,7 +661,15 @@ impl Builder<'_> {
         let mut grad = needs_grad;
         let mut i = 0;
         while i < layers.len() {
+            let chain = self.chain_at(&layers[i..]);
             let (y, mut b, used) = match peephole(&layers[i..]) {
+                _ if chain != Chain::None => {
+                    let Layer::Linear { out, .. } = &layers[i] else {
+                        return Err(RiglError::invalid("a fused ReLU after a non-linear layer"));
+                    };
+                    let (y, b) = self.linear(*out, x, grad, chain)?;
+                    (y, b, 2)
+                }
                 Some(f @ Fused::Norm { relu, dropout }) => {
                     let (y, b) = self.norm(x, relu, dropout, grad)?;
                     (y, b, f.len())
@@ -643,92 +710,84 @@ impl Builder<'_> {
         Ok((x, bwd))
     }
 
-    fn layer(&mut self, layer: &Layer, x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
+    /// Whether `layers` start with a linear layer on the compressed kernels with a bias and a
+    /// ReLU, and whether a linear layer on the compressed kernels follows ([`Chain`]).
+    fn chain_at(&self, layers: &[Layer]) -> Chain {
+        let on_kernels = |i: usize, bias: bool| {
+            self.slots.is_some()
+                && self.compressed.get(i).is_some_and(|c| c.is_some())
+                && self
+                    .dense_products
+                    .get(i)
+                    .copied()
+                    .unwrap_or_default()
+                    .uniform()
+                    == Some(false)
+                && (!bias || self.params.get(i).is_some_and(|p| p.bias.is_some()))
+        };
+        match layers {
+            [Layer::Linear { .. }, Layer::Relu, rest @ ..] if on_kernels(self.next_param, true) => {
+                match rest.first() {
+                    Some(Layer::Linear { .. }) if on_kernels(self.next_param + 1, false) => {
+                        Chain::ReluIntoLinear
+                    }
+                    _ => Chain::Relu,
+                }
+            }
+            _ => Chain::None,
+        }
+    }
+
+    /// A linear layer of `out` features, a ReLU after it fused per `chain`.
+    fn linear(&mut self, out: usize, x: Act, needs_grad: bool, chain: Chain) -> Result<(Act, Bwd)> {
         let ctx = self.ctx;
         let n = self.n;
         let mut bwd = Bwd::default();
-        match layer {
-            Layer::Linear { out, .. } => {
-                let idx = self.take_param()?;
-                let (fin, fout) = (x.s.c, *out);
-                let name = self.params[idx].name.clone();
-                let y = self.act(
-                    Shape {
-                        c: fout,
-                        h: 1,
-                        w: 1,
-                    },
-                    &format!("{name} output"),
-                )?;
-                let dw = GemmShape {
-                    m: fin,
-                    n: fout,
-                    k: n,
-                    trans_a: false,
-                    trans_b: true,
+        let idx = self.take_param()?;
+        let (fin, fout) = (x.s.c, out);
+        let name = self.params[idx].name.clone();
+        let mut y = self.act(
+            Shape {
+                c: fout,
+                h: 1,
+                w: 1,
+            },
+            &format!("{name} output"),
+        )?;
+        let dw = GemmShape {
+            m: fin,
+            n: fout,
+            k: n,
+            trans_a: false,
+            trans_b: true,
+        };
+        if let (Some(c), Some(slots)) = (&self.compressed[idx], &self.slots) {
+            let p = &self.params[idx];
+            // The dense weight gradient (RigL's grow score at mask updates): the masked
+            // path's GEMM, into the shared scratch.
+            let gv =
+                slots
+                    .dense_grad
+                    .slice(ctx, 0, fin * fout, &format!("{name} dense gradient"))?;
+            let dense = self.gemm(dw, &x.t, &y.g, &gv, None)?;
+            let paths = self.dense_products.get(idx).copied().unwrap_or_default();
+            let Some(on_dense) = paths.uniform() else {
+                return Err(RiglError::invalid(format!(
+                    "linear layer {name}: its products run all compressed or all dense \
+                     (a mix per product is for convolutions), not {paths:?}"
+                )));
+            };
+            if on_dense && chain != Chain::None {
+                return Err(RiglError::invalid(format!(
+                    "linear layer {name}: a ReLU fused into dense products"
+                )));
+            }
+            let (f, b) = if on_dense {
+                // Dense GEMMs over the slots scattered into a scratch.
+                let wv = slots.dense_weights(ctx, c, &name)?;
+                let slot = |op: SlotOp, d: &Tensor| {
+                    spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
                 };
-                if let (Some(c), Some(slots)) = (&self.compressed[idx], &self.slots) {
-                    let p = &self.params[idx];
-                    // The dense weight gradient (RigL's grow score at mask updates): the masked
-                    // path's GEMM, into the shared scratch.
-                    let gv = slots.dense_grad.slice(
-                        ctx,
-                        0,
-                        fin * fout,
-                        &format!("{name} dense gradient"),
-                    )?;
-                    let dense = self.gemm(dw, &x.t, &y.g, &gv, None)?;
-                    let paths = self.dense_products.get(idx).copied().unwrap_or_default();
-                    let Some(on_dense) = paths.uniform() else {
-                        return Err(RiglError::invalid(format!(
-                            "linear layer {name}: its products run all compressed or all dense \
-                             (a mix per product is for convolutions), not {paths:?}"
-                        )));
-                    };
-                    let (f, b) = if on_dense {
-                        // Dense GEMMs over the slots scattered into a scratch.
-                        let wv = slots.dense_weights(ctx, c, &name)?;
-                        let slot = |op: SlotOp, d: &Tensor| {
-                            spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
-                        };
-                        let fwd = GemmShape {
-                            m: fout,
-                            n,
-                            k: fin,
-                            trans_a: true,
-                            trans_b: false,
-                        };
-                        let mut f = vec![
-                            slot(SlotOp::Zero, &wv)?,
-                            slot(SlotOp::Scatter, &wv)?,
-                            self.gemm(fwd, &wv, &x.t, &y.t, None)?,
-                        ];
-                        let mut b = Vec::new();
-                        if let Some([bias, gb, _]) = &p.bias {
-                            f.push(ops::bias_act(ctx, bias, &y.t, fout, n, false)?);
-                            b.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
-                        }
-                        b.push(self.gemm(dw, &x.t, &y.g, &gv, None)?);
-                        b.push(slot(SlotOp::Gather, &gv)?);
-                        if needs_grad {
-                            b.push(slot(SlotOp::Zero, &wv)?);
-                            b.push(slot(SlotOp::Scatter, &wv)?);
-                            let dx = GemmShape::nn(fin, n, fout);
-                            b.push(self.gemm(dx, &wv, &y.g, &x.g, None)?);
-                        }
-                        (f, b)
-                    } else {
-                        compressed_linear(ctx, c, slots, p, &x, &y, n, needs_grad)?
-                    };
-                    self.forward.extend(f);
-                    bwd.ops.extend(b);
-                    if let Some(c) = self.compressed[idx].as_mut() {
-                        c.dense_grad = Some(dense);
-                    }
-                    return Ok((y, bwd));
-                }
-                let p = &self.params[idx];
-                let pf = p.flat()?;
                 let fwd = GemmShape {
                     m: fout,
                     n,
@@ -736,19 +795,75 @@ impl Builder<'_> {
                     trans_a: true,
                     trans_b: false,
                 };
-                let mut f = vec![self.gemm(fwd, &pf.w, &x.t, &y.t, Some(&pf.mask))?];
-                if let Some([b, gb, _]) = &p.bias {
-                    f.push(ops::bias_act(ctx, b, &y.t, fout, n, false)?);
-                    bwd.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
+                let mut f = vec![
+                    slot(SlotOp::Zero, &wv)?,
+                    slot(SlotOp::Scatter, &wv)?,
+                    self.gemm(fwd, &wv, &x.t, &y.t, None)?,
+                ];
+                let mut b = Vec::new();
+                if let Some([bias, gb, _]) = &p.bias {
+                    f.push(ops::bias_act(ctx, bias, &y.t, fout, n, false)?);
+                    b.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
                 }
-                bwd.push(self.gemm(dw, &x.t, &y.g, &pf.grad, None)?);
+                b.push(self.gemm(dw, &x.t, &y.g, &gv, None)?);
+                b.push(slot(SlotOp::Gather, &gv)?);
                 if needs_grad {
+                    b.push(slot(SlotOp::Zero, &wv)?);
+                    b.push(slot(SlotOp::Scatter, &wv)?);
                     let dx = GemmShape::nn(fin, n, fout);
-                    bwd.push(self.gemm(dx, &pf.w, &y.g, &x.g, Some(&pf.mask))?);
+                    b.push(self.gemm(dx, &wv, &y.g, &x.g, None)?);
                 }
-                self.forward.extend(f);
-                Ok((y, bwd))
+                (f, b)
+            } else {
+                let (f, b, next) =
+                    compressed_linear(ctx, c, slots, p, &x, &y, n, needs_grad, chain)?;
+                if let Some((t, dy)) = next {
+                    y.tex = Some(t);
+                    y.relu_dy = Some(dy);
+                }
+                (f, b)
+            };
+            self.forward.extend(f);
+            bwd.ops.extend(b);
+            if let Some(c) = self.compressed[idx].as_mut() {
+                c.dense_grad = Some(dense);
             }
+            return Ok((y, bwd));
+        }
+        if chain != Chain::None {
+            return Err(RiglError::invalid(format!(
+                "linear layer {name}: a ReLU fused into masked products"
+            )));
+        }
+        let p = &self.params[idx];
+        let pf = p.flat()?;
+        let fwd = GemmShape {
+            m: fout,
+            n,
+            k: fin,
+            trans_a: true,
+            trans_b: false,
+        };
+        let mut f = vec![self.gemm(fwd, &pf.w, &x.t, &y.t, Some(&pf.mask))?];
+        if let Some([b, gb, _]) = &p.bias {
+            f.push(ops::bias_act(ctx, b, &y.t, fout, n, false)?);
+            bwd.push(ops::segment_sum(ctx, &y.g, gb, fout, n, false)?);
+        }
+        bwd.push(self.gemm(dw, &x.t, &y.g, &pf.grad, None)?);
+        if needs_grad {
+            let dx = GemmShape::nn(fin, n, fout);
+            bwd.push(self.gemm(dx, &pf.w, &y.g, &x.g, Some(&pf.mask))?);
+        }
+        self.forward.extend(f);
+        Ok((y, bwd))
+    }
+
+    fn layer(&mut self, layer: &Layer, x: Act, needs_grad: bool) -> Result<(Act, Bwd)> {
+        let ctx = self.ctx;
+        let n = self.n;
+        let mut bwd = Bwd::default();
+        match layer {
+            Layer::Linear { out, .. } => self.linear(*out, x, needs_grad, Chain::None),
             Layer::Conv2d {
                 out,
                 kernel,
@@ -990,6 +1105,8 @@ impl Builder<'_> {
                     t: from.t.clone(),
                     g: Tensor::zeros(ctx, "shortcut input gradient", from.s.len() * n)?,
                     s: from.s,
+                    tex: None,
+                    relu_dy: None,
                 };
                 let (short, short_bwd) = self.seq(shortcut, short_in.clone(), from_needs_grad)?;
                 let (y, body_bwd) = self.seq(body, p.clone(), needs_grad || !pre.is_empty())?;
