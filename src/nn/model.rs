@@ -418,6 +418,10 @@ fn keep_planes(
 /// (`x.tex`) is read from it; one that carries its producer's output-gradient texture
 /// (`x.relu_dy`) gets its gradient through that producer's ReLU, in that texture too. Returns
 /// the textures the next layer takes under [`Chain::ReluIntoLinear`].
+/// A compressed linear layer's forward and backward dispatches, and the textures the next
+/// layer takes (its input, and the output gradient it writes) under [`Chain::ReluIntoLinear`].
+type LinearOps = (Vec<Dispatch>, Vec<Dispatch>, Option<(Texture, Texture)>);
+
 #[allow(clippy::too_many_arguments)]
 fn compressed_linear(
     ctx: &GpuContext,
@@ -429,7 +433,7 @@ fn compressed_linear(
     n: usize,
     needs_grad: bool,
     chain: Chain,
-) -> Result<(Vec<Dispatch>, Vec<Dispatch>, Option<(Texture, Texture)>)> {
+) -> Result<LinearOps> {
     let (CompressedKind::Linear(m), Some(values)) = (&c.kind, &slots.values) else {
         return Err(RiglError::invalid(format!(
             "linear layer {}: its compressed form is not a linear layer's",
