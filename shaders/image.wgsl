@@ -148,11 +148,14 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 // max pooling) in the same pass. Bit 0: a ReLU. Bit 1: a dropout after it, with the keep mask
 // of the dropout kernel below for flat element i (p.seed, p.step, p.flags = layer id,
 // p.threshold, p.f0 = the kept units' scale). Bit 2 (bn_bwd_apply): e2[i] is added to dx (the
-// other consumer's gradient of a residual block's input).
+// other consumer's gradient of a residual block's input). Bit 3 (the max poolings): a flatten
+// after the pooling, fused: its output, argmax and output gradient are in the flattened layout
+// [C * HO * WO, N] (feature-major, SPEC §8) instead of [C, N, HO, WO].
 override G_EPI: u32 = 0u;
 const EPI_RELU: u32 = 1u;
 const EPI_DROPOUT: u32 = 2u;
 const EPI_PLUS: u32 = 4u;
+const EPI_FLAT: u32 = 8u;
 
 // The batch norm's output for input value xv: one expression for the forward and for the
 // backward's recomputation of the ReLU mask, so the two agree bit for bit.
@@ -383,6 +386,15 @@ const NO_ARG: u32 = 0xffffffffu;
 // no gradient), so max_pool_bwd, unchanged, writes relu's and the pooling's input gradient at
 // once. 1 read x ; 2 unused ; 3 rw y ; 4 unused ; 5 rw arg
 
+// The index of pooling output (channel * n + image, position q in its plane) in the output's
+// layout: [C, N, HO, WO], or flattened with EPI_FLAT.
+fn pooled_at(ci: u32, q: u32) -> u32 {
+    if ((G_EPI & EPI_FLAT) != 0u) {
+        return ((ci / G_N) * G_HO * G_WO + q) * G_N + ci % G_N;
+    }
+    return ci * G_HO * G_WO + q;
+}
+
 @compute @workgroup_size(256)
 fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
@@ -390,9 +402,15 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (i >= G_C * G_N * plane) {
         return;
     }
-    let ci = i / plane; // channel * n + image
-    let oy = (i % plane) / G_WO;
-    let ox = i % G_WO;
+    // Invocations in the output's order: with EPI_FLAT, i = (channel * plane + q) * n + image.
+    var ci = i / plane; // channel * n + image
+    var q = i % plane;
+    if ((G_EPI & EPI_FLAT) != 0u) {
+        ci = (i / (plane * G_N)) * G_N + i % G_N;
+        q = (i / G_N) % plane;
+    }
+    let oy = q / G_WO;
+    let ox = q % G_WO;
     var best = 0.0;
     var at = 0u;
     var found = false;
@@ -451,7 +469,7 @@ fn max_pool_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         for (var kx = 0u; kx < G_K; kx++) {
             let o = out_of(iy, ix, ky, kx);
             if (o >= 0) {
-                let oi = ci * G_HO * G_WO + u32(o);
+                let oi = pooled_at(ci, u32(o));
                 if (arg[oi] == j) {
                     acc += a[oi];
                 }
@@ -490,7 +508,7 @@ fn max_pool_bwd_cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     var at = NO_ARG;
     var g = 0.0;
     if (cy < G_HO && cx < G_WO) {
-        let o = (ci * G_HO + cy) * G_WO + cx;
+        let o = pooled_at(ci, cy * G_WO + cx);
         at = arg[o];
         g = a[o];
     }

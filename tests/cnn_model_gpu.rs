@@ -460,6 +460,8 @@ fn the_builder_fuses_the_elementwise_passes_of_any_model() {
     assert_eq!(count(&k, "relu"), 1, "{k:?}");
     assert_eq!(count(&k, "relu_bwd_to"), 1, "{k:?}");
     assert_eq!(count(&k, "max_pool_fwd"), 1, "{k:?}");
+    // The flatten after conv2's pooling runs in the pooling's passes.
+    assert_eq!(count(&k, "flatten"), 0, "{k:?}");
     // Its 2x2 windows do not overlap: the backward is the scatter form.
     assert_eq!(count(&k, "max_pool_bwd_cells"), 1, "{k:?}");
 }

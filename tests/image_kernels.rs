@@ -367,6 +367,78 @@ fn relu_max_pooling_equals_the_composed_twins() {
     assert!(checked >= 30, "{checked}");
 }
 
+#[test]
+fn max_pooling_into_the_flattened_layout_equals_pooling_then_flatten() {
+    // A flatten after a max pooling, fused: the output, the argmax and the output gradient in
+    // the flattened [C*HO*WO, N] layout, the input gradient in the images' layout.
+    let ctx = ctx();
+    let mut checked = 0;
+    for (i, s) in fused_shapes().into_iter().enumerate() {
+        for (j, g) in windows(s).into_iter().enumerate() {
+            for relu in [false, true] {
+                let seed = 3000 + 100 * i as u32 + 2 * j as u32 + u32::from(relu);
+                let x: Vec<f32> = data(s.len(), seed)
+                    .iter()
+                    .map(|v| (v * 4.0 - 1.0).round())
+                    .collect();
+                let (ho, wo) = g.out().unwrap();
+                let o = ImageShape { h: ho, w: wo, ..s };
+                let hw = ho * wo;
+                let dy_flat = data(o.len(), seed + 7);
+                let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+                let ty = Tensor::from_f32(ctx, "y", &nan(o.len())).unwrap();
+                let targ = Tensor::from_f32(ctx, "arg", &nan(o.len())).unwrap();
+                let tdy = Tensor::from_f32(ctx, "dy", &dy_flat).unwrap();
+                let tdx = Tensor::from_f32(ctx, "dx", &nan(s.len())).unwrap();
+                let flat = image::PoolLayout::Flat;
+                let ops_ = [
+                    image::max_pool_into(ctx, s, g, &tx, &ty, &targ, relu, flat).unwrap(),
+                    image::max_pool_backward_from(ctx, s, g, &tdy, &tdx, &targ, flat).unwrap(),
+                ];
+                ops::run(ctx, "max pool flat", &[&ops_[0], &ops_[1]]).unwrap();
+                let r: Vec<f32> = x
+                    .iter()
+                    .map(|v| if relu { v.max(0.0) } else { *v })
+                    .collect();
+                let (want_y, arg) = cpu::max_pool_forward(&r, s.c, g);
+                let dy = cpu::unflatten(&dy_flat, s.c, s.n, hw);
+                let want_dx: Vec<f32> = cpu::max_pool_backward(&dy, &arg, s.len())
+                    .iter()
+                    .zip(&r)
+                    .map(|(d, rv)| if !relu || *rv > 0.0 { *d } else { 0.0 })
+                    .collect();
+                let what = format!("{s:?} {g:?} relu {relu}");
+                assert_eq!(
+                    ty.read_f32(ctx).unwrap(),
+                    cpu::flatten(&want_y, s.c, s.n, hw),
+                    "flat max {what}"
+                );
+                assert_close(
+                    &format!("flat max dx {what}"),
+                    &tdx.read_f32(ctx).unwrap(),
+                    &want_dx,
+                    1e-6,
+                    1e-6,
+                );
+                // A channel's outputs are contiguous in either layout: the pooled bias
+                // gradient reads the flattened ones as they are.
+                let tsum = Tensor::from_f32(ctx, "sum", &nan(s.c)).unwrap();
+                let op = ops::segment_sum_pooled(ctx, &tdy, &targ, &tsum, s.c, s.n * hw).unwrap();
+                ops::run(ctx, "pooled sum", &[&op]).unwrap();
+                assert_close(
+                    &format!("flat pooled bias gradient {what}"),
+                    &tsum.read_f32(ctx).unwrap(),
+                    &rigl::cpu::dense::segment_sum(&want_dx, s.c, s.n * s.h * s.w),
+                    1e-4,
+                    1e-5,
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 60, "{checked}");
+}
+
 fn windows(s: ImageShape) -> Vec<Window> {
     let mut out = Vec::new();
     for k in [1, 2, 3] {

@@ -86,6 +86,7 @@ const RUN: u64 = 8;
 const EPI_RELU: u32 = 1;
 const EPI_DROPOUT: u32 = 2;
 const EPI_PLUS: u32 = 4;
+const EPI_FLAT: u32 = 8;
 
 /// `v` as a u32 kernel index, or [`RiglError::TooLarge`] naming `what`.
 pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
@@ -497,6 +498,35 @@ pub fn max_pool_relu(
     max_pool_epi(ctx, s, g, x, y, arg, EPI_RELU)
 }
 
+/// Where a max pooling keeps its output, its argmax and its output gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoolLayout {
+    /// `[C, N, HO, WO]`, as every image activation.
+    #[default]
+    Images,
+    /// Flattened, `[C*HO*WO, N]` (feature-major): a flatten after the pooling, fused.
+    Flat,
+}
+
+/// [`max_pool`] (`relu` false) or [`max_pool_relu`], its output and argmax in `layout`.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_into(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    x: &Tensor,
+    y: &Tensor,
+    arg: &Tensor,
+    relu: bool,
+    layout: PoolLayout,
+) -> Result<Dispatch> {
+    let flat = match layout {
+        PoolLayout::Images => 0,
+        PoolLayout::Flat => EPI_FLAT,
+    };
+    max_pool_epi(ctx, s, g, x, y, arg, flat | if relu { EPI_RELU } else { 0 })
+}
+
 fn max_pool_epi(
     ctx: &GpuContext,
     s: ImageShape,
@@ -534,6 +564,19 @@ pub fn max_pool_backward(
     dx: &Tensor,
     arg: &Tensor,
 ) -> Result<Dispatch> {
+    max_pool_backward_from(ctx, s, g, dy, dx, arg, PoolLayout::Images)
+}
+
+/// [`max_pool_backward`] with `dy` and `arg` in `layout` ([`max_pool_into`]'s).
+pub fn max_pool_backward_from(
+    ctx: &GpuContext,
+    s: ImageShape,
+    g: Window,
+    dy: &Tensor,
+    dx: &Tensor,
+    arg: &Tensor,
+    layout: PoolLayout,
+) -> Result<Dispatch> {
     let (p, o) = window_params(s, g)?;
     check(dy, o.len(), "max pooling output gradient")?;
     check(dx, s.len(), "max pooling input gradient")?;
@@ -549,12 +592,16 @@ pub fn max_pool_backward(
     } else {
         ("max_pool_bwd", s.len())
     };
-    build(
+    build_epi(
         ctx,
         entry,
         &p,
         &[dy, &pad, dx, &pad2, arg],
         (invocations as u64).div_ceil(WG),
+        match layout {
+            PoolLayout::Images => 0,
+            PoolLayout::Flat => EPI_FLAT,
+        },
     )
 }
 

@@ -14,7 +14,9 @@
 //!
 //! Fusion (a peephole over every layer sequence, residual branches included, `Builder::peephole`): a
 //! batch norm followed by a ReLU and/or a dropout runs as the batch norm's passes alone
-//! ([`image::Epilogue`]), and a ReLU followed by a max pooling as the pooling's. A model that
+//! ([`image::Epilogue`]), and a ReLU before a max pooling and a flatten after it as the
+//! pooling's (its output then in the flattened layout); a compressed linear layer's ReLU runs
+//! in its product's store ([`Chain`]). A model that
 //! starts with a convolution, a ReLU and a max pooling runs the three as one layer where the
 //! fused kernels take it ([`fused_first_conv`], [`crate::gpu::conv_pool`]).
 
@@ -196,8 +198,9 @@ enum Fused {
     /// A batch norm, then a ReLU (`relu`), then a dropout at this rate (`dropout`): the batch
     /// norm's passes with the rest as their epilogue.
     Norm { relu: bool, dropout: Option<f32> },
-    /// A ReLU then a max pooling: the pooling's passes over `relu(x)`.
-    ReluMaxPool,
+    /// A ReLU (`relu`) or not, a max pooling and, when `flatten`, a flatten: the pooling's
+    /// passes over `relu(x)`, its output and output gradient in the flattened layout.
+    MaxPool { relu: bool, flatten: bool },
 }
 
 impl Fused {
@@ -207,7 +210,7 @@ impl Fused {
             Fused::Norm { relu, dropout } => {
                 1 + usize::from(*relu) + usize::from(dropout.is_some())
             }
-            Fused::ReluMaxPool => 2,
+            Fused::MaxPool { relu, flatten } => 1 + usize::from(*relu) + usize::from(*flatten),
         }
     }
 }
@@ -228,7 +231,14 @@ fn peephole(layers: &[Layer]) -> Option<Fused> {
             };
             (relu || dropout.is_some()).then_some(Fused::Norm { relu, dropout })
         }
-        [Layer::Relu, Layer::MaxPool { .. }, ..] => Some(Fused::ReluMaxPool),
+        [Layer::Relu, Layer::MaxPool { .. }, rest @ ..] => Some(Fused::MaxPool {
+            relu: true,
+            flatten: matches!(rest, [Layer::Flatten, ..]),
+        }),
+        [Layer::MaxPool { .. }, Layer::Flatten, ..] => Some(Fused::MaxPool {
+            relu: false,
+            flatten: true,
+        }),
         _ => None,
     }
 }
@@ -678,8 +688,9 @@ impl Builder<'_> {
                     let (y, b) = self.norm(x, relu, dropout, grad)?;
                     (y, b, f.len())
                 }
-                Some(f @ Fused::ReluMaxPool) => {
-                    let (y, b) = self.pool(&layers[i + 1], x, grad, true)?;
+                Some(f @ Fused::MaxPool { relu, flatten }) => {
+                    let pool = &layers[i + usize::from(relu)];
+                    let (y, b) = self.pool(pool, x, grad, relu, flatten)?;
                     (y, b, f.len())
                 }
                 None => {
@@ -1027,7 +1038,9 @@ impl Builder<'_> {
                 }
                 Ok((y, bwd))
             }
-            Layer::MaxPool { .. } | Layer::AvgPool { .. } => self.pool(layer, x, needs_grad, false),
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
+                self.pool(layer, x, needs_grad, false, false)
+            }
             Layer::GlobalAvgPool => {
                 let y = self.act(
                     Shape {
@@ -1380,33 +1393,50 @@ impl Builder<'_> {
     }
 
     /// A max or average pooling `layer`; `relu`: a max pooling of `relu(x)` (the peephole fused
-    /// the ReLU before it), one pass each way.
-    fn pool(&mut self, layer: &Layer, x: Act, needs_grad: bool, relu: bool) -> Result<(Act, Bwd)> {
+    /// the ReLU before it), one pass each way; `flatten`: a flatten after a max pooling, fused
+    /// (the pooling's output and output gradient in the flattened layout).
+    fn pool(
+        &mut self,
+        layer: &Layer,
+        x: Act,
+        needs_grad: bool,
+        relu: bool,
+        flatten: bool,
+    ) -> Result<(Act, Bwd)> {
         let (ctx, n) = (self.ctx, self.n);
         let mut bwd = Bwd::default();
         let (g, (h, w)) = layer
             .pool_window(x.s, n)
             .and_then(|g| Some((g, g.out()?)))
             .ok_or_else(|| RiglError::invalid("a pooling window does not fit its input"))?;
-        let y = self.act(Shape { c: x.s.c, h, w }, "pooling output")?;
+        let (shape, layout) = if flatten {
+            let c = x.s.c * h * w;
+            (Shape { c, h: 1, w: 1 }, image::PoolLayout::Flat)
+        } else {
+            (Shape { c: x.s.c, h, w }, image::PoolLayout::Images)
+        };
+        let y = self.act(shape, "pooling output")?;
         let s = image_shape(x.s, n);
         if matches!(layer, Layer::MaxPool { .. }) {
             let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
-            self.forward.push(if relu {
-                image::max_pool_relu(ctx, s, g, &x.t, &y.t, &arg)?
-            } else {
-                image::max_pool(ctx, s, g, &x.t, &y.t, &arg)?
-            });
+            self.forward.push(image::max_pool_into(
+                ctx, s, g, &x.t, &y.t, &arg, relu, layout,
+            )?);
             if needs_grad {
+                // A channel's outputs are one run in either layout.
                 bwd.pooled = Some(Pooled {
                     dy: y.g.clone(),
                     arg: arg.clone(),
                     len: n * h * w,
                 });
-                bwd.push(image::max_pool_backward(ctx, s, g, &y.g, &x.g, &arg)?);
+                bwd.push(image::max_pool_backward_from(
+                    ctx, s, g, &y.g, &x.g, &arg, layout,
+                )?);
             }
-        } else if relu {
-            return Err(RiglError::invalid("a ReLU fused into an average pooling"));
+        } else if relu || flatten {
+            return Err(RiglError::invalid(
+                "a ReLU or a flatten fused into an average pooling",
+            ));
         } else {
             self.forward
                 .push(image::avg_pool(ctx, s, g, &x.t, &y.t, false)?);
@@ -1838,9 +1868,10 @@ mod tests {
     }
 
     #[test]
-    fn the_peephole_fuses_what_follows_a_batch_norm_and_a_relu_before_max_pooling() {
+    fn the_peephole_fuses_what_follows_a_batch_norm_and_what_surrounds_a_max_pooling() {
         let drop = Layer::Dropout { rate: 0.3 };
         let norm = |relu, dropout| Some(Fused::Norm { relu, dropout });
+        let max = |relu, flatten| Some(Fused::MaxPool { relu, flatten });
         let cases = [
             (vec![Layer::BatchNorm, Layer::Relu], norm(true, None)),
             (
@@ -1855,8 +1886,16 @@ mod tests {
             ),
             (vec![Layer::BatchNorm], None),
             (vec![Layer::BatchNorm, Layer::Flatten], None),
-            (vec![Layer::Relu, pool(true)], Some(Fused::ReluMaxPool)),
+            (vec![Layer::Relu, pool(true)], max(true, false)),
+            (
+                vec![Layer::Relu, pool(true), Layer::Flatten],
+                max(true, true),
+            ),
+            (vec![pool(true), Layer::Flatten], max(false, true)),
+            (vec![pool(true)], None),
             (vec![Layer::Relu, pool(false)], None),
+            (vec![pool(false), Layer::Flatten], None),
+            (vec![Layer::Relu, Layer::Flatten], None),
             (vec![Layer::Relu, Layer::BatchNorm], None),
             (vec![drop, Layer::Relu], None),
             (vec![], None),
