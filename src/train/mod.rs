@@ -346,7 +346,8 @@ pub fn train_with(
 ) -> Result<RunEnd> {
     let mut run = Run::start(ctx, cfg, train, test, run_dir, progress, opts)?;
     for step in run.start_step..run.total_steps {
-        // Forward, backward, optimizer and mask update; submitted with one step in flight.
+        // Forward, backward, optimizer and mask update; submitted with one step in flight (on a
+        // GPU; a CPU adapter waits for each).
         run.step(step)?;
         let end_of_epoch = run.is_epoch_end(step);
         if run.is_log_step(step) || end_of_epoch {

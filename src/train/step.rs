@@ -1,6 +1,6 @@
 //! One training step, phase by phase: the batch, the non-finite check, the mask update's plan,
 //! the dispatch list (forward, backward, optimizer, mask update, in the order the official code
-//! runs them), FLOPs accounting, and the submission with one step kept in flight.
+//! runs them), FLOPs accounting, and the submission (one step kept in flight on a GPU).
 
 use std::time::Instant;
 
@@ -202,15 +202,24 @@ impl Run<'_> {
         self.c.dense_flops += batch * 3.0 * fd;
     }
 
-    /// Keeps one step in flight: waits for the previous one, not this one. After a mask update
-    /// waits for it too, and reads how many connections it made.
+    /// Keeps one step in flight on a GPU: waits for the previous one, not this one, so the host
+    /// prepares the next batch while the device works. On a CPU adapter ([`Run::in_flight`]
+    /// false) waits for this one too. After a mask update waits for it too, and reads how many
+    /// connections it made.
     fn settle(&mut self, idx: wgpu::SubmissionIndex, is_update: bool) -> Result<()> {
         if let Some(prev) = self.pending.replace(idx) {
             self.ctx.wait("training step", prev)?;
         }
-        if is_update {
+        if is_update || !self.in_flight {
             if let Some(idx) = self.pending.take() {
-                self.ctx.wait("mask update", idx)?;
+                let what = if is_update {
+                    "mask update"
+                } else {
+                    "training step"
+                };
+                self.ctx.wait(what, idx)?;
+            }
+            if is_update {
                 self.c.last_changes = self
                     .parts
                     .net
