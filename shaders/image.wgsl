@@ -395,20 +395,14 @@ fn pooled_at(ci: u32, q: u32) -> u32 {
     return ci * G_HO * G_WO + q;
 }
 
-@compute @workgroup_size(256)
-fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    let plane = G_HO * G_WO;
-    if (i >= G_C * G_N * plane) {
-        return;
-    }
-    // Invocations in the output's order: with EPI_FLAT, i = (channel * plane + q) * n + image.
-    var ci = i / plane; // channel * n + image
-    var q = i % plane;
-    if ((G_EPI & EPI_FLAT) != 0u) {
-        ci = (i / (plane * G_N)) * G_N + i % G_N;
-        q = (i / G_N) % plane;
-    }
+// Pooling output q of plane ci (channel * n + image): the maximum and its flat input index, or
+// (0, NO_ARG) under EPI_RELU where the maximum is <= 0.
+struct Pooled {
+    v: f32,
+    at: u32,
+}
+
+fn pool_at(ci: u32, q: u32) -> Pooled {
     let oy = q / G_WO;
     let ox = q % G_WO;
     var best = 0.0;
@@ -428,12 +422,55 @@ fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         }
     }
     if ((G_EPI & EPI_RELU) != 0u && !(best > 0.0)) {
-        c[i] = 0.0;
-        arg[i] = NO_ARG;
-    } else {
-        c[i] = best;
-        arg[i] = at;
+        return Pooled(0.0, NO_ARG);
     }
+    return Pooled(best, at);
+}
+
+@compute @workgroup_size(256)
+fn max_pool_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    let plane = G_HO * G_WO;
+    if (i >= G_C * G_N * plane) {
+        return;
+    }
+    // Invocations in the output's order: with EPI_FLAT, i = (channel * plane + q) * n + image.
+    var ci = i / plane; // channel * n + image
+    var q = i % plane;
+    if ((G_EPI & EPI_FLAT) != 0u) {
+        ci = (i / (plane * G_N)) * G_N + i % G_N;
+        q = (i / G_N) % plane;
+    }
+    let r = pool_at(ci, q);
+    c[i] = r.v;
+    arg[i] = r.at;
+}
+
+// ---- max_pool_fwd_tex: max_pool_fwd into the flattened layout (EPI_FLAT), one invocation per 4
+// images of one output feature, which also writes them as texel (image / 4, feature) of `ptex`:
+// the input texture of a compressed linear layer after the flatten (src/gpu/texture.rs's layout),
+// so that layer copies nothing. N a multiple of 4. Bindings as max_pool_fwd ; 8 texture write.
+@group(0) @binding(8) var ptex: texture_storage_2d<rgba32float, write>;
+
+@compute @workgroup_size(256)
+fn max_pool_fwd_tex(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = linear_index(gid, nwg);
+    let plane = G_HO * G_WO;
+    let n4 = G_N / 4u;
+    if (t >= G_C * plane * n4) {
+        return;
+    }
+    let f = t / n4; // feature: channel * plane + q
+    let ch = f / plane;
+    let q = f % plane;
+    var v = vec4<f32>(0.0);
+    for (var l = 0u; l < 4u; l++) {
+        let r = pool_at(ch * G_N + (t % n4) * 4u + l, q);
+        c[4u * t + l] = r.v;
+        arg[4u * t + l] = r.at;
+        v[l] = r.v;
+    }
+    textureStore(ptex, vec2<u32>(t % n4, f), v);
 }
 
 // The output index o covering input (iy, ix) through tap (ky, kx), or -1.

@@ -11,7 +11,8 @@ mod common;
 use common::{assert_close, ctx, data};
 use rigl::cpu::conv::{self as cpu, Window};
 use rigl::gpu::image::{self, BnGrad, DropoutKey, Epilogue, ImageShape};
-use rigl::gpu::{ops, Tensor};
+use rigl::gpu::texture::Texture;
+use rigl::gpu::{ops, spmm, Tensor};
 use rigl::nn::spec::Padding;
 
 fn shapes() -> Vec<ImageShape> {
@@ -372,8 +373,14 @@ fn max_pooling_into_the_flattened_layout_equals_pooling_then_flatten() {
     // A flatten after a max pooling, fused: the output, the argmax and the output gradient in
     // the flattened [C*HO*WO, N] layout, the input gradient in the images' layout.
     let ctx = ctx();
-    let mut checked = 0;
-    for (i, s) in fused_shapes().into_iter().enumerate() {
+    let (mut checked, mut textured) = (0, 0);
+    let batch8 = ImageShape {
+        c: 4,
+        n: 8,
+        h: 10,
+        w: 9,
+    };
+    for (i, s) in fused_shapes().into_iter().chain([batch8]).enumerate() {
         for (j, g) in windows(s).into_iter().enumerate() {
             for relu in [false, true] {
                 let seed = 3000 + 100 * i as u32 + 2 * j as u32 + u32::from(relu);
@@ -391,8 +398,14 @@ fn max_pooling_into_the_flattened_layout_equals_pooling_then_flatten() {
                 let tdy = Tensor::from_f32(ctx, "dy", &dy_flat).unwrap();
                 let tdx = Tensor::from_f32(ctx, "dx", &nan(s.len())).unwrap();
                 let flat = image::PoolLayout::Flat;
+                // Batches of a multiple of 4 images: also into the texture a compressed linear
+                // layer reads (read back through a buffer).
+                let tex =
+                    s.n.is_multiple_of(4)
+                        .then(|| Texture::new(ctx, "pooled texture", s.c * hw, s.n).unwrap());
                 let ops_ = [
-                    image::max_pool_into(ctx, s, g, &tx, &ty, &targ, relu, flat).unwrap(),
+                    image::max_pool_into(ctx, s, g, &tx, &ty, &targ, relu, flat, tex.as_ref())
+                        .unwrap(),
                     image::max_pool_backward_from(ctx, s, g, &tdy, &tdx, &targ, flat).unwrap(),
                 ];
                 ops::run(ctx, "max pool flat", &[&ops_[0], &ops_[1]]).unwrap();
@@ -408,11 +421,15 @@ fn max_pooling_into_the_flattened_layout_equals_pooling_then_flatten() {
                     .map(|(d, rv)| if !relu || *rv > 0.0 { *d } else { 0.0 })
                     .collect();
                 let what = format!("{s:?} {g:?} relu {relu}");
-                assert_eq!(
-                    ty.read_f32(ctx).unwrap(),
-                    cpu::flatten(&want_y, s.c, s.n, hw),
-                    "flat max {what}"
-                );
+                let want_flat = cpu::flatten(&want_y, s.c, s.n, hw);
+                assert_eq!(ty.read_f32(ctx).unwrap(), want_flat, "flat max {what}");
+                if let Some(t) = &tex {
+                    let back = Tensor::from_f32(ctx, "back", &nan(o.len())).unwrap();
+                    let op = spmm::unpack(ctx, t, &back).unwrap();
+                    ops::run(ctx, "unpack", &[&op]).unwrap();
+                    assert_eq!(back.read_f32(ctx).unwrap(), want_flat, "texture {what}");
+                    textured += 1;
+                }
                 assert_close(
                     &format!("flat max dx {what}"),
                     &tdx.read_f32(ctx).unwrap(),
@@ -437,6 +454,7 @@ fn max_pooling_into_the_flattened_layout_equals_pooling_then_flatten() {
         }
     }
     assert!(checked >= 60, "{checked}");
+    assert!(textured >= 10, "{textured}");
 }
 
 fn windows(s: ImageShape) -> Vec<Window> {

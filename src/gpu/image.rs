@@ -13,8 +13,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, RiglError};
-use crate::gpu::ops::{check_len as check, Dispatch};
+use crate::gpu::ops::{check_len as check, Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
+use crate::gpu::texture::Texture;
 use crate::gpu::{GpuContext, Tensor};
 use crate::shape::Window;
 
@@ -130,6 +131,17 @@ fn build_epi(
         5 => B5,
         _ => B4,
     };
+    let spec = geometry_spec(entry, bindings, p, epi);
+    Dispatch::build(ctx, &spec, bytemuck::bytes_of(p), tensors, workgroups)
+}
+
+/// The kernel spec of an image entry with its geometry (and the `G_EPI` bits) as overrides.
+fn geometry_spec(
+    entry: &'static str,
+    bindings: &'static [Binding],
+    p: &ImageParams,
+    epi: u32,
+) -> KernelSpec {
     let mut spec = KernelSpec::new("image", entry, bindings);
     if epi != 0 {
         spec = spec.with_override("G_EPI", f64::from(epi));
@@ -148,7 +160,7 @@ fn build_epi(
     ] {
         spec = spec.with_override(name, f64::from(v));
     }
-    Dispatch::build(ctx, &spec, bytemuck::bytes_of(p), tensors, workgroups)
+    spec
 }
 
 /// A batch of `n` images of `c` channels, `h` by `w`.
@@ -508,7 +520,9 @@ pub enum PoolLayout {
     Flat,
 }
 
-/// [`max_pool`] (`relu` false) or [`max_pool_relu`], its output and argmax in `layout`.
+/// [`max_pool`] (`relu` false) or [`max_pool_relu`], its output and argmax in `layout`; with
+/// `tex` (the flattened layout only) the output is also written to that activation texture
+/// (`[C*HO*WO, N]`, N a multiple of 4), the input a compressed linear layer reads.
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool_into(
     ctx: &GpuContext,
@@ -519,12 +533,61 @@ pub fn max_pool_into(
     arg: &Tensor,
     relu: bool,
     layout: PoolLayout,
+    tex: Option<&Texture>,
 ) -> Result<Dispatch> {
     let flat = match layout {
         PoolLayout::Images => 0,
         PoolLayout::Flat => EPI_FLAT,
     };
-    max_pool_epi(ctx, s, g, x, y, arg, flat | if relu { EPI_RELU } else { 0 })
+    let epi = flat | if relu { EPI_RELU } else { 0 };
+    let Some(t) = tex else {
+        return max_pool_epi(ctx, s, g, x, y, arg, epi);
+    };
+    let (p, o) = window_params(s, g)?;
+    if layout != PoolLayout::Flat || t.rows != o.c * o.h * o.w || t.batch != s.n {
+        return Err(RiglError::invalid(format!(
+            "max pooling into texture '{}' ({} rows of {}): needs the flattened layout and {} \
+             rows of {}",
+            t.label,
+            t.rows,
+            t.batch,
+            o.c * o.h * o.w,
+            s.n
+        )));
+    }
+    check(x, s.len(), "max pooling input")?;
+    check(y, o.len(), "max pooling output")?;
+    check(arg, o.len(), "max pooling argmax")?;
+    const B9: &[Binding] = &[
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::Read,
+        Binding::TexWrite,
+    ];
+    // Unused bindings: one placeholder for the read-only ones, one for the read-write one.
+    let (pad, pad2) = (unused(ctx)?, unused(ctx)?);
+    let spec = geometry_spec("max_pool_fwd_tex", B9, &p, epi);
+    Dispatch::build_res(
+        ctx,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[
+            Res::Buf(x),
+            Res::Buf(&pad),
+            Res::Buf(y),
+            Res::Buf(&pad2),
+            Res::Buf(arg),
+            Res::Buf(&pad),
+            Res::Buf(&pad),
+            Res::Tex(t),
+        ],
+        (o.len() as u64 / 4).div_ceil(WG),
+    )
 }
 
 fn max_pool_epi(

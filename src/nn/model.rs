@@ -690,7 +690,13 @@ impl Builder<'_> {
                 }
                 Some(f @ Fused::MaxPool { relu, flatten }) => {
                     let pool = &layers[i + usize::from(relu)];
-                    let (y, b) = self.pool(pool, x, grad, relu, flatten)?;
+                    // A flattened pooling output that a compressed linear layer reads: the
+                    // pooling writes that layer's input texture too.
+                    let feeds = flatten
+                        && matches!(layers.get(i + f.len()), Some(Layer::Linear { .. }))
+                        && self.on_compressed_kernels(self.next_param, false)
+                        && self.n.is_multiple_of(4);
+                    let (y, b) = self.pool(pool, x, grad, relu, flatten, feeds)?;
                     (y, b, f.len())
                 }
                 None => {
@@ -725,21 +731,24 @@ impl Builder<'_> {
         Ok((x, bwd))
     }
 
+    /// Whether param `i` runs on the compressed kernels (every product), with a bias if `bias`.
+    fn on_compressed_kernels(&self, i: usize, bias: bool) -> bool {
+        self.slots.is_some()
+            && self.compressed.get(i).is_some_and(|c| c.is_some())
+            && self
+                .dense_products
+                .get(i)
+                .copied()
+                .unwrap_or_default()
+                .uniform()
+                == Some(false)
+            && (!bias || self.params.get(i).is_some_and(|p| p.bias.is_some()))
+    }
+
     /// Whether `layers` start with a linear layer on the compressed kernels with a bias and a
     /// ReLU, and whether a linear layer on the compressed kernels follows ([`Chain`]).
     fn chain_at(&self, layers: &[Layer]) -> Chain {
-        let on_kernels = |i: usize, bias: bool| {
-            self.slots.is_some()
-                && self.compressed.get(i).is_some_and(|c| c.is_some())
-                && self
-                    .dense_products
-                    .get(i)
-                    .copied()
-                    .unwrap_or_default()
-                    .uniform()
-                    == Some(false)
-                && (!bias || self.params.get(i).is_some_and(|p| p.bias.is_some()))
-        };
+        let on_kernels = |i: usize, bias: bool| self.on_compressed_kernels(i, bias);
         match layers {
             [Layer::Linear { .. }, Layer::Relu, rest @ ..] if on_kernels(self.next_param, true) => {
                 match rest.first() {
@@ -1039,7 +1048,7 @@ impl Builder<'_> {
                 Ok((y, bwd))
             }
             Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
-                self.pool(layer, x, needs_grad, false, false)
+                self.pool(layer, x, needs_grad, false, false, false)
             }
             Layer::GlobalAvgPool => {
                 let y = self.act(
@@ -1394,7 +1403,9 @@ impl Builder<'_> {
 
     /// A max or average pooling `layer`; `relu`: a max pooling of `relu(x)` (the peephole fused
     /// the ReLU before it), one pass each way; `flatten`: a flatten after a max pooling, fused
-    /// (the pooling's output and output gradient in the flattened layout).
+    /// (the pooling's output and output gradient in the flattened layout); `texture`: the
+    /// flattened output also written as an activation texture (`Act::tex`), for a compressed
+    /// linear layer after it.
     fn pool(
         &mut self,
         layer: &Layer,
@@ -1402,6 +1413,7 @@ impl Builder<'_> {
         needs_grad: bool,
         relu: bool,
         flatten: bool,
+        texture: bool,
     ) -> Result<(Act, Bwd)> {
         let (ctx, n) = (self.ctx, self.n);
         let mut bwd = Bwd::default();
@@ -1415,12 +1427,23 @@ impl Builder<'_> {
         } else {
             (Shape { c: x.s.c, h, w }, image::PoolLayout::Images)
         };
-        let y = self.act(shape, "pooling output")?;
+        let mut y = self.act(shape, "pooling output")?;
+        if texture {
+            y.tex = Some(Texture::new(ctx, "pooling output texture", y.s.len(), n)?);
+        }
         let s = image_shape(x.s, n);
         if matches!(layer, Layer::MaxPool { .. }) {
             let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
             self.forward.push(image::max_pool_into(
-                ctx, s, g, &x.t, &y.t, &arg, relu, layout,
+                ctx,
+                s,
+                g,
+                &x.t,
+                &y.t,
+                &arg,
+                relu,
+                layout,
+                y.tex.as_ref(),
             )?);
             if needs_grad {
                 // A channel's outputs are one run in either layout.
@@ -1433,7 +1456,7 @@ impl Builder<'_> {
                     ctx, s, g, &y.g, &x.g, &arg, layout,
                 )?);
             }
-        } else if relu || flatten {
+        } else if relu || flatten || texture {
             return Err(RiglError::invalid(
                 "a ReLU or a flatten fused into an average pooling",
             ));
