@@ -45,31 +45,9 @@ struct ImageParams {
     f1: f32,
 }
 
-const B4: &[Binding] = &[
-    Binding::Uniform,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-];
-const B5: &[Binding] = &[
-    Binding::Uniform,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-];
-const B6: &[Binding] = &[
-    Binding::Uniform,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::Read,
-];
-const B7: &[Binding] = &[
+/// The bindings of every entry (`shaders/image.wgsl`): uniform; 1, 2 read; 3, 4, 5 read-write;
+/// 6, 7 read; 8 a texture written (`max_pool_fwd_tex`). An entry binds a prefix of them.
+const B9: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
@@ -78,7 +56,12 @@ const B7: &[Binding] = &[
     Binding::ReadWrite,
     Binding::Read,
     Binding::Read,
+    Binding::TexWrite,
 ];
+const B4: &[Binding] = B9.split_at(5).0;
+const B5: &[Binding] = B9.split_at(6).0;
+const B6: &[Binding] = B9.split_at(7).0;
+const B7: &[Binding] = B9.split_at(8).0;
 const WG: u64 = 256;
 /// Elements per invocation of the per-channel element kernels (`RUN` in the shader).
 const RUN: u64 = 8;
@@ -558,17 +541,6 @@ pub fn max_pool_into(
     check(x, s.len(), "max pooling input")?;
     check(y, o.len(), "max pooling output")?;
     check(arg, o.len(), "max pooling argmax")?;
-    const B9: &[Binding] = &[
-        Binding::Uniform,
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-        Binding::ReadWrite,
-        Binding::ReadWrite,
-        Binding::Read,
-        Binding::Read,
-        Binding::TexWrite,
-    ];
     // Unused bindings: one placeholder for the read-only ones, one for the read-write one.
     let (pad, pad2) = (unused(ctx)?, unused(ctx)?);
     let spec = geometry_spec("max_pool_fwd_tex", B9, &p, epi);
