@@ -106,8 +106,9 @@ struct Act {
     t: Tensor,
     g: Tensor,
     s: Shape,
-    /// A compressed linear layer with a ReLU fused that feeds another ([`Chain`]): the texture
-    /// copy of `t` it writes for the next one to read.
+    /// A texture copy of `t` its producer writes for a compressed linear layer after it to read
+    /// instead of copying `t` itself: a compressed linear layer with its ReLU fused before
+    /// another ([`Chain`]), or a max pooling with a flatten fused ([`Builder::pool`]).
     tex: Option<Texture>,
     /// The same producer's output-gradient texture: the next layer writes `g` already through
     /// the ReLU's backward, and into this texture too.
@@ -421,6 +422,10 @@ fn keep_planes(
     }
 }
 
+/// A compressed linear layer's forward and backward dispatches, and the textures the next
+/// layer takes (its input, and the output gradient it writes) under [`Chain::ReluIntoLinear`].
+type LinearOps = (Vec<Dispatch>, Vec<Dispatch>, Option<(Texture, Texture)>);
+
 /// A compressed linear layer's forward dispatches (its input into a texture, the sparse product
 /// with the bias) and backward ones (the output gradient into a texture, the weight gradient at
 /// the slots with the bias gradient, the input gradient when `needs_grad`). With `chain` a ReLU
@@ -428,10 +433,6 @@ fn keep_planes(
 /// (`x.tex`) is read from it; one that carries its producer's output-gradient texture
 /// (`x.relu_dy`) gets its gradient through that producer's ReLU, in that texture too. Returns
 /// the textures the next layer takes under [`Chain::ReluIntoLinear`].
-/// A compressed linear layer's forward and backward dispatches, and the textures the next
-/// layer takes (its input, and the output gradient it writes) under [`Chain::ReluIntoLinear`].
-type LinearOps = (Vec<Dispatch>, Vec<Dispatch>, Option<(Texture, Texture)>);
-
 #[allow(clippy::too_many_arguments)]
 fn compressed_linear(
     ctx: &GpuContext,
@@ -748,11 +749,13 @@ impl Builder<'_> {
     /// Whether `layers` start with a linear layer on the compressed kernels with a bias and a
     /// ReLU, and whether a linear layer on the compressed kernels follows ([`Chain`]).
     fn chain_at(&self, layers: &[Layer]) -> Chain {
-        let on_kernels = |i: usize, bias: bool| self.on_compressed_kernels(i, bias);
+        let at = self.next_param;
         match layers {
-            [Layer::Linear { .. }, Layer::Relu, rest @ ..] if on_kernels(self.next_param, true) => {
+            [Layer::Linear { .. }, Layer::Relu, rest @ ..]
+                if self.on_compressed_kernels(at, true) =>
+            {
                 match rest.first() {
-                    Some(Layer::Linear { .. }) if on_kernels(self.next_param + 1, false) => {
+                    Some(Layer::Linear { .. }) if self.on_compressed_kernels(at + 1, false) => {
                         Chain::ReluIntoLinear
                     }
                     _ => Chain::Relu,
