@@ -475,7 +475,7 @@ pub fn max_pool(
     y: &Tensor,
     arg: &Tensor,
 ) -> Result<Dispatch> {
-    max_pool_epi(ctx, s, g, x, y, arg, 0)
+    max_pool_into(ctx, s, g, x, y, arg, false, PoolLayout::Images, None)
 }
 
 /// Max pooling of `relu(x)` in one pass: `y = max(max(x), 0)` per window (`max` and ReLU
@@ -490,7 +490,7 @@ pub fn max_pool_relu(
     y: &Tensor,
     arg: &Tensor,
 ) -> Result<Dispatch> {
-    max_pool_epi(ctx, s, g, x, y, arg, EPI_RELU)
+    max_pool_into(ctx, s, g, x, y, arg, true, PoolLayout::Images, None)
 }
 
 /// Where a max pooling keeps its output, its argmax and its output gradient.
@@ -501,6 +501,16 @@ pub enum PoolLayout {
     Images,
     /// Flattened, `[C*HO*WO, N]` (feature-major): a flatten after the pooling, fused.
     Flat,
+}
+
+impl PoolLayout {
+    /// Its `G_EPI` bit.
+    fn epi(self) -> u32 {
+        match self {
+            PoolLayout::Images => 0,
+            PoolLayout::Flat => EPI_FLAT,
+        }
+    }
 }
 
 /// [`max_pool`] (`relu` false) or [`max_pool_relu`], its output and argmax in `layout`; with
@@ -518,15 +528,23 @@ pub fn max_pool_into(
     layout: PoolLayout,
     tex: Option<&Texture>,
 ) -> Result<Dispatch> {
-    let flat = match layout {
-        PoolLayout::Images => 0,
-        PoolLayout::Flat => EPI_FLAT,
-    };
-    let epi = flat | if relu { EPI_RELU } else { 0 };
-    let Some(t) = tex else {
-        return max_pool_epi(ctx, s, g, x, y, arg, epi);
-    };
+    let epi = layout.epi() | if relu { EPI_RELU } else { 0 };
     let (p, o) = window_params(s, g)?;
+    check(x, s.len(), "max pooling input")?;
+    check(y, o.len(), "max pooling output")?;
+    check(arg, o.len(), "max pooling argmax")?;
+    // Unused bindings: one placeholder for the read-only ones, one for the read-write one.
+    let (pad, pad2) = (unused(ctx)?, unused(ctx)?);
+    let Some(t) = tex else {
+        return build_epi(
+            ctx,
+            "max_pool_fwd",
+            &p,
+            &[x, &pad, y, &pad2, arg],
+            (o.len() as u64).div_ceil(WG),
+            epi,
+        );
+    };
     if layout != PoolLayout::Flat || t.rows != o.c * o.h * o.w || t.batch != s.n {
         return Err(RiglError::invalid(format!(
             "max pooling into texture '{}' ({} rows of {}): needs the flattened layout and {} \
@@ -538,11 +556,6 @@ pub fn max_pool_into(
             s.n
         )));
     }
-    check(x, s.len(), "max pooling input")?;
-    check(y, o.len(), "max pooling output")?;
-    check(arg, o.len(), "max pooling argmax")?;
-    // Unused bindings: one placeholder for the read-only ones, one for the read-write one.
-    let (pad, pad2) = (unused(ctx)?, unused(ctx)?);
     let spec = geometry_spec("max_pool_fwd_tex", B9, &p, epi);
     Dispatch::build_res(
         ctx,
@@ -559,31 +572,6 @@ pub fn max_pool_into(
             Res::Tex(t),
         ],
         (o.len() as u64 / 4).div_ceil(WG),
-    )
-}
-
-fn max_pool_epi(
-    ctx: &GpuContext,
-    s: ImageShape,
-    g: Window,
-    x: &Tensor,
-    y: &Tensor,
-    arg: &Tensor,
-    epi: u32,
-) -> Result<Dispatch> {
-    let (p, o) = window_params(s, g)?;
-    check(x, s.len(), "max pooling input")?;
-    check(y, o.len(), "max pooling output")?;
-    check(arg, o.len(), "max pooling argmax")?;
-    let pad = unused(ctx)?;
-    let pad2 = unused(ctx)?;
-    build_epi(
-        ctx,
-        "max_pool_fwd",
-        &p,
-        &[x, &pad, y, &pad2, arg],
-        (o.len() as u64).div_ceil(WG),
-        epi,
     )
 }
 
@@ -633,10 +621,7 @@ pub fn max_pool_backward_from(
         &p,
         &[dy, &pad, dx, &pad2, arg],
         (invocations as u64).div_ceil(WG),
-        match layout {
-            PoolLayout::Images => 0,
-            PoolLayout::Flat => EPI_FLAT,
-        },
+        layout.epi(),
     )
 }
 

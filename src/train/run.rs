@@ -179,12 +179,6 @@ pub(super) struct Run<'a> {
     pub(super) metrics: Option<MetricsWriter>,
     /// The step submitted and not yet waited for.
     pub(super) pending: Option<wgpu::SubmissionIndex>,
-    /// Whether a step stays in flight while the host prepares the next: on a GPU the host's
-    /// work then overlaps the device's. On a CPU adapter (lavapipe) the host's work takes a core
-    /// from the driver's threads, each of which runs a fixed share of every dispatch, so the
-    /// dispatch waits for the one delayed; there every step is waited for before the next
-    /// (docs/performance.md#one-step-at-a-time-on-a-cpu-adapter).
-    pub(super) in_flight: bool,
     /// Learning rate of the last step.
     pub(super) lr: f32,
     pub(super) c: Counters,
@@ -526,7 +520,6 @@ impl<'a> Run<'a> {
             labels: vec![0u32; cfg.batch],
             metrics,
             pending: None,
-            in_flight: !ctx.is_software(),
             lr: 0.0,
             c,
             dist,

@@ -203,14 +203,16 @@ impl Run<'_> {
     }
 
     /// Keeps one step in flight on a GPU: waits for the previous one, not this one, so the host
-    /// prepares the next batch while the device works. On a CPU adapter ([`Run::in_flight`]
-    /// false) waits for this one too. After a mask update waits for it too, and reads how many
-    /// connections it made.
+    /// prepares the next batch while the device works. On a CPU adapter (lavapipe) waits for
+    /// this one too: there the host's work takes a core from the driver's threads, each of which
+    /// runs a fixed share of every dispatch, so the dispatch would wait for the one delayed
+    /// (docs/performance.md#one-step-at-a-time-on-a-cpu-adapter). After a mask update waits
+    /// for it too, and reads how many connections it made.
     fn settle(&mut self, idx: wgpu::SubmissionIndex, is_update: bool) -> Result<()> {
         if let Some(prev) = self.pending.replace(idx) {
             self.ctx.wait("training step", prev)?;
         }
-        if is_update || !self.in_flight {
+        if is_update || self.ctx.is_software() {
             if let Some(idx) = self.pending.take() {
                 let what = if is_update {
                     "mask update"
