@@ -65,3 +65,43 @@ fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         textureStore(sg_tex, vec2<u32>(i % 4096u, i / 4096u), vec4<u32>(bitcast<u32>(nw), 0u, 0u, 0u));
     }
 }
+
+// ---- sgd_update_v4: sgd_update a vec4 at a time, for n a multiple of 4 (the host checks). On
+// lavapipe a storage access at a per-lane address is a loop over the lanes, so one vec4 access
+// takes a quarter of four scalar ones' iterations. Each element gets exactly sgd_update's
+// arithmetic (same bits). Views of bindings 1-4 as vec4s.
+@group(0) @binding(1) var<storage, read> sg_grad4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> sg_w4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> sg_m4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> sg_mask4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn sgd_update_v4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.n / 4u) {
+        return;
+    }
+    let w = sg_w4[i];
+    let g = sg_grad4[i] + p.f2 * w;
+    let m = p.f1 * sg_m4[i] + g;
+    var upd = m;
+    if (NESTEROV) {
+        upd = g + p.f1 * m;
+    }
+    // With USE_MASK, a masked position gets w = 0 and m = 0 and nothing else (no texel).
+    var off = vec4<bool>(false);
+    if (USE_MASK) {
+        off = sg_mask4[i] == vec4<f32>(0.0);
+    }
+    let nw = select(w - p.f0 * upd, vec4<f32>(0.0), off);
+    sg_m4[i] = select(m, vec4<f32>(0.0), off);
+    sg_w4[i] = nw;
+    if (STORE_TEX) {
+        for (var j = 0u; j < 4u; j++) {
+            let t = 4u * i + j;
+            if (!off[j]) {
+                textureStore(sg_tex, vec2<u32>(t % 4096u, t / 4096u), vec4<u32>(bitcast<u32>(nw[j]), 0u, 0u, 0u));
+            }
+        }
+    }
+}

@@ -513,10 +513,77 @@ fn softmax_xent_matches_cpu() {
     }
 }
 
+/// One masked SGD run of two steps over `n` weights (the first `n` of the 1001 values each seed
+/// gives, so runs of different `n` share their prefix): (w, m) read back and the CPU's.
+#[allow(clippy::type_complexity)]
+fn sgd_twice(
+    n: usize,
+    cfg: SgdConfig,
+    density: f32,
+) -> ((Vec<f32>, Vec<f32>), (Vec<f32>, Vec<f32>), Vec<f32>) {
+    let ctx = ctx();
+    let mk = mask(1001, density, 5)[..n].to_vec();
+    let w0: Vec<f32> = data(1001, 6).iter().zip(&mk).map(|(w, m)| w * m).collect();
+    let m0: Vec<f32> = data(1001, 7).iter().zip(&mk).map(|(w, m)| w * m).collect();
+    let g = data(1001, 8)[..n].to_vec();
+    let (tw, tm, tg, tk) = (
+        Tensor::from_f32(ctx, "w", &w0).unwrap(),
+        Tensor::from_f32(ctx, "m", &m0).unwrap(),
+        Tensor::from_f32(ctx, "g", &g).unwrap(),
+        Tensor::from_f32(ctx, "mask", &mk).unwrap(),
+    );
+    let op = ops::sgd(ctx, &tg, &tw, &tm, Some(&tk), n, cfg).unwrap();
+    // Two steps: momentum must carry over.
+    ops::run(ctx, "sgd", &[&op, &op]).unwrap();
+    let (mut w, mut m) = (w0.clone(), m0.clone());
+    cpu::sgd(&g, &mut w, &mut m, Some(&mk), cfg);
+    cpu::sgd(&g, &mut w, &mut m, Some(&mk), cfg);
+    (
+        (tw.read_f32(ctx).unwrap(), tm.read_f32(ctx).unwrap()),
+        (w, m),
+        mk,
+    )
+}
+
 #[test]
 fn sgd_matches_cpu_and_keeps_masked_zero() {
     let ctx = ctx();
     let n = 1001;
+    for nesterov in [false, true] {
+        for density in [0.0f32, 0.3, 1.0] {
+            let cfg = SgdConfig {
+                lr: 0.2,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                nesterov,
+            };
+            // 1001 weights run the scalar form, 1000 the vec4 form (`sgd_update_v4`): both
+            // equal the CPU's, keep masked positions at zero, and agree to the bit.
+            let ((sw, sm), _, _) = sgd_twice(1001, cfg, density);
+            let ((gw, gm), (w, m), mk) = sgd_twice(1000, cfg, density);
+            assert_close("sgd_v4 w", &gw, &w, 1e-6, 1e-5);
+            assert_close("sgd_v4 m", &gm, &m, 1e-6, 1e-5);
+            for i in 0..1000 {
+                assert_eq!(
+                    gw[i].to_bits(),
+                    sw[i].to_bits(),
+                    "w {i}: vec4 and scalar forms"
+                );
+                assert_eq!(
+                    gm[i].to_bits(),
+                    sm[i].to_bits(),
+                    "m {i}: vec4 and scalar forms"
+                );
+                if mk[i] == 0.0 {
+                    assert_eq!(
+                        (gw[i], gm[i]),
+                        (0.0, 0.0),
+                        "vec4: masked position {i} stays zero"
+                    );
+                }
+            }
+        }
+    }
     for nesterov in [false, true] {
         for density in [0.0f32, 0.3, 1.0] {
             let cfg = SgdConfig {
@@ -567,6 +634,13 @@ fn sgd_matches_cpu_and_keeps_masked_zero() {
     ops::run(ctx, "sgd", &[&op]).unwrap();
     let want: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| w - 0.1 * g).collect();
     assert_close("plain sgd", &tw.read_f32(ctx).unwrap(), &want, 1e-7, 1e-6);
+    // And its vec4 form over the first 1000 (the 1001st stays as it was).
+    let tw = Tensor::from_f32(ctx, "w", &w0).unwrap();
+    let op = ops::sgd(ctx, &tg, &tw, &tm, None, 1000, cfg).unwrap();
+    ops::run(ctx, "sgd", &[&op]).unwrap();
+    let got = tw.read_f32(ctx).unwrap();
+    assert_close("plain sgd_v4", &got[..1000], &want[..1000], 1e-7, 1e-6);
+    assert_eq!(got[1000], w0[1000], "past n untouched");
 }
 
 #[test]

@@ -705,7 +705,13 @@ pub fn sgd_mirrored(
             )));
         }
     }
-    let spec = KernelSpec::new("sgd", "sgd_update", B)
+    // A vec4 at a time where the count allows (`sgd_update_v4`, same bits).
+    let (entry, invocations) = if n.is_multiple_of(4) {
+        ("sgd_update_v4", n / 4)
+    } else {
+        ("sgd_update", n)
+    };
+    let spec = KernelSpec::new("sgd", entry, B)
         .with_override("NESTEROV", f64::from(u8::from(cfg.nesterov)))
         .with_override("USE_MASK", f64::from(u8::from(mask.is_some())))
         .with_override("STORE_TEX", f64::from(u8::from(mirror.is_some())));
@@ -730,7 +736,7 @@ pub fn sgd_mirrored(
             Res::Buf(mask_t),
             Res::Tex(tex),
         ],
-        (n as u64).div_ceil(EW_WG),
+        (invocations as u64).div_ceil(EW_WG),
     )?;
     Ok(d.with_cost(n as f64 * 6.0, n as f64 * 20.0))
 }
