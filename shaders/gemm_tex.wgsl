@@ -11,11 +11,11 @@
 //   1 texture read  at : op(A), k/4 x m texels
 //   2 texture read  bt : op(B), n/4 x k texels
 //   3 storage rw    c  : [M,N]
-// A workgroup of 64 invocations covers 32 rows x 256 columns; each invocation owns 32 rows x 4
-// columns, loading 1 texel of A per 8 rows (handed to the other lanes by subgroupBroadcast) and
-// 4 texels of B per 4 steps of k.
+// A workgroup of 64 invocations covers ROWS (32) rows x 256 columns; each invocation owns ROWS
+// rows x 4 columns, loading 1 texel of A per 8 rows (handed to the other lanes by
+// subgroupBroadcast) and 4 texels of B per 4 steps of k.
 // NARROW (for adapters whose subgroups are exactly 8 invocations, consecutive in the workgroup):
-// a workgroup covers 32 rows x 32 columns, and its 8 subgroups split its range of k among
+// a workgroup covers ROWS rows x 32 columns, and its 8 subgroups split its range of k among
 // them, subgroup j writing its partial C as split 8·s + j of the workgroup's split s (or of the
 // whole product). A product with few columns (a convolution's weight gradient at kh·kw·cin of
 // 28 or 144) then keeps most lanes on real columns, where the wide tile computes clamped copies.
@@ -37,6 +37,14 @@ struct Params {
 
 override ACCUMULATE: bool = false;
 override NARROW: bool = false;
+// ROWS (8, 16, 24 or 32): rows per invocation, for products of fewer than 32 rows (a
+// convolution's input gradient to 20 or 16 channels), whose 32-row tiles would multiply clamped
+// copies of the last row; the row groups past ROWS are not compiled in. TALL (subgroups of exactly
+// 8 invocations, consecutive in the workgroup): each subgroup takes its own ROWS rows of the same
+// 32 columns, so a workgroup covers 8·ROWS rows x 32 columns, for products of at most 128 columns
+// (a linear layer's at batch 100 used 25 of the wide tile's 64 lanes) with no split of k.
+override ROWS: u32 = 32u;
+override TALL: bool = false;
 
 // Implicit B (src/gpu/conv_tex.rs): with IMPLICIT, op(B) is not a packed texture but a
 // convolution's patch matrix, gathered here from the source texture bound as `bt`
@@ -60,6 +68,12 @@ override OFF_L: i32 = 0;
 override SIGN: i32 = 1;
 override REAL: u32 = 1u;
 override BIAS_ROW: bool = false;
+// BY_ROW (IMPLICIT without BIAS_ROW): the lanes take the column texels in the order (qy, img,
+// qx) instead of (img, qy, qx), so the 8 texels of a subgroup share their row qy (but where a
+// run of rows ends), and each subgroup runs only the steps of k whose kernel rows ky read inside
+// the source for its rows: a valid 5x5 convolution's input gradient reads the full padding in a
+// third of its (qy, ky) pairs (LeNet-5's conv2: 40 of 60), and those steps only multiplied zeros.
+override BY_ROW: bool = false;
 // Implicit weight gradient (src/gpu/conv_tex.rs): with WGRAD, C[cout, k·k·SC] = dy · patchesᵀ
 // with the reduction over the output positions q = (img, qy, qx) (QH x QW each image, QW a
 // multiple of 4) and neither operand packed: op(A)'s texel (kq, co) is dy at positions 4kq ..
@@ -166,8 +180,17 @@ fn gemm_texture(
     // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
     // they stream stays in cache.
     let tiles_m = tiles_mn / p.tiles_n;
-    let row0 = (tile % tiles_m) * 32u;
+    var row0 = (tile % tiles_m) * ROWS;
     var col4 = (tile / tiles_m) * 64u + lidx;
+    if (TALL) {
+        row0 = (tile % tiles_m) * 8u * ROWS + (lidx / 8u) * ROWS;
+        col4 = (tile / tiles_m) * 8u + lidx % 8u;
+        // A subgroup past the last row has nothing to do (no barriers here; a subgroup leaves
+        // as one).
+        if (row0 >= p.m) {
+            return;
+        }
+    }
     if (NARROW) {
         col4 = (tile / tiles_m) * 8u + lidx % 8u;
         // Subgroup j's part of [kbeg, kend): the same length for every subgroup, the last ones
@@ -180,8 +203,35 @@ fn gemm_texture(
         c_base += sub * p.m * ldc4;
     }
     let cc = min(col4, n4 - 1u);
+    // The texel of C this lane stores (its column texel, in image order).
+    var out4 = col4;
+    var ct = cc;
+    if (BY_ROW) {
+        let per_row = QW / 4u;
+        let nimg = n4 / (QH * per_row);
+        // Texel cc of the (qy, img, qx) order and the subgroup's first and last rows.
+        let r = cc / per_row;
+        ct = ((r % nimg) * QH + r / nimg) * per_row + cc % per_row;
+        out4 = select(col4, ct, col4 < n4);
+        let first = min((col4 / 8u) * 8u, n4 - 1u);
+        let qf = i32((first / per_row) / nimg);
+        let ql = i32((min(first + 7u, n4 - 1u) / per_row) / nimg);
+        // Kernel rows whose source row qy + OFF_T + SIGN·ky lies in [0, SH) for some qy of them.
+        var lo = qf + OFF_T - i32(SH) + 1;
+        var hi = ql + OFF_T;
+        if (SIGN > 0) {
+            lo = -ql - OFF_T;
+            hi = i32(SH) - 1 - qf - OFF_T;
+        }
+        lo = max(lo, 0);
+        hi = min(hi, i32(KS) - 1);
+        // Their rows of B, tap = ky·KS + kx and row = tap·SC + ch, in steps of 4 rounded out.
+        let taps = KS * SC;
+        kbeg = max(kbeg, (u32(max(lo, 0)) * taps) / 4u);
+        kend = select(kbeg, min(kend, (u32(max(hi + 1, 0)) * taps + 3u) / 4u), hi >= lo);
+    }
     // IMPLICIT: the column texel's 4 positions, decoded once.
-    let q = 4u * cc;
+    let q = 4u * ct;
     let img = q / (QH * QW);
     let qr = q % (QH * QW);
     let col0 = img * SW4;
@@ -249,18 +299,30 @@ fn gemm_texture(
             let qx = wr % QW;
             let acol = wimg * (QW / 4u) + qx / 4u;
             mine0 = textureLoad(at, vec2<u32>(acol, arow0 * QH + qy));
-            mine1 = textureLoad(at, vec2<u32>(acol, arow1 * QH + qy));
-            mine2 = textureLoad(at, vec2<u32>(acol, arow2 * QH + qy));
-            mine3 = textureLoad(at, vec2<u32>(acol, arow3 * QH + qy));
+            if (ROWS > 8u) {
+                mine1 = textureLoad(at, vec2<u32>(acol, arow1 * QH + qy));
+            }
+            if (ROWS > 16u) {
+                mine2 = textureLoad(at, vec2<u32>(acol, arow2 * QH + qy));
+            }
+            if (ROWS > 24u) {
+                mine3 = textureLoad(at, vec2<u32>(acol, arow3 * QH + qy));
+            }
             b0 = wgrad_b(wimg, qy, qx, wky, wkx, wc4);
             b1 = wgrad_b(wimg, qy, qx + 1u, wky, wkx, wc4);
             b2 = wgrad_b(wimg, qy, qx + 2u, wky, wkx, wc4);
             b3 = wgrad_b(wimg, qy, qx + 3u, wky, wkx, wc4);
         } else {
             mine0 = textureLoad(at, vec2<u32>(kq, arow0));
-            mine1 = textureLoad(at, vec2<u32>(kq, arow1));
-            mine2 = textureLoad(at, vec2<u32>(kq, arow2));
-            mine3 = textureLoad(at, vec2<u32>(kq, arow3));
+            if (ROWS > 8u) {
+                mine1 = textureLoad(at, vec2<u32>(kq, arow1));
+            }
+            if (ROWS > 16u) {
+                mine2 = textureLoad(at, vec2<u32>(kq, arow2));
+            }
+            if (ROWS > 24u) {
+                mine3 = textureLoad(at, vec2<u32>(kq, arow3));
+            }
             if (IMPLICIT) {
                 b0 = implicit_b(4u * kq + 0u, col0, y0, x0);
                 b1 = implicit_b(4u * kq + 1u, col0, y0, x0);
@@ -281,30 +343,6 @@ fn gemm_texture(
         let s5 = subgroupBroadcast(mine0, 5u);
         let s6 = subgroupBroadcast(mine0, 6u);
         let s7 = subgroupBroadcast(mine0, 7u);
-        let s8 = subgroupBroadcast(mine1, 0u);
-        let s9 = subgroupBroadcast(mine1, 1u);
-        let s10 = subgroupBroadcast(mine1, 2u);
-        let s11 = subgroupBroadcast(mine1, 3u);
-        let s12 = subgroupBroadcast(mine1, 4u);
-        let s13 = subgroupBroadcast(mine1, 5u);
-        let s14 = subgroupBroadcast(mine1, 6u);
-        let s15 = subgroupBroadcast(mine1, 7u);
-        let s16 = subgroupBroadcast(mine2, 0u);
-        let s17 = subgroupBroadcast(mine2, 1u);
-        let s18 = subgroupBroadcast(mine2, 2u);
-        let s19 = subgroupBroadcast(mine2, 3u);
-        let s20 = subgroupBroadcast(mine2, 4u);
-        let s21 = subgroupBroadcast(mine2, 5u);
-        let s22 = subgroupBroadcast(mine2, 6u);
-        let s23 = subgroupBroadcast(mine2, 7u);
-        let s24 = subgroupBroadcast(mine3, 0u);
-        let s25 = subgroupBroadcast(mine3, 1u);
-        let s26 = subgroupBroadcast(mine3, 2u);
-        let s27 = subgroupBroadcast(mine3, 3u);
-        let s28 = subgroupBroadcast(mine3, 4u);
-        let s29 = subgroupBroadcast(mine3, 5u);
-        let s30 = subgroupBroadcast(mine3, 6u);
-        let s31 = subgroupBroadcast(mine3, 7u);
         acc0 = madd(acc0, s0, b0, b1, b2, b3);
         acc1 = madd(acc1, s1, b0, b1, b2, b3);
         acc2 = madd(acc2, s2, b0, b1, b2, b3);
@@ -313,63 +351,99 @@ fn gemm_texture(
         acc5 = madd(acc5, s5, b0, b1, b2, b3);
         acc6 = madd(acc6, s6, b0, b1, b2, b3);
         acc7 = madd(acc7, s7, b0, b1, b2, b3);
-        acc8 = madd(acc8, s8, b0, b1, b2, b3);
-        acc9 = madd(acc9, s9, b0, b1, b2, b3);
-        acc10 = madd(acc10, s10, b0, b1, b2, b3);
-        acc11 = madd(acc11, s11, b0, b1, b2, b3);
-        acc12 = madd(acc12, s12, b0, b1, b2, b3);
-        acc13 = madd(acc13, s13, b0, b1, b2, b3);
-        acc14 = madd(acc14, s14, b0, b1, b2, b3);
-        acc15 = madd(acc15, s15, b0, b1, b2, b3);
-        acc16 = madd(acc16, s16, b0, b1, b2, b3);
-        acc17 = madd(acc17, s17, b0, b1, b2, b3);
-        acc18 = madd(acc18, s18, b0, b1, b2, b3);
-        acc19 = madd(acc19, s19, b0, b1, b2, b3);
-        acc20 = madd(acc20, s20, b0, b1, b2, b3);
-        acc21 = madd(acc21, s21, b0, b1, b2, b3);
-        acc22 = madd(acc22, s22, b0, b1, b2, b3);
-        acc23 = madd(acc23, s23, b0, b1, b2, b3);
-        acc24 = madd(acc24, s24, b0, b1, b2, b3);
-        acc25 = madd(acc25, s25, b0, b1, b2, b3);
-        acc26 = madd(acc26, s26, b0, b1, b2, b3);
-        acc27 = madd(acc27, s27, b0, b1, b2, b3);
-        acc28 = madd(acc28, s28, b0, b1, b2, b3);
-        acc29 = madd(acc29, s29, b0, b1, b2, b3);
-        acc30 = madd(acc30, s30, b0, b1, b2, b3);
-        acc31 = madd(acc31, s31, b0, b1, b2, b3);
+        if (ROWS > 8u) {
+            let s8 = subgroupBroadcast(mine1, 0u);
+            let s9 = subgroupBroadcast(mine1, 1u);
+            let s10 = subgroupBroadcast(mine1, 2u);
+            let s11 = subgroupBroadcast(mine1, 3u);
+            let s12 = subgroupBroadcast(mine1, 4u);
+            let s13 = subgroupBroadcast(mine1, 5u);
+            let s14 = subgroupBroadcast(mine1, 6u);
+            let s15 = subgroupBroadcast(mine1, 7u);
+            acc8 = madd(acc8, s8, b0, b1, b2, b3);
+            acc9 = madd(acc9, s9, b0, b1, b2, b3);
+            acc10 = madd(acc10, s10, b0, b1, b2, b3);
+            acc11 = madd(acc11, s11, b0, b1, b2, b3);
+            acc12 = madd(acc12, s12, b0, b1, b2, b3);
+            acc13 = madd(acc13, s13, b0, b1, b2, b3);
+            acc14 = madd(acc14, s14, b0, b1, b2, b3);
+            acc15 = madd(acc15, s15, b0, b1, b2, b3);
+        }
+        if (ROWS > 16u) {
+            let s16 = subgroupBroadcast(mine2, 0u);
+            let s17 = subgroupBroadcast(mine2, 1u);
+            let s18 = subgroupBroadcast(mine2, 2u);
+            let s19 = subgroupBroadcast(mine2, 3u);
+            let s20 = subgroupBroadcast(mine2, 4u);
+            let s21 = subgroupBroadcast(mine2, 5u);
+            let s22 = subgroupBroadcast(mine2, 6u);
+            let s23 = subgroupBroadcast(mine2, 7u);
+            acc16 = madd(acc16, s16, b0, b1, b2, b3);
+            acc17 = madd(acc17, s17, b0, b1, b2, b3);
+            acc18 = madd(acc18, s18, b0, b1, b2, b3);
+            acc19 = madd(acc19, s19, b0, b1, b2, b3);
+            acc20 = madd(acc20, s20, b0, b1, b2, b3);
+            acc21 = madd(acc21, s21, b0, b1, b2, b3);
+            acc22 = madd(acc22, s22, b0, b1, b2, b3);
+            acc23 = madd(acc23, s23, b0, b1, b2, b3);
+        }
+        if (ROWS > 24u) {
+            let s24 = subgroupBroadcast(mine3, 0u);
+            let s25 = subgroupBroadcast(mine3, 1u);
+            let s26 = subgroupBroadcast(mine3, 2u);
+            let s27 = subgroupBroadcast(mine3, 3u);
+            let s28 = subgroupBroadcast(mine3, 4u);
+            let s29 = subgroupBroadcast(mine3, 5u);
+            let s30 = subgroupBroadcast(mine3, 6u);
+            let s31 = subgroupBroadcast(mine3, 7u);
+            acc24 = madd(acc24, s24, b0, b1, b2, b3);
+            acc25 = madd(acc25, s25, b0, b1, b2, b3);
+            acc26 = madd(acc26, s26, b0, b1, b2, b3);
+            acc27 = madd(acc27, s27, b0, b1, b2, b3);
+            acc28 = madd(acc28, s28, b0, b1, b2, b3);
+            acc29 = madd(acc29, s29, b0, b1, b2, b3);
+            acc30 = madd(acc30, s30, b0, b1, b2, b3);
+            acc31 = madd(acc31, s31, b0, b1, b2, b3);
+        }
     }
     if (col4 < n4) {
-        store_c4(c_base, ldc4, row0 + 0u, col4, acc0);
-        store_c4(c_base, ldc4, row0 + 1u, col4, acc1);
-        store_c4(c_base, ldc4, row0 + 2u, col4, acc2);
-        store_c4(c_base, ldc4, row0 + 3u, col4, acc3);
-        store_c4(c_base, ldc4, row0 + 4u, col4, acc4);
-        store_c4(c_base, ldc4, row0 + 5u, col4, acc5);
-        store_c4(c_base, ldc4, row0 + 6u, col4, acc6);
-        store_c4(c_base, ldc4, row0 + 7u, col4, acc7);
-        store_c4(c_base, ldc4, row0 + 8u, col4, acc8);
-        store_c4(c_base, ldc4, row0 + 9u, col4, acc9);
-        store_c4(c_base, ldc4, row0 + 10u, col4, acc10);
-        store_c4(c_base, ldc4, row0 + 11u, col4, acc11);
-        store_c4(c_base, ldc4, row0 + 12u, col4, acc12);
-        store_c4(c_base, ldc4, row0 + 13u, col4, acc13);
-        store_c4(c_base, ldc4, row0 + 14u, col4, acc14);
-        store_c4(c_base, ldc4, row0 + 15u, col4, acc15);
-        store_c4(c_base, ldc4, row0 + 16u, col4, acc16);
-        store_c4(c_base, ldc4, row0 + 17u, col4, acc17);
-        store_c4(c_base, ldc4, row0 + 18u, col4, acc18);
-        store_c4(c_base, ldc4, row0 + 19u, col4, acc19);
-        store_c4(c_base, ldc4, row0 + 20u, col4, acc20);
-        store_c4(c_base, ldc4, row0 + 21u, col4, acc21);
-        store_c4(c_base, ldc4, row0 + 22u, col4, acc22);
-        store_c4(c_base, ldc4, row0 + 23u, col4, acc23);
-        store_c4(c_base, ldc4, row0 + 24u, col4, acc24);
-        store_c4(c_base, ldc4, row0 + 25u, col4, acc25);
-        store_c4(c_base, ldc4, row0 + 26u, col4, acc26);
-        store_c4(c_base, ldc4, row0 + 27u, col4, acc27);
-        store_c4(c_base, ldc4, row0 + 28u, col4, acc28);
-        store_c4(c_base, ldc4, row0 + 29u, col4, acc29);
-        store_c4(c_base, ldc4, row0 + 30u, col4, acc30);
-        store_c4(c_base, ldc4, row0 + 31u, col4, acc31);
+        store_c4(c_base, ldc4, row0 + 0u, out4, acc0);
+        store_c4(c_base, ldc4, row0 + 1u, out4, acc1);
+        store_c4(c_base, ldc4, row0 + 2u, out4, acc2);
+        store_c4(c_base, ldc4, row0 + 3u, out4, acc3);
+        store_c4(c_base, ldc4, row0 + 4u, out4, acc4);
+        store_c4(c_base, ldc4, row0 + 5u, out4, acc5);
+        store_c4(c_base, ldc4, row0 + 6u, out4, acc6);
+        store_c4(c_base, ldc4, row0 + 7u, out4, acc7);
+        if (ROWS > 8u) {
+            store_c4(c_base, ldc4, row0 + 8u, out4, acc8);
+            store_c4(c_base, ldc4, row0 + 9u, out4, acc9);
+            store_c4(c_base, ldc4, row0 + 10u, out4, acc10);
+            store_c4(c_base, ldc4, row0 + 11u, out4, acc11);
+            store_c4(c_base, ldc4, row0 + 12u, out4, acc12);
+            store_c4(c_base, ldc4, row0 + 13u, out4, acc13);
+            store_c4(c_base, ldc4, row0 + 14u, out4, acc14);
+            store_c4(c_base, ldc4, row0 + 15u, out4, acc15);
+        }
+        if (ROWS > 16u) {
+            store_c4(c_base, ldc4, row0 + 16u, out4, acc16);
+            store_c4(c_base, ldc4, row0 + 17u, out4, acc17);
+            store_c4(c_base, ldc4, row0 + 18u, out4, acc18);
+            store_c4(c_base, ldc4, row0 + 19u, out4, acc19);
+            store_c4(c_base, ldc4, row0 + 20u, out4, acc20);
+            store_c4(c_base, ldc4, row0 + 21u, out4, acc21);
+            store_c4(c_base, ldc4, row0 + 22u, out4, acc22);
+            store_c4(c_base, ldc4, row0 + 23u, out4, acc23);
+        }
+        if (ROWS > 24u) {
+            store_c4(c_base, ldc4, row0 + 24u, out4, acc24);
+            store_c4(c_base, ldc4, row0 + 25u, out4, acc25);
+            store_c4(c_base, ldc4, row0 + 26u, out4, acc26);
+            store_c4(c_base, ldc4, row0 + 27u, out4, acc27);
+            store_c4(c_base, ldc4, row0 + 28u, out4, acc28);
+            store_c4(c_base, ldc4, row0 + 29u, out4, acc29);
+            store_c4(c_base, ldc4, row0 + 30u, out4, acc30);
+            store_c4(c_base, ldc4, row0 + 31u, out4, acc31);
+        }
     }
 }

@@ -3,15 +3,69 @@
 helpers) as it is.
 
     python3 tools/gen_gemm_sg.py ROWS shaders/gemm_sg.wgsl
-    python3 tools/gen_gemm_sg.py ROWS shaders/gemm_tex.wgsl texture
+    python3 tools/gen_gemm_sg.py 32 shaders/gemm_tex.wgsl texture
 
 The engine's tile table (GemmVariant::Subgroup and GemmVariant::Texture in src/gpu/gemm.rs) must
-say the same row count.
+say the same row count. For the texture kernel only the unrolled part is written (from the
+`arow` lines on: the accumulators, the loop's loads, broadcasts and multiply-adds, the stores),
+each group of 8 rows past the first under `if (ROWS > 8g)` so that one kernel serves products
+of fewer rows; the entry's prologue (tiles, splits, narrow and tall tiles, the implicit
+operands' set-up) is kept as it is in the file.
 """
 import sys, re
 rows = int(sys.argv[1])
 texture = len(sys.argv) > 3 and sys.argv[3] == 'texture'
 src = open(sys.argv[2]).read()
+if texture:
+    G = rows // 8
+    keep = src[:src.index('    let arow0 = ')]
+    L = [f'    let arow{g} = min(row0 + {8*g}u + l8, p.m - 1u);' for g in range(G)]
+    L += [f'    var acc{i} = vec4<f32>(0.0);' for i in range(rows)]
+    L.append('    for (var kq = kbeg; kq < kend; kq++) {')
+    L += [f'        var mine{g}: vec4<f32>;' for g in range(G)]
+    L += [f'        var b{j}: vec4<f32>;' for j in range(4)]
+
+    def guarded(g, lines, ind):
+        """Lines of row group g, under `ROWS > 8g` past the first group."""
+        pad = ' ' * ind
+        if g == 0:
+            return [pad + l for l in lines]
+        return [f'{pad}if (ROWS > {8*g}u) {{'] + [pad + '    ' + l for l in lines] + [pad + '}']
+
+    L.append("        if (WGRAD) {")
+    L.append("            // The 4 positions of this step: one output row's qx .. qx + 3 of one image.")
+    L.append("            let wq = 4u * kq;")
+    L.append("            let wimg = wq / (QH * QW);")
+    L.append("            let wr = wq % (QH * QW);")
+    L.append("            let qy = wr / QW;")
+    L.append("            let qx = wr % QW;")
+    L.append("            let acol = wimg * (QW / 4u) + qx / 4u;")
+    for g in range(G):
+        L += guarded(g, [f'mine{g} = textureLoad(at, vec2<u32>(acol, arow{g} * QH + qy));'], 12)
+    for j in range(4):
+        qx = f'qx + {j}u' if j else 'qx'
+        L.append(f'            b{j} = wgrad_b(wimg, qy, {qx}, wky, wkx, wc4);')
+    L.append('        } else {')
+    for g in range(G):
+        L += guarded(g, [f'mine{g} = textureLoad(at, vec2<u32>(kq, arow{g}));'], 12)
+    L.append('            if (IMPLICIT) {')
+    L += [f'                b{j} = implicit_b(4u * kq + {j}u, col0, y0, x0);' for j in range(4)]
+    L.append('            } else {')
+    L += [f'                b{j} = textureLoad(bt, vec2<u32>(cc, 4u * kq + {j}u));' for j in range(4)]
+    L.append('            }')
+    L.append('        }')
+    for g in range(G):
+        body = [f'let s{8*g+l} = subgroupBroadcast(mine{g}, {l}u);' for l in range(8)]
+        body += [f'acc{8*g+l} = madd(acc{8*g+l}, s{8*g+l}, b0, b1, b2, b3);' for l in range(8)]
+        L += guarded(g, body, 8)
+    L.append('    }')
+    L.append('    if (col4 < n4) {')
+    for g in range(G):
+        L += guarded(g, [f'store_c4(c_base, ldc4, row0 + {8*g+l}u, out4, acc{8*g+l});' for l in range(8)], 8)
+    L.append('    }')
+    L.append('}')
+    open(sys.argv[2], 'w').write(keep + '\n'.join(L) + '\n')
+    sys.exit(0)
 head = src[:src.index('@compute @workgroup_size(64)')] if '@compute' in src else src
 if texture:
     head = head.replace('owns 32 rows x 4', f'owns {rows} rows x 4').replace('covers 32 rows', f'covers {rows} rows')

@@ -268,7 +268,11 @@ impl GemmOp {
         } else {
             (a, b, m, n, shape.trans_a, shape.trans_b)
         };
-        let (tm, tn) = variant.tile();
+        let (rows, tall, (tm, tn)) = if variant == GemmVariant::Texture {
+            tex_tile(ctx, m, n, false)
+        } else {
+            (0, false, variant.tile())
+        };
         let tiles_n = n.div_ceil(tn);
         let tiles_total = m.div_ceil(tm) * tiles_n;
         let params = GemmParams {
@@ -301,7 +305,9 @@ impl GemmOp {
                 ),
             ];
             let spec = KernelSpec::new("gemm_tex", variant.entry(), TEX_BINDINGS)
-                .with_override("ACCUMULATE", flag(accumulate));
+                .with_override("ACCUMULATE", flag(accumulate))
+                .with_override("ROWS", rows as f64)
+                .with_override("TALL", flag(tall));
             Dispatch::build_res(
                 ctx,
                 &spec,
@@ -378,6 +384,26 @@ pub(crate) fn narrow_tiles(ctx: &GpuContext, n: usize) -> bool {
     narrow_tiles_supported(ctx) && n <= 128
 }
 
+/// The texture GEMM's rows per invocation and tile shape for a product of `m` rows and `n`
+/// columns (`ROWS` and `TALL` in `shaders/gemm_tex.wgsl`): rows per invocation the fewest
+/// multiple of 8 that covers `m`, at most 32 (a convolution's input gradient to 20 channels
+/// multiplied 12 clamped copies of its last row on every 32); tall tiles (each subgroup its own
+/// rows of the same 32 columns) where the wide tile would leave at least half its lanes on
+/// clamped copies of the last column and the adapter's subgroups are exactly 8 (narrow tiles,
+/// which split k instead, take precedence). Returns (rows, tall, rows x columns of a tile).
+fn tex_tile(ctx: &GpuContext, m: usize, n: usize, narrow: bool) -> (usize, bool, (usize, usize)) {
+    let rows = 8 * m.div_ceil(8).clamp(1, 4);
+    let tall = !narrow && narrow_tiles(ctx, n);
+    let tile = if narrow {
+        (rows, 32)
+    } else if tall {
+        (8 * rows, 32)
+    } else {
+        (rows, GemmVariant::Texture.tile().1)
+    };
+    (rows, tall, tile)
+}
+
 /// Whether this adapter can run the texture GEMM's narrow tiles: subgroups of exactly 8
 /// invocations (a subgroup must hold one block of columns; `rigl info` reports it).
 pub fn narrow_tiles_supported(ctx: &GpuContext) -> bool {
@@ -411,9 +437,30 @@ pub(crate) struct ImplicitB {
 }
 
 impl ImplicitB {
+    /// Whether the product takes its columns row by row (`BY_ROW` in `shaders/gemm_tex.wgsl`)
+    /// to skip the steps of k whose kernel rows read only padding: where at least an eighth of
+    /// the (position row, kernel row) pairs read outside the source (a valid convolution's input
+    /// gradient: LeNet-5's `conv2` a third; a 3x3 same one's at 8x8 a twelfth, not taken), and
+    /// not with the bias row, which every column reads.
+    pub(crate) fn by_row(&self) -> bool {
+        let (sh, k) = (self.sh as i64, self.k as i64);
+        let inside: i64 = (0..self.qh as i64)
+            .map(|qy| {
+                (0..k)
+                    .filter(|ky| {
+                        let sy = qy + i64::from(self.off_t) + i64::from(self.sign) * ky;
+                        (0..sh).contains(&sy)
+                    })
+                    .count() as i64
+            })
+            .sum();
+        !self.bias_row && 8 * inside <= 7 * self.qh as i64 * k
+    }
+
     fn overrides(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("IMPLICIT", 1.0),
+            ("BY_ROW", f64::from(u8::from(self.by_row()))),
             ("BIAS_ROW", f64::from(u8::from(self.bias_row))),
             ("QH", self.qh as f64),
             ("QW", self.qw as f64),
@@ -553,11 +600,7 @@ fn tex_product_with(
             ctx.info.name, ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
         )));
     }
-    let (tm, tn) = if out.narrow {
-        (32, 32)
-    } else {
-        GemmVariant::Texture.tile()
-    };
+    let (rows, tall, (tm, tn)) = tex_tile(ctx, m, n, out.narrow);
     let tiles_n = n.div_ceil(tn);
     let splits = if out.ksplit4 == 0 {
         1
@@ -584,7 +627,9 @@ fn tex_product_with(
     u(out.c_off4 + parts * m * out.ldc4.max(n / 4), "C extent")?;
     let mut spec = KernelSpec::new("gemm_tex", GemmVariant::Texture.entry(), TEX_BINDINGS)
         .with_override("ACCUMULATE", f64::from(u8::from(accumulate)))
-        .with_override("NARROW", f64::from(u8::from(out.narrow)));
+        .with_override("NARROW", f64::from(u8::from(out.narrow)))
+        .with_override("ROWS", rows as f64)
+        .with_override("TALL", f64::from(u8::from(tall)));
     for &(name, v) in extra {
         spec = spec.with_override(name, v);
     }
