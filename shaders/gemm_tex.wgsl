@@ -69,11 +69,15 @@ override SIGN: i32 = 1;
 override REAL: u32 = 1u;
 override BIAS_ROW: bool = false;
 // BY_ROW (IMPLICIT without BIAS_ROW): the lanes take the column texels in the order (qy, img,
-// qx) instead of (img, qy, qx), so the 8 texels of a subgroup share their row qy (but where a
-// run of rows ends), and each subgroup runs only the steps of k whose kernel rows ky read inside
+// qx) instead of (img, qy, qx) (within blocks of images, ROW_BLOCK), so the 8 texels of a
+// subgroup share their row qy (but in a last, smaller block), and each subgroup runs only the steps of k whose kernel rows ky read inside
 // the source for its rows: a valid 5x5 convolution's input gradient reads the full padding in a
 // third of its (qy, ky) pairs (LeNet-5's conv2: 40 of 60), and those steps only multiplied zeros.
 override BY_ROW: bool = false;
+// BY_ROW's images per block: the order is (block, qy, img, qx) over blocks of ROW_BLOCK images
+// (the last one what is left), so that a workgroup's gathers stay within a few images; the host
+// makes a block's row of texels a multiple of 8 (a subgroup).
+override ROW_BLOCK: u32 = 1u;
 // Implicit weight gradient (src/gpu/conv_tex.rs): with WGRAD, C[cout, k·k·SC] = dy · patchesᵀ
 // with the reduction over the output positions q = (img, qy, qx) (QH x QW each image, QW a
 // multiple of 4) and neither operand packed: op(A)'s texel (kq, co) is dy at positions 4kq ..
@@ -139,6 +143,20 @@ fn wgrad_b(img: u32, qy: u32, qx: u32, ky: i32, kx: i32, c4: u32) -> vec4<f32> {
     let y = u32(clamp(iy, 0, i32(SH) - 1));
     let x = u32(clamp(ix, 0, i32(SW) - 1));
     return select(vec4<f32>(0.0), textureLoad(bt, vec2<u32>(img * SW + x, c4 * SH + y)), inside);
+}
+
+// BY_ROW: (position row, texel in image order) of texel t of the (block, qy, img, qx) order
+// over nimg images.
+fn by_row_at(t: u32, nimg: u32) -> vec2<u32> {
+    let per_row = QW / 4u;
+    let full = ROW_BLOCK * QH * per_row;
+    let b = t / full;
+    let r = t % full;
+    let band = min(ROW_BLOCK, nimg - b * ROW_BLOCK) * per_row;
+    let qy = r / band;
+    let e = r % band;
+    let img = b * ROW_BLOCK + e / per_row;
+    return vec2<u32>(qy, (img * QH + qy) * per_row + e % per_row);
 }
 
 fn madd(acc: vec4<f32>, av: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
@@ -207,15 +225,14 @@ fn gemm_texture(
     var out4 = col4;
     var ct = cc;
     if (BY_ROW) {
-        let per_row = QW / 4u;
-        let nimg = n4 / (QH * per_row);
-        // Texel cc of the (qy, img, qx) order and the subgroup's first and last rows.
-        let r = cc / per_row;
-        ct = ((r % nimg) * QH + r / nimg) * per_row + cc % per_row;
+        let nimg = n4 / (QH * (QW / 4u));
+        // Texel cc of the (block, qy, img, qx) order and the subgroup's first and last rows
+        // (rows only grow within a block, and no subgroup spans two blocks).
+        ct = by_row_at(cc, nimg).y;
         out4 = select(col4, ct, col4 < n4);
         let first = min((col4 / 8u) * 8u, n4 - 1u);
-        let qf = i32((first / per_row) / nimg);
-        let ql = i32((min(first + 7u, n4 - 1u) / per_row) / nimg);
+        let qf = i32(by_row_at(first, nimg).x);
+        let ql = i32(by_row_at(min(first + 7u, n4 - 1u), nimg).x);
         // Kernel rows whose source row qy + OFF_T + SIGN·ky lies in [0, SH) for some qy of them.
         var lo = qf + OFF_T - i32(SH) + 1;
         var hi = ql + OFF_T;

@@ -405,6 +405,11 @@ fn input_gradients_equal_the_twin_in_both_forms() {
     };
     runs.push((lenet_conv2, 32 << 20));
     runs.push((lenet_conv2, 2048));
+    // The transposed form row by row over blocks of 8 images (rows of 3 texels): two whole
+    // blocks and a last one of 4 images.
+    let mut blocks = lenet_conv2;
+    blocks.window.n = 20;
+    runs.push((blocks, 32 << 20));
     let (mut col2im_runs, mut chunked) = (0, 0);
     for (i, (g, chunk)) in runs.into_iter().enumerate() {
         let s = i as u32;

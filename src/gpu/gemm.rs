@@ -457,10 +457,22 @@ impl ImplicitB {
         !self.bias_row && 8 * inside <= 7 * self.qh as i64 * k
     }
 
-    fn overrides(&self) -> Vec<(&'static str, f64)> {
+    /// `BY_ROW`'s images per block: the fewest whose row of texels is a multiple of 8 (a
+    /// subgroup's), at most the batch (`images`), so that no subgroup spans two blocks.
+    fn row_block(&self, images: usize) -> usize {
+        let per_row = (self.qw / 4).max(1);
+        let mut g = 8;
+        while per_row % g != 0 {
+            g /= 2;
+        }
+        (8 / g).min(images.max(1))
+    }
+
+    fn overrides(&self, images: usize) -> Vec<(&'static str, f64)> {
         vec![
             ("IMPLICIT", 1.0),
             ("BY_ROW", f64::from(u8::from(self.by_row()))),
+            ("ROW_BLOCK", self.row_block(images) as f64),
             ("BIAS_ROW", f64::from(u8::from(self.bias_row))),
             ("QH", self.qh as f64),
             ("QW", self.qw as f64),
@@ -550,7 +562,16 @@ pub(crate) fn tex_product_implicit(
         ldc4: n / 4,
         ..TexOut::default()
     };
-    tex_product_with(ctx, (m, n, k), at, src, c, accumulate, out, &b.overrides())
+    tex_product_with(
+        ctx,
+        (m, n, k),
+        at,
+        src,
+        c,
+        accumulate,
+        out,
+        &b.overrides(n / plane),
+    )
 }
 
 /// [`tex_product`] as a convolution's weight gradient (`m` output channels, `n` patch rows,
