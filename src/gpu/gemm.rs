@@ -462,7 +462,7 @@ impl ImplicitB {
     fn row_block(&self, images: usize) -> usize {
         let per_row = (self.qw / 4).max(1);
         let mut g = 8;
-        while per_row % g != 0 {
+        while !per_row.is_multiple_of(g) {
             g /= 2;
         }
         (8 / g).min(images.max(1))
