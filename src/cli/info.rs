@@ -17,11 +17,16 @@ pub fn run(args: InfoArgs) -> CliResult {
     let variant = gemm::choose_variant(&ctx)?;
     let l = &ctx.limits;
     let feats = |f: wgpu::Features| ctx.features.contains(f);
-    // The texture GEMM's tiles for convolution weight gradients (docs/performance.md).
-    let wgrad_tiles = if gemm::narrow_tiles_supported(&ctx) {
-        "narrow (32 columns) up to 128 columns, wide (256) above"
+    // The texture GEMM's tiles for convolution weight gradients and for the other products of
+    // few columns (docs/performance.md).
+    let (wgrad_tiles, few_column_tiles) = if gemm::narrow_tiles_supported(&ctx) {
+        (
+            "narrow (32 columns) up to 128 columns (576 where both operands are gathered), wide \
+             (256) above",
+            "tall (each subgroup its own rows of 32 columns) up to 128 columns",
+        )
     } else {
-        "wide"
+        ("wide", "wide")
     };
     let report = serde_json::json!({
         "adapter": ctx.info.name,
@@ -49,6 +54,7 @@ pub fn run(args: InfoArgs) -> CliResult {
         "kernels": {
             "gemm": variant.as_str(),
             "conv_weight_grad_tiles": wgrad_tiles,
+            "few_column_tiles": few_column_tiles,
         },
     });
     if args.json {
@@ -71,7 +77,8 @@ pub fn run(args: InfoArgs) -> CliResult {
         ctx.info.subgroup_min_size, ctx.info.subgroup_max_size
     );
     println!(
-        "kernels     gemm={}; convolution weight-gradient tiles: {wgrad_tiles}",
+        "kernels     gemm={}; convolution weight-gradient tiles: {wgrad_tiles}; other products \
+         of few columns: {few_column_tiles}",
         variant.as_str()
     );
     Ok(())
