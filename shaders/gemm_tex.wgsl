@@ -68,15 +68,15 @@ override OFF_L: i32 = 0;
 override SIGN: i32 = 1;
 override REAL: u32 = 1u;
 override BIAS_ROW: bool = false;
-// BY_ROW (IMPLICIT without BIAS_ROW): the lanes take the column texels in the order (qy, img,
-// qx) instead of (img, qy, qx) (within blocks of images, ROW_BLOCK), so the 8 texels of a
-// subgroup share their row qy (but in a last, smaller block), and each subgroup runs only the steps of k whose kernel rows ky read inside
-// the source for its rows: a valid 5x5 convolution's input gradient reads the full padding in a
-// third of its (qy, ky) pairs (LeNet-5's conv2: 40 of 60), and those steps only multiplied zeros.
+// BY_ROW (IMPLICIT without BIAS_ROW): the lanes take the column texels in the order (block, qy,
+// img, qx) instead of (img, qy, qx), a block being ROW_BLOCK images (the last one what is left;
+// the host makes a block's row of texels a multiple of 8, so that a workgroup's gathers stay
+// within a few images and no subgroup spans two blocks). The 8 texels of a subgroup then share
+// their row qy (but in a last, smaller block), and each subgroup runs only the steps of k whose
+// kernel rows ky read inside the source for its rows: a valid 5x5 convolution's input gradient
+// reads the full padding in a third of its (qy, ky) pairs (LeNet-5's conv2: 20 of 60), and
+// those steps only multiplied zeros.
 override BY_ROW: bool = false;
-// BY_ROW's images per block: the order is (block, qy, img, qx) over blocks of ROW_BLOCK images
-// (the last one what is left), so that a workgroup's gathers stay within a few images; the host
-// makes a block's row of texels a multiple of 8 (a subgroup).
 override ROW_BLOCK: u32 = 1u;
 // Implicit weight gradient (src/gpu/conv_tex.rs): with WGRAD, C[cout, k·k·SC] = dy · patchesᵀ
 // with the reduction over the output positions q = (img, qy, qx) (QH x QW each image, QW a

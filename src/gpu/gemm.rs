@@ -442,7 +442,7 @@ impl ImplicitB {
     /// the (position row, kernel row) pairs read outside the source (a valid convolution's input
     /// gradient: LeNet-5's `conv2` a third; a 3x3 same one's at 8x8 a twelfth, not taken), and
     /// not with the bias row, which every column reads.
-    pub(crate) fn by_row(&self) -> bool {
+    fn by_row(&self) -> bool {
         let (sh, k) = (self.sh as i64, self.k as i64);
         let inside: i64 = (0..self.qh as i64)
             .map(|qy| {
