@@ -244,7 +244,7 @@ fn gemm_texture(
         hi = min(hi, i32(KS) - 1);
         // Their rows of B, tap = ky·KS + kx and row = tap·SC + ch, in steps of 4 rounded out.
         let taps = KS * SC;
-        kbeg = max(kbeg, (u32(max(lo, 0)) * taps) / 4u);
+        kbeg = max(kbeg, (u32(lo) * taps) / 4u);
         kend = select(kbeg, min(kend, (u32(max(hi + 1, 0)) * taps + 3u) / 4u), hi >= lo);
     }
     // IMPLICIT: the column texel's 4 positions, decoded once.

@@ -67,8 +67,6 @@ if texture:
     open(sys.argv[2], 'w').write(keep + '\n'.join(L) + '\n')
     sys.exit(0)
 head = src[:src.index('@compute @workgroup_size(64)')] if '@compute' in src else src
-if texture:
-    head = head.replace('owns 32 rows x 4', f'owns {rows} rows x 4').replace('covers 32 rows', f'covers {rows} rows')
 head = head.replace('covers 8 rows x 256 columns; each invocation owns 8 rows x 4', f'covers {rows} rows x 256 columns; each invocation owns {rows} rows x 4')
 G = rows // 8
 L = ['''@compute @workgroup_size(64)
@@ -94,67 +92,21 @@ fn ENTRY(
     // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
     // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
     let l8 = lane % 8u;
-'''.replace('RB_ROWS', f'{rows}u').replace('ENTRY', 'gemm_texture' if texture else 'gemm_subgroup')]
-TEX_PROLOGUE = '''    let flat = wid.x + wid.y * nwg.x;
-    if (flat >= p.tiles_total) {
-        return;
-    }
-    let n4 = p.n / 4u;
-    let k4 = p.k / 4u;
-    var ldc4 = p.ldc4;
-    if (ldc4 == 0u) {
-        ldc4 = n4;
-    }
-    var kbeg = 0u;
-    var kend = k4;
-    var tile = flat;
-    var c_base = p.c_off4;
-    var tiles_mn = p.tiles_total;
-    if (p.ksplit4 != 0u) {
-        tiles_mn = p.tiles_total / ((k4 + p.ksplit4 - 1u) / p.ksplit4);
-        let split = flat / tiles_mn;
-        tile = flat % tiles_mn;
-        kbeg = split * p.ksplit4;
-        kend = min(k4, kbeg + p.ksplit4);
-        c_base += split * p.m * ldc4;
-    }
-    // Consecutive workgroups take consecutive row blocks of the same columns, so the slice of B
-    // they stream stays in cache.
-    let tiles_m = tiles_mn / p.tiles_n;
-    let row0 = (tile % tiles_m) * RB_ROWS;
-    let col4 = (tile / tiles_m) * 64u + lidx;
-'''.replace('RB_ROWS', f'{rows}u')
-if texture:
-    # The texture GEMM also writes into a block of a wider C and splits its reduction (the
-    # convolutions of src/gpu/conv_tex.rs): a row stride, an offset and a k-split.
-    start = L[0].index('    let tile = wid.x')
-    end = L[0].index('    let cc = min(col4')
-    L[0] = L[0][:start] + TEX_PROLOGUE + L[0][end:]
-    L[0] = L[0].replace('''    let m4 = p.m / 4u;
-''', '').replace('''    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8), or for
-    // TRANS_A the 4 rows row0 + 8g + 4 * ((lane % 8) / 4) .. +3 at k = 4 kq + lane % 4.
-''', '''    // What this lane loads of A for each group g of 8 rows: row row0 + 8g + (lane % 8).
-''')
+'''.replace('RB_ROWS', f'{rows}u').replace('ENTRY', 'gemm_subgroup')]
 for g in range(G):
     L.append(f'    let arow{g} = min(row0 + {8*g}u + l8, p.m - 1u);')
-    if not texture:
-        L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
+    L.append(f'    let arow4_{g} = min(row0 / 4u + {2*g}u + l8 / 4u, max(m4, 1u) - 1u);')
 for i in range(rows):
     L.append(f'    var acc{i} = vec4<f32>(0.0);')
-L.append('    for (var kq = kbeg; kq < kend; kq++) {' if texture else '    for (var kq = 0u; kq < k4; kq++) {')
-for g in range(G if texture else 0):
-    L.append(f'        let mine{g} = textureLoad(at, vec2<u32>(kq, arow{g}));')
-for j in range(4 if texture else 0):
-    L.append(f'        let b{j} = textureLoad(bt, vec2<u32>(cc, 4u * kq + {j}u));')
-for g in range(0 if texture else G):
+L.append('    for (var kq = 0u; kq < k4; kq++) {')
+for g in range(G):
     L.append(f'''        var mine{g}: vec4<f32>;
         if (TRANS_A) {{
             mine{g} = load_a4((4u * kq + l8 % 4u) * m4 + arow4_{g});
         }} else {{
             mine{g} = load_a4(arow{g} * k4 + kq);
         }}''')
-if not texture:
-    L.append('''        var b0: vec4<f32>;
+L.append('''        var b0: vec4<f32>;
         var b1: vec4<f32>;
         var b2: vec4<f32>;
         var b3: vec4<f32>;
@@ -176,24 +128,16 @@ if not texture:
 for g in range(G):
     for l in range(8):
         L.append(f'        let s{8*g+l} = subgroupBroadcast(mine{g}, {l}u);')
-if texture:
-    for i in range(rows):
-        L.append(f'        acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
-    L.append('    }\n    if (col4 < n4) {')
-else:
-    L.append('        if (TRANS_A) {')
-    for i in range(rows):
-        g = i // 4; comp = 'xyzw'[i % 4]
-        ks = [f's{j + 4*g}.{comp}' for j in range(4)]
-        L.append(f'            acc{i} = madd(acc{i}, vec4<f32>({", ".join(ks)}), b0, b1, b2, b3);')
-    L.append('        } else {')
-    for i in range(rows):
-        L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
-    L.append('        }\n    }\n    if (col4 < n4) {')
+L.append('        if (TRANS_A) {')
 for i in range(rows):
-    if texture:
-        L.append(f'        store_c4(c_base, ldc4, row0 + {i}u, col4, acc{i});')
-    else:
-        L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
+    g = i // 4; comp = 'xyzw'[i % 4]
+    ks = [f's{j + 4*g}.{comp}' for j in range(4)]
+    L.append(f'            acc{i} = madd(acc{i}, vec4<f32>({", ".join(ks)}), b0, b1, b2, b3);')
+L.append('        } else {')
+for i in range(rows):
+    L.append(f'            acc{i} = madd(acc{i}, s{i}, b0, b1, b2, b3);')
+L.append('        }\n    }\n    if (col4 < n4) {')
+for i in range(rows):
+    L.append(f'        store_c4(row0 + {i}u, col4, acc{i});')
 L.append('    }\n}\n')
 open(sys.argv[2], 'w').write(head + '\n'.join(L))
