@@ -122,3 +122,64 @@ fn dy_planes(
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// pool_dy_planes: dy_planes (DATA_ONLY's texels) of a convolution whose output feeds a max
+// pooling alone (its ReLU fused, src/nn/model.rs), from the pooling's output gradient (src:
+// [SC, N, PHO, PWO], or with PFLAT the flattened [SC * PHO * PWO, N]) and argmax (parg: the flat
+// index into the convolution's output [SC, N, SH, SW], NO_ARG where the ReLU passed nothing):
+// the output gradient max_pool_backward would write, straight into the planes. For PK_ x PK_
+// windows at stride PK_ that tile the output (SH = PHO * PK_, SW = PWO * PK_, no padding): an
+// invocation per window of 4 images loads the window's gradient and argmax once per image and
+// writes the window's PK_ x PK_ texels (the gradient at the argmax, zero elsewhere), where
+// max_pool_backward wrote every position and dy_planes read them back.
+
+const NO_ARG: u32 = 0xffffffffu;
+override PK_: u32 = 2u;
+override PHO: u32 = 1u;
+override PWO: u32 = 1u;
+override PFLAT: bool = false;
+
+@group(0) @binding(3) var<storage, read> parg: array<u32>;
+
+@compute @workgroup_size(64)
+fn pool_dy_planes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lidx;
+    if (g >= p.texels) {
+        return;
+    }
+    let windows = PHO * PWO;
+    let per_c = ((N + 3u) / 4u) * windows;
+    let c = g / per_c;
+    let grp = (g % per_c) / windows;
+    let q = g % windows;
+    let py = q / PWO;
+    let px = q % PWO;
+    // The group's 4 images, the ones past the batch clamped to its last (their loads discarded).
+    let lane = grp * 4u + vec4<u32>(0u, 1u, 2u, 3u);
+    let imgs = min(lane, vec4<u32>(N - 1u));
+    var o = ((c * N + imgs) * PHO + py) * PWO + px;
+    if (PFLAT) {
+        o = (c * windows + q) * N + imgs;
+    }
+    let gv = select(
+        vec4<f32>(src[o.x], src[o.y], src[o.z], src[o.w]),
+        vec4<f32>(0.0),
+        lane > vec4<u32>(N - 1u),
+    );
+    let a = vec4<u32>(parg[o.x], parg[o.y], parg[o.z], parg[o.w]);
+    // The argmax's position in its image's plane; none matches where it is NO_ARG.
+    let at = select(vec4<u32>(NO_ARG), a - (c * N + imgs) * SH * SW, a != vec4<u32>(NO_ARG));
+    for (var qy = 0u; qy < PK_; qy++) {
+        for (var qx = 0u; qx < PK_; qx++) {
+            let y = py * PK_ + qy;
+            let x = px * PK_ + qx;
+            let v = select(vec4<f32>(0.0), gv, at == vec4<u32>(y * SW + x));
+            textureStore(planes, tex_at(c * ST_ + grp * SP + (y + OFF_Y) * WP + x + OFF_X), v);
+        }
+    }
+}

@@ -428,6 +428,116 @@ fn cli_trains_and_evaluates_lenet5() {
     );
 }
 
+/// LeNet-5's shape in small: a first convolution fused with its ReLU and pooling, then a
+/// compressed convolution whose 2x2 pooling writes its output-gradient planes.
+const TINY_LENET: &str = r#"
+name = "tiny-lenet"
+input = [1, 12, 12]
+
+[[layer]]
+type = "conv2d"
+name = "conv1"
+out = 4
+kernel = 5
+padding = "valid"
+bias = true
+
+[[layer]]
+type = "relu"
+
+[[layer]]
+type = "max_pool"
+size = 2
+
+[[layer]]
+type = "conv2d"
+name = "conv2"
+out = 6
+kernel = 3
+bias = true
+
+[[layer]]
+type = "relu"
+
+[[layer]]
+type = "max_pool"
+size = 2
+
+[[layer]]
+type = "flatten"
+
+[[layer]]
+type = "linear"
+name = "fc"
+out = 10
+"#;
+
+/// RigL on the compressed kernels of a LeNet-shaped net, where conv2's pooling writes conv2's
+/// output-gradient planes and the mask update's dense gradient runs the pooling's backward
+/// itself: the same masks as the masked path through every update, the weights to tolerance.
+#[test]
+fn a_pooled_compressed_convolution_updates_its_mask_like_the_masked_path() {
+    let ctx = ctx();
+    let data = Dataset::synthetic(48, 16, 144, 10, 5).unwrap();
+    let cfg = |kernels| TrainConfig {
+        dataset: "synthetic".into(),
+        model_toml: Some(TINY_LENET.into()),
+        method: Method::Rigl,
+        sparsity: 0.5,
+        batch: 8,
+        epochs: 3,
+        lr: 0.1,
+        delta_t: 2,
+        log_every: 2,
+        kernels,
+        ..TrainConfig::default()
+    };
+    let run = |cfg: &TrainConfig, dir: &Path| {
+        train::train_with(
+            ctx,
+            cfg,
+            &data.train,
+            &data.test,
+            Some(dir),
+            &mut NoProgress,
+            &RunOptions::default(),
+        )
+        .unwrap()
+    };
+    let a = tempfile::tempdir().unwrap();
+    let m = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        run(&cfg(rigl::nn::choice::KernelChoice::Sparse), a.path()),
+        RunEnd::Finished(_)
+    ));
+    assert!(matches!(
+        run(&cfg(rigl::nn::choice::KernelChoice::Masked), m.path()),
+        RunEnd::Finished(_)
+    ));
+    let fa = model_file::read(&a.path().join("model.safetensors")).unwrap();
+    let fm = model_file::read(&m.path().join("model.safetensors")).unwrap();
+    // The updates moved connections, the same number on both paths at every log line.
+    let logged = |dir: &Path| -> Vec<u64> {
+        train_lines(dir)
+            .iter()
+            .filter_map(|l| l["mask_changes"].as_u64())
+            .collect()
+    };
+    assert!(logged(a.path()).iter().sum::<u64>() > 0, "no mask changed");
+    assert_eq!(logged(a.path()), logged(m.path()), "new connections");
+    for (l, ((ma, mm), (wa, wm))) in fa
+        .masks
+        .iter()
+        .zip(&fm.masks)
+        .zip(fa.weights.iter().zip(&fm.weights))
+        .enumerate()
+    {
+        assert_eq!(ma, mm, "layer {l}: masks differ between the paths");
+        let scale = wm.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-3);
+        assert_close(&format!("layer {l} weights"), wa, wm, 1e-4 * scale, 1e-3);
+    }
+}
+
 #[test]
 fn compressed_convolutions_train_like_the_masked_path_and_resume_exactly() {
     let ctx = ctx();

@@ -456,3 +456,158 @@ fn the_input_gradient_skips_kernel_rows_where_many_read_padding() {
     assert!(!geom(12, 5, 2, Padding::Valid, 20, 50).bwd_skips_rows());
     assert!(!geom(8, 1, 1, Padding::Same, 16, 16).bwd_skips_rows());
 }
+
+/// A max pooling's backward written straight into a compressed convolution's output-gradient
+/// planes (`pooled_dy_planes`, for a pooling after the convolution with its ReLU fused) gives the
+/// weight and input gradients of the output gradient that the pooling's backward forms on the
+/// CPU: both pooled layouts, batches of 3 and 5 (image groups cut short), windows of 2 and 3,
+/// outputs where the ReLU passed nothing (no argmax). The convolution's own output gradient is
+/// NaN, so a product that still read it would fail. It declines where it cannot stand in:
+/// overlapping, padded or strided-apart windows, rows left over, a scratch of two geometries.
+#[test]
+fn a_max_pooling_writes_the_output_gradient_planes() {
+    let ctx = ctx();
+    let form = forms(ctx)[0];
+    for (n, h, cin, cout, k, pk) in [
+        (5, 12, 3, 4, 5, 2),
+        (4, 10, 2, 3, 3, 2),
+        (3, 11, 2, 5, 3, 3),
+    ] {
+        let window = Window {
+            n,
+            h,
+            w: h,
+            k,
+            stride: 1,
+            padding: Padding::Valid,
+        };
+        let g = ConvGeom { window, cin, cout };
+        let (hc, wc) = g.out().unwrap();
+        let c = case(g, &mask(g.weight_len(), 0.4, 7), 11);
+        let (lay, scratch, idx, vals) = setup(ctx, &c);
+        let nnz = c.idx.nnz();
+        let pool = Window {
+            n,
+            h: hc,
+            w: wc,
+            k: pk,
+            stride: pk,
+            padding: Padding::Valid,
+        };
+        let (pho, pwo) = pool.out().unwrap();
+        // The convolution's output, its ReLU's pooling: no argmax where the maximum is <= 0
+        // (values shifted down, so that some windows have none).
+        let shifted: Vec<f32> = data(g.output_len().unwrap(), 21)
+            .iter()
+            .map(|v| v - 0.7)
+            .collect();
+        let (pooled, mut arg) = cpu::max_pool_forward(&shifted, cout, pool);
+        for (v, a) in pooled.iter().zip(arg.iter_mut()) {
+            if *v <= 0.0 {
+                *a = u32::MAX;
+            }
+        }
+        assert!(arg.contains(&u32::MAX) && arg.iter().any(|&a| a != u32::MAX));
+        let gp = data(pooled.len(), 22);
+        let (g_live, a_live): (Vec<f32>, Vec<u32>) = gp
+            .iter()
+            .zip(&arg)
+            .filter(|(_, &a)| a != u32::MAX)
+            .map(|(&v, &a)| (v, a))
+            .unzip();
+        let dy = cpu::max_pool_backward(&g_live, &a_live, g.output_len().unwrap());
+        let x = data(g.input_len(), 23);
+        let want_dw = c
+            .idx
+            .gather(&cpu::conv2d_weight_grad(&dy, &x, window, cin, cout));
+        let want_dx = cpu::conv2d_input_grad(&dy, &c.dense_w, None, window, cin, cout);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let nan_dy = Tensor::filled(ctx, "dy", g.output_len().unwrap(), f32::NAN).unwrap();
+        for flat in [false, true] {
+            // Flattened: [cout * pho * pwo, N], output (channel, window) of image i at its row.
+            let order: Vec<usize> = if flat {
+                (0..cout * pho * pwo)
+                    .flat_map(|f| {
+                        (0..n)
+                            .map(move |i| ((f / (pho * pwo)) * n + i) * pho * pwo + f % (pho * pwo))
+                    })
+                    .collect()
+            } else {
+                (0..gp.len()).collect()
+            };
+            let tgp = Tensor::from_f32(
+                ctx,
+                "pooled grad",
+                &order.iter().map(|&o| gp[o]).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let targ = Tensor::from_u32(
+                ctx,
+                "argmax",
+                &order.iter().map(|&o| arg[o]).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let planes = sc::pooled_dy_planes(ctx, &lay, &tgp, &targ, pool, flat, &scratch)
+                .unwrap()
+                .expect("windows that tile the output, a scratch of one geometry");
+            let tg = Tensor::filled(ctx, "grad", nnz, f32::NAN).unwrap();
+            let tdx = Tensor::filled(ctx, "dx", g.input_len(), f32::NAN).unwrap();
+            let dw = sc::weight_grad(ctx, form, &lay, nnz, &idx, &tx, &nan_dy, &tg, &scratch)
+                .unwrap()
+                .without_before(&["dy_planes"]);
+            let dx = sc::input_grad(
+                ctx, form, &lay, nnz, &idx, &vals, &nan_dy, &tdx, false, &scratch,
+            )
+            .unwrap()
+            .without_before(&["dy_planes"]);
+            ops::run(ctx, "pooled planes", &[&planes, &dw, &dx]).unwrap();
+            let what = format!("{} pooled {pk}x{pk} flat {flat}", name(&g));
+            assert_close(
+                &format!("{what} weight grad"),
+                &tg.read_f32(ctx).unwrap(),
+                &want_dw,
+                1e-4,
+                1e-4,
+            );
+            assert_close(
+                &format!("{what} input grad"),
+                &tdx.read_f32(ctx).unwrap(),
+                &want_dx,
+                1e-5,
+                1e-4,
+            );
+        }
+        // Where it declines.
+        let tgp = Tensor::zeros(ctx, "pooled grad", pooled.len()).unwrap();
+        let targ = Tensor::zeros(ctx, "argmax", pooled.len()).unwrap();
+        let declines = |p: Window, s: &Scratch| {
+            sc::pooled_dy_planes(ctx, &lay, &tgp, &targ, p, false, s)
+                .unwrap()
+                .is_none()
+        };
+        let other = Layout::new(ConvGeom {
+            cout: cout + 1,
+            ..g
+        })
+        .unwrap();
+        let shared = Scratch::new(ctx, &[lay, other], nnz.max(other.geom.weight_len())).unwrap();
+        assert!(declines(pool, &shared), "{}: a shared scratch", name(&g));
+        for (pk2, stride, padding) in [
+            (pk + 1, pk, Padding::Valid),
+            (pk, pk + 1, Padding::Valid),
+            (pk + 1, pk + 1, Padding::Same),
+        ] {
+            let p = Window {
+                k: pk2,
+                stride,
+                padding,
+                ..pool
+            };
+            assert!(
+                declines(p, &scratch),
+                "{}: pooling {pk2} stride {stride} {padding:?}",
+                name(&g)
+            );
+        }
+    }
+}

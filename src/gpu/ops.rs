@@ -254,6 +254,16 @@ impl Dispatch {
         self
     }
 
+    /// Makes `first` part of this dispatch, encoded before its other `before` launches.
+    pub fn after(mut self, first: Dispatch) -> Self {
+        let mut before = std::mem::take(&mut self.before);
+        if let Some(i) = self.name.find(" (+") {
+            self.name.truncate(i);
+        }
+        before.insert(0, (first, None));
+        self.with_before_or_copy(before)
+    }
+
     /// What tells this dispatch from every other one (its parameter block).
     pub fn id(&self) -> DispatchId {
         DispatchId(self.params.clone())

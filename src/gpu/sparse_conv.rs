@@ -30,6 +30,7 @@ use crate::gpu::ops::{Dispatch, Res};
 use crate::gpu::registry::{Binding, KernelSpec};
 use crate::gpu::texture::{meta_texture, Texture, META_WIDTH};
 use crate::gpu::{GpuContext, Tensor};
+use crate::shape::Window;
 use crate::sparse::csr::CsrIndex;
 
 /// Texels per row of the linear textures (`tex_at` in the shaders).
@@ -571,6 +572,83 @@ fn dy_planes(ctx: &GpuContext, lay: &Layout, dy: &Tensor, sc: &Scratch) -> Resul
         lay.std,
         &sc.dspace,
     )
+}
+
+const POOL_SRC: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::TexWrite,
+    Binding::Read,
+];
+
+/// The launch that writes `dy_planes`'s texels for the layer `lay` from the max pooling its
+/// output feeds alone (ReLU fused): the pooling's output gradient `pooled` and argmax `arg`
+/// (`[cout, N, Ho', Wo']`, or flattened `[cout·Ho'·Wo', N]` with `flat`, as
+/// [`crate::gpu::image::max_pool_into`] writes them), over the window `pool` (the
+/// convolution's output). The output gradient that the pooling's backward would write is
+/// never formed: the layer's weight and input gradients then run without their own copy
+/// ([`Dispatch::without_before`] of `dy_planes`). `None` where this does not apply: a scratch
+/// that serves other geometries too (the padding must be written), or windows that do not tile
+/// the output exactly (overlapping, strided past the window, padded, or leaving rows over).
+pub fn pooled_dy_planes(
+    ctx: &GpuContext,
+    lay: &Layout,
+    pooled: &Tensor,
+    arg: &Tensor,
+    pool: Window,
+    flat: bool,
+    sc: &Scratch,
+) -> Result<Option<Dispatch>> {
+    let g = lay.geom;
+    let n = g.window.n;
+    let Some((pho, pwo)) = pool.out() else {
+        return Ok(None);
+    };
+    let k = pool.k;
+    if sc.solo != Some(*lay)
+        || (pool.n, pool.h, pool.w) != (n, lay.ho, lay.wo)
+        || pool.stride != k
+        || pool.pad() != (0, 0)
+        || pho * k != lay.ho
+        || pwo * k != lay.wo
+    {
+        return Ok(None);
+    }
+    check_len(pooled, g.cout * n * pho * pwo, "pooled output gradient")?;
+    check_len(arg, g.cout * n * pho * pwo, "pooling argmax")?;
+    let windows = g.cout * n.div_ceil(4) * pho * pwo;
+    let mut spec = KernelSpec::new("sconv_src", "pool_dy_planes", POOL_SRC)
+        .with_override("PFLAT", f64::from(u8::from(flat)));
+    for (name, v) in [
+        ("N", n),
+        ("SC", g.cout),
+        ("SH", lay.ho),
+        ("SW", lay.wo),
+        ("PK_", k),
+        ("PHO", pho),
+        ("PWO", pwo),
+        ("WP", lay.wd),
+        ("SP", lay.p_bwd),
+        ("OFF_Y", lay.lt),
+        ("OFF_X", lay.ll),
+        ("ST_", lay.std),
+    ] {
+        spec = spec.with_override(name, v as f64);
+    }
+    let params = Params {
+        texels: u(windows, "pooling windows")?,
+        ..Params::default()
+    };
+    Ok(Some(
+        Dispatch::build_res(
+            ctx,
+            &spec,
+            bytemuck::bytes_of(&params),
+            &[Res::Buf(pooled), Res::Tex(&sc.dspace), Res::Buf(arg)],
+            windows.div_ceil(64) as u64,
+        )?
+        .with_cost(0.0, 32.0 * (windows * k * k) as f64),
+    ))
 }
 
 fn meta(

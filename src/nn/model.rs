@@ -570,6 +570,16 @@ struct Bwd {
     bias: Option<BiasGrad>,
     /// A max pooling's output gradient and argmax, per channel `len` elements.
     pooled: Option<Pooled>,
+    /// A compressed convolution's weight gradient (index in `ops`) that reads its output
+    /// gradient through `dy_planes`, which a max pooling right after the convolution may write
+    /// itself ([`Builder::seq`]).
+    dy_planes: Option<DyPlanes>,
+}
+
+/// A compressed convolution's weight-gradient pass: `ops[at]`, of param `param`.
+struct DyPlanes {
+    at: usize,
+    param: usize,
 }
 
 /// A bias-gradient pass: `ops[at]` sums `channels` segments into `grad`.
@@ -579,11 +589,16 @@ struct BiasGrad {
     channels: usize,
 }
 
-/// What a max pooling offers the bias gradient of the convolution before it.
+/// What a max pooling offers the convolution before it: its output gradient and argmax for
+/// the bias gradient, and its backward pass (`ops[at]`, over `window`, the output `flat` or
+/// not), which may write the convolution's output-gradient planes instead.
 struct Pooled {
     dy: Tensor,
     arg: Tensor,
     len: usize,
+    at: usize,
+    window: Window,
+    flat: bool,
 }
 
 /// What rebuilds a batch norm's input-gradient pass with a contribution added
@@ -719,6 +734,9 @@ impl Builder<'_> {
                         pool.len,
                     )?;
                 }
+                if let Some(dp) = prev.dy_planes.take() {
+                    self.pool_into_planes(&pool, &mut b, prev, dp)?;
+                }
             }
             parts.push(b);
             x = y;
@@ -730,6 +748,45 @@ impl Builder<'_> {
             bwd.append(b);
         }
         Ok((x, bwd))
+    }
+
+    /// A max pooling `pool` (its backward `b`) right after a compressed convolution (its
+    /// backward `prev`, whose weight gradient `dp` reads the output gradient's planes): where
+    /// [`sparse_conv::pooled_dy_planes`] applies, the pooling's backward writes those planes
+    /// from its own output gradient and argmax instead of the convolution's output gradient,
+    /// and the weight gradient drops its copy (the input gradient, right after it, already
+    /// has). The dense kernel gradient of a mask update still reads the convolution's output
+    /// gradient: the pooling's backward runs before it there.
+    fn pool_into_planes(
+        &mut self,
+        pool: &Pooled,
+        b: &mut Bwd,
+        prev: &mut Bwd,
+        dp: DyPlanes,
+    ) -> Result<()> {
+        let (Some(c), Some(slots)) = (self.compressed[dp.param].as_mut(), &self.slots) else {
+            return Ok(());
+        };
+        let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures) else {
+            return Ok(());
+        };
+        let Some(op) = sparse_conv::pooled_dy_planes(
+            self.ctx,
+            lay,
+            &pool.dy,
+            &pool.arg,
+            pool.window,
+            pool.flat,
+            sc,
+        )?
+        else {
+            return Ok(());
+        };
+        let unfused = std::mem::replace(&mut b.ops[pool.at], op);
+        c.dense_grad = c.dense_grad.take().map(|d| d.after(unfused));
+        let dw = prev.ops.remove(dp.at);
+        prev.ops.insert(dp.at, dw.without_before(&["dy_planes"]));
+        Ok(())
     }
 
     /// Whether param `i` runs on the compressed kernels (every product), with a bias if `bias`.
@@ -1032,6 +1089,12 @@ impl Builder<'_> {
                         channels: *out,
                     });
                     bwd.push(ops::segment_sum(ctx, &y.g, gb, *out, n * h * w, false)?);
+                }
+                if self.compressed[idx].is_some() && !paths.weight_grad {
+                    bwd.dy_planes = Some(DyPlanes {
+                        at: bwd.ops.len(),
+                        param: idx,
+                    });
                 }
                 bwd.ops.extend(dw);
                 bwd.ops.extend(dx);
@@ -1454,6 +1517,9 @@ impl Builder<'_> {
                     dy: y.g.clone(),
                     arg: arg.clone(),
                     len: n * h * w,
+                    at: bwd.ops.len(),
+                    window: g,
+                    flat: flatten,
                 });
                 bwd.push(image::max_pool_backward_from(
                     ctx, s, g, &y.g, &x.g, &arg, layout,
