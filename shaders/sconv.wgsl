@@ -66,14 +66,13 @@ override BCAST: bool = true;
 override WG: u32 = 64u;
 // Output positions per lane (1 to 8).
 override V: u32 = 1u;
-// The output space's positions ordered row first (u = (r * N4 + g) * COLS + c: a block of
-// positions covers few output rows of many image groups) instead of image group first
-// (u = g * U + r * COLS + c).
-override ROWFIRST: bool = false;
-// Input gradient at stride 1 (with ROWFIRST): a block walks only the taps whose ky reads an
-// output-gradient row inside dy for some input row it covers (the rest read the padding's zeros),
-// through the per-(row, ky) pointers bwd_rows writes after the row pointers.
-override KSKIP: bool = false;
+// Input gradient at stride 1, kernels of at most 8 x 8 (V = 1): the positions ordered by place
+// first (u = (r * COLS + c) * N4 + g: consecutive lanes hold one place of consecutive image
+// groups), and each subgroup (BCAST; each lane in the portable form) walks only the taps (ky, kx)
+// that read inside dy for some place it holds (the others read the padding's zeros): per kernel
+// row, the slots of the taps kx_lo..kx_hi, found through the per-(row, tap) pointers that
+// bwd_rows writes after the row pointers, walked as one sequence 8 at a time.
+override TAPSKIP: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The layer index (forward) or the input gradient's row pointers.
@@ -117,9 +116,8 @@ fn ld(g: u32) -> vec4<f32> {
 
 // Position u's image group and its place within the group's positions (r * COLS + c).
 fn decode(u: u32) -> vec2<u32> {
-    if (ROWFIRST) {
-        let t = u / COLS;
-        return vec2<u32>(t % N4, (t / N4) * COLS + u % COLS);
+    if (TAPSKIP) {
+        return vec2<u32>(u % N4, u / N4);
     }
     return vec2<u32>(u / U, u % U);
 }
@@ -165,6 +163,110 @@ fn walk(acc: Acc, bs: Base, start: u32, end: u32, lane: u32) -> Acc {
             for (var t = 0u; t < 8u; t++) {
                 let m = textureLoad(nzmeta, tex_at(min(j0 + t, end - 1u)));
                 r = madd(r, bs, m.x, select(0.0, bitcast<f32>(m.y), j0 + t < end));
+            }
+        }
+    }
+    return r;
+}
+
+// TAPSKIP: the taps of the nonzeros to walk, as (per kernel row ky) the first slot of the taps
+// kx_lo..kx_hi and their count (0 for the rows outside ky_lo..ky_hi), and the total.
+struct Segs {
+    first: array<u32, 8>,
+    count: array<u32, 8>,
+    total: u32,
+}
+
+// Position j (< V) of lane lidx in block `block`: WG apart; with TAPSKIP, a subgroup's 8 * V
+// positions in a row, 8 apart (its lanes' places stay few).
+fn lane_pos(block: u32, lidx: u32, j: u32) -> u32 {
+    if (TAPSKIP) {
+        return block * WG * V + (lidx / 8u) * 8u * V + j * 8u + lidx % 8u;
+    }
+    return block * WG * V + lidx + j * WG;
+}
+
+// TAPSKIP: the taps that read inside dy for the place of position u (input row r, column c read
+// dy row r + PAD_T - ky and column c + PAD_L - kx): (ky_lo, ky_hi, kx_lo, kx_hi), empty where
+// lo > hi.
+fn place_box(u: u32) -> vec4<u32> {
+    let d = decode(min(u, N4 * U - 1u));
+    let r = d.y / COLS;
+    let c = d.y % COLS;
+    return vec4<u32>(
+        select(0u, r + PAD_T + 1u - HO, r + PAD_T + 1u > HO),
+        min(r + PAD_T, K - 1u),
+        select(0u, c + PAD_L + 1u - WO, c + PAD_L + 1u > WO),
+        min(c + PAD_L, K - 1u),
+    );
+}
+
+// TAPSKIP: the box of every position of a lane, over its subgroup with BCAST (its lanes walk the
+// same nonzeros).
+fn tap_box(block: u32, lidx: u32) -> vec4<u32> {
+    var b = place_box(lane_pos(block, lidx, 0u));
+    for (var j = 1u; j < V; j++) {
+        let o = place_box(lane_pos(block, lidx, j));
+        b = vec4<u32>(min(b.x, o.x), max(b.y, o.y), min(b.z, o.z), max(b.w, o.w));
+    }
+    if (BCAST) {
+        b = vec4<u32>(subgroupMin(b.x), subgroupMax(b.y), subgroupMin(b.z), subgroupMax(b.w));
+    }
+    return b;
+}
+
+// TAPSKIP: row `row`'s slots of the taps in box b, from the per-(row, tap) pointers at kp.
+fn segs(kp: u32, b: vec4<u32>) -> Segs {
+    var sg: Segs;
+    sg.total = 0u;
+    let xlo = min(b.z, K - 1u);
+    let xhi = min(b.w, K - 1u);
+    for (var ky = 0u; ky < 8u; ky++) {
+        let k = min(ky, K - 1u);
+        let first = idx[kp + k * K + xlo];
+        let end = idx[kp + k * K + xhi + 1u];
+        let inside = ky < K && ky >= b.x && ky <= b.y && b.z <= b.w;
+        sg.first[ky] = first;
+        sg.count[ky] = select(0u, end - first, inside);
+        sg.total += sg.count[ky];
+    }
+    return sg;
+}
+
+// TAPSKIP: the slot of the walk's v-th nonzero (v < sg.total).
+fn seg_slot(sg: Segs, v: u32) -> u32 {
+    var rest = v;
+    var at = 0u;
+    var found = false;
+    for (var ky = 0u; ky < 8u; ky++) {
+        let here = !found && rest < sg.count[ky];
+        at = select(at, sg.first[ky] + rest, here);
+        rest = select(rest - sg.count[ky], rest, found || here);
+        found = found || here;
+    }
+    return at;
+}
+
+// TAPSKIP's walk: the nonzeros of sg, 8 at a time, past the end as weight 0 at a valid address.
+fn walk_segs(acc: Acc, bs: Base, sg: Segs, lane: u32) -> Acc {
+    var r = acc;
+    let l8 = lane % 8u;
+    for (var j0 = 0u; j0 < sg.total; j0 += 8u) {
+        if (BCAST) {
+            let m = textureLoad(nzmeta, tex_at(seg_slot(sg, min(j0 + l8, sg.total - 1u))));
+            let wl = select(0.0, bitcast<f32>(m.y), j0 + l8 < sg.total);
+            r = madd(r, bs, subgroupBroadcast(m.x, 0u), subgroupBroadcast(wl, 0u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 1u), subgroupBroadcast(wl, 1u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 2u), subgroupBroadcast(wl, 2u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 3u), subgroupBroadcast(wl, 3u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 4u), subgroupBroadcast(wl, 4u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 5u), subgroupBroadcast(wl, 5u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 6u), subgroupBroadcast(wl, 6u));
+            r = madd(r, bs, subgroupBroadcast(m.x, 7u), subgroupBroadcast(wl, 7u));
+        } else {
+            for (var t = 0u; t < 8u; t++) {
+                let m = textureLoad(nzmeta, tex_at(seg_slot(sg, min(j0 + t, sg.total - 1u))));
+                r = madd(r, bs, m.x, select(0.0, bitcast<f32>(m.y), j0 + t < sg.total));
             }
         }
     }
@@ -235,39 +337,29 @@ fn spconv(
         return;
     }
     let row = wg % p.rows;
-    let b0 = (wg / p.rows) * WG * V + lidx;
+    let block = wg / p.rows;
     var bs: Base;
-    bs.b0 = base(b0 + 0u * WG);
-    bs.b1 = base(b0 + 1u * WG);
-    bs.b2 = base(b0 + 2u * WG);
-    bs.b3 = base(b0 + 3u * WG);
-    bs.b4 = base(b0 + 4u * WG);
-    bs.b5 = base(b0 + 5u * WG);
-    bs.b6 = base(b0 + 6u * WG);
-    bs.b7 = base(b0 + 7u * WG);
+    bs.b0 = base(lane_pos(block, lidx, 0u));
+    bs.b1 = base(lane_pos(block, lidx, 1u));
+    bs.b2 = base(lane_pos(block, lidx, 2u));
+    bs.b3 = base(lane_pos(block, lidx, 3u));
+    bs.b4 = base(lane_pos(block, lidx, 4u));
+    bs.b5 = base(lane_pos(block, lidx, 5u));
+    bs.b6 = base(lane_pos(block, lidx, 6u));
+    bs.b7 = base(lane_pos(block, lidx, 7u));
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // Forward: out_ptr of the index; input gradient: the row pointers of bwd_rows (sconv_meta.wgsl).
-    var start = idx[p.ptr_off + row];
-    var end = idx[p.ptr_off + row + 1u];
-    if (KSKIP) {
-        // Input rows r0..r1 (stride 1: an output row of this space is an input row); input row
-        // r reads dy row r + PAD_T - ky, inside for ky in [r + PAD_T + 1 - HO, r + PAD_T].
-        let u0 = (wg / p.rows) * WG * V;
-        let r0 = u0 / (N4 * COLS);
-        let r1 = (min(u0 + WG * V, N4 * U) - 1u) / (N4 * COLS);
-        let klo = select(0u, r0 + PAD_T + 1u - HO, r0 + PAD_T + 1u > HO);
-        let khi = min(r1 + PAD_T, K - 1u);
-        let kp = p.rows + 1u + row * (K + 1u);
-        start = idx[kp + min(klo, K)];
-        end = max(start, idx[kp + khi + 1u]);
+    if (TAPSKIP) {
+        acc = walk_segs(acc, bs, segs(p.rows + 1u + row * (K * K + 1u), tap_box(block, lidx)), lane);
+    } else {
+        acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
     }
-    acc = walk(acc, bs, start, end, lane);
-    store(row, b0, acc.a0);
-    if (V > 1u) { store(row, b0 + 1u * WG, acc.a1); }
-    if (V > 2u) { store(row, b0 + 2u * WG, acc.a2); }
-    if (V > 3u) { store(row, b0 + 3u * WG, acc.a3); }
-    if (V > 4u) { store(row, b0 + 4u * WG, acc.a4); }
-    if (V > 5u) { store(row, b0 + 5u * WG, acc.a5); }
-    if (V > 6u) { store(row, b0 + 6u * WG, acc.a6); }
-    if (V > 7u) { store(row, b0 + 7u * WG, acc.a7); }
+    store(row, lane_pos(block, lidx, 0u), acc.a0);
+    if (V > 1u) { store(row, lane_pos(block, lidx, 1u), acc.a1); }
+    if (V > 2u) { store(row, lane_pos(block, lidx, 2u), acc.a2); }
+    if (V > 3u) { store(row, lane_pos(block, lidx, 3u), acc.a3); }
+    if (V > 4u) { store(row, lane_pos(block, lidx, 4u), acc.a4); }
+    if (V > 5u) { store(row, lane_pos(block, lidx, 5u), acc.a5); }
+    if (V > 6u) { store(row, lane_pos(block, lidx, 6u), acc.a6); }
+    if (V > 7u) { store(row, lane_pos(block, lidx, 7u), acc.a7); }
 }

@@ -75,9 +75,9 @@ fn meta_fwd(
 
 // The input gradient's rows (ci, py, px) walk the slots of the taps (ky, kx) of their stride phase:
 // row pointers over the slots grouped by row, taps in (ky, kx) order, slots in flat order within a
-// tap; then, per row, the first of its slots whose ky is t or more, for t = 0..K (at
-// rows + 1 + row * (K + 1) + t: the input gradient's KSKIP walks only the taps of the rows a
-// block covers). One invocation (rows = cin * S * S, a few thousand at most).
+// tap; then, per row, the first of its slots whose tap ky * K + kx is t or more, for t = 0..K * K
+// (at rows + 1 + row * (K * K + 1) + t: the input gradient's TAPSKIP walks only the taps that
+// read inside dy). One invocation (rows = cin * S * S, a few thousand at most).
 @compute @workgroup_size(1)
 fn bwd_rows() {
     let rows = CIN * S * S;
@@ -88,19 +88,19 @@ fn bwd_rows() {
         let ci = row / (S * S);
         let py = (row % (S * S)) / S;
         let px = row % S;
-        let kp = rows + 1u + row * (K + 1u);
+        let kp = rows + 1u + row * (K * K + 1u);
         var t = 0u;
         for (var ky = py; ky < K; ky += S) {
-            while (t <= ky) {
-                dptr[kp + t] = acc;
-                t++;
-            }
             for (var kx = px; kx < K; kx += S) {
+                while (t <= ky * K + kx) {
+                    dptr[kp + t] = acc;
+                    t++;
+                }
                 let kidx = (ky * K + kx) * CIN + ci;
                 acc += idx[in_off + kidx + 1u] - idx[in_off + kidx];
             }
         }
-        while (t <= K) {
+        while (t <= K * K) {
             dptr[kp + t] = acc;
             t++;
         }

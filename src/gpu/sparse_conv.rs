@@ -251,19 +251,20 @@ impl Layout {
     }
 
     /// Words of the input gradient's pointers (`bwd_rows` in `shaders/sconv_meta.wgsl`): the
-    /// row pointers, then per row the first slot of each kernel row `ky` (and its end).
+    /// row pointers, then per row the first slot of each tap `ky·k + kx` (and its end).
     pub fn bwd_ptr_len(&self) -> usize {
         let rows = self.bwd_rows();
-        rows + 1 + rows * (self.geom.window.k + 1)
+        let k = self.geom.window.k;
+        rows + 1 + rows * (k * k + 1)
     }
 
-    /// Whether the input gradient walks, per block of positions, only the kernel rows that read
-    /// the output gradient (`KSKIP` in `shaders/sconv.wgsl`): at stride 1 where at least a tenth
-    /// of the (input row, kernel row) pairs read only the padding (LeNet-5's valid `conv2`: a
-    /// third; a 3x3 `same` convolution of 32 rows: 2 in 96).
+    /// Whether the input gradient walks, per subgroup of positions, only the taps that read the
+    /// output gradient (`TAPSKIP` in `shaders/sconv.wgsl`): at stride 1, kernels of at most
+    /// 8x8, where at least a tenth of the (input row, kernel row) pairs read only the padding
+    /// (LeNet-5's valid `conv2`: a third; a 3x3 `same` convolution of 32 rows: 2 in 96).
     pub fn bwd_skips_rows(&self) -> bool {
         let w = self.geom.window;
-        if w.stride != 1 {
+        if w.stride != 1 || w.k > 8 {
             return false;
         }
         let pairs = (0..w.h)
@@ -760,14 +761,11 @@ fn spconv(
     let v = ((512 << 10) / (planes * 16 * wg))
         .min(total.div_ceil(wg))
         .clamp(1, VMAX);
-    // Skipping kernel rows pays where a block covers few output rows: positions row first, and
-    // blocks of at most one row of every image group.
+    // Skipping taps: places first, a subgroup's 16 positions in a row (LeNet-5's `conv2`: one
+    // or two places of 25 image groups). 2 positions a lane measured faster than 1 (the
+    // metadata of 8 nonzeros feeds twice the gathers) and than 4 (more places, wider boxes).
     let skip = !forward && lay.bwd_skips_rows();
-    let v = if skip {
-        v.min((lay.n4 * cols / wg).max(1))
-    } else {
-        v
-    };
+    let v = if skip { 2 } else { v };
     let blocks = total.div_ceil(wg * v);
     let spec = lay
         .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
@@ -784,8 +782,7 @@ fn spconv(
         )
         .with_override("WG", wg as f64)
         .with_override("V", v as f64)
-        .with_override("ROWFIRST", f64::from(u8::from(skip)))
-        .with_override("KSKIP", f64::from(u8::from(skip)));
+        .with_override("TAPSKIP", f64::from(u8::from(skip)));
     let params = Params {
         rows: u(rows, "rows")?,
         blocks: u(blocks, "blocks")?,
