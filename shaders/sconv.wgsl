@@ -73,6 +73,11 @@ override V: u32 = 1u;
 // row, the slots of the taps kx_lo..kx_hi, found through the per-(row, tap) pointers that
 // bwd_rows writes after the row pointers, walked as one sequence 8 at a time.
 override TAPSKIP: bool = false;
+// spconv_pool (forward, V = 8): lane L holds the 4 places of 2x2 pooling window L % (PHO * PWO)
+// for the 2 image groups 2 * (L / (PHO * PWO)) and the next.
+override POOL: bool = false;
+override PHO: u32 = 1u;
+override PWO: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The layer index (forward) or the input gradient's row pointers.
@@ -178,8 +183,17 @@ struct Segs {
 }
 
 // Position j (< V) of lane lidx in block `block`: WG apart; with TAPSKIP, a subgroup's 8 * V
-// positions in a row, 8 apart (its lanes' places stay few).
+// positions in a row, 8 apart (its lanes' places stay few); with POOL, place j % 4 of the lane's
+// window in image group j / 4 of its pair (the groups past the last read the last).
 fn lane_pos(block: u32, lidx: u32, j: u32) -> u32 {
+    if (POOL) {
+        let l = block * WG + lidx;
+        let w = l % (PHO * PWO);
+        let g = min((l / (PHO * PWO)) * 2u + j / 4u, N4 - 1u);
+        let r = (w / PWO) * 2u + (j % 4u) / 2u;
+        let c = (w % PWO) * 2u + j % 2u;
+        return g * U + r * COLS + c;
+    }
     if (TAPSKIP) {
         return block * WG * V + (lidx / 8u) * 8u * V + j * 8u + lidx % 8u;
     }
@@ -338,6 +352,19 @@ fn spconv(
     }
     let row = wg % p.rows;
     let block = wg / p.rows;
+    let acc = products(row, block, lidx, lane);
+    store(row, lane_pos(block, lidx, 0u), acc.a0);
+    if (V > 1u) { store(row, lane_pos(block, lidx, 1u), acc.a1); }
+    if (V > 2u) { store(row, lane_pos(block, lidx, 2u), acc.a2); }
+    if (V > 3u) { store(row, lane_pos(block, lidx, 3u), acc.a3); }
+    if (V > 4u) { store(row, lane_pos(block, lidx, 4u), acc.a4); }
+    if (V > 5u) { store(row, lane_pos(block, lidx, 5u), acc.a5); }
+    if (V > 6u) { store(row, lane_pos(block, lidx, 6u), acc.a6); }
+    if (V > 7u) { store(row, lane_pos(block, lidx, 7u), acc.a7); }
+}
+
+// Row `row`'s sums at the positions of lane lidx of block `block`.
+fn products(row: u32, block: u32, lidx: u32, lane: u32) -> Acc {
     var bs: Base;
     bs.b0 = base(lane_pos(block, lidx, 0u));
     bs.b1 = base(lane_pos(block, lidx, 1u));
@@ -354,12 +381,83 @@ fn spconv(
     } else {
         acc = walk(acc, bs, idx[p.ptr_off + row], idx[p.ptr_off + row + 1u], lane);
     }
-    store(row, lane_pos(block, lidx, 0u), acc.a0);
-    if (V > 1u) { store(row, lane_pos(block, lidx, 1u), acc.a1); }
-    if (V > 2u) { store(row, lane_pos(block, lidx, 2u), acc.a2); }
-    if (V > 3u) { store(row, lane_pos(block, lidx, 3u), acc.a3); }
-    if (V > 4u) { store(row, lane_pos(block, lidx, 4u), acc.a4); }
-    if (V > 5u) { store(row, lane_pos(block, lidx, 5u), acc.a5); }
-    if (V > 6u) { store(row, lane_pos(block, lidx, 6u), acc.a6); }
-    if (V > 7u) { store(row, lane_pos(block, lidx, 7u), acc.a7); }
+    return acc;
+}
+
+// ---- spconv_pool: the forward product of a convolution whose output feeds a 2x2 max pooling
+// of stride 2 alone (the windows tile it), the ReLU between them fused: the pooling's output
+// flattened ([cout * PHO * PWO, N], into `out`), its argmax (the flat index into the
+// convolution's output [cout, N, HO, WO], NO_ARG where the maximum is <= 0) and the texture
+// of the compressed linear layer after it (texel (image group, feature)), as image.wgsl's
+// max_pool_fwd_tex writes them from the convolution's output, which is never stored here.
+// N a multiple of 4.
+
+const NO_ARG: u32 = 0xffffffffu;
+
+@group(0) @binding(6) var<storage, read_write> parg: array<u32>;
+@group(0) @binding(7) var ptex: texture_storage_2d<rgba32float, write>;
+
+// Window l % (PHO * PWO) of image group 2 * (l / (PHO * PWO)) + gi (none past the last), its
+// places' sums a, b, c, d (window order) of the 4 images.
+fn pool_store(row: u32, l: u32, gi: u32, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) {
+    let g = (l / (PHO * PWO)) * 2u + gi;
+    if (g >= N4) {
+        return;
+    }
+    let w = l % (PHO * PWO);
+    var bias4 = vec4<f32>(0.0);
+    if (BIAS) {
+        bias4 = vec4<f32>(bias[row]);
+    }
+    // The first maximum in window order.
+    var best = a + bias4;
+    var at = vec4<u32>(0u);
+    let v1 = b + bias4;
+    let t1 = v1 > best;
+    best = select(best, v1, t1);
+    at = select(at, vec4<u32>(1u), t1);
+    let v2 = c + bias4;
+    let t2 = v2 > best;
+    best = select(best, v2, t2);
+    at = select(at, vec4<u32>(2u), t2);
+    let v3 = d + bias4;
+    let t3 = v3 > best;
+    best = select(best, v3, t3);
+    at = select(at, vec4<u32>(3u), t3);
+    let live = best > vec4<f32>(0.0);
+    let v = select(vec4<f32>(0.0), best, live);
+    let img = g * 4u + vec4<u32>(0u, 1u, 2u, 3u);
+    let y = (w / PWO) * 2u + at / 2u;
+    let x = (w % PWO) * 2u + at % 2u;
+    let a4 = select(vec4<u32>(NO_ARG), ((row * N + img) * HO + y) * WO + x, live);
+    let f = row * PHO * PWO + w;
+    let o = f * N + g * 4u;
+    out[o] = v.x;
+    out[o + 1u] = v.y;
+    out[o + 2u] = v.z;
+    out[o + 3u] = v.w;
+    parg[o] = a4.x;
+    parg[o + 1u] = a4.y;
+    parg[o + 2u] = a4.z;
+    parg[o + 3u] = a4.w;
+    textureStore(ptex, vec2<u32>(g, f), v);
+}
+
+@compute @workgroup_size(WG)
+fn spconv_pool(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= p.rows * p.blocks) {
+        return;
+    }
+    let row = wg % p.rows;
+    let block = wg / p.rows;
+    let acc = products(row, block, lidx, lane);
+    let l = block * WG + lidx;
+    pool_store(row, l, 0u, acc.a0, acc.a1, acc.a2, acc.a3);
+    pool_store(row, l, 1u, acc.a4, acc.a5, acc.a6, acc.a7);
 }

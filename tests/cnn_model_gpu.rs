@@ -542,7 +542,8 @@ fn compressed_linear_layers_take_their_relu_and_textures_from_each_other() {
     // LeNet-5's fc1 -> ReLU -> fc2, both compressed: fc1's product applies the bias and the ReLU
     // and writes fc2's input texture; fc2's input gradient applies the ReLU's backward and
     // writes fc1's output-gradient texture; the pooling before fc1 (its flatten fused) writes
-    // fc1's input texture. Left: fc2's output gradient into a texture.
+    // fc1's input texture, and runs in conv2's compressed forward product (conv2's output is
+    // never stored). Left: fc2's output gradient into a texture.
     let ctx = ctx();
     let spec = ModelSpec::builtin("lenet5", &[]).expect("lenet5");
     let host = model(spec, 4);
@@ -558,8 +559,19 @@ fn compressed_linear_layers_take_their_relu_and_textures_from_each_other() {
     assert_eq!(count("image.wgsl:relu_bwd_to"), 0, "{names:?}");
     assert_eq!(count("sparse_act.wgsl:pack"), 1, "{names:?}");
     assert_eq!(count("sparse_act.wgsl:relu_bwd_pack"), 0, "{names:?}");
-    assert_eq!(count("image.wgsl:max_pool_fwd_tex"), 1, "{names:?}");
+    assert_eq!(count("image.wgsl:max_pool_fwd_tex"), 0, "{names:?}");
+    assert_eq!(count("sconv.wgsl:spconv_pool (+2 before)"), 1, "{names:?}");
+    // conv2's weight gradient still finds its input's planes and metadata in place.
+    assert_eq!(count("sconv_sddmm.wgsl:sddmm"), 1, "{names:?}");
     assert_eq!(count("image.wgsl:flatten"), 0, "{names:?}");
+    // conv2's forward on the dense products: the pooling runs after it, into the texture.
+    let mut paths = vec![DenseProducts::all(false); 4];
+    paths[1].forward = true;
+    let gpu = GpuModel::with_products(ctx, &host, 4, SEED, opts, &paths).expect("GPU model");
+    let names: Vec<&str> = gpu.step_ops().iter().map(|d| d.name.as_str()).collect();
+    let count = |name: &str| names.iter().filter(|n| n.starts_with(name)).count();
+    assert_eq!(count("image.wgsl:max_pool_fwd_tex"), 1, "{names:?}");
+    assert_eq!(count("sconv.wgsl:spconv_pool"), 0, "{names:?}");
     // fc2 on the dense products: fc1 masks fc2's gradient itself, in its texture copy.
     let mut paths = vec![DenseProducts::all(false); 4];
     paths[3] = DenseProducts::all(true);

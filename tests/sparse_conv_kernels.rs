@@ -9,8 +9,10 @@ mod common;
 use common::{assert_close, ctx, data, mask};
 use rigl::cpu::conv::{self as cpu, Window};
 use rigl::gpu::conv::ConvGeom;
+use rigl::gpu::image;
 use rigl::gpu::sparse_conv::{self as sc, Layout, Scratch, SparseConvForm};
-use rigl::gpu::{ops, GpuContext, Tensor};
+use rigl::gpu::texture::Texture;
+use rigl::gpu::{ops, spmm, GpuContext, Tensor};
 use rigl::nn::spec::Padding;
 use rigl::sparse::csr::CsrIndex;
 
@@ -610,4 +612,243 @@ fn a_max_pooling_writes_the_output_gradient_planes() {
             );
         }
     }
+}
+
+/// The forward product with the 2x2 max pooling of its ReLU (`forward_pooled`: the pooling
+/// flattened and into a linear layer's texture, the convolution's output never stored) writes
+/// what the product then `max_pool_into` write, bit for bit (the same sums in the same order),
+/// and that pooling of the CPU twin's convolution to tolerance: both forms, with and without
+/// bias, odd image-group counts (the last pair of groups half empty), stride 2, windows without
+/// a positive value (no argmax). It declines other windows, windows that leave rows over, and
+/// batches not a multiple of 4.
+#[test]
+fn the_forward_product_pools_its_relu_itself() {
+    let ctx = ctx();
+    let mut checked = 0;
+    for (n, h, cin, cout, k, stride, padding) in [
+        (4, 12, 3, 5, 5, 1, Padding::Valid),
+        (12, 10, 2, 3, 3, 1, Padding::Valid),
+        (8, 16, 2, 4, 3, 2, Padding::Same),
+    ] {
+        let window = Window {
+            n,
+            h,
+            w: h,
+            k,
+            stride,
+            padding,
+        };
+        let g = ConvGeom { window, cin, cout };
+        let (ho, wo) = g.out().unwrap();
+        let pool = Window {
+            n,
+            h: ho,
+            w: wo,
+            k: 2,
+            stride: 2,
+            padding: Padding::Valid,
+        };
+        let (pho, pwo) = pool.out().unwrap();
+        let c = case(g, &mask(g.weight_len(), 0.5, 3), 5);
+        let (lay, scratch, idx, vals) = setup(ctx, &c);
+        let nnz = c.idx.nnz();
+        let x = data(g.input_len(), 31);
+        // Biases low enough that some windows have no positive value.
+        let b: Vec<f32> = data(cout, 32).iter().map(|v| v - 1.5).collect();
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tb = Tensor::from_f32(ctx, "bias", &b).unwrap();
+        let len = cout * n * pho * pwo;
+        let shape = rigl::gpu::image::ImageShape {
+            c: cout,
+            n,
+            h: ho,
+            w: wo,
+        };
+        for form in forms(ctx) {
+            for biased in [false, true] {
+                let bias = biased.then_some(&tb);
+                let what = format!("{} {} bias {biased}", form.as_str(), name(&g));
+                // The product, then the pooling.
+                let ty = Tensor::filled(ctx, "y", g.output_len().unwrap(), f32::NAN).unwrap();
+                let (p1, a1) = (
+                    Tensor::filled(ctx, "pooled", len, f32::NAN).unwrap(),
+                    Tensor::filled(ctx, "arg", len, f32::NAN).unwrap(),
+                );
+                let t1 = Texture::new(ctx, "pooled texture", len / n, n).unwrap();
+                let unfused = [
+                    sc::forward(ctx, form, &lay, nnz, &idx, &vals, bias, &tx, &ty, &scratch)
+                        .unwrap(),
+                    image::max_pool_into(
+                        ctx,
+                        shape,
+                        pool,
+                        &ty,
+                        &p1,
+                        &a1,
+                        true,
+                        image::PoolLayout::Flat,
+                        Some(&t1),
+                    )
+                    .unwrap(),
+                ];
+                ops::run(ctx, "product, pooling", &[&unfused[0], &unfused[1]]).unwrap();
+                // Both at once.
+                let (p2, a2) = (
+                    Tensor::filled(ctx, "pooled", len, f32::NAN).unwrap(),
+                    Tensor::filled(ctx, "arg", len, f32::NAN).unwrap(),
+                );
+                let t2 = Texture::new(ctx, "pooled texture", len / n, n).unwrap();
+                let fused = sc::forward_pooled(
+                    ctx,
+                    form,
+                    &lay,
+                    nnz,
+                    &idx,
+                    &vals,
+                    bias,
+                    &tx,
+                    pool,
+                    (&p2, &a2, &t2),
+                    &scratch,
+                )
+                .unwrap()
+                .expect("2x2 windows tiling the output, a batch of 4s");
+                ops::run(ctx, "pooled product", &[&fused]).unwrap();
+                let back = |t: &Texture| {
+                    let b = Tensor::filled(ctx, "back", len, f32::NAN).unwrap();
+                    ops::run(ctx, "unpack", &[&spmm::unpack(ctx, t, &b).unwrap()]).unwrap();
+                    b.read_f32(ctx).unwrap()
+                };
+                let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let want = p1.read_f32(ctx).unwrap();
+                assert_eq!(
+                    bits(p2.read_f32(ctx).unwrap()),
+                    bits(want.clone()),
+                    "{what} pooled"
+                );
+                assert_eq!(
+                    a2.read_u32(ctx).unwrap(),
+                    a1.read_u32(ctx).unwrap(),
+                    "{what} argmax"
+                );
+                assert_eq!(bits(back(&t2)), bits(back(&t1)), "{what} texture");
+                let args = a2.read_u32(ctx).unwrap();
+                assert!(
+                    args.contains(&u32::MAX) && args.iter().any(|&a| a != u32::MAX),
+                    "{what}"
+                );
+                // The CPU twin's convolution, ReLU, pooling, flattened.
+                let y = cpu::conv2d_forward(
+                    &x,
+                    &c.dense_w,
+                    None,
+                    biased.then_some(&b[..]),
+                    window,
+                    cin,
+                    cout,
+                );
+                let r: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+                let (py, _) = cpu::max_pool_forward(&r, cout, pool);
+                let twin = cpu::flatten(&py, cout, n, pho * pwo);
+                assert_close(
+                    &format!("{what} against the twin"),
+                    &want,
+                    &twin,
+                    1e-5,
+                    1e-4,
+                );
+                checked += 1;
+            }
+        }
+        // Where it declines.
+        let (p, a) = (
+            Tensor::zeros(ctx, "p", len).unwrap(),
+            Tensor::zeros(ctx, "a", len).unwrap(),
+        );
+        let t = Texture::new(ctx, "t", len / n, n).unwrap();
+        for other in [
+            Window {
+                k: 3,
+                stride: 3,
+                ..pool
+            },
+            Window {
+                k: 3,
+                stride: 2,
+                ..pool
+            },
+            Window {
+                k: 2,
+                stride: 2,
+                h: ho - 1,
+                ..pool
+            },
+        ] {
+            let declined = sc::forward_pooled(
+                ctx,
+                forms(ctx)[0],
+                &lay,
+                nnz,
+                &idx,
+                &vals,
+                None,
+                &tx,
+                other,
+                (&p, &a, &t),
+                &scratch,
+            );
+            assert!(
+                declined.as_ref().is_ok_and(|d| d.is_none()),
+                "{}: {other:?}",
+                name(&g)
+            );
+        }
+    }
+    assert_eq!(checked, 3 * 2 * forms(ctx).len());
+    // A batch not a multiple of 4.
+    let window = Window {
+        n: 6,
+        h: 10,
+        w: 10,
+        k: 3,
+        stride: 1,
+        padding: Padding::Valid,
+    };
+    let g = ConvGeom {
+        window,
+        cin: 2,
+        cout: 3,
+    };
+    let c = case(g, &mask(g.weight_len(), 0.5, 3), 5);
+    let (lay, scratch, idx, vals) = setup(ctx, &c);
+    let pool = Window {
+        n: 6,
+        h: 8,
+        w: 8,
+        k: 2,
+        stride: 2,
+        padding: Padding::Valid,
+    };
+    let len = 3 * 6 * 16;
+    let (p, a) = (
+        Tensor::zeros(ctx, "p", len).unwrap(),
+        Tensor::zeros(ctx, "a", len).unwrap(),
+    );
+    // (No texture holds 6 images; one of 8 stands in, never written.)
+    let t = Texture::new(ctx, "t", len / 6, 8).unwrap();
+    let tx = Tensor::zeros(ctx, "x", g.input_len()).unwrap();
+    let declined = sc::forward_pooled(
+        ctx,
+        forms(ctx)[0],
+        &lay,
+        c.idx.nnz(),
+        &idx,
+        &vals,
+        None,
+        &tx,
+        pool,
+        (&p, &a, &t),
+        &scratch,
+    );
+    assert!(declined.is_ok_and(|d| d.is_none()));
 }

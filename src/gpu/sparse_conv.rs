@@ -456,6 +456,16 @@ const SPCONV: &[Binding] = &[
     Binding::ReadWrite,
     Binding::Read,
 ];
+const SPCONV_POOL: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::MetaRead,
+    Binding::TexRead,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::TexWrite,
+];
 const SDDMM: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
@@ -724,6 +734,7 @@ fn spconv(
     out: &Tensor,
     bias: Option<&Tensor>,
     accumulate: bool,
+    pool: Option<&PooledOut<'_>>,
 ) -> Result<Dispatch> {
     let g = lay.geom;
     let s = g.window.stride;
@@ -766,9 +777,23 @@ fn spconv(
     // metadata of 8 nonzeros feeds twice the gathers) and than 4 (more places, wider boxes).
     let skip = !forward && lay.bwd_skips_rows();
     let v = if skip { 2 } else { v };
-    let blocks = total.div_ceil(wg * v);
+    // Pooled: a lane per window of a pair of image groups, its 4 places of both.
+    let (v, lanes, entry, bindings) = match pool {
+        Some(po) => (
+            8,
+            lay.n4.div_ceil(2) * po.pho * po.pwo,
+            "spconv_pool",
+            SPCONV_POOL,
+        ),
+        None => (v, total.div_ceil(v), "spconv", SPCONV),
+    };
+    let blocks = lanes.div_ceil(wg);
+    let (pho, pwo) = pool.map_or((1, 1), |po| (po.pho, po.pwo));
     let spec = lay
-        .geometry(KernelSpec::new("sconv", "spconv", SPCONV))
+        .geometry(KernelSpec::new("sconv", entry, bindings))
+        .with_override("POOL", f64::from(u8::from(pool.is_some())))
+        .with_override("PHO", pho as f64)
+        .with_override("PWO", pwo as f64)
         .with_override("N4", lay.n4 as f64)
         .with_override("U", u_sp as f64)
         .with_override("COLS", cols as f64)
@@ -801,7 +826,13 @@ fn spconv(
             Res::Tex(if forward { &sc.planes } else { &sc.dspace }),
             Res::Buf(out),
             Res::Buf(bias.unwrap_or(idx)),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            pool.into_iter()
+                .flat_map(|po| [Res::Buf(po.arg), Res::Tex(po.tex)]),
+        )
+        .collect::<Vec<_>>(),
         (rows * blocks) as u64,
     )?
     .with_cost(0.0, 16.0 * (nnz as f64) * total as f64 / g.cout as f64))
@@ -833,9 +864,80 @@ pub fn forward(
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, vals, sc)?,
         input_planes(ctx, lay, x, sc)?,
-        spconv(ctx, lay, form, true, nnz, idx, sc, y, bias, false)?,
+        spconv(ctx, lay, form, true, nnz, idx, sc, y, bias, false, None)?,
     ];
     chain(ops, sparse_flops(lay, nnz))
+}
+
+/// The pooled outputs of [`forward_pooled`] besides the pooled values.
+struct PooledOut<'a> {
+    arg: &'a Tensor,
+    tex: &'a Texture,
+    pho: usize,
+    pwo: usize,
+}
+
+/// [`forward`] of a convolution whose output feeds a 2x2 max pooling of stride 2 alone, with
+/// the ReLU between them fused and the pooling's output flattened for a compressed linear
+/// layer (`max_pool_into` with `relu`, the flattened layout and a texture): writes what that
+/// pooling writes, `pooled` `[cout·Ho'·Wo', N]`, its argmax `arg` (into the convolution's
+/// output `[cout, N, Ho, Wo]`) and the linear layer's input texture `tex`, and never the
+/// convolution's output itself (`shaders/sconv.wgsl`, `spconv_pool`). `None` where it does not
+/// apply: other windows, windows that do not tile the output, a batch not a multiple of 4.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_pooled(
+    ctx: &GpuContext,
+    form: SparseConvForm,
+    lay: &Layout,
+    nnz: usize,
+    idx: &Tensor,
+    vals: &Tensor,
+    bias: Option<&Tensor>,
+    x: &Tensor,
+    pool: Window,
+    (pooled, arg, tex): (&Tensor, &Tensor, &Texture),
+    sc: &Scratch,
+) -> Result<Option<Dispatch>> {
+    let g = lay.geom;
+    let n = g.window.n;
+    let Some((pho, pwo)) = pool.out() else {
+        return Ok(None);
+    };
+    if (pool.k, pool.stride) != (2, 2)
+        || pool.pad() != (0, 0)
+        || (pool.n, pool.h, pool.w) != (n, lay.ho, lay.wo)
+        || (2 * pho, 2 * pwo) != (lay.ho, lay.wo)
+        || !n.is_multiple_of(4)
+    {
+        return Ok(None);
+    }
+    check(lay, nnz, idx, sc)?;
+    check_len(vals, nnz, "values")?;
+    check_len(x, g.input_len(), "input")?;
+    check_len(pooled, g.cout * n * pho * pwo, "pooled output")?;
+    check_len(arg, g.cout * n * pho * pwo, "pooling argmax")?;
+    if let Some(b) = bias {
+        check_len(b, g.cout, "bias")?;
+    }
+    let po = PooledOut { arg, tex, pho, pwo };
+    let ops = vec![
+        meta(ctx, lay, "meta_fwd", nnz, idx, vals, sc)?,
+        input_planes(ctx, lay, x, sc)?,
+        spconv(
+            ctx,
+            lay,
+            form,
+            true,
+            nnz,
+            idx,
+            sc,
+            pooled,
+            bias,
+            false,
+            Some(&po),
+        )?,
+    ];
+    chain(ops, sparse_flops(lay, nnz)).map(Some)
 }
 
 /// Useful FLOPs of one product of a layer with `nnz` active weights.
@@ -868,7 +970,9 @@ pub fn input_grad(
         meta(ctx, lay, "bwd_rows", nnz, idx, vals, sc)?,
         meta(ctx, lay, "meta_bwd", nnz, idx, vals, sc)?,
         dy_planes(ctx, lay, dy, sc)?,
-        spconv(ctx, lay, form, false, nnz, idx, sc, dx, None, accumulate)?,
+        spconv(
+            ctx, lay, form, false, nnz, idx, sc, dx, None, accumulate, None,
+        )?,
     ];
     chain(ops, sparse_flops(lay, nnz))
 }

@@ -574,6 +574,17 @@ struct Bwd {
     /// gradient through `dy_planes`, which a max pooling right after the convolution may write
     /// itself ([`Builder::seq`]).
     dy_planes: Option<DyPlanes>,
+    /// A compressed convolution's forward product, which a max pooling right after it may run
+    /// in its place, pooling included ([`Builder::pool`]).
+    conv_fwd: Option<ConvFwd>,
+}
+
+/// A compressed convolution's forward product: the builder's `forward[at]`, of param `param`
+/// on the input `x`.
+struct ConvFwd {
+    at: usize,
+    param: usize,
+    x: Tensor,
 }
 
 /// A compressed convolution's weight-gradient pass: `ops[at]`, of param `param`.
@@ -712,7 +723,8 @@ impl Builder<'_> {
                         && matches!(layers.get(i + f.len()), Some(Layer::Linear { .. }))
                         && self.on_compressed_kernels(self.next_param, false)
                         && self.n.is_multiple_of(4);
-                    let (y, b) = self.pool(pool, x, grad, relu, flatten, feeds)?;
+                    let conv = parts.last_mut().and_then(|b| b.conv_fwd.take());
+                    let (y, b) = self.pool(pool, x, grad, relu, flatten, feeds, conv)?;
                     (y, b, f.len())
                 }
                 None => {
@@ -787,6 +799,27 @@ impl Builder<'_> {
         let dw = prev.ops.remove(dp.at);
         prev.ops.insert(dp.at, dw.without_before(&["dy_planes"]));
         Ok(())
+    }
+
+    /// The forward product of the compressed convolution `cf` with the max pooling of its ReLU
+    /// over `window` into `out` (pooled, flattened; argmax; the next layer's texture), where
+    /// [`sparse_conv::forward_pooled`] applies.
+    fn pooled_product(
+        &self,
+        cf: &ConvFwd,
+        window: Window,
+        out: (&Tensor, &Tensor, &Texture),
+    ) -> Result<Option<Dispatch>> {
+        let (Some(c), Some(slots)) = (self.compressed[cf.param].as_ref(), &self.slots) else {
+            return Ok(None);
+        };
+        let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures) else {
+            return Ok(None);
+        };
+        let bias = self.params[cf.param].bias.as_ref().map(|b| &b[0]);
+        sparse_conv::forward_pooled(
+            self.ctx, self.sform, lay, c.nnz, &c.idx, &c.vals, bias, &cf.x, window, out, sc,
+        )
     }
 
     /// Whether param `i` runs on the compressed kernels (every product), with a bias if `bias`.
@@ -1081,6 +1114,13 @@ impl Builder<'_> {
                         )
                     }
                 };
+                if self.compressed[idx].is_some() && !paths.forward {
+                    bwd.conv_fwd = Some(ConvFwd {
+                        at: self.forward.len(),
+                        param: idx,
+                        x: x.t.clone(),
+                    });
+                }
                 self.forward.extend(fwd);
                 if let Some([_, gb, _]) = &p.bias {
                     bwd.bias = Some(BiasGrad {
@@ -1114,7 +1154,7 @@ impl Builder<'_> {
                 Ok((y, bwd))
             }
             Layer::MaxPool { .. } | Layer::AvgPool { .. } => {
-                self.pool(layer, x, needs_grad, false, false, false)
+                self.pool(layer, x, needs_grad, false, false, false, None)
             }
             Layer::GlobalAvgPool => {
                 let y = self.act(
@@ -1471,7 +1511,9 @@ impl Builder<'_> {
     /// the ReLU before it), one pass each way; `flatten`: a flatten after a max pooling, fused
     /// (the pooling's output and output gradient in the flattened layout); `texture`: the
     /// flattened output also written as an activation texture (`Act::tex`), for a compressed
-    /// linear layer after it.
+    /// linear layer after it. `conv`: the compressed convolution right before it, whose
+    /// forward product runs the pooling too where [`sparse_conv::forward_pooled`] applies.
+    #[allow(clippy::too_many_arguments)]
     fn pool(
         &mut self,
         layer: &Layer,
@@ -1480,6 +1522,7 @@ impl Builder<'_> {
         relu: bool,
         flatten: bool,
         texture: bool,
+        conv: Option<ConvFwd>,
     ) -> Result<(Act, Bwd)> {
         let (ctx, n) = (self.ctx, self.n);
         let mut bwd = Bwd::default();
@@ -1500,17 +1543,32 @@ impl Builder<'_> {
         let s = image_shape(x.s, n);
         if matches!(layer, Layer::MaxPool { .. }) {
             let arg = Tensor::zeros(ctx, "max pooling argmax", y.s.len() * n)?;
-            self.forward.push(image::max_pool_into(
-                ctx,
-                s,
-                g,
-                &x.t,
-                &y.t,
-                &arg,
-                relu,
-                layout,
-                y.tex.as_ref(),
-            )?);
+            let pooled = match (conv, relu, y.tex.as_ref()) {
+                (Some(cf), true, Some(tex)) if flatten => self
+                    .pooled_product(&cf, g, (&y.t, &arg, tex))?
+                    .map(|op| (cf.at, op)),
+                _ => None,
+            };
+            match pooled {
+                Some((at, op)) => {
+                    let (old, new) = (self.forward[at].id(), op.id());
+                    self.forward[at] = op;
+                    for user in self.scratch_users.iter_mut().filter(|u| u.0 == old) {
+                        user.0 = new.clone();
+                    }
+                }
+                None => self.forward.push(image::max_pool_into(
+                    ctx,
+                    s,
+                    g,
+                    &x.t,
+                    &y.t,
+                    &arg,
+                    relu,
+                    layout,
+                    y.tex.as_ref(),
+                )?),
+            }
             if needs_grad {
                 // A channel's outputs are one run in either layout.
                 bwd.pooled = Some(Pooled {
