@@ -472,16 +472,33 @@ name = "fc"
 out = 10
 "#;
 
-/// RigL on the compressed kernels of a LeNet-shaped net, where conv2's pooling writes conv2's
-/// output-gradient planes and the mask update's dense gradient runs the pooling's backward
-/// itself: the same masks as the masked path through every update, the weights to tolerance.
+/// The same with a 3x3 `conv1` of 8 channels on 10x10 images and a wider `conv2`: at 50% ERK
+/// keeps every weight of `conv1` (and of `fc`).
+fn tiny_lenet_wide() -> String {
+    TINY_LENET
+        .replace("[1, 12, 12]", "[1, 10, 10]")
+        .replace("out = 4\nkernel = 5", "out = 8\nkernel = 3")
+        .replace("out = 6\nkernel = 3", "out = 24\nkernel = 3")
+}
+
+/// RigL on the compressed kernels of a LeNet-shaped net, where conv2's forward product pools
+/// its ReLU itself, its pooling writes conv2's output-gradient planes and the mask update's
+/// dense gradient runs the pooling's backward itself; with `conv1` sparse, and with every
+/// weight of it active (ERK's choice; still compressed, its kernels then read and write its
+/// slots in place): the same masks as the masked path through every update, the weights to
+/// tolerance.
 #[test]
 fn a_pooled_compressed_convolution_updates_its_mask_like_the_masked_path() {
+    pooled_net_like_the_masked_path(TINY_LENET, 144, false);
+    pooled_net_like_the_masked_path(&tiny_lenet_wide(), 100, true);
+}
+
+fn pooled_net_like_the_masked_path(toml: &str, features: usize, conv1_full: bool) {
     let ctx = ctx();
-    let data = Dataset::synthetic(48, 16, 144, 10, 5).unwrap();
+    let data = Dataset::synthetic(48, 16, features, 10, 5).unwrap();
     let cfg = |kernels| TrainConfig {
         dataset: "synthetic".into(),
-        model_toml: Some(TINY_LENET.into()),
+        model_toml: Some(toml.into()),
         method: Method::Rigl,
         sparsity: 0.5,
         batch: 8,
@@ -525,6 +542,11 @@ fn a_pooled_compressed_convolution_updates_its_mask_like_the_masked_path() {
     };
     assert!(logged(a.path()).iter().sum::<u64>() > 0, "no mask changed");
     assert_eq!(logged(a.path()), logged(m.path()), "new connections");
+    assert_eq!(
+        fa.masks[0].iter().all(|&v| v != 0.0),
+        conv1_full,
+        "conv1's mask"
+    );
     for (l, ((ma, mm), (wa, wm))) in fa
         .masks
         .iter()
@@ -532,9 +554,10 @@ fn a_pooled_compressed_convolution_updates_its_mask_like_the_masked_path() {
         .zip(fa.weights.iter().zip(&fm.weights))
         .enumerate()
     {
-        assert_eq!(ma, mm, "layer {l}: masks differ between the paths");
+        let what = format!("conv1 full {conv1_full}, layer {l}");
+        assert_eq!(ma, mm, "{what}: masks differ between the paths");
         let scale = wm.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-3);
-        assert_close(&format!("layer {l} weights"), wa, wm, 1e-4 * scale, 1e-3);
+        assert_close(&format!("{what} weights"), wa, wm, 1e-4 * scale, 1e-3);
     }
 }
 

@@ -1315,27 +1315,41 @@ impl Builder<'_> {
         };
         // The weights it reads and the gradient it writes: the param's own (masked), or a
         // compressed param's slots scattered into the shared scratch before the forward and the
-        // gradient gathered back from it.
-        let (w, mask, grad, scatter, gather) = match (&self.compressed[idx], &self.slots) {
+        // gradient gathered back from it. A compressed param with every weight active (ERK's
+        // first convolution) holds its slots in the dense layout (the index's order is the flat
+        // one, and a mask update regrows what it drops, in place): the kernels read and write
+        // the slots themselves. `dense`: where the mask update's dense gradient goes.
+        let (w, mask, grad, scatter, gather, dense) = match (&self.compressed[idx], &self.slots) {
             (Some(c), Some(slots)) => {
-                let wv = slots.dense_weights(ctx, c, &name)?;
                 let gv = slots.dense_grad.slice(
                     ctx,
                     0,
                     c.rows() * c.cols(),
                     &format!("{name} dense gradient"),
                 )?;
-                let slot = |op: SlotOp, d: &Tensor| {
-                    spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
-                };
-                let scatter = vec![slot(SlotOp::Zero, &wv)?, slot(SlotOp::Scatter, &wv)?];
-                let gather = slot(SlotOp::Gather, &gv)?;
-                (wv, None, gv, scatter, Some(gather))
+                if c.nnz == c.rows() * c.cols() {
+                    (
+                        c.vals.clone(),
+                        None,
+                        c.grad.clone(),
+                        Vec::new(),
+                        None,
+                        Some(gv),
+                    )
+                } else {
+                    let wv = slots.dense_weights(ctx, c, &name)?;
+                    let slot = |op: SlotOp, d: &Tensor| {
+                        spmm::slots(ctx, op, c.shape(n), &c.idx, &c.vals, d, &c.grad)
+                    };
+                    let scatter = vec![slot(SlotOp::Zero, &wv)?, slot(SlotOp::Scatter, &wv)?];
+                    let gather = slot(SlotOp::Gather, &gv)?;
+                    (wv, None, gv.clone(), scatter, Some(gather), Some(gv))
+                }
             }
             _ => {
                 let pf = self.params[idx].flat()?;
                 let m = Some(pf.mask.clone());
-                (pf.w.clone(), m, pf.grad.clone(), Vec::new(), None)
+                (pf.w.clone(), m, pf.grad.clone(), Vec::new(), None, None)
             }
         };
         let (x, dy) = (&x.t, &y.g);
@@ -1364,11 +1378,11 @@ impl Builder<'_> {
             &grad,
             gb.as_ref(),
         )?);
-        if let Some(gather) = gather {
-            bwd.push(gather);
+        bwd.ops.extend(gather);
+        if let Some(gv) = dense {
             // The dense gradient (RigL's grow score) at mask updates: the same pass into the
             // scratch, the bias gradient left alone.
-            let dense = conv_pool::weight_grad(ctx, &g, x, xt.as_ref(), dy, &arg, &grad, None)?;
+            let dense = conv_pool::weight_grad(ctx, &g, x, xt.as_ref(), dy, &arg, &gv, None)?;
             if let Some(c) = self.compressed[idx].as_mut() {
                 c.dense_grad = Some(dense);
             }
