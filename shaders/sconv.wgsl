@@ -66,9 +66,10 @@ override BCAST: bool = true;
 override WG: u32 = 64u;
 // Output positions per lane (1 to 8).
 override V: u32 = 1u;
-// Input gradient at stride 1, kernels of at most 8 x 8 (V = 1): the positions ordered by place
-// first (u = (r * COLS + c) * N4 + g: consecutive lanes hold one place of consecutive image
-// groups), and each subgroup (BCAST; each lane in the portable form) walks only the taps (ky, kx)
+// Input gradient at stride 1, kernels of at most 8 x 8: the positions ordered by place first
+// (u = (r * COLS + c) * N4 + g: consecutive lanes hold one place of consecutive image groups, a
+// subgroup's 8 * V positions in a row), and each subgroup (BCAST: its lanes walk the same
+// nonzeros, whatever its size; each lane in the portable form) walks only the taps (ky, kx)
 // that read inside dy for some place it holds (the others read the padding's zeros): per kernel
 // row, the slots of the taps kx_lo..kx_hi, found through the per-(row, tap) pointers that
 // bwd_rows writes after the row pointers, walked as one sequence 8 at a time.

@@ -919,6 +919,15 @@ pub fn forward_pooled(
     if let Some(b) = bias {
         check_len(b, g.cout, "bias")?;
     }
+    if (tex.rows, tex.batch) != (g.cout * pho * pwo, n) {
+        return Err(RiglError::invalid(format!(
+            "sparse convolution pooled into texture '{}' ({} rows of {}): needs {} rows of {n}",
+            tex.label,
+            tex.rows,
+            tex.batch,
+            g.cout * pho * pwo
+        )));
+    }
     let po = PooledOut { arg, tex, pho, pwo };
     let ops = vec![
         meta(ctx, lay, "meta_fwd", nnz, idx, vals, sc)?,
