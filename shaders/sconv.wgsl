@@ -148,6 +148,20 @@ fn madd(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
     return r;
 }
 
+// The 8 nonzeros whose address a and weight w lanes 0..7 hold, each broadcast to every lane.
+fn madd8(acc: Acc, bs: Base, a: u32, w: f32) -> Acc {
+    var r = acc;
+    r = madd(r, bs, subgroupBroadcast(a, 0u), subgroupBroadcast(w, 0u));
+    r = madd(r, bs, subgroupBroadcast(a, 1u), subgroupBroadcast(w, 1u));
+    r = madd(r, bs, subgroupBroadcast(a, 2u), subgroupBroadcast(w, 2u));
+    r = madd(r, bs, subgroupBroadcast(a, 3u), subgroupBroadcast(w, 3u));
+    r = madd(r, bs, subgroupBroadcast(a, 4u), subgroupBroadcast(w, 4u));
+    r = madd(r, bs, subgroupBroadcast(a, 5u), subgroupBroadcast(w, 5u));
+    r = madd(r, bs, subgroupBroadcast(a, 6u), subgroupBroadcast(w, 6u));
+    r = madd(r, bs, subgroupBroadcast(a, 7u), subgroupBroadcast(w, 7u));
+    return r;
+}
+
 // The nonzeros start..end of the metadata: 8 at a time, past the end as weight 0 at a valid
 // address (a branch around loads costs more than the wasted multiply-adds on lavapipe).
 fn walk(acc: Acc, bs: Base, start: u32, end: u32, lane: u32) -> Acc {
@@ -157,14 +171,7 @@ fn walk(acc: Acc, bs: Base, start: u32, end: u32, lane: u32) -> Acc {
         if (BCAST) {
             let m = textureLoad(nzmeta, tex_at(min(j0 + l8, end - 1u)));
             let wl = select(0.0, bitcast<f32>(m.y), j0 + l8 < end);
-            r = madd(r, bs, subgroupBroadcast(m.x, 0u), subgroupBroadcast(wl, 0u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 1u), subgroupBroadcast(wl, 1u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 2u), subgroupBroadcast(wl, 2u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 3u), subgroupBroadcast(wl, 3u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 4u), subgroupBroadcast(wl, 4u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 5u), subgroupBroadcast(wl, 5u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 6u), subgroupBroadcast(wl, 6u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 7u), subgroupBroadcast(wl, 7u));
+            r = madd8(r, bs, m.x, wl);
         } else {
             for (var t = 0u; t < 8u; t++) {
                 let m = textureLoad(nzmeta, tex_at(min(j0 + t, end - 1u)));
@@ -270,14 +277,7 @@ fn walk_segs(acc: Acc, bs: Base, sg: Segs, lane: u32) -> Acc {
         if (BCAST) {
             let m = textureLoad(nzmeta, tex_at(seg_slot(sg, min(j0 + l8, sg.total - 1u))));
             let wl = select(0.0, bitcast<f32>(m.y), j0 + l8 < sg.total);
-            r = madd(r, bs, subgroupBroadcast(m.x, 0u), subgroupBroadcast(wl, 0u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 1u), subgroupBroadcast(wl, 1u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 2u), subgroupBroadcast(wl, 2u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 3u), subgroupBroadcast(wl, 3u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 4u), subgroupBroadcast(wl, 4u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 5u), subgroupBroadcast(wl, 5u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 6u), subgroupBroadcast(wl, 6u));
-            r = madd(r, bs, subgroupBroadcast(m.x, 7u), subgroupBroadcast(wl, 7u));
+            r = madd8(r, bs, m.x, wl);
         } else {
             for (var t = 0u; t < 8u; t++) {
                 let m = textureLoad(nzmeta, tex_at(seg_slot(sg, min(j0 + t, sg.total - 1u))));
