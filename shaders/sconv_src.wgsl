@@ -91,15 +91,21 @@ fn src_planes(
     }
 }
 
+// The place of source position (y, x) of channel c and image group grp in the planes of one
+// phase (NP = 1, SS = 1: the padded output gradient).
+fn data_at(c: u32, grp: u32, y: u32, x: u32) -> vec2<u32> {
+    return tex_at(c * ST_ + grp * SP + (y + OFF_Y) * WP + x + OFF_X);
+}
+
 // Texel g of the source's own: one position of SC x ceil(N / 4) x SH x SW, at its place in the
-// planes of one phase (NP = 1, SS = 1: the padded output gradient).
+// planes of one phase.
 fn data_texel(g: u32) {
     let per_c = ((N + 3u) / 4u) * SH * SW;
     let c = g / per_c;
     let grp = (g % per_c) / (SH * SW);
     let e = g % (SH * SW);
     let v = images(c * N, grp * 4u, e, SH * SW);
-    textureStore(planes, tex_at(c * ST_ + grp * SP + (e / SW + OFF_Y) * WP + e % SW + OFF_X), v);
+    textureStore(planes, data_at(c, grp, e / SW, e % SW), v);
 }
 
 // The output gradient padded for the input gradient (one plane per output channel), which the
@@ -160,8 +166,8 @@ fn pool_dy_planes(
     let py = q / PWO;
     let px = q % PWO;
     // The group's 4 images, the ones past the batch clamped to its last (their loads discarded).
-    let lane = grp * 4u + vec4<u32>(0u, 1u, 2u, 3u);
-    let imgs = min(lane, vec4<u32>(N - 1u));
+    let group = grp * 4u + vec4<u32>(0u, 1u, 2u, 3u);
+    let imgs = min(group, vec4<u32>(N - 1u));
     var o = ((c * N + imgs) * PHO + py) * PWO + px;
     if (PFLAT) {
         o = (c * windows + q) * N + imgs;
@@ -169,7 +175,7 @@ fn pool_dy_planes(
     let gv = select(
         vec4<f32>(src[o.x], src[o.y], src[o.z], src[o.w]),
         vec4<f32>(0.0),
-        lane > vec4<u32>(N - 1u),
+        group > vec4<u32>(N - 1u),
     );
     let a = vec4<u32>(parg[o.x], parg[o.y], parg[o.z], parg[o.w]);
     // The argmax's position in its image's plane; none matches where it is NO_ARG.
@@ -179,7 +185,7 @@ fn pool_dy_planes(
             let y = py * PK_ + qy;
             let x = px * PK_ + qx;
             let v = select(vec4<f32>(0.0), gv, at == vec4<u32>(y * SW + x));
-            textureStore(planes, tex_at(c * ST_ + grp * SP + (y + OFF_Y) * WP + x + OFF_X), v);
+            textureStore(planes, data_at(c, grp, y, x), v);
         }
     }
 }

@@ -256,12 +256,17 @@ impl Dispatch {
 
     /// Makes `first` part of this dispatch, encoded before its other `before` launches.
     pub fn after(mut self, first: Dispatch) -> Self {
-        let mut before = std::mem::take(&mut self.before);
+        let mut before = self.take_before();
+        before.insert(0, (first, None));
+        self.with_before_or_copy(before)
+    }
+
+    /// Takes the `before` launches out, and their count out of the name.
+    fn take_before(&mut self) -> Vec<(Dispatch, Option<TexCopy>)> {
         if let Some(i) = self.name.find(" (+") {
             self.name.truncate(i);
         }
-        before.insert(0, (first, None));
-        self.with_before_or_copy(before)
+        std::mem::take(&mut self.before)
     }
 
     /// What tells this dispatch from every other one (its parameter block).
@@ -272,10 +277,7 @@ impl Dispatch {
     /// Drops the `before` launches whose kernel entry point (`file.wgsl:entry`) is one of
     /// `entries`, when what they write is already in place; the name counts what is left.
     pub fn without_before(mut self, entries: &[&str]) -> Self {
-        let before = std::mem::take(&mut self.before);
-        if let Some(i) = self.name.find(" (+") {
-            self.name.truncate(i);
-        }
+        let before = self.take_before();
         let kept = before
             .into_iter()
             .filter(|(b, _)| {

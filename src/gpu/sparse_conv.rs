@@ -498,52 +498,123 @@ fn check_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     crate::gpu::ops::check_len(t, n, &format!("sparse convolution {what}"))
 }
 
-/// The launch writing the shifted planes of `src` `[c, N, sh, sw]` into `planes` (`entry`:
-/// `src_planes` or `dy_planes`, the same code), or with `data_only` (`dy_planes` only) the
-/// texels of `src`'s own positions only.
-#[allow(clippy::too_many_arguments)]
+/// A source `[c, N, sh, sw]` and the planes it is laid out in (`shaders/sconv_src.wgsl`): `np`
+/// x `np` stride phases of `hp` x `wp` with `sp` positions per image group, element (a, b) of
+/// phase (py, px) the source's `(a·stride + py - off_y, b·stride + px - off_x)`, `st` texels
+/// per virtual channel.
+#[derive(Clone, Copy)]
+struct PlanesGeom {
+    c: usize,
+    n: usize,
+    sh: usize,
+    sw: usize,
+    stride: usize,
+    np: usize,
+    hp: usize,
+    wp: usize,
+    sp: usize,
+    off_y: usize,
+    off_x: usize,
+    st: usize,
+}
+
+impl PlanesGeom {
+    /// The forward's source: the phase planes of the layer's input.
+    fn input(lay: &Layout) -> Self {
+        let (g, win) = (lay.geom, lay.geom.window);
+        PlanesGeom {
+            c: g.cin,
+            n: win.n,
+            sh: win.h,
+            sw: win.w,
+            stride: win.stride,
+            np: lay.npy,
+            hp: lay.hq,
+            wp: lay.wq,
+            sp: lay.p_fwd,
+            off_y: lay.pad_t,
+            off_x: lay.pad_l,
+            st: lay.st,
+        }
+    }
+
+    /// The output gradient padded for the input gradient (one phase).
+    fn dy(lay: &Layout) -> Self {
+        let g = lay.geom;
+        PlanesGeom {
+            c: g.cout,
+            n: g.window.n,
+            sh: lay.ho,
+            sw: lay.wo,
+            stride: 1,
+            np: 1,
+            hp: lay.hd,
+            wp: lay.wd,
+            sp: lay.p_bwd,
+            off_y: lay.lt,
+            off_x: lay.ll,
+            st: lay.std,
+        }
+    }
+
+    /// Texels of the planes, or with `data_only` of the source's own positions.
+    fn texels(&self, data_only: bool) -> usize {
+        if data_only {
+            self.c * self.n.div_ceil(4) * self.sh * self.sw
+        } else {
+            self.np * self.np * self.c * self.st
+        }
+    }
+
+    /// `entry` of `shaders/sconv_src.wgsl` specialised to this geometry.
+    fn spec(
+        &self,
+        entry: &'static str,
+        bindings: &'static [Binding],
+        data_only: bool,
+    ) -> KernelSpec {
+        let mut spec = KernelSpec::new("sconv_src", entry, bindings)
+            .with_override("DATA_ONLY", f64::from(u8::from(data_only)));
+        for (name, v) in [
+            ("N", self.n),
+            ("SC", self.c),
+            ("SH", self.sh),
+            ("SW", self.sw),
+            ("SS", self.stride),
+            ("NP", self.np),
+            ("HP", self.hp),
+            ("WP", self.wp),
+            ("SP", self.sp),
+            ("OFF_Y", self.off_y),
+            ("OFF_X", self.off_x),
+            ("ST_", self.st),
+        ] {
+            spec = spec.with_override(name, v as f64);
+        }
+        spec
+    }
+}
+
+/// The launch writing `src` into its planes `planes` of geometry `geom` (`entry`: `src_planes`
+/// or `dy_planes`, the same code), or with `data_only` (`dy_planes` only) the texels of `src`'s
+/// own positions only.
 fn src_planes(
     ctx: &GpuContext,
     entry: &'static str,
     data_only: bool,
     src: &Tensor,
-    (c, n, sh, sw): (usize, usize, usize, usize),
-    (stride, np, hp, wp, sp): (usize, usize, usize, usize, usize),
-    (off_y, off_x): (usize, usize),
-    st: usize,
+    geom: PlanesGeom,
     planes: &Texture,
 ) -> Result<Dispatch> {
     // One invocation per texel: a position of 4 images.
-    let texels = if data_only {
-        c * n.div_ceil(4) * sh * sw
-    } else {
-        np * np * c * st
-    };
-    let mut spec = KernelSpec::new("sconv_src", entry, SRC)
-        .with_override("DATA_ONLY", f64::from(u8::from(data_only)));
-    for (name, v) in [
-        ("N", n),
-        ("SC", c),
-        ("SH", sh),
-        ("SW", sw),
-        ("SS", stride),
-        ("NP", np),
-        ("HP", hp),
-        ("WP", wp),
-        ("SP", sp),
-        ("OFF_Y", off_y),
-        ("OFF_X", off_x),
-        ("ST_", st),
-    ] {
-        spec = spec.with_override(name, v as f64);
-    }
+    let texels = geom.texels(data_only);
     let params = Params {
         texels: u(texels, "texels")?,
         ..Params::default()
     };
     Ok(Dispatch::build_res(
         ctx,
-        &spec,
+        &geom.spec(entry, SRC, data_only),
         bytemuck::bytes_of(&params),
         &[Res::Buf(src), Res::Tex(planes)],
         texels.div_ceil(64) as u64,
@@ -553,36 +624,16 @@ fn src_planes(
 
 /// The launch writing the forward source: the phase planes of the input `x`.
 fn input_planes(ctx: &GpuContext, lay: &Layout, x: &Tensor, sc: &Scratch) -> Result<Dispatch> {
-    let (g, win) = (lay.geom, lay.geom.window);
-    src_planes(
-        ctx,
-        "src_planes",
-        false,
-        x,
-        (g.cin, win.n, win.h, win.w),
-        (win.stride, lay.npy, lay.hq, lay.wq, lay.p_fwd),
-        (lay.pad_t, lay.pad_l),
-        lay.st,
-        &sc.planes,
-    )
+    let geom = PlanesGeom::input(lay);
+    src_planes(ctx, "src_planes", false, x, geom, &sc.planes)
 }
 
 /// The launch writing the padded output gradient `dy` into `sc.dspace`: the input gradient's
 /// source, which the weight gradient reads too. Where the scratch serves this geometry alone,
 /// only dy's own texels: the padding is still the zeros the texture was made with.
 fn dy_planes(ctx: &GpuContext, lay: &Layout, dy: &Tensor, sc: &Scratch) -> Result<Dispatch> {
-    let g = lay.geom;
-    src_planes(
-        ctx,
-        "dy_planes",
-        sc.solo == Some(*lay),
-        dy,
-        (g.cout, g.window.n, lay.ho, lay.wo),
-        (1, 1, lay.hd, lay.wd, lay.p_bwd),
-        (lay.lt, lay.ll),
-        lay.std,
-        &sc.dspace,
-    )
+    let solo = sc.solo == Some(*lay);
+    src_planes(ctx, "dy_planes", solo, dy, PlanesGeom::dy(lay), &sc.dspace)
 }
 
 const POOL_SRC: &[Binding] = &[
@@ -628,22 +679,10 @@ pub fn pooled_dy_planes(
     check_len(pooled, g.cout * n * pho * pwo, "pooled output gradient")?;
     check_len(arg, g.cout * n * pho * pwo, "pooling argmax")?;
     let windows = g.cout * n.div_ceil(4) * pho * pwo;
-    let mut spec = KernelSpec::new("sconv_src", "pool_dy_planes", POOL_SRC)
+    let mut spec = PlanesGeom::dy(lay)
+        .spec("pool_dy_planes", POOL_SRC, true)
         .with_override("PFLAT", f64::from(u8::from(flat)));
-    for (name, v) in [
-        ("N", n),
-        ("SC", g.cout),
-        ("SH", lay.ho),
-        ("SW", lay.wo),
-        ("PK_", k),
-        ("PHO", pho),
-        ("PWO", pwo),
-        ("WP", lay.wd),
-        ("SP", lay.p_bwd),
-        ("OFF_Y", lay.lt),
-        ("OFF_X", lay.ll),
-        ("ST_", lay.std),
-    ] {
+    for (name, v) in [("PK_", k), ("PHO", pho), ("PWO", pwo)] {
         spec = spec.with_override(name, v as f64);
     }
     let params = Params {

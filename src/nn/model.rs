@@ -776,10 +776,7 @@ impl Builder<'_> {
         prev: &mut Bwd,
         dp: DyPlanes,
     ) -> Result<()> {
-        let (Some(c), Some(slots)) = (self.compressed[dp.param].as_mut(), &self.slots) else {
-            return Ok(());
-        };
-        let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures) else {
+        let Some((_, lay, sc)) = self.compressed_conv(dp.param) else {
             return Ok(());
         };
         let Some(op) = sparse_conv::pooled_dy_planes(
@@ -795,7 +792,9 @@ impl Builder<'_> {
             return Ok(());
         };
         let unfused = std::mem::replace(&mut b.ops[pool.at], op);
-        c.dense_grad = c.dense_grad.take().map(|d| d.after(unfused));
+        if let Some(c) = self.compressed[dp.param].as_mut() {
+            c.dense_grad = c.dense_grad.take().map(|d| d.after(unfused));
+        }
         let dw = prev.ops.remove(dp.at);
         prev.ops.insert(dp.at, dw.without_before(&["dy_planes"]));
         Ok(())
@@ -810,16 +809,32 @@ impl Builder<'_> {
         window: Window,
         out: (&Tensor, &Tensor, &Texture),
     ) -> Result<Option<Dispatch>> {
-        let (Some(c), Some(slots)) = (self.compressed[cf.param].as_ref(), &self.slots) else {
-            return Ok(None);
-        };
-        let (CompressedKind::Conv(lay), Some(sc)) = (&c.kind, &slots.textures) else {
+        let Some((c, lay, sc)) = self.compressed_conv(cf.param) else {
             return Ok(None);
         };
         let bias = self.params[cf.param].bias.as_ref().map(|b| &b[0]);
         sparse_conv::forward_pooled(
             self.ctx, self.sform, lay, c.nnz, &c.idx, &c.vals, bias, &cf.x, window, out, sc,
         )
+    }
+
+    /// Param `i` compressed as a convolution, its layout and the shared scratch its products
+    /// run on.
+    fn compressed_conv(
+        &self,
+        i: usize,
+    ) -> Option<(
+        &CompressedParam,
+        &sparse_conv::Layout,
+        &sparse_conv::Scratch,
+    )> {
+        let (Some(c), Some(slots)) = (self.compressed.get(i)?.as_ref(), &self.slots) else {
+            return None;
+        };
+        match (&c.kind, &slots.textures) {
+            (CompressedKind::Conv(lay), Some(sc)) => Some((c, lay, sc)),
+            _ => None,
+        }
     }
 
     /// Whether param `i` runs on the compressed kernels (every product), with a bias if `bias`.
