@@ -86,8 +86,13 @@ fn act_to_tex_v4(
     if (i >= p.texels) {
         return;
     }
-    let t = item(i, W4);
-    textureStore(dst, vec2<u32>(t.col, t.row), src4[((t.band * p.n + t.img) * H + t.y) * W4 + t.x]);
+    // Invocations in the source's order, so that runs of them read it as a stream.
+    let x = i % W4;
+    let rest = i / W4;
+    let y = rest % H;
+    let band_img = rest / H;
+    let img = band_img % p.n;
+    textureStore(dst, vec2<u32>(img * W4 + x, (band_img / p.n) * H + y), src4[i]);
 }
 
 // ---- act_to_tex_c4: one texel of 4 channels at one position.
@@ -126,17 +131,24 @@ fn act_to_tex_c4_v4(
     if (i >= p.texels) {
         return;
     }
-    let t = item(i, W4);
-    let c0 = 4u * t.band;
+    // Invocations in the order of the first channel's source (band, img, y, x), so that runs
+    // of them read the 4 channels' planes as 4 streams.
+    let x = i % W4;
+    let rest = i / W4;
+    let y = rest % H;
+    let band_img = rest / H;
+    let img = band_img % p.n;
+    let row = (band_img / p.n) * H + y;
+    let c0 = 4u * (band_img / p.n);
     let plane4 = p.n * H * W4;
-    let at = (c0 * p.n + t.img) * H * W4 + t.y * W4 + t.x;
+    let at = (c0 * p.n + img) * H * W4 + y * W4 + x;
     var v: array<vec4<f32>, 4>;
     for (var j = 0u; j < 4u; j++) {
         v[j] = select(vec4<f32>(0.0), src4[min(at + j * plane4, arrayLength(&src4) - 1u)], c0 + j < p.c);
     }
-    let x0 = t.img * W + 4u * t.x;
-    textureStore(dst, vec2<u32>(x0, t.row), vec4<f32>(v[0].x, v[1].x, v[2].x, v[3].x));
-    textureStore(dst, vec2<u32>(x0 + 1u, t.row), vec4<f32>(v[0].y, v[1].y, v[2].y, v[3].y));
-    textureStore(dst, vec2<u32>(x0 + 2u, t.row), vec4<f32>(v[0].z, v[1].z, v[2].z, v[3].z));
-    textureStore(dst, vec2<u32>(x0 + 3u, t.row), vec4<f32>(v[0].w, v[1].w, v[2].w, v[3].w));
+    let x0 = img * W + 4u * x;
+    textureStore(dst, vec2<u32>(x0, row), vec4<f32>(v[0].x, v[1].x, v[2].x, v[3].x));
+    textureStore(dst, vec2<u32>(x0 + 1u, row), vec4<f32>(v[0].y, v[1].y, v[2].y, v[3].y));
+    textureStore(dst, vec2<u32>(x0 + 2u, row), vec4<f32>(v[0].z, v[1].z, v[2].z, v[3].z));
+    textureStore(dst, vec2<u32>(x0 + 3u, row), vec4<f32>(v[0].w, v[1].w, v[2].w, v[3].w));
 }

@@ -119,7 +119,8 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     var cnt = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    for (var i = lid; i < m; i += WG) {
+    let r = lane_block(m, lid);
+    for (var i = r.x; i < r.y; i += LANES) {
         let v = a[ch * m + i];
         cnt += 1.0;
         let dv = v - mean;
@@ -189,7 +190,7 @@ fn epilogue_grad(z: f32, dy: f32, i: u32) -> f32 {
 
 // The per-channel element kernels (bn_apply, bn_bwd_apply and their vec4 forms): workgroup g
 // covers RUN * WG consecutive items (elements, or vec4s) of one channel, each invocation RUN of
-// them WG apart, so a channel's statistics are loaded once per RUN items, not per element (every
+// them (see channel_run), so a channel's statistics are loaded once per RUN items, not per element (every
 // storage load is a per-lane loop on lavapipe). src/gpu/image.rs dispatches channels times
 // ceil(items per channel / (RUN * WG)) workgroups.
 const RUN: u32 = 8u;
@@ -210,9 +211,17 @@ fn chan(ch: u32) -> Chan {
                 d[2u * G_C + 2u * ch], d[2u * G_C + 2u * ch + 1u]);
 }
 
+// How the invocations walk a channel's items. On lavapipe a subgroup (8 invocations at 256
+// bits) runs its whole loop before the next subgroup starts, so each run of LANES consecutive
+// invocations takes one contiguous block of items, its lanes LANES apart: the run streams
+// through memory, where lanes WG apart made each of its loads land a page beyond the last. On a
+// GPU a warp's loads stay in runs of LANES consecutive items.
+const LANES: u32 = 8u;
+
 // The run of one invocation of a per-element kernel: workgroup g covers RUN * WG consecutive
-// items of channel g / per (`len` items per channel, `per` workgroups each), the invocation
-// every WG-th from `first` to before `stop`. ch is G_C or more past the last channel.
+// items of channel g / per (`len` items per channel, `per` workgroups each), each run of LANES
+// invocations RUN * LANES of them; the invocation every LANES-th from `first` to before `stop`.
+// ch is G_C or more past the last channel.
 struct Run {
     ch: u32,
     first: u32,
@@ -222,8 +231,16 @@ struct Run {
 fn channel_run(g: u32, len: u32, lid: u32) -> Run {
     let per = (len + WG * RUN - 1u) / (WG * RUN);
     let ch = g / per;
-    let first = ch * len + (g % per) * WG * RUN + lid;
-    return Run(ch, first, min(ch * len + len, first + WG * RUN));
+    let block = ch * len + (g % per) * WG * RUN + lid / LANES * RUN * LANES;
+    return Run(ch, block + lid % LANES, min(ch * len + len, block + RUN * LANES));
+}
+
+// A reduction's walk (a workgroup per channel of `len` items): [x, y) of invocation lid's
+// contiguous block, every LANES-th item from x.
+fn lane_block(len: u32, lid: u32) -> vec2<u32> {
+    let per = (len + WG - 1u) / WG * LANES;
+    let lo = min(lid / LANES * per, len);
+    return vec2<u32>(lo + lid % LANES, min(lo + per, len));
 }
 
 // The batch norm's input gradient at element i (x value xv, output gradient dy) of the channel
@@ -248,7 +265,7 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let cs = chan(r.ch);
-    for (var i = r.first; i < r.stop; i += WG) {
+    for (var i = r.first; i < r.stop; i += LANES) {
         c[i] = epilogue(bn_z(a[i], cs.mean, cs.inv_std, cs.gamma, cs.beta), i);
     }
 }
@@ -271,7 +288,7 @@ fn bn_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     let cs = chan(r.ch);
-    for (var i = r.first; i < r.stop; i += WG) {
+    for (var i = r.first; i < r.stop; i += LANES) {
         let xv = a4[i];
         var v: vec4<f32>;
         for (var j = 0u; j < 4u; j++) {
@@ -289,7 +306,7 @@ fn bn_bwd_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let cs = chan(r.ch);
-    for (var i = r.first; i < r.stop; i += WG) {
+    for (var i = r.first; i < r.stop; i += LANES) {
         let xv = a4[i];
         let dy = e4[i];
         var v: vec4<f32>;
@@ -300,6 +317,98 @@ fn bn_bwd_apply_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
             v += e24[i];
         }
         c4[i] = v;
+    }
+}
+
+// ---- The two reductions' vec4 forms (bn_stats_v4, bn_bwd_reduce_v4), where every channel's run
+// is whole vec4s: the same bindings, one vec4 load per 4 elements. bn_stats_v4 merges each
+// vec4's own (mean, sum of squared deviations) into the invocation's running triple (Chan's
+// update, one division per 4 elements where the scalar form divides per element);
+// bn_bwd_reduce_v4 sums 4 elements per load. Their sums run in another order than the scalar
+// forms', so their results differ from those in the last bits.
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn bn_stats_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let ch = wid.x;
+    let lid = lid3.x;
+    let m = G_N * G_H * G_W;
+    let m4 = m / 4u;
+    if ((p.flags & 1u) == 0u) {
+        if (lid == 0u) {
+            c[2u * ch] = d[2u * ch];
+            c[2u * ch + 1u] = d[2u * ch + 1u];
+        }
+        return;
+    }
+    var cnt = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    let r = lane_block(m4, lid);
+    for (var i = r.x; i < r.y; i += LANES) {
+        let v = a4[ch * m4 + i];
+        let vm = 0.25 * ((v.x + v.y) + (v.z + v.w));
+        let dv = v - vec4<f32>(vm);
+        let n = cnt + 4.0;
+        let f = 4.0 / n;
+        let delta = vm - mean;
+        mean += delta * f;
+        m2 += dot(dv, dv) + delta * delta * cnt * f;
+        cnt = n;
+    }
+    red0[lid] = cnt;
+    red1[lid] = mean;
+    red2[lid] = m2;
+    reduce_moments(lid);
+    if (lid == 0u) {
+        let batch_mean = red1[0];
+        let var_ = red2[0] / f32(m);
+        c[2u * ch] = batch_mean;
+        c[2u * ch + 1u] = var_;
+        var unbiased = var_;
+        if (m > 1u) {
+            unbiased = var_ * f32(m) / f32(m - 1u);
+        }
+        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
+        d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
+    }
+}
+
+@compute @workgroup_size(256)
+fn bn_bwd_reduce_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let ch = wid.x;
+    let lid = lid3.x;
+    let m4 = G_N * G_H * G_W / 4u;
+    let mean = d[2u * ch];
+    let inv_std = 1.0 / sqrt(d[2u * ch + 1u] + p.f1);
+    var gamma = 0.0;
+    var beta = 0.0;
+    if (G_EPI != 0u) {
+        gamma = e[2u * ch];
+        beta = e[2u * ch + 1u];
+    }
+    var sdy = 0.0;
+    var sdx = 0.0;
+    let r = lane_block(m4, lid);
+    for (var i = r.x; i < r.y; i += LANES) {
+        let at = ch * m4 + i;
+        let xv = a4[at];
+        let dy = b4[at];
+        var dz: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            dz[j] = epilogue_grad(bn_z(xv[j], mean, inv_std, gamma, beta), dy[j], 4u * at + j);
+        }
+        sdy += (dz.x + dz.y) + (dz.z + dz.w);
+        sdx += dot(dz, (xv - vec4<f32>(mean)) * inv_std);
+    }
+    red0[lid] = sdx;
+    red1[lid] = sdy;
+    reduce2(lid);
+    if (lid == 0u) {
+        c[2u * ch] = red0[0];
+        c[2u * ch + 1u] = red1[0];
+        d[2u * G_C + 2u * ch] = red0[0];
+        d[2u * G_C + 2u * ch + 1u] = red1[0];
     }
 }
 
@@ -324,7 +433,8 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     var sdy = 0.0;
     var sdx = 0.0;
-    for (var i = lid; i < m; i += WG) {
+    let r = lane_block(m, lid);
+    for (var i = r.x; i < r.y; i += LANES) {
         let at = ch * m + i;
         let xv = a[at];
         let dz = epilogue_grad(bn_z(xv, mean, inv_std, gamma, beta), b[at], at);
@@ -356,7 +466,7 @@ fn bn_bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let cs = chan(r.ch);
-    for (var i = r.first; i < r.stop; i += WG) {
+    for (var i = r.first; i < r.stop; i += LANES) {
         var v = bn_dx(cs, a[i], e[i], i);
         if ((G_EPI & EPI_PLUS) != 0u) {
             v += e2[i];

@@ -194,6 +194,16 @@ impl ImageShape {
         (entry, self.c as u64 * (items as u64).div_ceil(WG * RUN))
     }
 
+    /// The entry of a per-channel reduction (`bn_stats`, `bn_bwd_reduce`; a workgroup per
+    /// channel): its vec4 form where every channel's run is whole vec4s.
+    fn reduction_entry(&self, scalar: &'static str, v4: &'static str) -> &'static str {
+        if (self.n * self.h * self.w).is_multiple_of(4) {
+            v4
+        } else {
+            scalar
+        }
+    }
+
     fn check_channels(&self, ctx: &GpuContext) -> Result<()> {
         let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
         if self.c > max {
@@ -226,7 +236,8 @@ pub fn bn_stats(
     check(running, 2 * s.c, "batch norm running statistics")?;
     let p = bn_stats_params(s, training)?;
     let pad = unused(ctx)?;
-    build(ctx, "bn_stats", &p, &[x, &pad, stats, running], s.c as u64)
+    let entry = s.reduction_entry("bn_stats", "bn_stats_v4");
+    build(ctx, entry, &p, &[x, &pad, stats, running], s.c as u64)
 }
 
 fn bn_stats_params(s: ImageShape, training: bool) -> Result<ImageParams> {
@@ -401,7 +412,7 @@ pub fn bn_backward(
     let arg_pad = unused(ctx)?;
     let mut out = vec![build_epi(
         ctx,
-        "bn_bwd_reduce",
+        s.reduction_entry("bn_bwd_reduce", "bn_bwd_reduce_v4"),
         &p,
         &[t.x, t.dy, t.grads, t.stats, &arg_pad, t.gamma_beta],
         s.c as u64,
