@@ -462,3 +462,105 @@ fn input_gradients_equal_the_twin_in_both_forms() {
     assert!(col2im_runs > 60, "col2im ran {col2im_runs} times");
     assert!(chunked >= 10, "col2im ran {chunked} times in small chunks");
 }
+
+/// The weight gradient's copy of `dy` serves the input gradient after it (a layer's backward
+/// copies `dy` once): the input gradient then has no copy of its own and its result is bit for
+/// bit the one it computes alone; the copy of another output gradient is refused.
+#[test]
+fn the_input_gradient_reads_the_weight_gradients_copy_of_dy() {
+    use conv_tex::{DgradForm, WgradTiles};
+    let ctx = ctx();
+    let chunk = 32 << 20;
+    let mut shared_runs = 0;
+    for (i, g) in cases()
+        .into_iter()
+        .filter(|g| ConvVariant::Texture.supports(ctx, g))
+        .enumerate()
+    {
+        let s = i as u32;
+        let x = data(g.input_len(), 300 + s);
+        let w = data(g.weight_len(), 310 + s);
+        let dy = data(g.output_len().unwrap(), 320 + s);
+        let tx = Tensor::from_f32(ctx, "x", &x).unwrap();
+        let tw = Tensor::from_f32(ctx, "w", &w).unwrap();
+        let tdy = Tensor::from_f32(ctx, "dy", &dy).unwrap();
+        let tdw = Tensor::zeros(ctx, "dw", g.weight_len()).unwrap();
+        let (wgrad, rows) =
+            conv_tex::weight_grad_sharing(ctx, g, &tx, &tdy, &tdw, false, chunk, WgradTiles::Auto)
+                .unwrap();
+        let Some(rows) = rows else {
+            continue;
+        };
+        let alone = Tensor::from_f32(ctx, "dx alone", &vec![f32::NAN; g.input_len()]).unwrap();
+        let op = conv_tex::input_grad(
+            ctx,
+            g,
+            &tdy,
+            &tw,
+            None,
+            &alone,
+            false,
+            chunk,
+            DgradForm::Auto,
+        )
+        .unwrap();
+        ops::run(ctx, "input gradient alone", &[&op]).unwrap();
+        let tdx = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; g.input_len()]).unwrap();
+        let shared = conv_tex::input_grad_sharing(
+            ctx,
+            g,
+            &tdy,
+            &tw,
+            None,
+            &tdx,
+            false,
+            chunk,
+            DgradForm::Auto,
+            Some(&rows),
+        )
+        .unwrap();
+        let copies = |d: &Dispatch| {
+            d.before_launches()
+                .iter()
+                .filter(|b| b.name.contains("act_to_tex"))
+                .count()
+        };
+        let what = name(&g);
+        assert_eq!(
+            copies(&wgrad),
+            2,
+            "{what}: the weight gradient copies dy and x"
+        );
+        if copies(&op) == 1 {
+            assert_eq!(
+                copies(&shared),
+                0,
+                "{what}: the input gradient copies dy again"
+            );
+            shared_runs += 1;
+        }
+        ops::run(ctx, "both gradients", &[&wgrad, &shared]).unwrap();
+        assert_eq!(
+            tdx.read_f32(ctx).unwrap(),
+            alone.read_f32(ctx).unwrap(),
+            "{what}"
+        );
+        // Another output gradient of the same shape: refused.
+        let other = Tensor::from_f32(ctx, "another dy", &dy).unwrap();
+        let e = conv_tex::input_grad_sharing(
+            ctx,
+            g,
+            &other,
+            &tw,
+            None,
+            &tdx,
+            false,
+            chunk,
+            DgradForm::Auto,
+            Some(&rows),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("another output gradient"), "{e}");
+    }
+    assert!(shared_runs >= 8, "{shared_runs} runs shared the copy");
+}

@@ -368,6 +368,64 @@ pub fn weight_grad(
     weight_grad_with(ctx, ConvVariant::pick(ctx, &g)?, g, x, dy, dw, accumulate)
 }
 
+/// [`weight_grad`], and the output gradient's source texture its launch fills where the form
+/// [`ConvVariant::pick`] picks makes one, for [`input_grad_sharing`]: a layer's backward copies
+/// `dy` once for both products.
+pub fn weight_grad_sharing(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+) -> Result<(Dispatch, Option<conv_tex::DyRows>)> {
+    if ConvVariant::pick(ctx, &g)? == ConvVariant::Texture {
+        return conv_tex::weight_grad_sharing(
+            ctx,
+            g,
+            x,
+            dy,
+            dw,
+            accumulate,
+            conv_tex::CHUNK_BYTES,
+            conv_tex::WgradTiles::Auto,
+        );
+    }
+    Ok((weight_grad(ctx, g, x, dy, dw, accumulate)?, None))
+}
+
+/// [`input_grad`] reading `dy`'s source texture from `shared` (filled by
+/// [`weight_grad_sharing`]'s launch, which must run first) where its form reads one.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad_sharing(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    shared: Option<&conv_tex::DyRows>,
+) -> Result<Dispatch> {
+    match shared {
+        Some(d) if ConvVariant::pick(ctx, &g)? == ConvVariant::Texture => {
+            conv_tex::input_grad_sharing(
+                ctx,
+                g,
+                dy,
+                w,
+                mask,
+                dx,
+                accumulate,
+                conv_tex::CHUNK_BYTES,
+                conv_tex::DgradForm::Auto,
+                Some(d),
+            )
+        }
+        _ => input_grad(ctx, g, dy, w, mask, dx, accumulate),
+    }
+}
+
 /// [`weight_grad`] in a given form.
 #[allow(clippy::too_many_arguments)]
 pub fn weight_grad_with(

@@ -166,6 +166,18 @@ pub(crate) fn src_texture(
     Ok((tex, d))
 }
 
+/// A convolution's output gradient copied into its [`SrcLayout::Rows`] source texture by a
+/// launch of the weight gradient ([`weight_grad_sharing`]), for the input gradient of the same
+/// backward pass to read instead of copying `dy` again ([`input_grad_sharing`]). Valid from the
+/// weight gradient's launch until `dy` changes: the input gradient must run after it.
+#[derive(Clone, Debug)]
+pub struct DyRows {
+    tex: Texture,
+    dims: (usize, usize, usize, usize),
+    /// The output gradient copied: its buffer and offset.
+    src: (wgpu::Buffer, u64),
+}
+
 fn round4(v: usize) -> usize {
     v.div_ceil(4) * 4
 }
@@ -478,8 +490,36 @@ pub fn input_grad(
     chunk_bytes: usize,
     form: DgradForm,
 ) -> Result<Dispatch> {
+    input_grad_sharing(ctx, g, dy, w, mask, dx, accumulate, chunk_bytes, form, None)
+}
+
+/// [`input_grad`] reading `dy`'s source texture from `shared` where its form reads one (the
+/// transposed forms; col2im reads `dy` itself), instead of copying `dy` into its own.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad_sharing(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    chunk_bytes: usize,
+    form: DgradForm,
+    shared: Option<&DyRows>,
+) -> Result<Dispatch> {
     g.check_input_grad(dy, w, mask, dx)?;
     let (ho, wo) = g.out()?;
+    let dims = (g.cout, g.window.n, ho, wo);
+    if let Some(d) = shared {
+        if d.dims != dims || d.src != (dy.buffer.clone(), dy.offset) {
+            return Err(RiglError::invalid(format!(
+                "the input gradient over {} {dims:?} given the source texture of another \
+                 output gradient ({:?})",
+                dy.label, d.dims
+            )));
+        }
+    }
     let images = col2im_images(ctx, &g, chunk_bytes);
     let images = match form {
         DgradForm::Transposed => None,
@@ -505,28 +545,32 @@ pub fn input_grad(
     let kd = g.window.k * g.window.k * g.cout;
     let kdp = round4(kd);
     let at = Texture::new(ctx, "convolution weights (texture)", g.cin, tex_cols(kdp))?;
-    let dims = (g.cout, g.window.n, ho, wo);
-    let (dyt, to_tex) = src_texture(
+    let mut ops = Vec::new();
+    let dyt = match shared {
+        Some(d) => d.tex.clone(),
+        None => {
+            let (dyt, to_tex) = src_texture(
+                ctx,
+                dy,
+                dims,
+                SrcLayout::Rows,
+                "convolution output gradient (source)",
+            )?;
+            ops.push(to_tex);
+            dyt
+        }
+    };
+    ops.push(pack(
         ctx,
-        dy,
-        dims,
-        SrcLayout::Rows,
-        "convolution output gradient (source)",
-    )?;
-    let mut ops = vec![
-        to_tex,
-        pack(
-            ctx,
-            "pack_wd",
-            base,
-            (g.cin, kdp / 4, 0, kd),
-            w,
-            mask,
-            None,
-            &at,
-            None,
-        )?,
-    ];
+        "pack_wd",
+        base,
+        (g.cin, kdp / 4, 0, kd),
+        w,
+        mask,
+        None,
+        &at,
+        None,
+    )?);
     if implicit(&g, g.window.w) {
         let (pad_t, pad_l) = g.window.pad();
         let b = ImplicitB {
@@ -735,6 +779,22 @@ pub fn weight_grad(
     chunk_bytes: usize,
     tiles: WgradTiles,
 ) -> Result<Dispatch> {
+    Ok(weight_grad_sharing(ctx, g, x, dy, dw, accumulate, chunk_bytes, tiles)?.0)
+}
+
+/// [`weight_grad`], and the source texture of `dy` its launch fills where its form makes one
+/// (the implicit weight gradient), for [`input_grad_sharing`].
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_sharing(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    chunk_bytes: usize,
+    tiles: WgradTiles,
+) -> Result<(Dispatch, Option<DyRows>)> {
     let base = PackParams {
         geom: g.params(0)?,
         ..PackParams::default()
@@ -765,10 +825,11 @@ pub fn weight_grad(
             "convolution weight gradient parts",
             slots * g.cout * kp,
         )?;
+        let dy_dims = (g.cout, win.n, ho, wo);
         let (dyt, dy_tex) = src_texture(
             ctx,
             dy,
-            (g.cout, win.n, ho, wo),
+            dy_dims,
             SrcLayout::Rows,
             "convolution output gradient (source)",
         )?;
@@ -799,7 +860,12 @@ pub fn weight_grad(
         };
         let product = gemm::tex_product_wgrad(ctx, (g.cout, kp, p), &dyt, &x4t, &part, out, w)?;
         let sum = wgrad_sum(ctx, &g, &part, dw, slots, accumulate)?;
-        return chain(vec![dy_tex, x_tex, product, sum]);
+        let shared = DyRows {
+            tex: dyt,
+            dims: dy_dims,
+            src: (dy.buffer.clone(), dy.offset),
+        };
+        return Ok((chain(vec![dy_tex, x_tex, product, sum])?, Some(shared)));
     }
     // Both operands hold a chunk of positions: dy's rows as columns, the patches as rows.
     let chunk = chunk_len(ctx, p, kp.max(g.cout), true, chunk_bytes);
@@ -866,7 +932,7 @@ pub fn weight_grad(
         slot += splits;
     }
     ops.push(wgrad_sum(ctx, &g, &part, dw, slots, accumulate)?);
-    chain(ops)
+    Ok((chain(ops)?, None))
 }
 
 /// Whether the weight gradient gathers both operands inside the GEMM

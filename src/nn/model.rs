@@ -1073,11 +1073,13 @@ impl Builder<'_> {
                                 ctx, f, lay, c.nnz, &c.idx, &c.vals, bias, &x.t, &y.t, sc,
                             )?],
                         };
+                        // Both products dense over the slots: one copy of dy serves both.
+                        let mut dy_rows = None;
                         let dw = if paths.weight_grad {
-                            vec![
-                                conv::weight_grad(ctx, g, &x.t, &y.g, &gv, false)?,
-                                slot(SlotOp::Gather, &gv)?,
-                            ]
+                            let (op, rows) =
+                                conv::weight_grad_sharing(ctx, g, &x.t, &y.g, &gv, false)?;
+                            dy_rows = rows;
+                            vec![op, slot(SlotOp::Gather, &gv)?]
                         } else {
                             vec![sparse_conv::weight_grad(
                                 ctx, f, lay, c.nnz, &c.idx, &x.t, &y.g, &c.grad, sc,
@@ -1087,7 +1089,16 @@ impl Builder<'_> {
                             _ if !needs_grad => Vec::new(),
                             Some(wv) if paths.input_grad => scattered(
                                 wv,
-                                conv::input_grad(ctx, g, &y.g, wv, None, &x.g, false)?,
+                                conv::input_grad_sharing(
+                                    ctx,
+                                    g,
+                                    &y.g,
+                                    wv,
+                                    None,
+                                    &x.g,
+                                    false,
+                                    dy_rows.as_ref(),
+                                )?,
                             )?,
                             _ => {
                                 let op = sparse_conv::input_grad(
@@ -1117,13 +1128,25 @@ impl Builder<'_> {
                     _ => {
                         let pf = p.flat()?;
                         let m = Some(&pf.mask);
+                        // The weight gradient runs first and copies dy for both products.
+                        let (dw, dy_rows) =
+                            conv::weight_grad_sharing(ctx, g, &x.t, &y.g, &pf.grad, false)?;
                         let mut dx = Vec::new();
                         if needs_grad {
-                            dx.push(conv::input_grad(ctx, g, &y.g, &pf.w, m, &x.g, false)?);
+                            dx.push(conv::input_grad_sharing(
+                                ctx,
+                                g,
+                                &y.g,
+                                &pf.w,
+                                m,
+                                &x.g,
+                                false,
+                                dy_rows.as_ref(),
+                            )?);
                         }
                         (
                             vec![conv::forward(ctx, g, &x.t, &pf.w, m, bias, &y.t)?],
-                            vec![conv::weight_grad(ctx, g, &x.t, &y.g, &pf.grad, false)?],
+                            vec![dw],
                             dx,
                             None,
                         )
