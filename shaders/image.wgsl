@@ -97,6 +97,35 @@ fn reduce_moments(lid: u32) {
 // A batch norm's stats buffer holds 4C values: (mean, var) per channel at 2c, 2c+1 as the
 // forward used them, then the backward's (sum dy*xhat, sum dy) per channel at 2C + 2c, +1.
 
+// Evaluation: stats := the running statistics of channel ch.
+fn bn_stats_running(ch: u32, lid: u32) {
+    if (lid == 0u) {
+        c[2u * ch] = d[2u * ch];
+        c[2u * ch + 1u] = d[2u * ch + 1u];
+    }
+}
+
+// Training: combines every invocation's (count, mean, sum of squared deviations) of channel ch
+// (m elements), writes the batch statistics and moves the running ones.
+fn bn_stats_finish(ch: u32, lid: u32, m: u32, own: vec3<f32>) {
+    red0[lid] = own.x;
+    red1[lid] = own.y;
+    red2[lid] = own.z;
+    reduce_moments(lid);
+    if (lid == 0u) {
+        let batch_mean = red1[0];
+        let var_ = red2[0] / f32(m);
+        c[2u * ch] = batch_mean;
+        c[2u * ch + 1u] = var_;
+        var unbiased = var_;
+        if (m > 1u) {
+            unbiased = var_ * f32(m) / f32(m - 1u);
+        }
+        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
+        d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
+    }
+}
+
 // ---- bn_stats: one workgroup per channel (workgroup id = channel). Training (flags 1): the
 // batch mean and biased variance (one pass over x) into stats[2c], stats[2c+1], and the running
 // statistics move: running = f0 * running + (1 - f0) * batch (the variance with Bessel's
@@ -109,10 +138,7 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let lid = lid3.x;
     let m = G_N * G_H * G_W;
     if ((p.flags & 1u) == 0u) {
-        if (lid == 0u) {
-            c[2u * ch] = d[2u * ch];
-            c[2u * ch + 1u] = d[2u * ch + 1u];
-        }
+        bn_stats_running(ch, lid);
         return;
     }
     // Welford over this invocation's elements, then Chan's pairwise combination: one read of x.
@@ -127,22 +153,7 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         mean += dv / cnt;
         m2 += dv * (v - mean);
     }
-    red0[lid] = cnt;
-    red1[lid] = mean;
-    red2[lid] = m2;
-    reduce_moments(lid);
-    if (lid == 0u) {
-        let batch_mean = red1[0];
-        let var_ = red2[0] / f32(m);
-        c[2u * ch] = batch_mean;
-        c[2u * ch + 1u] = var_;
-        var unbiased = var_;
-        if (m > 1u) {
-            unbiased = var_ * f32(m) / f32(m - 1u);
-        }
-        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
-        d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
-    }
+    bn_stats_finish(ch, lid, m, vec3<f32>(cnt, mean, m2));
 }
 
 // ---- Fused epilogues, chosen per pipeline by G_EPI (0: none): what follows a batch norm (or a
@@ -335,10 +346,7 @@ fn bn_stats_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let m = G_N * G_H * G_W;
     let m4 = m / 4u;
     if ((p.flags & 1u) == 0u) {
-        if (lid == 0u) {
-            c[2u * ch] = d[2u * ch];
-            c[2u * ch + 1u] = d[2u * ch + 1u];
-        }
+        bn_stats_running(ch, lid);
         return;
     }
     var cnt = 0.0;
@@ -356,22 +364,7 @@ fn bn_stats_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         m2 += dot(dv, dv) + delta * delta * cnt * f;
         cnt = n;
     }
-    red0[lid] = cnt;
-    red1[lid] = mean;
-    red2[lid] = m2;
-    reduce_moments(lid);
-    if (lid == 0u) {
-        let batch_mean = red1[0];
-        let var_ = red2[0] / f32(m);
-        c[2u * ch] = batch_mean;
-        c[2u * ch + 1u] = var_;
-        var unbiased = var_;
-        if (m > 1u) {
-            unbiased = var_ * f32(m) / f32(m - 1u);
-        }
-        d[2u * ch] = p.f0 * d[2u * ch] + (1.0 - p.f0) * batch_mean;
-        d[2u * ch + 1u] = p.f0 * d[2u * ch + 1u] + (1.0 - p.f0) * unbiased;
-    }
+    bn_stats_finish(ch, lid, m, vec3<f32>(cnt, mean, m2));
 }
 
 @compute @workgroup_size(256)
@@ -401,6 +394,17 @@ fn bn_bwd_reduce_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         sdy += (dz.x + dz.y) + (dz.z + dz.w);
         sdx += dot(dz, (xv - vec4<f32>(mean)) * inv_std);
     }
+    bn_bwd_reduce_finish(ch, lid, sdx, sdy);
+}
+
+// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dz * xhat), dbeta = sum(dz), with
+// dz = dL/dz from dy through the epilogue (z and the ReLU mask recomputed from x) and xhat
+// recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the layout of
+// gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
+// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C] ; 5 unused ; 6 read gamma_beta
+
+// Sums every invocation's (sum dz * xhat, sum dz) of channel ch into grads and stats.
+fn bn_bwd_reduce_finish(ch: u32, lid: u32, sdx: f32, sdy: f32) {
     red0[lid] = sdx;
     red1[lid] = sdy;
     reduce2(lid);
@@ -411,12 +415,6 @@ fn bn_bwd_reduce_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         d[2u * G_C + 2u * ch + 1u] = red1[0];
     }
 }
-
-// ---- bn_bwd_reduce: one workgroup per channel: dgamma = sum(dz * xhat), dbeta = sum(dz), with
-// dz = dL/dz from dy through the epilogue (z and the ReLU mask recomputed from x) and xhat
-// recomputed from x and the batch statistics; written to grads[2c], grads[2c+1] (the layout of
-// gamma_beta) and to stats[2C + 2c], [2C + 2c + 1] for bn_bwd_apply.
-// 1 read x ; 2 read dy ; 3 rw grads [2C] ; 4 rw stats [4C] ; 5 unused ; 6 read gamma_beta
 
 @compute @workgroup_size(256)
 fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -441,15 +439,7 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         sdy += dz;
         sdx += dz * (xv - mean) * inv_std;
     }
-    red0[lid] = sdx;
-    red1[lid] = sdy;
-    reduce2(lid);
-    if (lid == 0u) {
-        c[2u * ch] = red0[0];
-        c[2u * ch + 1u] = red1[0];
-        d[2u * G_C + 2u * ch] = red0[0];
-        d[2u * G_C + 2u * ch + 1u] = red1[0];
-    }
+    bn_bwd_reduce_finish(ch, lid, sdx, sdy);
 }
 
 // ---- bn_bwd_apply: dx = gamma * inv_std / m * (m * dz - sum(dz) - xhat * sum(dz * xhat))

@@ -506,19 +506,21 @@ fn the_input_gradient_reads_the_weight_gradients_copy_of_dy() {
         .unwrap();
         ops::run(ctx, "input gradient alone", &[&op]).unwrap();
         let tdx = Tensor::from_f32(ctx, "dx", &vec![f32::NAN; g.input_len()]).unwrap();
-        let shared = conv_tex::input_grad_sharing(
-            ctx,
-            g,
-            &tdy,
-            &tw,
-            None,
-            &tdx,
-            false,
-            chunk,
-            DgradForm::Auto,
-            Some(&rows),
-        )
-        .unwrap();
+        let reading = |dy: &Tensor| {
+            conv_tex::input_grad_sharing(
+                ctx,
+                g,
+                dy,
+                &tw,
+                None,
+                &tdx,
+                false,
+                chunk,
+                DgradForm::Auto,
+                Some(&rows),
+            )
+        };
+        let shared = reading(&tdy).unwrap();
         let copies = |d: &Dispatch| {
             d.before_launches()
                 .iter()
@@ -547,19 +549,7 @@ fn the_input_gradient_reads_the_weight_gradients_copy_of_dy() {
         );
         // Another output gradient of the same shape: refused.
         let other = Tensor::from_f32(ctx, "another dy", &dy).unwrap();
-        let e = conv_tex::input_grad_sharing(
-            ctx,
-            g,
-            &other,
-            &tw,
-            None,
-            &tdx,
-            false,
-            chunk,
-            DgradForm::Auto,
-            Some(&rows),
-        )
-        .unwrap_err();
+        let e = reading(&other).unwrap_err();
         assert!(e.to_string().contains("another output gradient"), "{e}");
     }
     assert!(shared_runs >= 8, "{shared_runs} runs shared the copy");

@@ -301,16 +301,24 @@ pub fn input_grad(
     dx: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
-    input_grad_with(
-        ctx,
-        ConvVariant::pick(ctx, &g)?,
-        g,
-        dy,
-        w,
-        mask,
-        dx,
-        accumulate,
-    )
+    input_grad_sharing(ctx, g, dy, w, mask, dx, accumulate, None)
+}
+
+/// [`input_grad`] reading `dy`'s source texture from `shared` (filled by
+/// [`weight_grad_sharing`]'s launch, which must run first) where its form reads one.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad_sharing(
+    ctx: &GpuContext,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    shared: Option<&conv_tex::DyRows>,
+) -> Result<Dispatch> {
+    let variant = ConvVariant::pick(ctx, &g)?;
+    input_grad_in(ctx, variant, g, dy, w, mask, dx, accumulate, shared)
 }
 
 /// [`input_grad`] in a given form.
@@ -325,8 +333,23 @@ pub fn input_grad_with(
     dx: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    input_grad_in(ctx, variant, g, dy, w, mask, dx, accumulate, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn input_grad_in(
+    ctx: &GpuContext,
+    variant: ConvVariant,
+    g: ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    mask: Option<&Tensor>,
+    dx: &Tensor,
+    accumulate: bool,
+    shared: Option<&conv_tex::DyRows>,
+) -> Result<Dispatch> {
     if variant == ConvVariant::Texture {
-        return conv_tex::input_grad(
+        return conv_tex::input_grad_sharing(
             ctx,
             g,
             dy,
@@ -336,6 +359,7 @@ pub fn input_grad_with(
             accumulate,
             conv_tex::CHUNK_BYTES,
             conv_tex::DgradForm::Auto,
+            shared,
         );
     }
     let flags = if mask.is_some() { MASKED } else { 0 } | if accumulate { BIAS_OR_ACC } else { 0 };
@@ -365,7 +389,7 @@ pub fn weight_grad(
     dw: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
-    weight_grad_with(ctx, ConvVariant::pick(ctx, &g)?, g, x, dy, dw, accumulate)
+    Ok(weight_grad_sharing(ctx, g, x, dy, dw, accumulate)?.0)
 }
 
 /// [`weight_grad`], and the output gradient's source texture its launch fills where the form
@@ -379,51 +403,7 @@ pub fn weight_grad_sharing(
     dw: &Tensor,
     accumulate: bool,
 ) -> Result<(Dispatch, Option<conv_tex::DyRows>)> {
-    if ConvVariant::pick(ctx, &g)? == ConvVariant::Texture {
-        return conv_tex::weight_grad_sharing(
-            ctx,
-            g,
-            x,
-            dy,
-            dw,
-            accumulate,
-            conv_tex::CHUNK_BYTES,
-            conv_tex::WgradTiles::Auto,
-        );
-    }
-    Ok((weight_grad(ctx, g, x, dy, dw, accumulate)?, None))
-}
-
-/// [`input_grad`] reading `dy`'s source texture from `shared` (filled by
-/// [`weight_grad_sharing`]'s launch, which must run first) where its form reads one.
-#[allow(clippy::too_many_arguments)]
-pub fn input_grad_sharing(
-    ctx: &GpuContext,
-    g: ConvGeom,
-    dy: &Tensor,
-    w: &Tensor,
-    mask: Option<&Tensor>,
-    dx: &Tensor,
-    accumulate: bool,
-    shared: Option<&conv_tex::DyRows>,
-) -> Result<Dispatch> {
-    match shared {
-        Some(d) if ConvVariant::pick(ctx, &g)? == ConvVariant::Texture => {
-            conv_tex::input_grad_sharing(
-                ctx,
-                g,
-                dy,
-                w,
-                mask,
-                dx,
-                accumulate,
-                conv_tex::CHUNK_BYTES,
-                conv_tex::DgradForm::Auto,
-                Some(d),
-            )
-        }
-        _ => input_grad(ctx, g, dy, w, mask, dx, accumulate),
-    }
+    weight_grad_in(ctx, ConvVariant::pick(ctx, &g)?, g, x, dy, dw, accumulate)
 }
 
 /// [`weight_grad`] in a given form.
@@ -437,8 +417,20 @@ pub fn weight_grad_with(
     dw: &Tensor,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    Ok(weight_grad_in(ctx, variant, g, x, dy, dw, accumulate)?.0)
+}
+
+fn weight_grad_in(
+    ctx: &GpuContext,
+    variant: ConvVariant,
+    g: ConvGeom,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+) -> Result<(Dispatch, Option<conv_tex::DyRows>)> {
     if variant == ConvVariant::Texture {
-        return conv_tex::weight_grad(
+        return conv_tex::weight_grad_sharing(
             ctx,
             g,
             x,
@@ -451,7 +443,7 @@ pub fn weight_grad_with(
     }
     let p = g.params(if accumulate { BIAS_OR_ACC } else { 0 })?;
     g.check_weight_grad(x, dy, dw)?;
-    Ok(Dispatch::build(
+    let d = Dispatch::build(
         ctx,
         &KernelSpec::new("conv", "conv_wgrad", B),
         bytemuck::bytes_of(&p),
@@ -461,5 +453,6 @@ pub fn weight_grad_with(
     .with_cost(
         g.flops(),
         4.0 * (g.input_len() + g.weight_len() + g.output_len()?) as f64,
-    ))
+    );
+    Ok((d, None))
 }
